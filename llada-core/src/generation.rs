@@ -1,0 +1,605 @@
+//! The reverse process as a sans-IO state machine ([`Generation`]) and as a function
+//! ([`generate`]).
+
+use core::ops::{ControlFlow, Range};
+
+use rand_core::SeedableRng;
+
+use crate::error::{Error, GenerateError, ShapeError};
+use crate::params::{GenerateParams, check_id};
+use crate::predictor::{ForwardRequest, MaskPredictor, TokenId};
+use crate::rng::SamplerRng;
+use crate::sampler::propose;
+use crate::schedule::{BlockSchedule, tokens_to_commit};
+use crate::workspace::{Workspace, WorkspaceSizes, take};
+
+/// What a predictor can take: the width of its logits rows and its longest sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Logits per position (the model's `embedding_size`).
+    pub vocab_size: usize,
+    /// Longest sequence accepted.
+    pub max_sequence_length: usize,
+}
+
+impl Limits {
+    /// The limits a predictor reports.
+    pub fn of<P: MaskPredictor + ?Sized>(predictor: &P) -> Self {
+        Self {
+            vocab_size: predictor.vocab_size(),
+            max_sequence_length: predictor.max_sequence_length(),
+        }
+    }
+}
+
+/// The sequences being denoised: `batch` rows of `prompt_len` prompt tokens followed by
+/// `gen_length` positions that hold the mask id (or, for infilling, fixed tokens of a template
+/// with masked holes), row-major `[batch, prompt_len + gen_length]`.
+///
+/// Every position that is not the mask id when generation starts counts as prompt: it is never
+/// changed and classifier-free guidance masks it in the unconditional input. Left padding is
+/// part of the prompt; pass an attention mask (non-zero = real token) to hide it from the model.
+#[derive(Debug)]
+pub struct Canvas<'a> {
+    tokens: &'a mut [TokenId],
+    batch: usize,
+    prompt_len: usize,
+    attention_mask: Option<&'a [u8]>,
+}
+
+impl<'a> Canvas<'a> {
+    /// A canvas over `tokens` (`[batch, prompt_len + gen_length]`); shapes are checked when a
+    /// [`Generation`] starts.
+    pub fn new(tokens: &'a mut [TokenId], batch: usize, prompt_len: usize) -> Self {
+        Self {
+            tokens,
+            batch,
+            prompt_len,
+            attention_mask: None,
+        }
+    }
+
+    /// Adds an attention mask over the whole canvas, `[batch, prompt_len + gen_length]`,
+    /// non-zero for real tokens (the generated positions included) and 0 for left padding.
+    pub fn with_attention_mask(mut self, mask: &'a [u8]) -> Self {
+        self.attention_mask = Some(mask);
+        self
+    }
+
+    /// Writes `prompts` (`[batch, prompt_len]`) followed by `gen_length` mask ids per row into
+    /// `tokens`, which must hold exactly `batch * (prompt_len + gen_length)` ids.
+    pub fn fill(
+        tokens: &mut [TokenId],
+        prompts: &[TokenId],
+        batch: usize,
+        gen_length: usize,
+        mask_id: TokenId,
+    ) -> Result<(), Error> {
+        if batch == 0 {
+            return Err(Error::Zero { name: "batch" });
+        }
+        if !prompts.len().is_multiple_of(batch) {
+            return Err(ShapeError::Length {
+                what: "prompts",
+                expected: (prompts.len() / batch + 1) * batch,
+                found: prompts.len(),
+            }
+            .into());
+        }
+        let prompt_len = prompts.len() / batch;
+        let seq = prompt_len + gen_length;
+        if tokens.len() != batch * seq {
+            return Err(ShapeError::Length {
+                what: "canvas",
+                expected: batch * seq,
+                found: tokens.len(),
+            }
+            .into());
+        }
+        for (r, row) in tokens.chunks_exact_mut(seq).enumerate() {
+            row[..prompt_len].copy_from_slice(&prompts[r * prompt_len..(r + 1) * prompt_len]);
+            row[prompt_len..].fill(mask_id);
+        }
+        Ok(())
+    }
+}
+
+/// A forward pass the state machine asks for: run the predictor on `request` and write the
+/// logits into `logits`, then call [`Generation::complete_step`].
+#[derive(Debug)]
+pub struct ForwardJob<'g> {
+    /// Inputs, attention mask and logits window.
+    pub request: ForwardRequest<'g>,
+    /// Where the logits go: `request.logits_len(vocab)` values.
+    pub logits: &'g mut [f32],
+}
+
+/// What happened in one denoising step, shown to a [`StepObserver`].
+#[derive(Debug)]
+pub struct StepEvent<'a> {
+    block: usize,
+    num_blocks: usize,
+    step: usize,
+    steps_per_block: usize,
+    forward_passes: usize,
+    block_span: Range<usize>,
+    batch: usize,
+    seq_len: usize,
+    canvas: &'a [TokenId],
+    committed: &'a [u32],
+    committed_len: &'a [u32],
+    block_length: usize,
+}
+
+impl<'a> StepEvent<'a> {
+    /// Index of the block being denoised.
+    pub fn block(&self) -> usize {
+        self.block
+    }
+
+    /// Number of blocks.
+    pub fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+
+    /// Index of this step within its block.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    /// Steps per block.
+    pub fn steps_per_block(&self) -> usize {
+        self.steps_per_block
+    }
+
+    /// Forward passes (predictor calls) so far, this one included.
+    pub fn forward_passes(&self) -> usize {
+        self.forward_passes
+    }
+
+    /// Canvas positions of the current block.
+    pub fn block_span(&self) -> Range<usize> {
+        self.block_span.clone()
+    }
+
+    /// Number of rows.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// The whole canvas after this step, `[batch, seq_len]`.
+    pub fn canvas(&self) -> &'a [TokenId] {
+        self.canvas
+    }
+
+    /// One row of the canvas after this step.
+    ///
+    /// # Panics
+    /// If `row >= batch`.
+    pub fn row(&self, row: usize) -> &'a [TokenId] {
+        &self.canvas[row * self.seq_len..(row + 1) * self.seq_len]
+    }
+
+    /// Canvas positions of `row` committed in this step, most confident first.
+    ///
+    /// # Panics
+    /// If `row >= batch`.
+    pub fn committed(&self, row: usize) -> &'a [u32] {
+        let start = row * self.block_length;
+        &self.committed[start..start + self.committed_len[row] as usize]
+    }
+}
+
+/// Sees every step of a generation and may stop it.
+pub trait StepObserver {
+    /// Called after each step; return [`ControlFlow::Break`] to cancel.
+    fn on_step(&mut self, event: &StepEvent<'_>) -> ControlFlow<()>;
+}
+
+impl<F: FnMut(&StepEvent<'_>) -> ControlFlow<()>> StepObserver for F {
+    fn on_step(&mut self, event: &StepEvent<'_>) -> ControlFlow<()> {
+        self(event)
+    }
+}
+
+/// The observer that watches nothing.
+impl StepObserver for () {
+    fn on_step(&mut self, _: &StepEvent<'_>) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+}
+
+/// Totals of a finished generation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GenerationStats {
+    /// Predictor calls made (steps with nothing to commit in any row are skipped).
+    pub forward_passes: usize,
+}
+
+/// The reverse process as a sans-IO state machine. It owns no memory: the canvas and the
+/// scratch buffers are borrowed from the caller.
+///
+/// ```text
+/// while let Some(job) = generation.next_forward() {
+///     predictor.forward(&job.request, job.logits)?;   // or on a GPU, another thread, ...
+///     let event = generation.complete_step()?;        // commits this step's tokens
+/// }
+/// ```
+///
+/// The schedule is the reference one: blocks left to right, `steps / num_blocks` steps per
+/// block, each step committing the most confident masked positions of the block, as many as
+/// `n / s` (plus one in the first `n % s` steps) for `n` masks in the block at its start. Ties
+/// between equal confidences go to the lower position. Steps in which no row has anything to
+/// commit are skipped without a forward pass; they cannot change the result.
+#[derive(Debug)]
+pub struct Generation<'a> {
+    params: GenerateParams,
+    batch: usize,
+    prompt_len: usize,
+    seq_len: usize,
+    vocab: usize,
+    canvas: &'a mut [TokenId],
+    attention: Option<&'a [u8]>,
+    /// `[rows, block_length, vocab]`; rows `batch..2*batch` are the unconditional half.
+    logits: &'a mut [f32],
+    /// One vocabulary row for top-k/top-p, or empty.
+    sample_scratch: &'a mut [f32],
+    /// With guidance: the doubled input, `[2 * batch, seq_len]`.
+    model_input: &'a mut [TokenId],
+    /// With guidance and an attention mask: the doubled mask.
+    model_attention: &'a mut [u8],
+    /// 1 where the canvas held a non-mask token at the start.
+    is_prompt: &'a mut [u8],
+    proposals: &'a mut [TokenId],
+    confidence: &'a mut [f64],
+    committed: &'a mut [u32],
+    committed_len: &'a mut [u32],
+    block_masks: &'a mut [u32],
+    rng: SamplerRng,
+    schedule: BlockSchedule,
+    block: usize,
+    step: usize,
+    pending: bool,
+    finished: bool,
+    forward_passes: usize,
+}
+
+impl<'a> Generation<'a> {
+    /// Checks everything (parameters, shapes, token ids, buffer sizes) and prepares the first
+    /// step. Nothing is written to the canvas.
+    pub fn new(
+        params: &GenerateParams,
+        canvas: Canvas<'a>,
+        workspace: Workspace<'a>,
+        limits: Limits,
+    ) -> Result<Self, Error> {
+        let Canvas {
+            tokens,
+            batch,
+            prompt_len,
+            attention_mask,
+        } = canvas;
+        let vocab = limits.vocab_size;
+        params.validate_for(vocab, limits.max_sequence_length, prompt_len)?;
+        let sizes = WorkspaceSizes::for_generation(params, batch, prompt_len, vocab)?;
+        workspace.check(&sizes)?;
+        let seq_len = prompt_len + params.gen_length;
+        if tokens.len() != batch * seq_len {
+            return Err(ShapeError::Length {
+                what: "canvas",
+                expected: batch * seq_len,
+                found: tokens.len(),
+            }
+            .into());
+        }
+        if let Some(mask) = attention_mask
+            && mask.len() != tokens.len()
+        {
+            return Err(ShapeError::Length {
+                what: "attention mask",
+                expected: tokens.len(),
+                found: mask.len(),
+            }
+            .into());
+        }
+        for (i, &id) in tokens.iter().enumerate() {
+            check_id("canvas token", id, vocab)?;
+            let (row, position) = (i / seq_len, i % seq_len);
+            if position < prompt_len && id == params.mask_id {
+                return Err(Error::MaskInPrompt { row, position });
+            }
+        }
+
+        let rows = if params.uses_cfg() { 2 * batch } else { batch };
+        let block = params.block_length;
+        let Workspace {
+            mut logits,
+            tokens: mut ints,
+            mut flags,
+            mut scores,
+        } = workspace;
+        let cfg_inputs = if params.uses_cfg() { rows * seq_len } else { 0 };
+        let logits_all = take(&mut logits, rows * block * vocab);
+        let sample_scratch = take(
+            &mut logits,
+            if params.filters_vocabulary() {
+                vocab
+            } else {
+                0
+            },
+        );
+        let model_input = take(&mut ints, cfg_inputs);
+        let proposals = take(&mut ints, batch * block);
+        let committed = take(&mut ints, batch * block);
+        let committed_len = take(&mut ints, batch);
+        let block_masks = take(&mut ints, batch);
+        let is_prompt = take(&mut flags, batch * seq_len);
+        let model_attention = take(&mut flags, cfg_inputs);
+        let confidence = take(&mut scores, batch * block);
+
+        for (flag, &id) in is_prompt.iter_mut().zip(tokens.iter()) {
+            *flag = u8::from(id != params.mask_id);
+        }
+        if let (true, Some(mask)) = (params.uses_cfg(), attention_mask) {
+            model_attention[..mask.len()].copy_from_slice(mask);
+            model_attention[mask.len()..].copy_from_slice(mask);
+        }
+        committed_len.fill(0);
+
+        let mut generation = Self {
+            params: *params,
+            batch,
+            prompt_len,
+            seq_len,
+            vocab,
+            canvas: tokens,
+            attention: attention_mask,
+            logits: logits_all,
+            sample_scratch,
+            model_input,
+            model_attention,
+            is_prompt,
+            proposals,
+            confidence,
+            committed,
+            committed_len,
+            block_masks,
+            rng: SamplerRng::seed_from_u64(params.seed),
+            schedule: BlockSchedule::new(params),
+            block: 0,
+            step: 0,
+            pending: false,
+            finished: false,
+            forward_passes: 0,
+        };
+        generation.start_block();
+        generation.skip_idle_steps();
+        Ok(generation)
+    }
+
+    /// The canvas as it stands.
+    pub fn canvas(&self) -> &[TokenId] {
+        self.canvas
+    }
+
+    /// Whether every block is done.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Forward passes completed so far.
+    pub fn forward_passes(&self) -> usize {
+        self.forward_passes
+    }
+
+    /// The block being denoised and the step within it (the next step to run).
+    pub fn position(&self) -> (usize, usize) {
+        (self.block, self.step)
+    }
+
+    fn block_span(&self) -> Range<usize> {
+        let start = self.prompt_len + self.block * self.params.block_length;
+        start..start + self.params.block_length
+    }
+
+    fn start_block(&mut self) {
+        let span = self.block_span();
+        for row in 0..self.batch {
+            let base = row * self.seq_len;
+            let masks = self.canvas[base + span.start..base + span.end]
+                .iter()
+                .filter(|&&id| id == self.params.mask_id)
+                .count();
+            self.block_masks[row] = masks as u32;
+        }
+    }
+
+    fn row_has_work(&self, row: usize) -> bool {
+        tokens_to_commit(
+            self.block_masks[row] as usize,
+            self.schedule.steps_per_block,
+            self.step,
+        ) > 0
+    }
+
+    /// Moves past steps in which no row commits anything, and past the end.
+    fn skip_idle_steps(&mut self) {
+        loop {
+            if self.block == self.schedule.num_blocks {
+                self.finished = true;
+                return;
+            }
+            if self.step == self.schedule.steps_per_block {
+                self.block += 1;
+                self.step = 0;
+                if self.block < self.schedule.num_blocks {
+                    self.start_block();
+                }
+                continue;
+            }
+            if (0..self.batch).any(|row| self.row_has_work(row)) {
+                return;
+            }
+            self.step += 1;
+        }
+    }
+
+    /// The next forward pass to run, or `None` when the generation is finished. Calling it
+    /// again before [`complete_step`](Self::complete_step) returns the same job.
+    pub fn next_forward(&mut self) -> Option<ForwardJob<'_>> {
+        if self.finished {
+            return None;
+        }
+        self.pending = true;
+        let span = self.block_span();
+        let rows = if self.params.uses_cfg() {
+            2 * self.batch
+        } else {
+            self.batch
+        };
+        let (ids, attention): (&[TokenId], Option<&[u8]>) = if self.params.uses_cfg() {
+            let (cond, uncond) = self.model_input.split_at_mut(self.canvas.len());
+            cond.copy_from_slice(self.canvas);
+            for ((u, &id), &prompt) in uncond
+                .iter_mut()
+                .zip(self.canvas.iter())
+                .zip(self.is_prompt.iter())
+            {
+                *u = if prompt != 0 { self.params.mask_id } else { id };
+            }
+            let attention = self.attention.map(|_| &*self.model_attention);
+            (&*self.model_input, attention)
+        } else {
+            (&*self.canvas, self.attention)
+        };
+        // Shapes were checked in `new`.
+        let request = ForwardRequest::from_parts(ids, rows, self.seq_len, attention, span);
+        let len = request.logits_len(self.vocab);
+        Some(ForwardJob {
+            request,
+            logits: &mut self.logits[..len],
+        })
+    }
+
+    /// Reads the logits the predictor wrote for the pending job, commits this step's tokens
+    /// and moves to the next step. The returned event borrows the updated canvas.
+    pub fn complete_step(&mut self) -> Result<StepEvent<'_>, Error> {
+        if !self.pending {
+            return Err(Error::NoPendingForward);
+        }
+        self.pending = false;
+        self.forward_passes += 1;
+        let span = self.block_span();
+        let block = self.params.block_length;
+        let vocab = self.vocab;
+        let mask_id = self.params.mask_id;
+        let guidance = self.params.cfg_scale + 1.0;
+        let (cond, uncond) = self.logits.split_at_mut(self.batch * block * vocab);
+
+        for row in 0..self.batch {
+            let k = tokens_to_commit(
+                self.block_masks[row] as usize,
+                self.schedule.steps_per_block,
+                self.step,
+            );
+            self.committed_len[row] = 0;
+            if k == 0 {
+                continue;
+            }
+            let canvas_row = &mut self.canvas[row * self.seq_len..(row + 1) * self.seq_len];
+            let confidence = &mut self.confidence[row * block..(row + 1) * block];
+            let proposals = &mut self.proposals[row * block..(row + 1) * block];
+            for (j, position) in span.clone().enumerate() {
+                if canvas_row[position] != mask_id {
+                    confidence[j] = f64::NEG_INFINITY;
+                    continue;
+                }
+                let at = (row * block + j) * vocab;
+                let logits = &mut cond[at..at + vocab];
+                if self.params.uses_cfg() {
+                    let un = &uncond[at..at + vocab];
+                    for (c, &u) in logits.iter_mut().zip(un) {
+                        *c = u + guidance * (*c - u);
+                    }
+                }
+                let (token, score) =
+                    propose(logits, &self.params, &mut self.rng, self.sample_scratch);
+                proposals[j] = token;
+                // Candidates always outrank non-candidates, even with a NaN or -inf score.
+                confidence[j] = if score.is_nan() || score == f64::NEG_INFINITY {
+                    f64::MIN
+                } else {
+                    score
+                };
+            }
+            let committed = &mut self.committed[row * block..(row + 1) * block];
+            let mut count = 0;
+            for _ in 0..k {
+                let mut best: Option<usize> = None;
+                for j in 0..block {
+                    let better = match best {
+                        None => confidence[j] > f64::NEG_INFINITY,
+                        Some(b) => confidence[j] > confidence[b],
+                    };
+                    if better {
+                        best = Some(j);
+                    }
+                }
+                let Some(j) = best else { break };
+                confidence[j] = f64::NEG_INFINITY;
+                canvas_row[span.start + j] = proposals[j];
+                committed[count] = (span.start + j) as u32;
+                count += 1;
+            }
+            self.committed_len[row] = count as u32;
+        }
+
+        let (block_index, step_index) = (self.block, self.step);
+        self.step += 1;
+        self.skip_idle_steps();
+        Ok(StepEvent {
+            block: block_index,
+            num_blocks: self.schedule.num_blocks,
+            step: step_index,
+            steps_per_block: self.schedule.steps_per_block,
+            forward_passes: self.forward_passes,
+            block_span: span,
+            batch: self.batch,
+            seq_len: self.seq_len,
+            canvas: self.canvas,
+            committed: self.committed,
+            committed_len: self.committed_len,
+            block_length: block,
+        })
+    }
+}
+
+/// Runs the reverse process to the end with `predictor`, writing the result into the canvas.
+///
+/// The observer sees every step and may cancel; on [`GenerateError::Cancelled`] the canvas
+/// holds the tokens committed so far. See [`Generation`] for the schedule.
+pub fn generate<P, O>(
+    predictor: &mut P,
+    params: &GenerateParams,
+    canvas: Canvas<'_>,
+    workspace: Workspace<'_>,
+    observer: &mut O,
+) -> Result<GenerationStats, GenerateError<P::Error>>
+where
+    P: MaskPredictor + ?Sized,
+    O: StepObserver + ?Sized,
+{
+    let mut generation = Generation::new(params, canvas, workspace, Limits::of(predictor))?;
+    while let Some(job) = generation.next_forward() {
+        predictor
+            .forward(&job.request, job.logits)
+            .map_err(GenerateError::Predictor)?;
+        let event = generation.complete_step()?;
+        if observer.on_step(&event).is_break() {
+            return Err(GenerateError::Cancelled);
+        }
+    }
+    Ok(GenerationStats {
+        forward_passes: generation.forward_passes,
+    })
+}

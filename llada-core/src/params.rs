@@ -1,0 +1,226 @@
+//! Generation parameters, named as in LLaDA's reference `generate()`.
+
+use core::fmt;
+use core::str::FromStr;
+
+use crate::error::Error;
+
+/// LLaDA-8B's mask token id (`<|mdm_mask|>`), the reference sampler's default.
+pub const LLADA_8B_MASK_ID: u32 = 126_336;
+/// LLaDA-8B's end-of-text id (`<|endoftext|>`).
+pub const LLADA_8B_EOS_ID: u32 = 126_081;
+/// LLaDA-8B-Instruct's end-of-turn id (`<|eot_id|>`).
+pub const LLADA_8B_EOT_ID: u32 = 126_348;
+
+/// How the sampler ranks the masked positions of a block to decide which to commit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Remasking {
+    /// The softmax probability of the proposed token (the reference default).
+    #[default]
+    LowConfidence,
+    /// A uniform random number per position.
+    Random,
+    /// Top-1 minus top-2 probability.
+    Margin,
+    /// Negative entropy of the position's distribution.
+    Entropy,
+}
+
+impl Remasking {
+    /// The name used by the reference and the command-line tools.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Remasking::LowConfidence => "low_confidence",
+            Remasking::Random => "random",
+            Remasking::Margin => "margin",
+            Remasking::Entropy => "entropy",
+        }
+    }
+}
+
+impl fmt::Display for Remasking {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The name of a remasking strategy is not one of `low_confidence`, `random`, `margin`,
+/// `entropy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown remasking strategy (expected low_confidence, random, margin or entropy)")]
+pub struct UnknownRemasking;
+
+impl FromStr for Remasking {
+    type Err = UnknownRemasking;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "low_confidence" => Ok(Remasking::LowConfidence),
+            "random" => Ok(Remasking::Random),
+            "margin" => Ok(Remasking::Margin),
+            "entropy" => Ok(Remasking::Entropy),
+            _ => Err(UnknownRemasking),
+        }
+    }
+}
+
+/// Parameters of the reverse process. The defaults are those of LLaDA's reference
+/// `generate()` (128 steps, 128 tokens, one block, temperature 0, no guidance,
+/// low-confidence remasking) with LLaDA-8B's special token ids; set `mask_id`, `eos_id` and
+/// `eot_id` from the model's files for any other model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GenerateParams {
+    /// Total number of denoising steps, split evenly over the blocks.
+    pub steps: usize,
+    /// Number of tokens to generate after the prompt.
+    pub gen_length: usize,
+    /// Length of a semi-autoregressive block; `gen_length` must be a multiple of it.
+    pub block_length: usize,
+    /// Gumbel-max sampling temperature; `0` takes the argmax.
+    pub temperature: f32,
+    /// Classifier-free guidance scale; `0` disables guidance.
+    pub cfg_scale: f32,
+    /// How the positions to commit are ranked.
+    pub remasking: Remasking,
+    /// The mask token id.
+    pub mask_id: u32,
+    /// Seed of the sampler's random number generator (temperature > 0, random remasking).
+    pub seed: u64,
+    /// Forbid end-of-text: its logit is set to negative infinity.
+    pub logits_eos_inf: bool,
+    /// Leave the EOS and EOT logits out of the confidence softmax, so positions proposing EOS
+    /// or EOT get confidence 0 and are committed after the others.
+    pub confidence_eos_eot_inf: bool,
+    /// The end-of-text id used by `logits_eos_inf` and `confidence_eos_eot_inf`.
+    pub eos_id: u32,
+    /// The end-of-turn id used by `confidence_eos_eot_inf`.
+    pub eot_id: u32,
+    /// Sample only among the `top_k` largest logits (temperature > 0); `0` disables.
+    pub top_k: usize,
+    /// Sample only among the smallest set of tokens whose probability reaches `top_p`
+    /// (temperature > 0); `1.0` disables.
+    pub top_p: f32,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        Self {
+            steps: 128,
+            gen_length: 128,
+            block_length: 128,
+            temperature: 0.0,
+            cfg_scale: 0.0,
+            remasking: Remasking::LowConfidence,
+            mask_id: LLADA_8B_MASK_ID,
+            seed: 0,
+            logits_eos_inf: false,
+            confidence_eos_eot_inf: false,
+            eos_id: LLADA_8B_EOS_ID,
+            eot_id: LLADA_8B_EOT_ID,
+            top_k: 0,
+            top_p: 1.0,
+        }
+    }
+}
+
+impl GenerateParams {
+    /// Number of semi-autoregressive blocks (valid parameters only).
+    pub fn num_blocks(&self) -> usize {
+        self.gen_length / self.block_length.max(1)
+    }
+
+    /// Steps spent on each block (valid parameters only).
+    pub fn steps_per_block(&self) -> usize {
+        self.steps / self.num_blocks().max(1)
+    }
+
+    /// Whether classifier-free guidance doubles the batch.
+    pub fn uses_cfg(&self) -> bool {
+        self.cfg_scale > 0.0
+    }
+
+    /// Whether top-k or top-p filtering is in effect (it only matters when sampling).
+    pub fn filters_vocabulary(&self) -> bool {
+        self.temperature > 0.0 && (self.top_k > 0 || self.top_p < 1.0)
+    }
+
+    /// Checks the parameters on their own: non-zero lengths, `gen_length` divisible by
+    /// `block_length`, `steps` divisible by the number of blocks, finite non-negative
+    /// temperature and guidance, `top_p` in `(0, 1]`.
+    pub fn validate(&self) -> Result<(), Error> {
+        for (name, value) in [
+            ("steps", self.steps),
+            ("gen_length", self.gen_length),
+            ("block_length", self.block_length),
+        ] {
+            if value == 0 {
+                return Err(Error::Zero { name });
+            }
+        }
+        if !self.gen_length.is_multiple_of(self.block_length) {
+            return Err(Error::BlockLength {
+                gen_length: self.gen_length,
+                block_length: self.block_length,
+            });
+        }
+        let num_blocks = self.num_blocks();
+        if !self.steps.is_multiple_of(num_blocks) {
+            return Err(Error::Steps {
+                steps: self.steps,
+                num_blocks,
+            });
+        }
+        for (name, value) in [
+            ("temperature", self.temperature),
+            ("cfg_scale", self.cfg_scale),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(Error::NotFiniteNonNegative { name, value });
+            }
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::OutOfRange {
+                name: "top_p",
+                range: "(0, 1]",
+                value: f64::from(self.top_p),
+            });
+        }
+        Ok(())
+    }
+
+    /// [`validate`](Self::validate), plus the checks that need the predictor and the prompt:
+    /// special ids inside the vocabulary and the whole canvas within the model's maximum.
+    pub fn validate_for(
+        &self,
+        vocab: usize,
+        max_sequence_length: usize,
+        prompt_len: usize,
+    ) -> Result<(), Error> {
+        self.validate()?;
+        check_id("mask_id", self.mask_id, vocab)?;
+        if self.logits_eos_inf || self.confidence_eos_eot_inf {
+            check_id("eos_id", self.eos_id, vocab)?;
+        }
+        if self.confidence_eos_eot_inf {
+            check_id("eot_id", self.eot_id, vocab)?;
+        }
+        let length = prompt_len.saturating_add(self.gen_length);
+        if length > max_sequence_length {
+            return Err(Error::TooLong {
+                length,
+                prompt_len,
+                gen_length: self.gen_length,
+                max: max_sequence_length,
+            });
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn check_id(name: &'static str, id: u32, vocab: usize) -> Result<(), Error> {
+    if (id as usize) < vocab {
+        Ok(())
+    } else {
+        Err(Error::TokenOutOfVocab { name, id, vocab })
+    }
+}

@@ -1,0 +1,203 @@
+//! The backend interface: [`MaskPredictor`] and the [`ForwardRequest`] it answers.
+
+use core::fmt;
+use core::ops::Range;
+
+use crate::error::{ErrorKind, ShapeError};
+
+/// A token id. Ids are `u32` everywhere in this crate (backends convert to the `i64` or `i32` their
+/// runtime wants); every id a caller passes is checked against the predictor's vocabulary.
+pub type TokenId = u32;
+
+/// The error type of a backend: its own type, mapped onto the shared [`ErrorKind`] so generic
+/// code (the sampler, the C ABI) can act on it without knowing the backend.
+pub trait PredictorError: fmt::Debug + fmt::Display {
+    /// The broad category of this error.
+    fn kind(&self) -> ErrorKind;
+}
+
+impl PredictorError for core::convert::Infallible {
+    fn kind(&self) -> ErrorKind {
+        match *self {}
+    }
+}
+
+/// One forward pass the sampler needs: a batch of token sequences, an optional attention mask
+/// and the window of positions whose logits it will read.
+///
+/// Layout: `ids` is row-major `[batch, seq_len]`; `attention_mask`, when present, has the same
+/// shape with `1` for a real token and `0` for left padding. The logits a predictor writes are
+/// row-major `[batch, window.len(), vocab]`: only the rows of the requested window, which on
+/// real LLaDA models saves most of the LM head (a 126,464-wide row per position).
+///
+/// The struct is `#[non_exhaustive]` and built through [`ForwardRequest::new`] and the `with_*`
+/// methods, so later versions can add hints (for example the span being denoised, for backends
+/// with a key/value cache) without breaking backends that ignore them.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ForwardRequest<'a> {
+    ids: &'a [TokenId],
+    batch: usize,
+    seq_len: usize,
+    attention_mask: Option<&'a [u8]>,
+    window: Range<usize>,
+}
+
+impl<'a> ForwardRequest<'a> {
+    /// A request over `ids` (`[batch, seq_len]`, row-major) with no attention mask and the whole
+    /// sequence as the logits window.
+    pub fn new(ids: &'a [TokenId], batch: usize, seq_len: usize) -> Result<Self, ShapeError> {
+        let needed = batch.checked_mul(seq_len).ok_or(ShapeError::Overflow)?;
+        if batch == 0 || seq_len == 0 {
+            return Err(ShapeError::Empty {
+                what: "forward request",
+            });
+        }
+        if ids.len() != needed {
+            return Err(ShapeError::Length {
+                what: "input ids",
+                expected: needed,
+                found: ids.len(),
+            });
+        }
+        Ok(Self {
+            ids,
+            batch,
+            seq_len,
+            attention_mask: None,
+            window: 0..seq_len,
+        })
+    }
+
+    /// A request from parts already checked by the caller.
+    pub(crate) fn from_parts(
+        ids: &'a [TokenId],
+        batch: usize,
+        seq_len: usize,
+        attention_mask: Option<&'a [u8]>,
+        window: Range<usize>,
+    ) -> Self {
+        debug_assert_eq!(ids.len(), batch * seq_len);
+        Self {
+            ids,
+            batch,
+            seq_len,
+            attention_mask,
+            window,
+        }
+    }
+
+    /// Adds an attention mask of shape `[batch, seq_len]` (non-zero = real token, 0 = padding).
+    pub fn with_attention_mask(mut self, mask: &'a [u8]) -> Result<Self, ShapeError> {
+        if mask.len() != self.ids.len() {
+            return Err(ShapeError::Length {
+                what: "attention mask",
+                expected: self.ids.len(),
+                found: mask.len(),
+            });
+        }
+        self.attention_mask = Some(mask);
+        Ok(self)
+    }
+
+    /// Restricts the logits to positions `window` of every row.
+    pub fn with_window(mut self, window: Range<usize>) -> Result<Self, ShapeError> {
+        if window.start >= window.end || window.end > self.seq_len {
+            return Err(ShapeError::Window {
+                start: window.start,
+                end: window.end,
+                seq_len: self.seq_len,
+            });
+        }
+        self.window = window;
+        Ok(self)
+    }
+
+    /// All input ids, `[batch, seq_len]` row-major.
+    pub fn ids(&self) -> &'a [TokenId] {
+        self.ids
+    }
+
+    /// The ids of one row.
+    ///
+    /// # Panics
+    /// If `row >= batch`.
+    pub fn row(&self, row: usize) -> &'a [TokenId] {
+        &self.ids[row * self.seq_len..(row + 1) * self.seq_len]
+    }
+
+    /// Number of rows.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Length of every row.
+    pub fn seq_len(&self) -> usize {
+        self.seq_len
+    }
+
+    /// The attention mask, if any: `[batch, seq_len]`, non-zero = real token.
+    pub fn attention_mask(&self) -> Option<&'a [u8]> {
+        self.attention_mask
+    }
+
+    /// The positions whose logits the caller reads.
+    pub fn window(&self) -> Range<usize> {
+        self.window.clone()
+    }
+
+    /// The number of `f32` values the logits output must hold for a vocabulary of `vocab`:
+    /// `batch * window.len() * vocab`.
+    pub fn logits_len(&self, vocab: usize) -> usize {
+        self.batch * self.window.len() * vocab
+    }
+}
+
+/// A mask predictor: the bidirectional transformer that, given a partially masked sequence,
+/// predicts every position at once. Backends (ndarray, ONNX Runtime, a GPU runtime, a mock)
+/// implement this one trait, and the sampler drives any of them.
+///
+/// `forward` takes `&mut self` so a backend can own and reuse its scratch memory; share the
+/// immutable weights between threads and give each thread its own predictor.
+pub trait MaskPredictor {
+    /// The backend's own error type.
+    type Error: PredictorError;
+
+    /// Width of a logits row (the model's `embedding_size`, which may exceed the tokenizer's
+    /// vocabulary).
+    fn vocab_size(&self) -> usize;
+
+    /// The longest sequence the predictor accepts.
+    fn max_sequence_length(&self) -> usize;
+
+    /// Runs the model on `request` and writes the logits of the requested window into
+    /// `logits`, row-major `[batch, window.len(), vocab_size]`. `logits.len()` is exactly
+    /// `request.logits_len(self.vocab_size())`; a predictor must check this and the ids
+    /// (inside the vocabulary, sequence not longer than its maximum) and return an error
+    /// rather than panic.
+    fn forward(
+        &mut self,
+        request: &ForwardRequest<'_>,
+        logits: &mut [f32],
+    ) -> Result<(), Self::Error>;
+}
+
+impl<P: MaskPredictor + ?Sized> MaskPredictor for &mut P {
+    type Error = P::Error;
+
+    fn vocab_size(&self) -> usize {
+        (**self).vocab_size()
+    }
+
+    fn max_sequence_length(&self) -> usize {
+        (**self).max_sequence_length()
+    }
+
+    fn forward(
+        &mut self,
+        request: &ForwardRequest<'_>,
+        logits: &mut [f32],
+    ) -> Result<(), Self::Error> {
+        (**self).forward(request, logits)
+    }
+}

@@ -1,0 +1,626 @@
+//! Behaviour of the reverse process beyond the golden cases: validation, cancellation, the
+//! sans-IO protocol, infilling, batches, sampling, tie-breaking and the EOS options.
+
+use core::ops::ControlFlow;
+
+use llada_core::testing::{HashPredictor, MockError, UniformPredictor};
+use llada_core::{
+    Canvas, Error, ForwardRequest, GenerateError, GenerateParams, Generation, Limits,
+    MaskPredictor, Remasking, StepEvent, Workspace, WorkspaceBuf, WorkspaceSizes, generate,
+    tokens_to_commit,
+};
+
+const VOCAB: usize = 64;
+const MASK: u32 = 63;
+
+fn params() -> GenerateParams {
+    GenerateParams {
+        steps: 8,
+        gen_length: 16,
+        block_length: 8,
+        mask_id: MASK,
+        ..GenerateParams::default()
+    }
+}
+
+/// Block, step and the positions each row committed.
+type Event = (usize, usize, Vec<Vec<u32>>);
+
+/// Runs `generate` on the hash predictor; returns the canvas and the events seen.
+fn run(
+    params: &GenerateParams,
+    prompts: &[u32],
+    batch: usize,
+    attention: Option<&[u8]>,
+) -> Result<(Vec<u32>, Vec<Event>), GenerateError<MockError>> {
+    let prompt_len = prompts.len() / batch;
+    let mut tokens = vec![0; batch * (prompt_len + params.gen_length)];
+    Canvas::fill(
+        &mut tokens,
+        prompts,
+        batch,
+        params.gen_length,
+        params.mask_id,
+    )?;
+    let mut ws = WorkspaceBuf::new(&WorkspaceSizes::for_generation(
+        params, batch, prompt_len, VOCAB,
+    )?);
+    let mut events = Vec::new();
+    let mut observer = |e: &StepEvent<'_>| {
+        events.push((
+            e.block(),
+            e.step(),
+            (0..e.batch()).map(|r| e.committed(r).to_vec()).collect(),
+        ));
+        ControlFlow::Continue(())
+    };
+    let mut canvas = Canvas::new(&mut tokens, batch, prompt_len);
+    if let Some(mask) = attention {
+        canvas = canvas.with_attention_mask(mask);
+    }
+    generate(
+        &mut HashPredictor::new(VOCAB, MASK, 9),
+        params,
+        canvas,
+        ws.as_workspace(),
+        &mut observer,
+    )?;
+    Ok((tokens, events))
+}
+
+fn invalid(params: GenerateParams) -> Error {
+    match run(&params, &[1, 2, 3], 1, None) {
+        Err(GenerateError::Invalid(e)) => e,
+        other => panic!("expected a parameter error, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_parameter_constraint_is_a_typed_error() {
+    let p = params();
+    assert_eq!(
+        invalid(GenerateParams { steps: 0, ..p }),
+        Error::Zero { name: "steps" }
+    );
+    assert_eq!(
+        invalid(GenerateParams {
+            block_length: 0,
+            ..p
+        }),
+        Error::Zero {
+            name: "block_length"
+        }
+    );
+    assert_eq!(
+        invalid(GenerateParams {
+            block_length: 5,
+            ..p
+        }),
+        Error::BlockLength {
+            gen_length: 16,
+            block_length: 5
+        }
+    );
+    assert_eq!(
+        invalid(GenerateParams { steps: 7, ..p }),
+        Error::Steps {
+            steps: 7,
+            num_blocks: 2
+        }
+    );
+    assert_eq!(
+        invalid(GenerateParams { mask_id: 64, ..p }),
+        Error::TokenOutOfVocab {
+            name: "mask_id",
+            id: 64,
+            vocab: 64
+        }
+    );
+    assert_eq!(
+        invalid(GenerateParams {
+            logits_eos_inf: true,
+            eos_id: 100,
+            ..p
+        }),
+        Error::TokenOutOfVocab {
+            name: "eos_id",
+            id: 100,
+            vocab: 64
+        }
+    );
+    assert!(matches!(
+        invalid(GenerateParams {
+            temperature: -1.0,
+            ..p
+        }),
+        Error::NotFiniteNonNegative {
+            name: "temperature",
+            ..
+        }
+    ));
+    assert!(matches!(
+        invalid(GenerateParams {
+            cfg_scale: f32::NAN,
+            ..p
+        }),
+        Error::NotFiniteNonNegative {
+            name: "cfg_scale",
+            ..
+        }
+    ));
+    assert!(matches!(
+        invalid(GenerateParams { top_p: 0.0, ..p }),
+        Error::OutOfRange { name: "top_p", .. }
+    ));
+    assert!(matches!(
+        invalid(GenerateParams { top_p: 1.5, ..p }),
+        Error::OutOfRange { name: "top_p", .. }
+    ));
+    let long = GenerateParams {
+        gen_length: 4096,
+        block_length: 4096,
+        steps: 8,
+        ..p
+    };
+    assert_eq!(
+        invalid(long),
+        Error::TooLong {
+            length: 4099,
+            prompt_len: 3,
+            gen_length: 4096,
+            max: 4096
+        }
+    );
+    let message = invalid(long).to_string();
+    assert!(
+        message.contains("4099") && message.contains("4096"),
+        "{message}"
+    );
+}
+
+#[test]
+fn bad_canvases_and_small_buffers_are_typed_errors() {
+    let p = params();
+    let mut predictor = HashPredictor::new(VOCAB, MASK, 1);
+    let limits = Limits::of(&predictor);
+    let sizes = WorkspaceSizes::for_generation(&p, 1, 3, VOCAB).unwrap();
+    let mut ws = WorkspaceBuf::new(&sizes);
+
+    let mut short = vec![MASK; 10];
+    let err =
+        Generation::new(&p, Canvas::new(&mut short, 1, 3), ws.as_workspace(), limits).unwrap_err();
+    assert_eq!(err.to_string(), "canvas has length 10, expected 19");
+
+    let mut with_mask_in_prompt = vec![MASK; 19];
+    let err = Generation::new(
+        &p,
+        Canvas::new(&mut with_mask_in_prompt, 1, 3),
+        ws.as_workspace(),
+        limits,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        Error::MaskInPrompt {
+            row: 0,
+            position: 0
+        }
+    );
+
+    let mut out_of_vocab = vec![MASK; 19];
+    out_of_vocab[..3].copy_from_slice(&[1, 2, 99]);
+    let err = Generation::new(
+        &p,
+        Canvas::new(&mut out_of_vocab, 1, 3),
+        ws.as_workspace(),
+        limits,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        Error::TokenOutOfVocab {
+            name: "canvas token",
+            id: 99,
+            vocab: 64
+        }
+    );
+
+    let mut tokens = vec![MASK; 19];
+    tokens[..3].copy_from_slice(&[1, 2, 3]);
+    let mask = [1u8; 5];
+    let err = Generation::new(
+        &p,
+        Canvas::new(&mut tokens, 1, 3).with_attention_mask(&mask),
+        ws.as_workspace(),
+        limits,
+    )
+    .unwrap_err();
+    assert_eq!(err.to_string(), "attention mask has length 5, expected 19");
+
+    let (mut l, mut t, mut f, mut s) = (
+        vec![0f32; sizes.logits - 1],
+        vec![0u32; sizes.tokens],
+        vec![0u8; sizes.flags],
+        vec![0f64; sizes.scores],
+    );
+    let err = Generation::new(
+        &p,
+        Canvas::new(&mut tokens, 1, 3),
+        Workspace::new(&mut l, &mut t, &mut f, &mut s),
+        limits,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        Error::BufferTooSmall {
+            buffer: "logits",
+            needed: sizes.logits,
+            found: sizes.logits - 1
+        }
+    );
+    assert_eq!(err.kind(), llada_core::ErrorKind::BufferTooSmall);
+
+    // Nothing was written by the failed attempts.
+    assert_eq!(&tokens[3..], &[MASK; 16]);
+    // And the same canvas generates fine with the right workspace.
+    generate(
+        &mut predictor,
+        &p,
+        Canvas::new(&mut tokens, 1, 3),
+        ws.as_workspace(),
+        &mut (),
+    )
+    .unwrap();
+}
+
+#[test]
+fn the_schedule_commits_the_reference_counts_inside_the_current_block() {
+    // 8 steps over 2 blocks of 8: 4 steps per block, 2 tokens each.
+    let p = GenerateParams {
+        steps: 8,
+        gen_length: 16,
+        block_length: 8,
+        ..params()
+    };
+    let (canvas, events) = run(&p, &[1, 2, 3], 1, None).unwrap();
+    assert!(!canvas.contains(&MASK));
+    assert_eq!(events.len(), 8);
+    let mut seen = Vec::new();
+    for (i, (block, step, committed)) in events.iter().enumerate() {
+        assert_eq!((*block, *step), (i / 4, i % 4));
+        assert_eq!(committed[0].len(), 2);
+        for &position in &committed[0] {
+            let span = 3 + block * 8..3 + (block + 1) * 8;
+            assert!(
+                span.contains(&(position as usize)),
+                "position {position} outside block {block}"
+            );
+            assert!(!seen.contains(&position));
+            seen.push(position);
+        }
+    }
+
+    // 6 steps per block of 8 masks: 2, 2, 1, 1, 1, 1.
+    let p = GenerateParams {
+        steps: 6,
+        gen_length: 8,
+        block_length: 8,
+        ..params()
+    };
+    let (_, events) = run(&p, &[1, 2, 3], 1, None).unwrap();
+    let counts: Vec<usize> = events.iter().map(|(_, _, c)| c[0].len()).collect();
+    assert_eq!(
+        counts,
+        [0, 1, 2, 3, 4, 5].map(|s| tokens_to_commit(8, 6, s))
+    );
+    assert_eq!(counts, [2, 2, 1, 1, 1, 1]);
+}
+
+#[test]
+fn steps_with_nothing_to_commit_cost_no_forward_pass() {
+    // 16 steps for 8 masks: the last 8 steps commit nothing.
+    let p = GenerateParams {
+        steps: 16,
+        gen_length: 8,
+        block_length: 8,
+        ..params()
+    };
+    let (canvas, events) = run(&p, &[1, 2, 3], 1, None).unwrap();
+    assert_eq!(events.len(), 8);
+    // Same tokens as the schedule with steps == masks.
+    let (reference, _) = run(&GenerateParams { steps: 8, ..p }, &[1, 2, 3], 1, None).unwrap();
+    assert_eq!(canvas, reference);
+}
+
+#[test]
+fn rows_of_a_batch_follow_their_own_schedule() {
+    let p = params();
+    let (batched, _) = run(
+        &p,
+        &[1, 1, 7, 2, 3, 4],
+        2,
+        Some(&[&[0u8, 0, 1][..], &[1; 16], &[1; 19]].concat()),
+    )
+    .unwrap();
+    let (first, _) = run(&p, &[1, 1, 7], 1, None).unwrap();
+    let (second, _) = run(&p, &[2, 3, 4], 1, None).unwrap();
+    assert_eq!(batched, [first, second].concat());
+
+    let cfg = GenerateParams {
+        cfg_scale: 2.0,
+        ..p
+    };
+    let (batched, _) = run(&cfg, &[1, 1, 7, 2, 3, 4], 2, None).unwrap();
+    let (first, _) = run(&cfg, &[1, 1, 7], 1, None).unwrap();
+    let (second, _) = run(&cfg, &[2, 3, 4], 1, None).unwrap();
+    assert_eq!(batched, [first, second].concat());
+    let (unguided, _) = run(&p, &[1, 1, 7, 2, 3, 4], 2, None).unwrap();
+    assert_ne!(
+        batched, unguided,
+        "guidance changes the answer of the hash predictor"
+    );
+}
+
+#[test]
+fn cancelling_leaves_a_consistent_canvas() {
+    let p = params();
+    let mut tokens = vec![0; 19];
+    Canvas::fill(&mut tokens, &[1, 2, 3], 1, 16, MASK).unwrap();
+    let mut ws = WorkspaceBuf::new(&WorkspaceSizes::for_generation(&p, 1, 3, VOCAB).unwrap());
+    let mut steps = 0;
+    let mut stop_after_three = |_: &StepEvent<'_>| {
+        steps += 1;
+        if steps == 3 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    };
+    let result = generate(
+        &mut HashPredictor::new(VOCAB, MASK, 9),
+        &p,
+        Canvas::new(&mut tokens, 1, 3),
+        ws.as_workspace(),
+        &mut stop_after_three,
+    );
+    assert!(matches!(result, Err(GenerateError::Cancelled)));
+    assert_eq!(result.unwrap_err().kind(), llada_core::ErrorKind::Cancelled);
+    // Three steps of two tokens each, all in the first block, equal to the full run there.
+    let (full, _) = run(&p, &[1, 2, 3], 1, None).unwrap();
+    let committed: Vec<usize> = (3..19).filter(|&i| tokens[i] != MASK).collect();
+    assert_eq!(committed.len(), 6);
+    assert!(committed.iter().all(|&i| i < 11 && tokens[i] == full[i]));
+}
+
+/// Drives the state machine by hand, as an async or GPU host would.
+#[test]
+fn the_sans_io_protocol_gives_the_same_tokens_as_generate() {
+    let p = GenerateParams {
+        cfg_scale: 1.0,
+        ..params()
+    };
+    let mut predictor = HashPredictor::new(VOCAB, MASK, 9);
+    let mut tokens = vec![0; 19];
+    Canvas::fill(&mut tokens, &[1, 2, 3], 1, 16, MASK).unwrap();
+    let mut ws = WorkspaceBuf::new(&WorkspaceSizes::for_generation(&p, 1, 3, VOCAB).unwrap());
+    let mut generation = Generation::new(
+        &p,
+        Canvas::new(&mut tokens, 1, 3),
+        ws.as_workspace(),
+        Limits::of(&predictor),
+    )
+    .unwrap();
+    assert_eq!(
+        generation.complete_step().unwrap_err(),
+        Error::NoPendingForward
+    );
+    let mut passes = 0;
+    while let Some(job) = generation.next_forward() {
+        // With guidance the batch is doubled and the window is the current block.
+        assert_eq!(job.request.batch(), 2);
+        assert_eq!(job.request.window().len(), 8);
+        assert!(
+            job.request.row(1)[..3].iter().all(|&t| t == MASK),
+            "prompt masked in the unconditional row"
+        );
+        predictor.forward(&job.request, job.logits).unwrap();
+        generation.complete_step().unwrap();
+        passes += 1;
+    }
+    assert!(generation.is_finished());
+    assert_eq!((passes, generation.forward_passes()), (8, 8));
+    let (expected, _) = run(&p, &[1, 2, 3], 1, None).unwrap();
+    assert_eq!(tokens, expected);
+}
+
+#[test]
+fn infilling_keeps_the_template_and_fills_only_the_holes() {
+    let p = GenerateParams {
+        steps: 4,
+        gen_length: 8,
+        block_length: 4,
+        ..params()
+    };
+    let mut tokens = vec![1, 2, 3, 10, MASK, 11, MASK, MASK, MASK, 12, 13];
+    let template = tokens.clone();
+    let mut ws = WorkspaceBuf::new(&WorkspaceSizes::for_generation(&p, 1, 3, VOCAB).unwrap());
+    let mut per_step = Vec::new();
+    let mut observer = |e: &StepEvent<'_>| {
+        per_step.push(e.committed(0).len());
+        ControlFlow::Continue(())
+    };
+    let stats = generate(
+        &mut HashPredictor::new(VOCAB, MASK, 5),
+        &p,
+        Canvas::new(&mut tokens, 1, 3),
+        ws.as_workspace(),
+        &mut observer,
+    )
+    .unwrap();
+    for (i, (&t, &orig)) in tokens.iter().zip(&template).enumerate() {
+        if orig == MASK {
+            assert_ne!(t, MASK, "hole at {i} filled");
+        } else {
+            assert_eq!(t, orig, "template token at {i} kept");
+        }
+    }
+    // Block one holds 2 masks, block two 2 masks: 2 steps each, one token per step.
+    assert_eq!(per_step, [1, 1, 1, 1]);
+    assert_eq!(stats.forward_passes, 4);
+}
+
+#[test]
+fn equal_confidences_commit_the_lower_position_first() {
+    let p = GenerateParams {
+        steps: 8,
+        gen_length: 8,
+        block_length: 8,
+        mask_id: 3,
+        ..GenerateParams::default()
+    };
+    let mut predictor = UniformPredictor {
+        vocab: 4,
+        max_len: 64,
+    };
+    let mut tokens = vec![0; 10];
+    Canvas::fill(&mut tokens, &[1, 2], 1, 8, 3).unwrap();
+    let mut ws = WorkspaceBuf::new(&WorkspaceSizes::for_generation(&p, 1, 2, 4).unwrap());
+    let mut order = Vec::new();
+    let mut observer = |e: &StepEvent<'_>| {
+        order.extend_from_slice(e.committed(0));
+        ControlFlow::Continue(())
+    };
+    generate(
+        &mut predictor,
+        &p,
+        Canvas::new(&mut tokens, 1, 2),
+        ws.as_workspace(),
+        &mut observer,
+    )
+    .unwrap();
+    assert_eq!(order, (2..10).collect::<Vec<u32>>());
+    assert_eq!(&tokens[2..], &[0; 8], "argmax ties go to the first id");
+
+    let no_eos = GenerateParams {
+        logits_eos_inf: true,
+        eos_id: 0,
+        ..p
+    };
+    Canvas::fill(&mut tokens, &[1, 2], 1, 8, 3).unwrap();
+    generate(
+        &mut predictor,
+        &no_eos,
+        Canvas::new(&mut tokens, 1, 2),
+        ws.as_workspace(),
+        &mut (),
+    )
+    .unwrap();
+    assert_eq!(&tokens[2..], &[1; 8], "EOS forbidden");
+}
+
+/// Proposes EOS (id 0) with high probability at even positions, id 1 elsewhere.
+struct EosAtEven;
+
+impl MaskPredictor for EosAtEven {
+    type Error = core::convert::Infallible;
+    fn vocab_size(&self) -> usize {
+        4
+    }
+    fn max_sequence_length(&self) -> usize {
+        64
+    }
+    fn forward(
+        &mut self,
+        request: &ForwardRequest<'_>,
+        logits: &mut [f32],
+    ) -> Result<(), Self::Error> {
+        let window = request.window();
+        for (k, row) in logits.chunks_exact_mut(4).enumerate() {
+            let position = window.start + k % window.len();
+            row.copy_from_slice(if position % 2 == 0 {
+                &[9.0, 0.0, 0.0, 0.0]
+            } else {
+                &[0.0, 3.0, 0.0, 0.0]
+            });
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn eos_and_eot_proposals_are_committed_last_with_confidence_eos_eot_inf() {
+    let base = GenerateParams {
+        steps: 6,
+        gen_length: 6,
+        block_length: 6,
+        mask_id: 3,
+        eos_id: 0,
+        eot_id: 2,
+        ..GenerateParams::default()
+    };
+    for (flag, expected) in [
+        (false, vec![2u32, 4, 6, 3, 5, 7]),
+        (true, vec![3, 5, 7, 2, 4, 6]),
+    ] {
+        let p = GenerateParams {
+            confidence_eos_eot_inf: flag,
+            ..base
+        };
+        let mut tokens = vec![0; 8];
+        Canvas::fill(&mut tokens, &[1, 1], 1, 6, 3).unwrap();
+        let mut ws = WorkspaceBuf::new(&WorkspaceSizes::for_generation(&p, 1, 2, 4).unwrap());
+        let mut order = Vec::new();
+        let mut observer = |e: &StepEvent<'_>| {
+            order.extend_from_slice(e.committed(0));
+            ControlFlow::Continue(())
+        };
+        generate(
+            &mut EosAtEven,
+            &p,
+            Canvas::new(&mut tokens, 1, 2),
+            ws.as_workspace(),
+            &mut observer,
+        )
+        .unwrap();
+        assert_eq!(order, expected, "confidence_eos_eot_inf = {flag}");
+        assert_eq!(tokens, [1, 1, 0, 1, 0, 1, 0, 1]);
+    }
+}
+
+#[test]
+fn sampling_is_reproducible_from_the_seed() {
+    let p = GenerateParams {
+        temperature: 1.0,
+        top_k: 20,
+        top_p: 0.95,
+        ..params()
+    };
+    let (a, _) = run(&p, &[1, 2, 3], 1, None).unwrap();
+    let (b, _) = run(&p, &[1, 2, 3], 1, None).unwrap();
+    assert_eq!(a, b);
+    let outputs: Vec<Vec<u32>> = (0..8)
+        .map(|seed| {
+            run(&GenerateParams { seed, ..p }, &[1, 2, 3], 1, None)
+                .unwrap()
+                .0
+        })
+        .collect();
+    assert!(
+        outputs.iter().any(|o| *o != outputs[0]),
+        "different seeds give different samples"
+    );
+    for strategy in [Remasking::Random, Remasking::Margin, Remasking::Entropy] {
+        let (canvas, events) = run(
+            &GenerateParams {
+                remasking: strategy,
+                ..p
+            },
+            &[1, 2, 3],
+            1,
+            None,
+        )
+        .unwrap();
+        assert!(!canvas.contains(&MASK), "{strategy} fills every position");
+        assert_eq!(events.len(), 8);
+    }
+}

@@ -1,0 +1,4 @@
+//! The C ABI of llada.
+//!
+//! Not implemented yet: this crate is an empty placeholder in the workspace layout. It exports
+//! nothing, so nothing can be mistaken for a working ABI.
