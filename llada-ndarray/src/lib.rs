@@ -1,4 +1,49 @@
-//! Pure-Rust LLaDA backend on `ndarray`.
+//! A pure-Rust LLaDA backend: loads LLaDA checkpoints exactly as published (Hugging Face
+//! safetensors, single-file or sharded, f32, bf16 or f16) and runs the mask predictor on the
+//! CPU with `ndarray`, using every core.
 //!
-//! Not implemented yet: this crate is an empty placeholder in the workspace layout. It exports
-//! nothing, so nothing can be mistaken for a working backend.
+//! A [`Model`] holds the weights and is shared between threads; each thread that generates
+//! creates a [`Context`], which owns the activation buffers and worker threads and implements
+//! [`llada_core::MaskPredictor`], so `llada_core::generate` runs on it unchanged.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use llada_core::{generate, Canvas, GenerateParams, MaskPredictor, WorkspaceBuf, WorkspaceSizes};
+//! use llada_ndarray::{Context, Model};
+//!
+//! let model = Arc::new(Model::load("path/to/LLaDA-8B-Instruct")?);
+//! let mut context = Context::new(model.clone())?;
+//! let mask_id = model.config().mask_token_id.unwrap_or(llada_core::LLADA_8B_MASK_ID);
+//! let params = GenerateParams { steps: 64, gen_length: 64, block_length: 32, mask_id, ..Default::default() };
+//! let prompt: Vec<u32> = vec![126080, 198, 3219]; // ids from the model's tokenizer
+//! let mut canvas = vec![0; prompt.len() + params.gen_length];
+//! Canvas::fill(&mut canvas, &prompt, 1, params.gen_length, mask_id)?;
+//! let sizes = WorkspaceSizes::for_generation(&params, 1, prompt.len(), context.vocab_size())?;
+//! let mut workspace = WorkspaceBuf::new(&sizes);
+//! generate(&mut context, &params, Canvas::new(&mut canvas, 1, prompt.len()), workspace.as_workspace(), &mut ())?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Linear layers are packed once at load time for the matrix kernel, in the checkpoint's own
+//! dtype: a bf16 checkpoint stays bf16 in memory and is widened to f32 inside the kernel, so
+//! the weights take about the checkpoint's size. The forward pass allocates nothing once its
+//! buffers have grown to the largest request seen (or [`Context::reserve`]).
+
+mod config;
+mod context;
+mod error;
+mod gemm;
+mod model;
+mod ops;
+mod threads;
+mod weights;
+
+pub use config::Config;
+pub use context::Context;
+pub use error::{ForwardError, LoadError};
+pub use model::Model;
+
+/// The matrix micro-kernel chosen for this CPU at run time (`"avx2+fma"` or `"portable"`).
+pub fn kernel_name() -> &'static str {
+    gemm::kernel_name()
+}

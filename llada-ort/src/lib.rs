@@ -1,4 +1,32 @@
-//! LLaDA backend on ONNX Runtime.
+//! A LLaDA backend on ONNX Runtime: point it at an ONNX export of a LLaDA model and at your own
+//! `libonnxruntime`, and `llada_core::generate` runs on it.
 //!
-//! Not implemented yet: this crate is an empty placeholder in the workspace layout. It exports
-//! nothing, so nothing can be mistaken for a working backend.
+//! The runtime is loaded at run time (`ort`'s `load-dynamic`): from the path given to the
+//! builder, else from `ORT_DYLIB_PATH`. Nothing is downloaded at build time. When no library
+//! can be loaded the error lists the paths tried and how to get one
+//! (`pip install onnxruntime==1.31.1`).
+//!
+//! ```no_run
+//! use llada_ort::{ExecutionProvider, OrtPredictor};
+//!
+//! let predictor = OrtPredictor::builder("tests/fixtures/tiny-llada/model.onnx")
+//!     .library("/opt/onnxruntime/lib/libonnxruntime.so")
+//!     .intra_threads(4)
+//!     .execution_provider(ExecutionProvider::Cuda { device_id: 0 }) // falls back to CPU
+//!     .build()?;
+//! println!("running on {:?}", predictor.providers());
+//! # Ok::<(), llada_ort::OrtError>(())
+//! ```
+//!
+//! # Features
+//! - `cuda`: the CUDA execution provider (falls back to CPU with a warning when it cannot start).
+//! - `tensorrt`, `coreml`, `directml`, `nnapi`, `xnnpack`: the other execution providers,
+//!   passed through to `ort`.
+
+mod error;
+mod predictor;
+mod runtime;
+
+pub use error::{OrtError, RUNTIME_HINT};
+pub use predictor::{ExecutionProvider, GraphOptimization, OrtPredictor, OrtPredictorBuilder};
+pub use runtime::loaded_library;

@@ -1,0 +1,129 @@
+//! Flags shared by the examples.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use llada::core::{GenerateParams, Remasking};
+use llada::{BackendChoice, OrtOptions, Pipeline};
+
+/// The bundled tiny model, trained on short word and number tasks.
+pub(crate) fn bundled_model() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tiny-llada"
+    ))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BackendFlag {
+    /// Pure Rust on model.safetensors.
+    Ndarray,
+    /// ONNX Runtime on model.onnx (needs libonnxruntime: --ort-lib or ORT_DYLIB_PATH).
+    Ort,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RemaskingFlag {
+    LowConfidence,
+    Random,
+    Margin,
+    Entropy,
+}
+
+/// Where the model is and what runs it.
+#[derive(Args, Debug)]
+pub(crate) struct ModelArgs {
+    /// Model directory (config.json, tokenizer.json, tokenizer_config.json, weights).
+    #[arg(long, default_value_os_t = bundled_model())]
+    pub(crate) model: PathBuf,
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = BackendFlag::Ndarray)]
+    pub(crate) backend: BackendFlag,
+    /// Path of libonnxruntime for --backend ort (default: ORT_DYLIB_PATH).
+    #[arg(long)]
+    pub(crate) ort_lib: Option<PathBuf>,
+    /// Use ONNX Runtime's CUDA execution provider (falls back to CPU).
+    #[arg(long)]
+    pub(crate) cuda: bool,
+}
+
+impl ModelArgs {
+    pub(crate) fn open(&self) -> Result<Pipeline, llada::Error> {
+        let choice = match self.backend {
+            BackendFlag::Ndarray => BackendChoice::Ndarray,
+            BackendFlag::Ort => BackendChoice::Ort(OrtOptions {
+                library: self.ort_lib.clone(),
+                cuda: self.cuda,
+                threads: None,
+            }),
+        };
+        Pipeline::open(&self.model, &choice)
+    }
+}
+
+/// Sampling flags; the defaults fit the bundled model (answers of at most 16 tokens: 16 steps,
+/// blocks of 8).
+#[derive(Args, Debug)]
+pub(crate) struct SamplingArgs {
+    /// Denoising steps in total.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) steps: usize,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) gen_length: usize,
+    /// Semi-autoregressive block length.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) block_length: usize,
+    /// Sampling temperature (0 = argmax).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) temperature: f32,
+    /// Classifier-free guidance scale (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) cfg_scale: f32,
+    /// How to pick the positions to commit.
+    #[arg(long, value_enum, default_value_t = RemaskingFlag::LowConfidence)]
+    pub(crate) remasking: RemaskingFlag,
+    /// Sample among the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) top_k: usize,
+    /// Nucleus sampling threshold (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) top_p: f32,
+    /// Random seed (temperature > 0, random remasking).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+}
+
+impl SamplingArgs {
+    pub(crate) fn params(&self, pipeline: &Pipeline) -> GenerateParams {
+        GenerateParams {
+            steps: self.steps,
+            gen_length: self.gen_length,
+            block_length: self.block_length,
+            temperature: self.temperature,
+            cfg_scale: self.cfg_scale,
+            remasking: match self.remasking {
+                RemaskingFlag::LowConfidence => Remasking::LowConfidence,
+                RemaskingFlag::Random => Remasking::Random,
+                RemaskingFlag::Margin => Remasking::Margin,
+                RemaskingFlag::Entropy => Remasking::Entropy,
+            },
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+            ..pipeline.default_params()
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: warnings).
+pub(crate) fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,390 @@
+//! A per-thread inference context: the activation buffers and worker threads of one caller,
+//! over a shared [`Model`]. It implements [`MaskPredictor`].
+
+use std::sync::Arc;
+
+use llada_core::{ForwardRequest, MaskPredictor, ShapeError};
+use ndarray::{ArrayView2, ArrayViewMut2, s};
+
+use crate::error::{ForwardError, LoadError};
+use crate::gemm::{GemmScratch, MatRef, Out, Rhs, gemm, gemm_serial};
+use crate::model::Model;
+use crate::ops::{masked_softmax, rms_norm, rope, silu_mul};
+use crate::threads::Pool;
+
+/// Query rows per attention task: scores never exceed `QUERY_TILE × seq_len` per thread.
+const QUERY_TILE: usize = 64;
+
+/// Scratch memory of one thread.
+pub(crate) struct ThreadScratch {
+    gemm: GemmScratch,
+    /// `[QUERY_TILE, max_sequence_length]` attention scores.
+    scores: Vec<f32>,
+}
+
+impl AsMut<GemmScratch> for ThreadScratch {
+    fn as_mut(&mut self) -> &mut GemmScratch {
+        &mut self.gemm
+    }
+}
+
+/// Activations, reused between calls; they only grow.
+#[derive(Default)]
+struct Buffers {
+    /// Residual stream `[tokens, d_model]`.
+    x: Vec<f32>,
+    /// Normalised input of a sub-layer `[tokens, d_model]`.
+    h: Vec<f32>,
+    /// Queries, keys and values `[tokens, (n_heads + 2 n_kv_heads) · head_dim]`.
+    qkv: Vec<f32>,
+    /// Attention output `[tokens, d_model]`.
+    attn: Vec<f32>,
+    /// Gate and up projections `[tokens, 2 · mlp_hidden_size]`.
+    gate_up: Vec<f32>,
+    /// Final-norm rows of the logits window `[batch · window, d_model]`.
+    head_in: Vec<f32>,
+}
+
+fn grow(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+}
+
+/// Runs a [`Model`] on one thread's requests (with its own worker threads). Create one per
+/// thread that generates; they share the model's weights.
+pub struct Context {
+    model: Arc<Model>,
+    pool: Pool<ThreadScratch>,
+    buffers: Buffers,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("threads", &self.pool.threads())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// A context using every core the operating system offers.
+    pub fn new(model: Arc<Model>) -> Result<Self, LoadError> {
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        Self::with_threads(model, threads)
+    }
+
+    /// A context with `threads` threads (the calling thread included; at least 1).
+    pub fn with_threads(model: Arc<Model>, threads: usize) -> Result<Self, LoadError> {
+        let scores = QUERY_TILE * model.config.max_sequence_length;
+        let scratch = (0..threads.max(1))
+            .map(|_| ThreadScratch {
+                gemm: GemmScratch::new(),
+                scores: vec![0.0; scores],
+            })
+            .collect();
+        let pool = Pool::new(scratch).map_err(LoadError::Threads)?;
+        Ok(Self {
+            model,
+            pool,
+            buffers: Buffers::default(),
+        })
+    }
+
+    /// The shared model.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// Threads this context computes with.
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
+    /// Sizes the buffers for `batch` rows of `seq_len` tokens (with a logits window as long as
+    /// the sequence), so that later calls up to that size allocate nothing.
+    pub fn reserve(&mut self, batch: usize, seq_len: usize) {
+        let c = &self.model.config;
+        let tokens = batch * seq_len;
+        let b = &mut self.buffers;
+        grow(&mut b.x, tokens * c.d_model);
+        grow(&mut b.h, tokens * c.d_model);
+        grow(
+            &mut b.qkv,
+            tokens * (c.n_heads + 2 * c.n_kv_heads) * c.head_dim,
+        );
+        grow(&mut b.attn, tokens * c.d_model);
+        grow(&mut b.gate_up, tokens * 2 * c.mlp_hidden_size);
+        grow(&mut b.head_in, tokens * c.d_model);
+    }
+
+    fn validate(&self, request: &ForwardRequest<'_>, logits: &[f32]) -> Result<(), ForwardError> {
+        let c = &self.model.config;
+        if request.seq_len() > c.max_sequence_length {
+            return Err(ForwardError::TooLong {
+                seq_len: request.seq_len(),
+                max: c.max_sequence_length,
+            });
+        }
+        let expected = request.logits_len(c.embedding_size);
+        if logits.len() != expected {
+            return Err(ShapeError::Length {
+                what: "logits",
+                expected,
+                found: logits.len(),
+            }
+            .into());
+        }
+        let seq = request.seq_len();
+        for (i, &id) in request.ids().iter().enumerate() {
+            if id as usize >= c.embedding_size {
+                return Err(ForwardError::TokenOutOfVocab {
+                    id,
+                    row: i / seq,
+                    position: i % seq,
+                    vocab: c.embedding_size,
+                });
+            }
+        }
+        if let Some(mask) = request.attention_mask() {
+            for (row, m) in mask.chunks_exact(seq).enumerate() {
+                if m.iter().all(|&v| v == 0) {
+                    return Err(ForwardError::EmptyRow { row });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The forward pass: logits of the requested window, `[batch, window, embedding_size]`.
+    pub fn forward(
+        &mut self,
+        request: &ForwardRequest<'_>,
+        logits: &mut [f32],
+    ) -> Result<(), ForwardError> {
+        self.validate(request, logits)?;
+        let (batch, seq) = (request.batch(), request.seq_len());
+        self.reserve(batch, seq);
+        let model = &*self.model;
+        let c = &model.config;
+        let (d, hd, tokens) = (c.d_model, c.head_dim, batch * seq);
+        let qkv_width = (c.n_heads + 2 * c.n_kv_heads) * hd;
+        let mlp = c.mlp_hidden_size;
+        let eps = c.rms_norm_eps as f32;
+        let b = &mut self.buffers;
+        let pool = &self.pool;
+
+        // Embedding.
+        for (t, &id) in request.ids().iter().enumerate() {
+            model
+                .embedding
+                .row(id as usize, &mut b.x[t * d..(t + 1) * d]);
+        }
+
+        for block in &model.blocks {
+            // Attention sub-layer: x += attn_out(attention(rope(qkv(norm(x))))).
+            rms_norm(
+                view(&b.x, tokens, d),
+                &block.attn_norm,
+                eps,
+                view_mut(&mut b.h, tokens, d),
+            );
+            gemm(
+                pool,
+                MatRef::rows(&b.h, tokens, d, d),
+                Rhs::Packed(&block.qkv),
+                Out::new(&mut b.qkv, tokens, qkv_width, qkv_width),
+                false,
+            );
+            let half = hd / 2;
+            for t in 0..tokens {
+                let position = t % seq;
+                let (cos, sin) = (
+                    &model.rope_cos[position * half..][..half],
+                    &model.rope_sin[position * half..][..half],
+                );
+                let row = &mut b.qkv[t * qkv_width..(t + 1) * qkv_width];
+                // Queries and keys are rotated; values are not.
+                for head in row[..(c.n_heads + c.n_kv_heads) * hd].chunks_exact_mut(hd) {
+                    rope(head, cos, sin);
+                }
+            }
+            attention(
+                pool,
+                c,
+                &b.qkv,
+                request.attention_mask(),
+                batch,
+                seq,
+                Out::new(&mut b.attn, tokens, d, d),
+            );
+            gemm(
+                pool,
+                MatRef::rows(&b.attn, tokens, d, d),
+                Rhs::Packed(&block.attn_out),
+                Out::new(&mut b.x, tokens, d, d),
+                true,
+            );
+
+            // MLP sub-layer: x += ff_out(silu(ff_proj(norm(x))) · up_proj(norm(x))).
+            rms_norm(
+                view(&b.x, tokens, d),
+                &block.ff_norm,
+                eps,
+                view_mut(&mut b.h, tokens, d),
+            );
+            gemm(
+                pool,
+                MatRef::rows(&b.h, tokens, d, d),
+                Rhs::Packed(&block.gate_up),
+                Out::new(&mut b.gate_up, tokens, 2 * mlp, 2 * mlp),
+                false,
+            );
+            let mut gate_up = view_mut(&mut b.gate_up, tokens, 2 * mlp);
+            for mut row in gate_up.rows_mut() {
+                let (gate, up) = row.view_mut().split_at(ndarray::Axis(0), mlp);
+                silu_mul(gate, up.view());
+            }
+            gemm(
+                pool,
+                MatRef::rows(&b.gate_up, tokens, mlp, 2 * mlp),
+                Rhs::Packed(&block.ff_out),
+                Out::new(&mut b.x, tokens, d, d),
+                true,
+            );
+        }
+
+        // Final norm and LM head, on the requested window only.
+        let window = request.window();
+        let rows = batch * window.len();
+        {
+            let x = view(&b.x, tokens, d);
+            let mut head_in = view_mut(&mut b.head_in, rows, d);
+            for r in 0..batch {
+                let src = x.slice(s![r * seq + window.start..r * seq + window.end, ..]);
+                let dst = head_in.slice_mut(s![r * window.len()..(r + 1) * window.len(), ..]);
+                rms_norm(src, &model.ln_f, eps, dst);
+            }
+        }
+        let vocab = c.embedding_size;
+        gemm(
+            pool,
+            MatRef::rows(&b.head_in, rows, d, d),
+            Rhs::Packed(&model.head),
+            Out::new(logits, rows, vocab, vocab),
+            false,
+        );
+        Ok(())
+    }
+}
+
+fn view(data: &[f32], rows: usize, cols: usize) -> ArrayView2<'_, f32> {
+    ArrayView2::from_shape((rows, cols), &data[..rows * cols]).expect("buffer holds rows × cols")
+}
+
+fn view_mut(data: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f32> {
+    ArrayViewMut2::from_shape((rows, cols), &mut data[..rows * cols])
+        .expect("buffer holds rows × cols")
+}
+
+/// Bidirectional multi-head attention with a key padding mask, one task per (row, head,
+/// query tile): `softmax(q·kᵀ/√d + mask) · v` into `out` (`[tokens, d_model]`).
+fn attention(
+    pool: &Pool<ThreadScratch>,
+    c: &crate::Config,
+    qkv: &[f32],
+    mask: Option<&[u8]>,
+    batch: usize,
+    seq: usize,
+    out: Out,
+) {
+    let hd = c.head_dim;
+    let width = (c.n_heads + 2 * c.n_kv_heads) * hd;
+    let group = c.n_heads / c.n_kv_heads;
+    let tiles = seq.div_ceil(QUERY_TILE);
+    let scale = 1.0 / (hd as f32).sqrt();
+    pool.run(
+        batch * c.n_heads * tiles,
+        &|task, scratch: &mut ThreadScratch| {
+            let (b, rest) = (task / (c.n_heads * tiles), task % (c.n_heads * tiles));
+            let (head, tile) = (rest / tiles, rest % tiles);
+            let kv_head = head / group;
+            let q0 = tile * QUERY_TILE;
+            let rows = QUERY_TILE.min(seq - q0);
+            let base = b * seq * width;
+            let q = MatRef::rows(&qkv[base + q0 * width + head * hd..], rows, hd, width);
+            let k_offset = base + (c.n_heads + kv_head) * hd;
+            let keys_t = MatRef {
+                data: &qkv[k_offset..],
+                rows: hd,
+                cols: seq,
+                row_stride: 1,
+                col_stride: width,
+            };
+            let v_offset = base + (c.n_heads + c.n_kv_heads + kv_head) * hd;
+            let values = MatRef::rows(&qkv[v_offset..], seq, hd, width);
+            let ThreadScratch {
+                gemm: gemm_scratch,
+                scores,
+            } = scratch;
+            let scores = &mut scores[..rows * seq];
+            gemm_serial(
+                q,
+                Rhs::Strided(keys_t),
+                Out::new(scores, rows, seq, seq),
+                false,
+                gemm_scratch,
+            );
+            let key_mask = mask.map(|m| &m[b * seq..(b + 1) * seq]);
+            masked_softmax(
+                ArrayViewMut2::from_shape((rows, seq), &mut *scores).expect("tile shape"),
+                scale,
+                key_mask,
+            );
+            let target = out.sub(b * seq + q0, head * hd, rows, hd);
+            gemm_serial(
+                MatRef::rows(scores, rows, seq, seq),
+                Rhs::Strided(values),
+                target,
+                false,
+                gemm_scratch,
+            );
+        },
+    );
+}
+
+impl MaskPredictor for Context {
+    type Error = ForwardError;
+
+    /// The width of a logits row: the model's `embedding_size` (which may exceed the
+    /// tokenizer's `vocab_size`).
+    #[allow(clippy::misnamed_getters)]
+    fn vocab_size(&self) -> usize {
+        self.model.config.embedding_size
+    }
+
+    fn max_sequence_length(&self) -> usize {
+        self.model.config.max_sequence_length
+    }
+
+    fn forward(
+        &mut self,
+        request: &ForwardRequest<'_>,
+        logits: &mut [f32],
+    ) -> Result<(), ForwardError> {
+        Context::forward(self, request, logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn models_are_shared_and_contexts_move_between_threads() {
+        fn shared<T: Send + Sync>() {}
+        fn movable<T: Send>() {}
+        shared::<Model>();
+        movable::<Context>();
+    }
+}

@@ -1,0 +1,172 @@
+//! Errors of loading a checkpoint and of running it.
+
+use std::path::PathBuf;
+
+use llada_core::{ErrorKind, PredictorError, ShapeError};
+use thiserror::Error;
+
+/// A checkpoint directory could not be loaded.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The directory has neither `model.safetensors` nor `model.safetensors.index.json`.
+    #[error("no weights in {dir}: expected model.safetensors or model.safetensors.index.json")]
+    NoWeights {
+        /// The model directory.
+        dir: PathBuf,
+    },
+    /// `config.json` is not valid JSON or a field has the wrong type.
+    #[error("invalid config{}: {source}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    ConfigJson {
+        /// The file, when read from disk.
+        path: Option<PathBuf>,
+        /// The parser's error.
+        source: serde_json::Error,
+    },
+    /// A configuration field has a value of the wrong type.
+    #[error("config.json field `{field}`: {reason}")]
+    ConfigField {
+        /// The field.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A required configuration field is missing.
+    #[error("config.json has no `{field}`")]
+    MissingField {
+        /// The field.
+        field: &'static str,
+    },
+    /// The configuration asks for something this backend does not implement.
+    #[error("unsupported config `{field}` = {value}: {reason}")]
+    Unsupported {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// What is not implemented.
+        reason: &'static str,
+    },
+    /// A configuration value is impossible.
+    #[error("invalid config `{field}`: {reason}")]
+    InvalidConfig {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A safetensors file is malformed (truncated, corrupted header, offsets out of range).
+    #[error("invalid safetensors file {path}: {reason}")]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        reason: String,
+    },
+    /// The shard index is malformed or names a missing shard.
+    #[error("invalid shard index {path}: {reason}")]
+    ShardIndex {
+        /// The index file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A tensor the configuration needs is not in the checkpoint.
+    #[error("tensor {name} is missing (expected shape {expected:?})")]
+    MissingTensor {
+        /// The tensor name.
+        name: String,
+        /// The shape the configuration implies.
+        expected: Vec<usize>,
+    },
+    /// A tensor has the wrong shape.
+    #[error("tensor {name} has shape {found:?}, expected {expected:?}")]
+    TensorShape {
+        /// The tensor name.
+        name: String,
+        /// The shape the configuration implies.
+        expected: Vec<usize>,
+        /// The shape in the file.
+        found: Vec<usize>,
+    },
+    /// A tensor has a dtype this backend does not read.
+    #[error("tensor {name} has dtype {dtype}; supported: F32, BF16, F16")]
+    Dtype {
+        /// The tensor name.
+        name: String,
+        /// The dtype in the file.
+        dtype: String,
+    },
+    /// Could not start the worker threads.
+    #[error("cannot start worker threads: {0}")]
+    Threads(std::io::Error),
+}
+
+impl LoadError {
+    /// The broad category of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            LoadError::Io { .. } => ErrorKind::Io,
+            LoadError::Unsupported { .. } | LoadError::Dtype { .. } => ErrorKind::Unsupported,
+            LoadError::Threads(_) => ErrorKind::Backend,
+            _ => ErrorKind::Model,
+        }
+    }
+}
+
+impl PredictorError for LoadError {
+    fn kind(&self) -> ErrorKind {
+        LoadError::kind(self)
+    }
+}
+
+/// A forward pass was refused.
+#[derive(Clone, Debug, Error, PartialEq)]
+#[non_exhaustive]
+pub enum ForwardError {
+    /// The request's shape does not fit (for example the logits slice has the wrong length).
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
+    /// An input id is outside the embedding.
+    #[error(
+        "input id {id} at row {row}, position {position} is outside the embedding of {vocab} rows"
+    )]
+    TokenOutOfVocab {
+        /// The id.
+        id: u32,
+        /// Its row.
+        row: usize,
+        /// Its position.
+        position: usize,
+        /// The embedding size.
+        vocab: usize,
+    },
+    /// The sequence is longer than the model's maximum.
+    #[error("sequence length {seq_len} exceeds the model's maximum of {max}")]
+    TooLong {
+        /// Requested length.
+        seq_len: usize,
+        /// The model's `max_sequence_length`.
+        max: usize,
+    },
+    /// A row whose attention mask hides every token.
+    #[error("row {row} of the attention mask hides every token")]
+    EmptyRow {
+        /// The row.
+        row: usize,
+    },
+}
+
+impl PredictorError for ForwardError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::InvalidInput
+    }
+}

@@ -1,0 +1,203 @@
+//! The immutable model: configuration and packed weights, shared by every [`Context`].
+//!
+//! [`Context`]: crate::Context
+
+use std::path::Path;
+
+use half::{bf16, f16};
+
+use crate::config::Config;
+use crate::error::LoadError;
+use crate::gemm::{Dtype, PackedMatrix};
+use crate::weights::{Checkpoint, TensorData};
+
+/// Token embedding rows in the checkpoint's dtype.
+#[derive(Debug)]
+pub(crate) enum Table {
+    F32(Vec<f32>),
+    Bf16(Vec<bf16>),
+    F16(Vec<f16>),
+}
+
+impl Table {
+    fn load(data: TensorData<'_>) -> Self {
+        match data.dtype {
+            Dtype::F32 => Table::F32(data.to_f32_vec()),
+            Dtype::Bf16 => Table::Bf16(data.bits().map(bf16::from_bits).collect()),
+            Dtype::F16 => Table::F16(data.bits().map(f16::from_bits).collect()),
+        }
+    }
+
+    /// Writes row `id` (of width `out.len()`) into `out`.
+    pub(crate) fn row(&self, id: usize, out: &mut [f32]) {
+        let d = out.len();
+        let range = id * d..(id + 1) * d;
+        match self {
+            Table::F32(t) => out.copy_from_slice(&t[range]),
+            Table::Bf16(t) => out
+                .iter_mut()
+                .zip(&t[range])
+                .for_each(|(o, v)| *o = v.to_f32()),
+            Table::F16(t) => out
+                .iter_mut()
+                .zip(&t[range])
+                .for_each(|(o, v)| *o = v.to_f32()),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Table::F32(t) => t.len() * 4,
+            Table::Bf16(t) => t.len() * 2,
+            Table::F16(t) => t.len() * 2,
+        }
+    }
+}
+
+/// One transformer block.
+#[derive(Debug)]
+pub(crate) struct Block {
+    pub(crate) attn_norm: Vec<f32>,
+    /// `q_proj`, `k_proj` and `v_proj` stacked: one multiplication gives all three.
+    pub(crate) qkv: PackedMatrix,
+    pub(crate) attn_out: PackedMatrix,
+    pub(crate) ff_norm: Vec<f32>,
+    /// `ff_proj` (gate) and `up_proj` stacked.
+    pub(crate) gate_up: PackedMatrix,
+    pub(crate) ff_out: PackedMatrix,
+}
+
+/// A loaded LLaDA model. Immutable and `Sync`: share it (in an `Arc`) between the
+/// [`Context`](crate::Context)s of several threads.
+#[derive(Debug)]
+pub struct Model {
+    pub(crate) config: Config,
+    pub(crate) embedding: Table,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) ln_f: Vec<f32>,
+    pub(crate) head: PackedMatrix,
+    /// `cos` and `sin` of every position's rotary angles, `[max_len, head_dim / 2]` each.
+    pub(crate) rope_cos: Vec<f32>,
+    pub(crate) rope_sin: Vec<f32>,
+    checkpoint_bytes: usize,
+    weights_dtype: &'static str,
+}
+
+impl Model {
+    /// Loads a checkpoint directory: `config.json` and `model.safetensors` (or
+    /// `model.safetensors.index.json` and its shards), f32, bf16 or f16. Every tensor's name,
+    /// shape and dtype is checked against the configuration before anything is packed.
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self, LoadError> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(LoadError::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "model directory not found",
+                ),
+            });
+        }
+        let config = Config::from_file(dir.join("config.json"))?;
+        let checkpoint = Checkpoint::open(dir)?;
+        Self::from_checkpoint(config, &checkpoint)
+    }
+
+    fn from_checkpoint(config: Config, ckpt: &Checkpoint) -> Result<Self, LoadError> {
+        ckpt.check(&config)?;
+        let t = |name: &str| format!("model.transformer.{name}.weight");
+        let norm =
+            |name: String| -> Result<Vec<f32>, LoadError> { Ok(ckpt.tensor(&name)?.to_f32_vec()) };
+        let wte_name = t("wte");
+        let wte = ckpt.tensor(&wte_name)?;
+        let embedding = Table::load(wte);
+        let head = if config.weight_tying {
+            ckpt.pack(&[wte_name])?
+        } else {
+            ckpt.pack(&[t("ff_out")])?
+        };
+        let mut blocks = Vec::with_capacity(config.n_layers);
+        for i in 0..config.n_layers {
+            let b = |name: &str| format!("model.transformer.blocks.{i}.{name}.weight");
+            blocks.push(Block {
+                attn_norm: norm(b("attn_norm"))?,
+                qkv: ckpt.pack(&[b("q_proj"), b("k_proj"), b("v_proj")])?,
+                attn_out: ckpt.pack(&[b("attn_out")])?,
+                ff_norm: norm(b("ff_norm"))?,
+                gate_up: ckpt.pack(&[b("ff_proj"), b("up_proj")])?,
+                ff_out: ckpt.pack(&[b("ff_out")])?,
+            });
+        }
+        let ln_f = norm(t("ln_f"))?;
+        let (rope_cos, rope_sin) = rope_tables(&config);
+        let weights_dtype = match &head.data {
+            crate::gemm::PanelData::F32(_) => "f32",
+            crate::gemm::PanelData::Bf16(_) => "bf16",
+            crate::gemm::PanelData::F16(_) => "f16",
+        };
+        Ok(Self {
+            config,
+            embedding,
+            blocks,
+            ln_f,
+            head,
+            rope_cos,
+            rope_sin,
+            checkpoint_bytes: ckpt.file_bytes(),
+            weights_dtype,
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Bytes held by the weights (packed matrices, embedding, norms): compare with
+    /// [`checkpoint_bytes`](Self::checkpoint_bytes).
+    pub fn weights_bytes(&self) -> usize {
+        let matrices: usize = self
+            .blocks
+            .iter()
+            .map(|b| b.qkv.bytes() + b.attn_out.bytes() + b.gate_up.bytes() + b.ff_out.bytes())
+            .sum();
+        let norms: usize = self
+            .blocks
+            .iter()
+            .map(|b| (b.attn_norm.len() + b.ff_norm.len()) * 4)
+            .sum();
+        matrices + norms + self.embedding.bytes() + self.head.bytes() + self.ln_f.len() * 4
+    }
+
+    /// Size of the checkpoint files that were loaded.
+    pub fn checkpoint_bytes(&self) -> usize {
+        self.checkpoint_bytes
+    }
+
+    /// The dtype the linear layers are stored and read in: `"f32"`, `"bf16"` or `"f16"`.
+    pub fn weights_dtype(&self) -> &'static str {
+        self.weights_dtype
+    }
+}
+
+/// Rotary tables computed the way the reference computes them in f32: `inv_freq[i] =
+/// 1 / θ^(2i/d)`, angle = `position · inv_freq[i]` rounded to f32, then cos and sin.
+fn rope_tables(config: &Config) -> (Vec<f32>, Vec<f32>) {
+    let half = config.head_dim / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| {
+            let exponent = (2 * i) as f32 / config.head_dim as f32;
+            (1.0 / (config.rope_theta as f32 as f64).powf(f64::from(exponent))) as f32
+        })
+        .collect();
+    let len = config.max_sequence_length * half;
+    let (mut cos, mut sin) = (Vec::with_capacity(len), Vec::with_capacity(len));
+    for position in 0..config.max_sequence_length {
+        for &f in &inv_freq {
+            let angle = f64::from(position as f32 * f);
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (cos, sin)
+}

@@ -1,0 +1,132 @@
+//! Row-wise operations of the block: RMSNorm, rotary embedding, SwiGLU, softmax. All in f32,
+//! written over ndarray views so each reads as the formula it implements.
+
+use llada_core::math::exp_f32;
+use ndarray::{ArrayView1, ArrayViewMut1, ArrayViewMut2, Axis, Zip};
+
+/// `out = x · rsqrt(mean(x²) + eps) · weight`, row by row (`x`, `out`: `[rows, d]`).
+pub(crate) fn rms_norm(
+    x: ndarray::ArrayView2<'_, f32>,
+    weight: &[f32],
+    eps: f32,
+    mut out: ArrayViewMut2<'_, f32>,
+) {
+    let weight = ArrayView1::from(weight);
+    Zip::from(x.rows())
+        .and(out.rows_mut())
+        .for_each(|x, mut out| {
+            let mean_square = sum_of_squares(x) / x.len() as f32;
+            let scale = 1.0 / (mean_square + eps).sqrt();
+            Zip::from(&mut out)
+                .and(&x)
+                .and(&weight)
+                .for_each(|o, &v, &w| *o = v * scale * w);
+        });
+}
+
+/// Σ v², in lanes so that it vectorises.
+fn sum_of_squares(x: ArrayView1<'_, f32>) -> f32 {
+    match x.as_slice() {
+        Some(s) => {
+            let mut lanes = [0.0f32; 16];
+            let chunks = s.chunks_exact(16);
+            let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+            for c in chunks {
+                for (l, v) in lanes.iter_mut().zip(c) {
+                    *l += v * v;
+                }
+            }
+            lanes.iter().sum::<f32>() + tail
+        }
+        None => x.iter().map(|v| v * v).sum(),
+    }
+}
+
+/// Rotates one head vector in place (rotate-half convention): for `i < d/2`,
+/// `(x[i], x[i + d/2]) ← (x[i]·cos − x[i + d/2]·sin, x[i + d/2]·cos + x[i]·sin)`.
+pub(crate) fn rope(head: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = head.len() / 2;
+    let (first, second) = head.split_at_mut(half);
+    for (((a, b), &c), &s) in first.iter_mut().zip(second.iter_mut()).zip(cos).zip(sin) {
+        let (x1, x2) = (*a, *b);
+        *a = x1 * c - x2 * s;
+        *b = x2 * c + x1 * s;
+    }
+}
+
+/// `gate ← silu(gate) · up`, the SwiGLU of LLaDA's MLP.
+pub(crate) fn silu_mul(mut gate: ArrayViewMut1<'_, f32>, up: ArrayView1<'_, f32>) {
+    Zip::from(&mut gate)
+        .and(&up)
+        .for_each(|g, &u| *g = *g / (1.0 + exp_f32(-*g)) * u);
+}
+
+/// In-place softmax of every row of `scores` after scaling by `scale` and hiding the keys
+/// whose `key_mask` entry is 0.
+pub(crate) fn masked_softmax(
+    mut scores: ArrayViewMut2<'_, f32>,
+    scale: f32,
+    key_mask: Option<&[u8]>,
+) {
+    for mut row in scores.axis_iter_mut(Axis(0)) {
+        let Some(row) = row.as_slice_mut() else {
+            continue;
+        };
+        match key_mask {
+            Some(mask) => {
+                for (s, &m) in row.iter_mut().zip(mask) {
+                    *s = if m != 0 {
+                        *s * scale
+                    } else {
+                        f32::NEG_INFINITY
+                    };
+                }
+            }
+            None => row.iter_mut().for_each(|s| *s *= scale),
+        }
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f32;
+        for s in row.iter_mut() {
+            *s = exp_f32(*s - max);
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|s| *s *= inv);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{Array2, array};
+
+    use super::*;
+
+    #[test]
+    fn rms_norm_matches_the_formula() {
+        let x = array![[1.0f32, 2.0, 3.0, 4.0]];
+        let mut out = Array2::zeros((1, 4));
+        rms_norm(x.view(), &[1.0, 0.5, 2.0, 1.0], 1e-5, out.view_mut());
+        let scale = 1.0 / ((1.0f32 + 4.0 + 9.0 + 16.0) / 4.0 + 1e-5).sqrt();
+        for (o, e) in out.iter().zip([scale, scale, 6.0 * scale, 4.0 * scale]) {
+            assert!((o - e).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn rope_rotates_pairs_half_a_vector_apart() {
+        let mut head = [1.0f32, 0.0, 0.0, 1.0];
+        let angle = 0.3f32;
+        rope(&mut head, &[angle.cos(), 1.0], &[angle.sin(), 0.0]);
+        assert!((head[0] - angle.cos()).abs() < 1e-7 && (head[2] - angle.sin()).abs() < 1e-7);
+        assert_eq!((head[1], head[3]), (0.0, 1.0));
+    }
+
+    #[test]
+    fn masked_softmax_ignores_hidden_keys() {
+        let mut s = array![[1.0f32, 2.0, 100.0]];
+        masked_softmax(s.view_mut(), 1.0, Some(&[1, 1, 0]));
+        let e = 1.0f32.exp();
+        assert!((s[[0, 0]] - 1.0 / (1.0 + e)).abs() < 1e-6);
+        assert_eq!(s[[0, 2]], 0.0);
+    }
+}

@@ -1,0 +1,182 @@
+//! Shared helpers of the ndarray backend's tests: the bundled fixture and its golden logits.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use safetensors::SafeTensors;
+
+/// The bundled tiny LLaDA model.
+pub(crate) fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-llada")
+}
+
+/// One golden forward pass of the fixture: inputs and the PyTorch logits.
+pub(crate) struct GoldenCase {
+    pub(crate) name: String,
+    pub(crate) batch: usize,
+    pub(crate) seq: usize,
+    pub(crate) ids: Vec<u32>,
+    pub(crate) mask: Vec<u8>,
+    pub(crate) logits: Vec<f32>,
+}
+
+fn i64s(st: &SafeTensors<'_>, name: &str) -> (Vec<usize>, Vec<i64>) {
+    let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let v = t
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (t.shape().to_vec(), v)
+}
+
+pub(crate) fn golden_cases() -> Vec<GoldenCase> {
+    let bytes =
+        std::fs::read(fixture_dir().join("golden_logits.safetensors")).expect("golden logits");
+    let st = SafeTensors::deserialize(&bytes).expect("golden logits parse");
+    let mut names: Vec<String> = st
+        .names()
+        .iter()
+        .filter_map(|n| n.strip_suffix(".input_ids").map(str::to_string))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let (shape, ids) = i64s(&st, &format!("{name}.input_ids"));
+            let (_, mask) = i64s(&st, &format!("{name}.attention_mask"));
+            let logits = st.tensor(&format!("{name}.logits")).unwrap();
+            let logits = logits
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            GoldenCase {
+                name,
+                batch: shape[0],
+                seq: shape[1],
+                ids: ids.iter().map(|&i| i as u32).collect(),
+                mask: mask.iter().map(|&m| m as u8).collect(),
+                logits,
+            }
+        })
+        .collect()
+}
+
+pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// The fixture's tensors: name, dtype, shape, bytes.
+pub(crate) type Tensors = Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>;
+
+pub(crate) fn fixture_tensors() -> Tensors {
+    let bytes = std::fs::read(fixture_dir().join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Tensors = st
+        .iter()
+        .map(|(n, t)| {
+            (
+                n.to_string(),
+                t.dtype(),
+                t.shape().to_vec(),
+                t.data().to_vec(),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// f32 bytes to bf16 bytes (round to nearest even).
+pub(crate) fn to_bf16(bytes: &[u8]) -> Vec<u8> {
+    bytes
+        .chunks_exact(4)
+        .flat_map(|b| half::bf16::from_f32(f32::from_le_bytes(b.try_into().unwrap())).to_le_bytes())
+        .collect()
+}
+
+pub(crate) fn write_safetensors(path: &Path, tensors: &Tensors) {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+/// A model directory in a temporary folder: the fixture's config and the given tensors.
+pub(crate) fn model_dir(tensors: &Tensors) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixture_dir().join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    write_safetensors(&dir.path().join("model.safetensors"), tensors);
+    dir
+}
+
+/// The fixture's held-out evaluation set (`eval.json`).
+#[derive(serde::Deserialize)]
+pub(crate) struct Eval {
+    pub(crate) gen_length: usize,
+    pub(crate) block_length: usize,
+    pub(crate) steps: usize,
+    pub(crate) items: Vec<EvalItem>,
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct EvalItem {
+    pub(crate) prompt: String,
+    pub(crate) answer: String,
+    pub(crate) prompt_ids: Vec<u32>,
+    pub(crate) answer_ids: Vec<u32>,
+}
+
+pub(crate) fn eval_set() -> Eval {
+    serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("eval.json")).unwrap())
+        .unwrap()
+}
+
+/// The PyTorch sampler's generated ids for every eval item.
+pub(crate) fn reference_outputs() -> Vec<Vec<u32>> {
+    let value: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir().join("reference_outputs.json")).unwrap(),
+    )
+    .unwrap();
+    serde_json::from_value(value["outputs"].clone()).unwrap()
+}
+
+/// The id of a special token, from `tokenizer_config.json`.
+pub(crate) fn special_id(content: &str) -> u32 {
+    let value: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir().join("tokenizer_config.json")).unwrap(),
+    )
+    .unwrap();
+    let (id, _) = value["added_tokens_decoder"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(_, t)| t["content"] == content)
+        .unwrap_or_else(|| panic!("{content} not in tokenizer_config.json"));
+    id.parse().unwrap()
+}
+
+/// The generated ids up to the first EOS or EOT.
+pub(crate) fn answer_of(generated: &[u32], eos: u32, eot: u32) -> &[u32] {
+    let end = generated
+        .iter()
+        .position(|&t| t == eos || t == eot)
+        .unwrap_or(generated.len());
+    &generated[..end]
+}

@@ -1,0 +1,121 @@
+//! Errors of the ONNX Runtime backend.
+
+use std::path::PathBuf;
+
+use llada_core::{ErrorKind, PredictorError, ShapeError};
+use thiserror::Error;
+
+/// How to get the runtime library, shown whenever it cannot be loaded.
+pub const RUNTIME_HINT: &str = "install it with `pip install onnxruntime==1.31.1` and set ORT_DYLIB_PATH to \
+    <site-packages>/onnxruntime/capi/libonnxruntime.so.1.31.1 (or pass the path to the builder); \
+    ONNX Runtime 1.31 or newer is required";
+
+fn tried_list(tried: &[(PathBuf, String)]) -> String {
+    if tried.is_empty() {
+        return "no path was given (builder path unset, ORT_DYLIB_PATH unset)".into();
+    }
+    tried
+        .iter()
+        .map(|(p, why)| format!("{} ({why})", p.display()))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The ONNX Runtime backend failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum OrtError {
+    /// No runtime library could be loaded.
+    #[error("cannot load ONNX Runtime: tried {}; {RUNTIME_HINT}", tried_list(.tried))]
+    RuntimeNotFound {
+        /// Each path tried, with the reason it failed.
+        tried: Vec<(PathBuf, String)>,
+    },
+    /// A runtime library is already loaded in this process and another one was asked for
+    /// (ONNX Runtime can be loaded once per process).
+    #[error("ONNX Runtime is already loaded from {loaded}; cannot also load {requested}")]
+    RuntimeConflict {
+        /// The library in use.
+        loaded: PathBuf,
+        /// The library asked for.
+        requested: PathBuf,
+    },
+    /// ONNX Runtime's environment could not be created.
+    #[error("cannot create the ONNX Runtime environment: {0}")]
+    Environment(String),
+    /// The model file is missing.
+    #[error("model file {path} does not exist")]
+    ModelNotFound {
+        /// The file.
+        path: PathBuf,
+    },
+    /// ONNX Runtime refused the model file (not an ONNX model, corrupted, unsupported ops).
+    #[error("cannot load ONNX model {path}: {message}")]
+    Model {
+        /// The file.
+        path: PathBuf,
+        /// ONNX Runtime's message.
+        message: String,
+    },
+    /// The model's inputs or output do not fit a mask predictor.
+    #[error("ONNX model {path} does not fit: {reason}")]
+    Signature {
+        /// The file.
+        path: PathBuf,
+        /// What does not fit, naming the inputs and outputs.
+        reason: String,
+    },
+    /// An execution provider was asked for but is not compiled in.
+    #[error(
+        "execution provider {0} is not compiled in; enable the llada-ort cargo feature of that name"
+    )]
+    ProviderNotCompiled(&'static str),
+    /// An execution provider failed to start and fallback was disabled.
+    #[error("execution provider {name} failed to start: {message}")]
+    Provider {
+        /// The provider.
+        name: &'static str,
+        /// ONNX Runtime's message.
+        message: String,
+    },
+    /// A request does not fit.
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
+    /// An input id is outside the vocabulary.
+    #[error("input id {id} is outside the vocabulary of {vocab}")]
+    TokenOutOfVocab {
+        /// The id.
+        id: u32,
+        /// The vocabulary.
+        vocab: usize,
+    },
+    /// The sequence is longer than the configured maximum.
+    #[error("sequence length {seq_len} exceeds the maximum of {max}")]
+    TooLong {
+        /// Requested length.
+        seq_len: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// The session failed to run, or returned logits of the wrong shape.
+    #[error("ONNX Runtime run failed: {0}")]
+    Run(String),
+}
+
+impl PredictorError for OrtError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            OrtError::RuntimeNotFound { .. }
+            | OrtError::RuntimeConflict { .. }
+            | OrtError::Environment(_)
+            | OrtError::Provider { .. }
+            | OrtError::Run(_) => ErrorKind::Backend,
+            OrtError::ModelNotFound { .. } => ErrorKind::Io,
+            OrtError::Model { .. } | OrtError::Signature { .. } => ErrorKind::Model,
+            OrtError::ProviderNotCompiled(_) => ErrorKind::Unsupported,
+            OrtError::Shape(_) | OrtError::TokenOutOfVocab { .. } | OrtError::TooLong { .. } => {
+                ErrorKind::InvalidInput
+            }
+        }
+    }
+}

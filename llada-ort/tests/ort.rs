@@ -1,0 +1,259 @@
+//! The ONNX Runtime backend on the fixture's ONNX export: the same logits as the ndarray
+//! backend, the same tokens from `generate`, and typed errors for bad models.
+//!
+//! These tests need `libonnxruntime` through `ORT_DYLIB_PATH` (the test command installs
+//! `onnxruntime==1.31.1` from PyPI into `.venv` and sets it); without it they fail, loudly.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use llada_core::{
+    Canvas, ForwardRequest, GenerateParams, MaskPredictor, WorkspaceBuf, WorkspaceSizes, generate,
+};
+use llada_ort::{OrtError, OrtPredictor};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-llada")
+}
+
+fn library() -> PathBuf {
+    std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).expect(
+        "ORT_DYLIB_PATH is not set: run the tests through ./.ci/test, which installs onnxruntime==1.31.1 into .venv",
+    )
+}
+
+fn ort() -> OrtPredictor {
+    OrtPredictor::builder(fixture().join("model.onnx"))
+        .library(library())
+        .intra_threads(2)
+        .build()
+        .unwrap()
+}
+
+fn ndarray() -> llada_ndarray::Context {
+    let model = Arc::new(llada_ndarray::Model::load(fixture()).unwrap());
+    llada_ndarray::Context::new(model).unwrap()
+}
+
+fn logits<P: MaskPredictor>(
+    p: &mut P,
+    ids: &[u32],
+    batch: usize,
+    mask: Option<&[u8]>,
+    window: std::ops::Range<usize>,
+) -> Vec<f32> {
+    let seq = ids.len() / batch;
+    let mut request = ForwardRequest::new(ids, batch, seq)
+        .unwrap()
+        .with_window(window)
+        .unwrap();
+    if let Some(mask) = mask {
+        request = request.with_attention_mask(mask).unwrap();
+    }
+    let mut out = vec![0.0; request.logits_len(p.vocab_size())];
+    p.forward(&request, &mut out).unwrap();
+    out
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn ort_and_ndarray_logits_agree_within_1e4_with_and_without_padding() {
+    let (mut ort, mut nd) = (ort(), ndarray());
+    assert_eq!(ort.vocab_size(), nd.vocab_size());
+    assert_eq!(ort.max_sequence_length(), nd.max_sequence_length());
+    assert_eq!(ort.input_ids_name(), "input_ids");
+    assert_eq!(ort.attention_mask_name(), Some("attention_mask"));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("config.json")).unwrap())
+            .unwrap();
+    let (mask_id, pad) = (
+        config["mask_token_id"].as_u64().unwrap() as u32,
+        config["pad_token_id"].as_u64().unwrap() as u32,
+    );
+    // One unpadded row; then three rows, two of them left-padded, with masks after the prompt.
+    let single: Vec<u32> = (5..25).chain(std::iter::repeat_n(mask_id, 8)).collect();
+    let diff = max_abs_diff(
+        &logits(&mut ort, &single, 1, None, 0..28),
+        &logits(&mut nd, &single, 1, None, 0..28),
+    );
+    assert!(diff < 1e-4, "unpadded: {diff}");
+    let mut batch = Vec::new();
+    let mut mask = Vec::new();
+    for pad_len in [0usize, 4, 11] {
+        for i in 0..20usize {
+            let real = i >= pad_len;
+            batch.push(if !real {
+                pad
+            } else if i < 14 {
+                30 + i as u32 * 3
+            } else {
+                mask_id
+            });
+            mask.push(u8::from(real));
+        }
+    }
+    for window in [0..20, 14..20] {
+        let a = logits(&mut ort, &batch, 3, Some(&mask), window.clone());
+        let b = logits(&mut nd, &batch, 3, Some(&mask), window.clone());
+        let diff = max_abs_diff(&a, &b);
+        assert!(diff < 1e-4, "padded, window {window:?}: {diff}");
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Eval {
+    gen_length: usize,
+    block_length: usize,
+    steps: usize,
+    items: Vec<Item>,
+}
+
+#[derive(serde::Deserialize)]
+struct Item {
+    prompt_ids: Vec<u32>,
+}
+
+#[test]
+fn generate_gives_identical_tokens_on_both_backends_over_the_eval_set() {
+    let (mut ort, mut nd) = (ort(), ndarray());
+    let eval: Eval =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("eval.json")).unwrap())
+            .unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("config.json")).unwrap())
+            .unwrap();
+    let params = GenerateParams {
+        steps: eval.steps,
+        gen_length: eval.gen_length,
+        block_length: eval.block_length,
+        mask_id: config["mask_token_id"].as_u64().unwrap() as u32,
+        ..GenerateParams::default()
+    };
+    let mut ws = WorkspaceBuf::default();
+    let mut run = |p: &mut dyn FnMut(&ForwardRequest<'_>, &mut [f32]), prompt: &[u32]| {
+        let mut canvas = vec![0; prompt.len() + params.gen_length];
+        Canvas::fill(&mut canvas, prompt, 1, params.gen_length, params.mask_id).unwrap();
+        ws.ensure(
+            &WorkspaceSizes::for_generation(
+                &params,
+                1,
+                prompt.len(),
+                640.max(params.mask_id as usize + 1),
+            )
+            .unwrap(),
+        );
+        let mut predictor = FnPredictor(p, 640, 256);
+        generate(
+            &mut predictor,
+            &params,
+            Canvas::new(&mut canvas, 1, prompt.len()),
+            ws.as_workspace(),
+            &mut (),
+        )
+        .unwrap();
+        canvas
+    };
+    let mut differ = 0;
+    for item in &eval.items {
+        let a = run(&mut |r, l| ort.forward(r, l).unwrap(), &item.prompt_ids);
+        let b = run(&mut |r, l| nd.forward(r, l).unwrap(), &item.prompt_ids);
+        differ += usize::from(a != b);
+    }
+    assert_eq!(
+        differ,
+        0,
+        "{differ} of {} generations differ between ONNX Runtime and ndarray",
+        eval.items.len()
+    );
+}
+
+/// Adapts a forward closure to `MaskPredictor`, so both backends run the same code path.
+struct FnPredictor<'a>(
+    &'a mut dyn FnMut(&ForwardRequest<'_>, &mut [f32]),
+    usize,
+    usize,
+);
+
+impl MaskPredictor for FnPredictor<'_> {
+    type Error = core::convert::Infallible;
+    fn vocab_size(&self) -> usize {
+        self.1
+    }
+    fn max_sequence_length(&self) -> usize {
+        self.2
+    }
+    fn forward(
+        &mut self,
+        request: &ForwardRequest<'_>,
+        logits: &mut [f32],
+    ) -> Result<(), Self::Error> {
+        (self.0)(request, logits);
+        Ok(())
+    }
+}
+
+#[test]
+fn random_bytes_wrong_inputs_and_missing_files_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.onnx");
+    std::fs::write(
+        &junk,
+        (0..4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let err = OrtPredictor::builder(&junk)
+        .library(library())
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, OrtError::Model { path, .. } if *path == junk),
+        "{err}"
+    );
+
+    let wrong = fixture().join("../onnx/wrong_inputs.onnx");
+    let err = OrtPredictor::builder(&wrong)
+        .library(library())
+        .build()
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, OrtError::Signature { .. }), "{message}");
+    assert!(message.contains("tokens"), "names the input: {message}");
+
+    let err = OrtPredictor::builder(&wrong)
+        .library(library())
+        .input_ids_name("tokens")
+        .build()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("float32") || err.to_string().contains("f32"),
+        "{err}"
+    );
+
+    let err = OrtPredictor::builder(dir.path().join("absent.onnx"))
+        .library(library())
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, OrtError::ModelNotFound { .. }), "{err}");
+
+    // Bad requests: a logits slice of the wrong size, an id outside the vocabulary.
+    let mut ort = ort();
+    let request = ForwardRequest::new(&[1, 2, 3], 1, 3).unwrap();
+    assert!(matches!(
+        ort.forward(&request, &mut [0.0; 7]),
+        Err(OrtError::Shape(_))
+    ));
+    let request = ForwardRequest::new(&[1, 2, 100_000], 1, 3).unwrap();
+    let mut out = vec![0.0; 3 * ort.vocab_size()];
+    assert!(matches!(
+        ort.forward(&request, &mut out),
+        Err(OrtError::TokenOutOfVocab { id: 100_000, .. })
+    ));
+}

@@ -1,0 +1,483 @@
+//! Text in, text out: a model directory opened with its tokenizer, chat template and backend.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use llada_core::rand_core::SeedableRng;
+use llada_core::{
+    Canvas, GenerateParams, LikelihoodParams, MaskPredictor, SamplerRng, StepEvent, WorkspaceBuf,
+    WorkspaceSizes, generate, log_likelihood,
+};
+
+use crate::backend::{Backend, BackendChoice, SharedWeights};
+use crate::chat::{ChatTemplate, Message};
+use crate::error::Error;
+use crate::tokenizer::{SpecialTokens, Tokenizer};
+
+/// What the placeholder of a still-masked position looks like in partial text.
+pub const MASK_PLACEHOLDER: &str = "░";
+
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, Error> {
+    if !path.is_file() {
+        return Err(Error::MissingFile {
+            path: path.to_path_buf(),
+            expected: match path.file_name().and_then(|n| n.to_str()) {
+                Some("config.json") => "the model configuration (config.json)",
+                Some("tokenizer_config.json") => {
+                    "the tokenizer configuration (tokenizer_config.json)"
+                }
+                _ => "a JSON file",
+            },
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+pub(crate) fn read_config(dir: &Path) -> Result<serde_json::Value, Error> {
+    read_json(&dir.join("config.json"))
+}
+
+/// The result of one prompt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generated {
+    /// The prompt ids the model saw (chat-formatted unless raw).
+    pub prompt_ids: Vec<u32>,
+    /// All `gen_length` generated ids.
+    pub output_ids: Vec<u32>,
+    /// The generated ids up to the first EOS or EOT.
+    pub answer_ids: Vec<u32>,
+    /// `answer_ids` decoded, special tokens skipped.
+    pub text: String,
+    /// Forward passes the generation took (shared by the rows of a batch).
+    pub forward_passes: usize,
+    /// Wall-clock time of the generation (shared by the rows of a batch).
+    pub elapsed: Duration,
+}
+
+impl Generated {
+    /// Generated tokens per second (`gen_length` per row over the elapsed time).
+    pub fn tokens_per_second(&self) -> f64 {
+        self.output_ids.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// One denoising step, as a UI sees it.
+pub struct Progress<'a> {
+    event: &'a StepEvent<'a>,
+    tokenizer: &'a Tokenizer,
+    prompt_len: usize,
+    mask: u32,
+}
+
+impl Progress<'_> {
+    /// The block being denoised (0-based) and the number of blocks.
+    pub fn block(&self) -> (usize, usize) {
+        (self.event.block(), self.event.num_blocks())
+    }
+
+    /// The step within the block (0-based) and the steps per block.
+    pub fn step(&self) -> (usize, usize) {
+        (self.event.step(), self.event.steps_per_block())
+    }
+
+    /// Forward passes so far.
+    pub fn forward_passes(&self) -> usize {
+        self.event.forward_passes()
+    }
+
+    /// Rows in the batch.
+    pub fn batch(&self) -> usize {
+        self.event.batch()
+    }
+
+    /// The generated ids of `row` so far (the mask id where still masked).
+    pub fn output_ids(&self, row: usize) -> &[u32] {
+        &self.event.row(row)[self.prompt_len..]
+    }
+
+    /// Positions (0-based, within the generation) of the current block.
+    pub fn block_positions(&self) -> std::ops::Range<usize> {
+        let span = self.event.block_span();
+        span.start - self.prompt_len..span.end - self.prompt_len
+    }
+
+    /// Positions (within the generation) of `row` committed in this step.
+    pub fn committed(&self, row: usize) -> impl Iterator<Item = usize> + '_ {
+        self.event
+            .committed(row)
+            .iter()
+            .map(|&p| p as usize - self.prompt_len)
+    }
+
+    /// The partially denoised text of `row`: decoded tokens with [`MASK_PLACEHOLDER`] for every
+    /// masked position.
+    pub fn partial_text(&self, row: usize) -> String {
+        partial_text(self.tokenizer, self.output_ids(row), self.mask)
+    }
+}
+
+/// Decodes runs of committed ids and shows each mask as a placeholder.
+fn partial_text(tokenizer: &Tokenizer, ids: &[u32], mask: u32) -> String {
+    let mut text = String::new();
+    let mut run = Vec::new();
+    for &id in ids {
+        if id == mask {
+            if !run.is_empty() {
+                text.push_str(&tokenizer.decode(&run, true).unwrap_or_default());
+                run.clear();
+            }
+            text.push_str(MASK_PLACEHOLDER);
+        } else {
+            run.push(id);
+        }
+    }
+    if !run.is_empty() {
+        text.push_str(&tokenizer.decode(&run, true).unwrap_or_default());
+    }
+    text
+}
+
+/// A multi-turn conversation kept the way LLaDA's reference chat loop keeps it: as token ids,
+/// each previous answer appended without its EOS padding.
+#[derive(Clone, Debug, Default)]
+pub struct Conversation {
+    history: Vec<u32>,
+    turns: usize,
+}
+
+impl Conversation {
+    /// An empty conversation.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Completed turns.
+    pub fn turns(&self) -> usize {
+        self.turns
+    }
+
+    /// The ids the next turn builds on.
+    pub fn history(&self) -> &[u32] {
+        &self.history
+    }
+}
+
+/// A model directory loaded once and shared (in an [`Arc`]) by any number of [`Pipeline`]s,
+/// one per thread: `config.json`, `tokenizer.json`, `tokenizer_config.json` and the backend's
+/// weights (`model.safetensors` or its index for ndarray, `model.onnx` for ONNX Runtime).
+#[derive(Debug)]
+pub struct Model {
+    dir: PathBuf,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    special: SpecialTokens,
+    weights: SharedWeights,
+}
+
+impl Model {
+    /// Loads a model directory for the chosen backend.
+    pub fn load(dir: impl AsRef<Path>, backend: &BackendChoice) -> Result<Arc<Self>, Error> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(Error::MissingDirectory {
+                path: dir.to_path_buf(),
+            });
+        }
+        let config = read_config(dir)?;
+        let tokenizer_config_path = dir.join("tokenizer_config.json");
+        let tokenizer_config = read_json(&tokenizer_config_path)?;
+        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let template = ChatTemplate::from_tokenizer_config(&tokenizer_config_path)?;
+        let special = SpecialTokens::resolve(&config, &tokenizer_config, &tokenizer)?;
+        let weights = SharedWeights::load(dir, backend)?;
+        Ok(Arc::new(Self {
+            dir: dir.to_path_buf(),
+            tokenizer,
+            template,
+            special,
+            weights,
+        }))
+    }
+
+    /// The model directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The special-token ids from the model's files.
+    pub fn special_tokens(&self) -> SpecialTokens {
+        self.special
+    }
+
+    /// The model's chat template, if it has one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.template.as_ref()
+    }
+
+    /// The reference's default parameters with this model's mask, EOS and EOT ids.
+    pub fn default_params(&self) -> GenerateParams {
+        GenerateParams {
+            mask_id: self.special.mask,
+            eos_id: self.special.eos,
+            eot_id: self.special.eot,
+            ..GenerateParams::default()
+        }
+    }
+
+    /// Renders `messages` with the model's chat template, ending with the assistant prompt.
+    pub fn format_chat(&self, messages: &[Message]) -> Result<String, Error> {
+        self.template
+            .as_ref()
+            .ok_or(Error::NoChatTemplate)?
+            .render(messages, true)
+    }
+
+    /// Token ids of a one-turn chat prompt.
+    pub fn chat_prompt_ids(&self, user: &str) -> Result<Vec<u32>, Error> {
+        self.tokenizer
+            .encode(&self.format_chat(&[Message::user(user)])?)
+    }
+
+    /// The generated ids up to the first EOS or EOT.
+    pub fn answer_ids<'a>(&self, output: &'a [u32]) -> &'a [u32] {
+        let end = output
+            .iter()
+            .position(|&t| t == self.special.eos || t == self.special.eot)
+            .unwrap_or(output.len());
+        &output[..end]
+    }
+}
+
+/// Generates text on one thread: a shared [`Model`] with this thread's backend state
+/// (activation buffers, an ONNX Runtime session) and scratch memory.
+#[derive(Debug)]
+pub struct Pipeline {
+    model: Arc<Model>,
+    backend: Backend,
+    workspace: WorkspaceBuf,
+}
+
+impl std::ops::Deref for Pipeline {
+    type Target = Model;
+
+    fn deref(&self) -> &Model {
+        &self.model
+    }
+}
+
+impl Pipeline {
+    /// Opens a model directory with the chosen backend (a [`Model`] and one pipeline over it).
+    pub fn open(dir: impl AsRef<Path>, backend: &BackendChoice) -> Result<Self, Error> {
+        Self::new(Model::load(dir, backend)?)
+    }
+
+    /// A pipeline over a loaded model; create one per thread.
+    pub fn new(model: Arc<Model>) -> Result<Self, Error> {
+        let backend = model.weights.backend()?;
+        Ok(Self {
+            model,
+            backend,
+            workspace: WorkspaceBuf::default(),
+        })
+    }
+
+    /// The shared model.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// The backend (a [`MaskPredictor`]).
+    pub fn backend(&mut self) -> &mut Backend {
+        &mut self.backend
+    }
+
+    /// The model's longest sequence.
+    pub fn max_sequence_length(&self) -> usize {
+        self.backend.max_sequence_length()
+    }
+
+    /// The name of the backend in use (`"ndarray"` or `"ort"`).
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Generates an answer to one user message, formatted with the chat template.
+    pub fn generate(&mut self, user: &str, params: &GenerateParams) -> Result<Generated, Error> {
+        let ids = self.chat_prompt_ids(user)?;
+        self.generate_ids(&[ids], params, |_| ControlFlow::Continue(()))
+            .map(|mut v| v.remove(0))
+    }
+
+    /// Generates from raw text, without the chat template.
+    pub fn generate_raw(
+        &mut self,
+        text: &str,
+        params: &GenerateParams,
+    ) -> Result<Generated, Error> {
+        let ids = self.model.tokenizer.encode(text)?;
+        self.generate_ids(&[ids], params, |_| ControlFlow::Continue(()))
+            .map(|mut v| v.remove(0))
+    }
+
+    /// Generates for a batch of prompts (token ids), left-padding shorter ones with the pad id
+    /// behind an attention mask. `on_step` sees every denoising step and may cancel with
+    /// [`ControlFlow::Break`], which returns [`Error::Cancelled`].
+    pub fn generate_ids(
+        &mut self,
+        prompts: &[Vec<u32>],
+        params: &GenerateParams,
+        mut on_step: impl FnMut(&Progress<'_>) -> ControlFlow<()>,
+    ) -> Result<Vec<Generated>, Error> {
+        if prompts.is_empty() {
+            return Err(Error::EmptyInput("no prompts to generate from"));
+        }
+        if prompts.iter().any(Vec::is_empty) {
+            return Err(Error::EmptyInput("a prompt is empty"));
+        }
+        let batch = prompts.len();
+        let prompt_len = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let max = self.backend.max_sequence_length();
+        if prompt_len + params.gen_length > max {
+            return Err(Error::PromptTooLong {
+                prompt_len,
+                gen_length: params.gen_length,
+                max,
+            });
+        }
+        let seq = prompt_len + params.gen_length;
+        let mut canvas = vec![params.mask_id; batch * seq];
+        let mut attention = vec![1u8; batch * seq];
+        let padded = prompts.iter().any(|p| p.len() < prompt_len);
+        for (row, prompt) in prompts.iter().enumerate() {
+            let pad = prompt_len - prompt.len();
+            canvas[row * seq..row * seq + pad].fill(self.model.special.pad);
+            attention[row * seq..row * seq + pad].fill(0);
+            canvas[row * seq + pad..row * seq + prompt_len].copy_from_slice(prompt);
+        }
+        let vocab = self.backend.vocab_size();
+        self.workspace.ensure(&WorkspaceSizes::for_generation(
+            params, batch, prompt_len, vocab,
+        )?);
+        let start = Instant::now();
+        let tokenizer = &self.model.tokenizer;
+        let mask = params.mask_id;
+        let mut observer = |event: &StepEvent<'_>| {
+            on_step(&Progress {
+                event,
+                tokenizer,
+                prompt_len,
+                mask,
+            })
+        };
+        let mut c = Canvas::new(&mut canvas, batch, prompt_len);
+        if padded {
+            c = c.with_attention_mask(&attention);
+        }
+        let stats = generate(
+            &mut self.backend,
+            params,
+            c,
+            self.workspace.as_workspace(),
+            &mut observer,
+        )?;
+        let elapsed = start.elapsed();
+        prompts
+            .iter()
+            .enumerate()
+            .map(|(row, prompt)| {
+                let output_ids = canvas[row * seq + prompt_len..(row + 1) * seq].to_vec();
+                let answer_ids = self.answer_ids(&output_ids).to_vec();
+                Ok(Generated {
+                    prompt_ids: prompt.clone(),
+                    text: self.model.tokenizer.decode(&answer_ids, true)?,
+                    output_ids,
+                    answer_ids,
+                    forward_passes: stats.forward_passes,
+                    elapsed,
+                })
+            })
+            .collect()
+    }
+
+    /// One turn of a multi-turn chat: the user's message is formatted with the chat template
+    /// and appended to the conversation (its BOS dropped after the first turn), the answer is
+    /// generated, and the conversation keeps prompt and answer minus EOS tokens, as LLaDA's
+    /// reference chat loop does.
+    pub fn chat(
+        &mut self,
+        conversation: &mut Conversation,
+        user: &str,
+        params: &GenerateParams,
+        on_step: impl FnMut(&Progress<'_>) -> ControlFlow<()>,
+    ) -> Result<Generated, Error> {
+        let turn = self.chat_prompt_ids(user)?;
+        let prompt = if conversation.turns == 0 {
+            turn
+        } else {
+            let bos = self.model.special.bos;
+            let skip = usize::from(bos.is_some() && turn.first() == bos.as_ref());
+            [conversation.history.as_slice(), &turn[skip..]].concat()
+        };
+        let generated = self
+            .generate_ids(std::slice::from_ref(&prompt), params, on_step)?
+            .remove(0);
+        conversation.history = prompt
+            .iter()
+            .chain(&generated.output_ids)
+            .copied()
+            .filter(|&t| t != self.model.special.eos)
+            .collect();
+        conversation.turns += 1;
+        Ok(generated)
+    }
+
+    /// Monte Carlo estimate of `log p(answer | prompt)` (the paper's multiple-choice score),
+    /// with this model's mask id; reproducible from `seed`.
+    pub fn log_likelihood(
+        &mut self,
+        prompt: &[u32],
+        answer: &[u32],
+        mc_samples: usize,
+        batch: usize,
+        cfg_scale: f32,
+        seed: u64,
+    ) -> Result<f64, Error> {
+        let params = LikelihoodParams {
+            mc_samples,
+            batch,
+            cfg_scale,
+            mask_id: self.model.special.mask,
+        };
+        let vocab = self.backend.vocab_size();
+        self.workspace.ensure(&WorkspaceSizes::for_likelihood(
+            prompt.len(),
+            answer.len(),
+            batch,
+            cfg_scale > 0.0,
+            vocab,
+        )?);
+        let mut rng = SamplerRng::seed_from_u64(seed);
+        Ok(log_likelihood(
+            &mut self.backend,
+            prompt,
+            answer,
+            &params,
+            &mut rng,
+            self.workspace.as_workspace(),
+        )?)
+    }
+}

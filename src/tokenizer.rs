@@ -1,0 +1,137 @@
+//! Text to ids and back with the model's `tokenizer.json`, and the special-token ids the
+//! sampler needs, read from the model's files.
+
+use std::path::Path;
+
+use crate::error::Error;
+
+/// The model's tokenizer (Hugging Face `tokenizers`, no network, pure-Rust regex engine).
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.inner.get_vocab_size(true))
+            .finish()
+    }
+}
+
+impl Tokenizer {
+    /// Loads `tokenizer.json`.
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        if !path.is_file() {
+            return Err(Error::MissingFile {
+                path: path.to_path_buf(),
+                expected: "the tokenizer (tokenizer.json)",
+            });
+        }
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
+            path: Some(path.to_path_buf()),
+            message: e.to_string(),
+        })?;
+        Ok(Self { inner })
+    }
+
+    /// Token ids of `text`, with whatever special tokens the tokenizer's post-processor adds
+    /// (as Hugging Face's `tokenizer(text)` does); special tokens written in the text, such as
+    /// those of a chat template, are recognised.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, Error> {
+        let encoding = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| Error::Tokenizer {
+                path: None,
+                message: e.to_string(),
+            })?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Text of `ids`; special tokens are dropped when `skip_special_tokens`.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, Error> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| Error::Tokenizer {
+                path: None,
+                message: e.to_string(),
+            })
+    }
+
+    /// The id of a token, special or not.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Vocabulary size, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The wrapped `tokenizers` tokenizer.
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+}
+
+/// Ids of the special tokens, from the model's files: `config.json` (`mask_token_id`,
+/// `eos_token_id`, `pad_token_id`) and the tokenizer (`<|mdm_mask|>`, `<|eot_id|>`, the
+/// `bos_token`/`eos_token` of `tokenizer_config.json`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpecialTokens {
+    /// The mask token.
+    pub mask: u32,
+    /// End of text.
+    pub eos: u32,
+    /// End of turn (`<|eot_id|>`); equal to `eos` for models without one.
+    pub eot: u32,
+    /// Beginning of text, if the model has one.
+    pub bos: Option<u32>,
+    /// Left padding.
+    pub pad: u32,
+}
+
+impl SpecialTokens {
+    /// Resolves the ids from a model directory's parsed files.
+    pub(crate) fn resolve(
+        config: &serde_json::Value,
+        tokenizer_config: &serde_json::Value,
+        tokenizer: &Tokenizer,
+    ) -> Result<Self, Error> {
+        let from_config = |field: &str| {
+            config
+                .get(field)
+                .and_then(serde_json::Value::as_u64)
+                .map(|v| v as u32)
+        };
+        let from_token = |field: &str| {
+            let value = tokenizer_config.get(field)?;
+            let text = value
+                .as_str()
+                .or_else(|| value.get("content").and_then(|c| c.as_str()))?;
+            tokenizer.token_to_id(text)
+        };
+        let mask = from_config("mask_token_id")
+            .or_else(|| tokenizer.token_to_id("<|mdm_mask|>"))
+            .ok_or(Error::MissingSpecialToken {
+                name: "mask (mask_token_id or <|mdm_mask|>)",
+            })?;
+        let eos = from_config("eos_token_id")
+            .or_else(|| from_token("eos_token"))
+            .ok_or(Error::MissingSpecialToken {
+                name: "eos (eos_token_id or eos_token)",
+            })?;
+        let eot = tokenizer.token_to_id("<|eot_id|>").unwrap_or(eos);
+        let bos = from_token("bos_token");
+        let pad = from_config("pad_token_id")
+            .or_else(|| from_token("pad_token"))
+            .unwrap_or(eos);
+        Ok(Self {
+            mask,
+            eos,
+            eot,
+            bos,
+            pad,
+        })
+    }
+}

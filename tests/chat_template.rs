@@ -1,0 +1,72 @@
+//! The model's own chat template renders exactly as Hugging Face's `apply_chat_template` does,
+//! for LLaDA-8B-Instruct's `tokenizer_config.json` and the bundled model's.
+
+use std::path::Path;
+
+use llada::{ChatTemplate, Message};
+
+fn template(dir: &str) -> ChatTemplate {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(dir)
+        .join("tokenizer_config.json");
+    ChatTemplate::from_tokenizer_config(&path)
+        .unwrap()
+        .expect("the file has a chat_template")
+}
+
+const HEADER_USER: &str = "<|start_header_id|>user<|end_header_id|>\n\n";
+const HEADER_ASSISTANT: &str = "<|start_header_id|>assistant<|end_header_id|>\n\n";
+
+#[test]
+fn llada_8b_instruct_one_turn() {
+    let rendered = template("llada-8b-instruct")
+        .render(&[Message::user("What is 2+2?")], true)
+        .unwrap();
+    assert_eq!(
+        rendered,
+        format!("<|startoftext|>{HEADER_USER}What is 2+2?<|eot_id|>{HEADER_ASSISTANT}")
+    );
+}
+
+#[test]
+fn llada_8b_instruct_two_turns_and_trimmed_content() {
+    let messages = [
+        Message::user("  Hello there \n"),
+        Message::assistant("Hi! How can I help?"),
+        Message::user("Tell me a joke."),
+    ];
+    let rendered = template("llada-8b-instruct")
+        .render(&messages, true)
+        .unwrap();
+    assert_eq!(
+        rendered,
+        format!(
+            "<|startoftext|>{HEADER_USER}Hello there<|eot_id|>\
+             <|start_header_id|>assistant<|end_header_id|>\n\nHi! How can I help?<|eot_id|>\
+             {HEADER_USER}Tell me a joke.<|eot_id|>{HEADER_ASSISTANT}"
+        )
+    );
+}
+
+#[test]
+fn the_bundled_model_carries_the_same_template() {
+    let messages = [Message::user("reverse: apple river stone")];
+    assert_eq!(
+        template("tiny-llada").render(&messages, true).unwrap(),
+        template("llada-8b-instruct")
+            .render(&messages, true)
+            .unwrap()
+    );
+}
+
+#[test]
+fn a_broken_template_is_an_error_not_a_panic() {
+    let err =
+        ChatTemplate::new("{% for m in messages %}{{ m.content }", "<s>", "</s>").unwrap_err();
+    assert!(matches!(err, llada::Error::Template(_)), "{err}");
+    let raising =
+        ChatTemplate::new("{{ raise_exception('roles must alternate') }}", "", "").unwrap();
+    let err = raising.render(&[Message::user("x")], true).unwrap_err();
+    assert!(err.to_string().contains("roles must alternate"), "{err}");
+}

@@ -1,0 +1,156 @@
+//! The `generate` example as a user runs it: JSON output on a held-out prompt, raw prompts,
+//! bad flags, and Ctrl-C during a long generation.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{eval_set, example, reference_outputs};
+
+fn generate() -> Command {
+    let path = example("generate");
+    assert!(
+        path.exists(),
+        "{} is not built (cargo test builds the examples)",
+        path.display()
+    );
+    let mut command = Command::new(path);
+    command.env_remove("RUST_LOG");
+    command
+}
+
+#[test]
+fn generate_json_answers_a_held_out_prompt() {
+    let eval = eval_set();
+    let reference = reference_outputs();
+    // A held-out prompt the reference answers correctly.
+    let (item, expected) = eval
+        .items
+        .iter()
+        .zip(&reference)
+        .find(|(item, out)| common::answer_of(out) == item.answer_ids.as_slice())
+        .expect("the reference answers some prompt");
+    let output = generate()
+        .args(["--json", "--prompt", &item.prompt])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "exactly one JSON object: {stdout}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        json["text"],
+        item.answer.as_str(),
+        "prompt {:?}",
+        item.prompt
+    );
+    let ids: Vec<u32> = serde_json::from_value(json["output_ids"].clone()).unwrap();
+    assert_eq!(&ids, expected);
+    assert_eq!(ids.len(), eval.gen_length);
+    let prompt_ids: Vec<u32> = serde_json::from_value(json["prompt_ids"].clone()).unwrap();
+    assert_eq!(prompt_ids, item.prompt_ids);
+    assert_eq!(json["forward_passes"], eval.steps);
+    assert!(json["elapsed_ms"].as_f64().unwrap() > 0.0);
+    assert!(json["tokens_per_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn the_prompt_can_come_from_stdin_and_bad_flags_are_reported() {
+    let item = &eval_set().items[0];
+    let mut child = generate()
+        .arg("--json")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{}\n", item.prompt).as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let prompt_ids: Vec<u32> = serde_json::from_value(json["prompt_ids"].clone()).unwrap();
+    assert_eq!(prompt_ids, item.prompt_ids);
+
+    let output = generate()
+        .args(["--prompt", "x", "--block-length", "5"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("block_length 5"));
+
+    let output = generate()
+        .args(["--prompt", "x", "--model", "/no/such/dir"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/no/such/dir"));
+}
+
+#[test]
+fn ctrl_c_stops_a_long_generation_cleanly() {
+    // 224 tokens in 224 steps: seconds of work, interrupted after the first steps.
+    let child = generate()
+        .args([
+            "--prompt",
+            "copy: pen frog",
+            "--gen-length",
+            "224",
+            "--steps",
+            "224",
+            "--block-length",
+            "32",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let start = Instant::now();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "stopped promptly"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("cancelled after"), "{stderr}");
+}
+
+#[test]
+fn the_ort_backend_gives_the_same_answer_as_ndarray() {
+    let item = &eval_set().items[3];
+    let run = |backend: &str| {
+        let output = generate()
+            .args(["--json", "--backend", backend, "--prompt", &item.prompt])
+            .env("ORT_DYLIB_PATH", common::ort_library())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{backend}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        json["output_ids"].clone()
+    };
+    assert_eq!(run("ort"), run("ndarray"));
+}
