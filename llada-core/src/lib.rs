@@ -73,6 +73,7 @@ extern crate std;
 mod error;
 mod generation;
 mod likelihood;
+pub mod math;
 mod params;
 mod predictor;
 mod rng;

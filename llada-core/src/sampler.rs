@@ -5,6 +5,7 @@ use core::cmp::Ordering;
 
 use rand_core::Rng;
 
+pub(crate) use crate::math::exp_f32;
 use crate::params::{GenerateParams, Remasking};
 use crate::rng::{open01, unit};
 
@@ -30,31 +31,6 @@ pub(crate) fn max_value(row: &[f32]) -> f32 {
 pub(crate) fn argmax(row: &[f32]) -> usize {
     let max = max_value(row);
     row.iter().position(|&v| v == max).unwrap_or(0)
-}
-
-/// `exp(x)` for `f32`, branch-free so that loops over it vectorise: Cody-Waite range
-/// reduction to `r = x − n·ln 2`, `|r| ≤ ln 2 / 2`, a degree-6 polynomial for `e^r` (the
-/// Cephes `expf` coefficients) and `2^n` built in the exponent bits. Relative error below
-/// 2e-7 (about one ulp); exactly 0 below −87.3, so `exp(−∞) = 0`.
-#[inline(always)]
-pub(crate) fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = core::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding and subtracting rounds to an integer
-    let underflow = x < -87.336_54;
-    let x = x.clamp(-87.336_54, 88.722_83);
-    let n = (x * LOG2E + ROUND) - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let r2 = r * r;
-    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let e = p * r2 + r + 1.0;
-    // n in [-126, 128]: 2^n through the exponent field (n = 128 overflows to inf as exp does).
-    let scale = f32::from_bits(((n as i32 + 127).clamp(0, 255) as u32) << 23);
-    if underflow { 0.0 } else { e * scale }
 }
 
 /// Σ exp(l − max) over a row, lane-wise in f32 per chunk and across chunks in f64.
