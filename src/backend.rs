@@ -126,7 +126,7 @@ impl SharedWeights {
                     max_len,
                 };
                 // Open one session now, so a bad model or a missing runtime fails at load time.
-                weights.backend()?;
+                weights.backend(None)?;
                 Ok(weights)
             }
             #[allow(unreachable_patterns)]
@@ -140,13 +140,17 @@ impl SharedWeights {
         }
     }
 
-    /// A backend for one pipeline.
-    pub(crate) fn backend(&self) -> Result<Backend, Error> {
+    /// A backend for one pipeline, computing with `threads` threads (default: every core for
+    /// ndarray, ONNX Runtime's choice or the model options' for ORT).
+    pub(crate) fn backend(&self, threads: Option<usize>) -> Result<Backend, Error> {
         match self {
             #[cfg(feature = "ndarray")]
             SharedWeights::Ndarray(model) => {
-                let context = llada_ndarray::Context::new(Arc::clone(model))
-                    .map_err(|e| Error::Load(Box::new(e)))?;
+                let context = match threads {
+                    Some(n) => llada_ndarray::Context::with_threads(Arc::clone(model), n),
+                    None => llada_ndarray::Context::new(Arc::clone(model)),
+                }
+                .map_err(|e| Error::Load(Box::new(e)))?;
                 Ok(Backend::Ndarray(context))
             }
             #[cfg(feature = "ort")]
@@ -159,7 +163,7 @@ impl SharedWeights {
                 if let Some(library) = &options.library {
                     builder = builder.library(library);
                 }
-                if let Some(threads) = options.threads {
+                if let Some(threads) = threads.or(options.threads) {
                     builder = builder.intra_threads(threads);
                 }
                 if options.cuda {

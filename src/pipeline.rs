@@ -287,7 +287,12 @@ impl Pipeline {
 
     /// A pipeline over a loaded model; create one per thread.
     pub fn new(model: Arc<Model>) -> Result<Self, Error> {
-        let backend = model.weights.backend()?;
+        Self::with_threads(model, None)
+    }
+
+    /// A pipeline computing with `threads` threads (`None`: the backend's default).
+    pub fn with_threads(model: Arc<Model>, threads: Option<usize>) -> Result<Self, Error> {
+        let backend = model.weights.backend(threads)?;
         Ok(Self {
             model,
             backend,

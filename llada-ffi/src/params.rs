@@ -1,0 +1,246 @@
+//! Plain parameter structs with their defaults, and their translation into the Rust API.
+
+use std::ffi::{CStr, c_char};
+use std::path::PathBuf;
+
+use llada::core::{GenerateParams, Remasking};
+
+use crate::status::Failure;
+
+/// Backend: the pure-Rust one on `model.safetensors`.
+pub const LLADA_BACKEND_NDARRAY: u32 = 0;
+/// Backend: ONNX Runtime on `model.onnx`.
+pub const LLADA_BACKEND_ORT: u32 = 1;
+
+/// ONNX Runtime execution provider: CPU.
+pub const LLADA_PROVIDER_CPU: u32 = 0;
+/// ONNX Runtime execution provider: CUDA (falls back to CPU when it cannot start).
+pub const LLADA_PROVIDER_CUDA: u32 = 1;
+
+/// Remasking: the softmax probability of the proposed token (the reference default).
+pub const LLADA_REMASKING_LOW_CONFIDENCE: u32 = 0;
+/// Remasking: a uniform random number.
+pub const LLADA_REMASKING_RANDOM: u32 = 1;
+/// Remasking: top-1 minus top-2 probability.
+pub const LLADA_REMASKING_MARGIN: u32 = 2;
+/// Remasking: negative entropy.
+pub const LLADA_REMASKING_ENTROPY: u32 = 3;
+
+/// A token id field left to the model's own value (mask, EOS, EOT from its files).
+pub const LLADA_TOKEN_FROM_MODEL: u32 = u32::MAX;
+
+/// How to load a model.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LladaModelParams {
+    /// LLADA_BACKEND_NDARRAY or LLADA_BACKEND_ORT.
+    pub backend: u32,
+    /// LLADA_PROVIDER_CPU or LLADA_PROVIDER_CUDA (ORT only).
+    pub execution_provider: u32,
+    /// Path of libonnxruntime (ORT only); NULL uses the ORT_DYLIB_PATH environment variable.
+    pub ort_library: *const c_char,
+}
+
+/// Per-context settings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LladaContextParams {
+    /// Threads this context computes with; 0 uses every core (ndarray) or ONNX Runtime's
+    /// default.
+    pub threads: u32,
+}
+
+/// Generation parameters, named as in LLaDA's reference `generate()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LladaGenerateParams {
+    /// Total denoising steps (a multiple of gen_length / block_length).
+    pub steps: u32,
+    /// Tokens to generate.
+    pub gen_length: u32,
+    /// Semi-autoregressive block length (divides gen_length).
+    pub block_length: u32,
+    /// One of LLADA_REMASKING_*.
+    pub remasking: u32,
+    /// Mask token id, or LLADA_TOKEN_FROM_MODEL.
+    pub mask_id: u32,
+    /// End-of-text id, or LLADA_TOKEN_FROM_MODEL.
+    pub eos_id: u32,
+    /// End-of-turn id, or LLADA_TOKEN_FROM_MODEL.
+    pub eot_id: u32,
+    /// Sample among the k most likely tokens; 0 disables.
+    pub top_k: u32,
+    /// Seed of the sampler's random numbers.
+    pub seed: u64,
+    /// Gumbel-max temperature; 0 takes the argmax.
+    pub temperature: f32,
+    /// Classifier-free guidance scale; 0 disables.
+    pub cfg_scale: f32,
+    /// Nucleus sampling threshold in (0, 1]; 1 disables.
+    pub top_p: f32,
+    /// Forbid end-of-text (its logit is set to -infinity).
+    pub logits_eos_inf: bool,
+    /// Leave EOS and EOT out of the confidence softmax (committed last).
+    pub confidence_eos_eot_inf: bool,
+}
+
+/// Monte Carlo log-likelihood parameters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LladaLikelihoodParams {
+    /// Masked samples in total (a multiple of batch).
+    pub mc_samples: u32,
+    /// Rows per forward pass.
+    pub batch: u32,
+    /// Seed of the masking.
+    pub seed: u64,
+    /// Classifier-free guidance scale; 0 disables.
+    pub cfg_scale: f32,
+}
+
+/// One chat message.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LladaChatMessage {
+    /// "system", "user" or "assistant" (UTF-8, NUL-terminated).
+    pub role: *const c_char,
+    /// The text (UTF-8, NUL-terminated).
+    pub content: *const c_char,
+}
+
+/// Defaults: the ndarray backend on the CPU.
+#[unsafe(no_mangle)]
+pub extern "C" fn llada_model_default_params() -> LladaModelParams {
+    LladaModelParams {
+        backend: LLADA_BACKEND_NDARRAY,
+        execution_provider: LLADA_PROVIDER_CPU,
+        ort_library: std::ptr::null(),
+    }
+}
+
+/// Defaults: every core.
+#[unsafe(no_mangle)]
+pub extern "C" fn llada_context_default_params() -> LladaContextParams {
+    LladaContextParams { threads: 0 }
+}
+
+/// The reference's defaults (128 steps, 128 tokens, one block of 128, temperature 0,
+/// low-confidence remasking) with the model's own special token ids.
+#[unsafe(no_mangle)]
+pub extern "C" fn llada_generate_default_params() -> LladaGenerateParams {
+    let d = GenerateParams::default();
+    LladaGenerateParams {
+        steps: d.steps as u32,
+        gen_length: d.gen_length as u32,
+        block_length: d.block_length as u32,
+        remasking: LLADA_REMASKING_LOW_CONFIDENCE,
+        mask_id: LLADA_TOKEN_FROM_MODEL,
+        eos_id: LLADA_TOKEN_FROM_MODEL,
+        eot_id: LLADA_TOKEN_FROM_MODEL,
+        top_k: 0,
+        seed: 0,
+        temperature: d.temperature,
+        cfg_scale: d.cfg_scale,
+        top_p: d.top_p,
+        logits_eos_inf: false,
+        confidence_eos_eot_inf: false,
+    }
+}
+
+/// The reference's defaults: 128 samples in mini-batches of 16, no guidance.
+#[unsafe(no_mangle)]
+pub extern "C" fn llada_likelihood_default_params() -> LladaLikelihoodParams {
+    LladaLikelihoodParams {
+        mc_samples: 128,
+        batch: 16,
+        seed: 0,
+        cfg_scale: 0.0,
+    }
+}
+
+impl LladaGenerateParams {
+    /// The Rust parameters, with `model`'s ids where asked; unknown enum values are errors.
+    pub(crate) fn to_rust(self, model: &GenerateParams) -> Result<GenerateParams, Failure> {
+        let remasking = match self.remasking {
+            LLADA_REMASKING_LOW_CONFIDENCE => Remasking::LowConfidence,
+            LLADA_REMASKING_RANDOM => Remasking::Random,
+            LLADA_REMASKING_MARGIN => Remasking::Margin,
+            LLADA_REMASKING_ENTROPY => Remasking::Entropy,
+            other => return Err(Failure::invalid(format!("unknown remasking value {other}"))),
+        };
+        let id = |v: u32, default: u32| {
+            if v == LLADA_TOKEN_FROM_MODEL {
+                default
+            } else {
+                v
+            }
+        };
+        let params = GenerateParams {
+            steps: self.steps as usize,
+            gen_length: self.gen_length as usize,
+            block_length: self.block_length as usize,
+            temperature: self.temperature,
+            cfg_scale: self.cfg_scale,
+            remasking,
+            mask_id: id(self.mask_id, model.mask_id),
+            seed: self.seed,
+            logits_eos_inf: self.logits_eos_inf,
+            confidence_eos_eot_inf: self.confidence_eos_eot_inf,
+            eos_id: id(self.eos_id, model.eos_id),
+            eot_id: id(self.eot_id, model.eot_id),
+            top_k: self.top_k as usize,
+            top_p: self.top_p,
+        };
+        params.validate()?;
+        Ok(params)
+    }
+}
+
+/// A NUL-terminated UTF-8 argument.
+///
+/// # Safety
+/// `ptr` must be NULL or point to a NUL-terminated string valid for the call.
+pub(crate) unsafe fn text_arg<'a>(ptr: *const c_char, name: &str) -> Result<&'a str, Failure> {
+    if ptr.is_null() {
+        return Err(Failure::null(name));
+    }
+    // SAFETY: the caller's contract.
+    let text = unsafe { CStr::from_ptr(ptr) };
+    text.to_str().map_err(|_| {
+        Failure::new(
+            crate::status::LladaStatus::InvalidUtf8,
+            format!("`{name}` is not valid UTF-8"),
+        )
+    })
+}
+
+/// An optional path argument.
+///
+/// # Safety
+/// As [`text_arg`].
+pub(crate) unsafe fn path_arg(ptr: *const c_char, name: &str) -> Result<Option<PathBuf>, Failure> {
+    if ptr.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: the caller's contract.
+    Ok(Some(PathBuf::from(unsafe { text_arg(ptr, name) }?)))
+}
+
+/// A `(pointer, length)` array argument; NULL is allowed for an empty array.
+///
+/// # Safety
+/// `ptr` must be valid for `len` elements unless `len` is 0.
+pub(crate) unsafe fn slice_arg<'a, T>(
+    ptr: *const T,
+    len: usize,
+    name: &str,
+) -> Result<&'a [T], Failure> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() {
+        return Err(Failure::null(name));
+    }
+    // SAFETY: the caller's contract.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}

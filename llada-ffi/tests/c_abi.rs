@@ -1,0 +1,259 @@
+//! The C ABI as C and C++ hosts use it: the header compiles as C99 and C++17 and twice in two
+//! translation units; the C example, a bad-input program and a two-thread program run against
+//! the bundled model under AddressSanitizer (leaks included); the C++ example builds with
+//! `find_package(llada)` from an installed prefix (and the pkg-config file works).
+//!
+//! Needs gcc/g++ and cmake on PATH (the test command puts a cmake from PyPI into .venv/bin).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The directory of the test binaries' profile (`target/debug` for `cargo test`).
+fn profile_dir() -> PathBuf {
+    std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn run(command: &mut Command) -> Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Builds libllada.so and libllada.a with the profile of this test run (cargo test builds the
+/// crate only as a test harness), once per test binary.
+fn library_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let dir = profile_dir();
+        let profile = if dir.ends_with("release") {
+            "release"
+        } else {
+            "test"
+        };
+        run(Command::new(cargo).current_dir(root()).args([
+            "build",
+            "--quiet",
+            "-p",
+            "llada-ffi",
+            "--profile",
+            profile,
+        ]));
+        assert!(dir.join("libllada.so").exists() && dir.join("libllada.a").exists());
+        dir
+    })
+}
+
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+/// Compiles C (or C++) sources against include/ and libllada.so.
+fn compile(compiler: &str, flags: &[&str], sources: &[PathBuf], out: &Path) {
+    let lib = library_dir();
+    run(Command::new(compiler)
+        .args(flags)
+        .arg("-I")
+        .arg(root().join("include"))
+        .args(sources)
+        .arg("-o")
+        .arg(out)
+        .arg("-L")
+        .arg(lib)
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-lllada")
+        .arg("-lpthread"));
+}
+
+fn c_test(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/c")
+        .join(name)
+}
+
+fn bundled_model() -> PathBuf {
+    root().join("tests/fixtures/tiny-llada")
+}
+
+/// A held-out prompt the reference sampler answers correctly, and that answer.
+fn held_out() -> (String, String) {
+    let dir = bundled_model();
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("eval.json")).unwrap()).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference_outputs.json")).unwrap())
+            .unwrap();
+    for (item, out) in eval["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(reference["outputs"].as_array().unwrap())
+    {
+        let answer: Vec<u64> = serde_json::from_value(item["answer_ids"].clone()).unwrap();
+        let out: Vec<u64> = serde_json::from_value(out.clone()).unwrap();
+        if out.len() > answer.len() && out[..answer.len()] == answer[..] {
+            return (
+                item["prompt"].as_str().unwrap().into(),
+                item["answer"].as_str().unwrap().into(),
+            );
+        }
+    }
+    panic!("the reference answers no held-out prompt");
+}
+
+const SANITIZE: &[&str] = &["-fsanitize=address", "-fno-omit-frame-pointer", "-g"];
+
+fn sanitized(command: &mut Command) -> &mut Command {
+    // detect_leaks: fail on any leak; the Rust library is not instrumented, but its heap goes
+    // through malloc, which LeakSanitizer watches.
+    command
+        .env(
+            "ASAN_OPTIONS",
+            "detect_leaks=1:abort_on_error=0:exitcode=23",
+        )
+        .env_remove("RUST_LOG")
+}
+
+#[test]
+fn the_header_compiles_as_c99_and_cpp17_and_twice_in_two_units() {
+    let dir = scratch();
+    compile(
+        "gcc",
+        &["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"],
+        &[c_test("header_twice_a.c"), c_test("header_twice_b.c")],
+        &dir.path().join("twice"),
+    );
+    run(&mut Command::new(dir.path().join("twice")));
+    compile(
+        "g++",
+        &["-std=c++17", "-Wall", "-Wextra", "-Werror", "-pedantic"],
+        &[c_test("header_cpp.cpp")],
+        &dir.path().join("cpp"),
+    );
+    let out = run(&mut Command::new(dir.path().join("cpp")));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn the_c_example_answers_a_held_out_prompt_under_addresssanitizer() {
+    let dir = scratch();
+    let exe = dir.path().join("generate");
+    let flags = [&["-std=c99", "-Wall", "-Wextra", "-Werror"], SANITIZE].concat();
+    compile("gcc", &flags, &[root().join("examples/c/generate.c")], &exe);
+    let (prompt, answer) = held_out();
+    let out = run(sanitized(
+        Command::new(&exe).arg(bundled_model()).arg(&prompt),
+    ));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        answer,
+        "prompt {prompt:?}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("16 steps"));
+}
+
+#[test]
+fn bad_input_returns_the_documented_statuses_without_errors_or_leaks() {
+    let dir = scratch();
+    let exe = dir.path().join("bad_input");
+    let flags = [&["-std=c99", "-Wall", "-Wextra", "-Werror"], SANITIZE].concat();
+    compile("gcc", &flags, &[c_test("bad_input.c")], &exe);
+    let out = run(sanitized(Command::new(&exe).arg(bundled_model())));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("all bad-input checks passed"));
+}
+
+#[test]
+fn two_threads_with_two_contexts_match_one_thread() {
+    let dir = scratch();
+    let exe = dir.path().join("threads");
+    let flags = [
+        &["-std=c99", "-Wall", "-Wextra", "-Werror", "-pthread"],
+        SANITIZE,
+    ]
+    .concat();
+    compile("gcc", &flags, &[c_test("threads.c")], &exe);
+    let out = run(sanitized(Command::new(&exe).args([
+        bundled_model().as_os_str(),
+        "copy: pen frog rock".as_ref(),
+        "reverse: lake rose".as_ref(),
+    ])));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("two threads agree with one"));
+}
+
+#[test]
+fn the_cpp_example_builds_with_find_package_and_pkg_config_works() {
+    let lib = library_dir();
+    let prefix = scratch();
+    let profile = lib.file_name().unwrap().to_str().unwrap();
+    run(Command::new(root().join("llada-ffi/packaging/install.sh"))
+        .arg(prefix.path())
+        .env("PROFILE", profile)
+        .env("CARGO_TARGET_DIR", lib.parent().unwrap()));
+
+    let build = scratch();
+    run(Command::new("cmake")
+        .arg("-S")
+        .arg(root().join("examples/cpp"))
+        .arg("-B")
+        .arg(build.path())
+        .arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.path().display())));
+    run(Command::new("cmake").arg("--build").arg(build.path()));
+    let (prompt, answer) = held_out();
+    let out = run(Command::new(build.path().join("llada_cpp_example"))
+        .arg(bundled_model())
+        .arg(&prompt)
+        .env_remove("RUST_LOG"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), answer);
+
+    // pkg-config: flags from the installed llada.pc build the C example too.
+    let pc = Command::new("pkg-config")
+        .args(["--cflags", "--libs", "llada"])
+        .env("PKG_CONFIG_PATH", prefix.path().join("lib/pkgconfig"))
+        .output();
+    if let Ok(pc) = pc {
+        assert!(
+            pc.status.success(),
+            "{}",
+            String::from_utf8_lossy(&pc.stderr)
+        );
+        let flags = String::from_utf8(pc.stdout).unwrap();
+        let exe = build.path().join("generate_pc");
+        let mut cc = Command::new("gcc");
+        cc.arg(root().join("examples/c/generate.c"))
+            .args(flags.split_whitespace())
+            .arg("-o")
+            .arg(&exe);
+        cc.arg(format!(
+            "-Wl,-rpath,{}",
+            prefix.path().join("lib").display()
+        ));
+        run(&mut cc);
+        let out = run(Command::new(&exe)
+            .arg(bundled_model())
+            .arg(&prompt)
+            .env_remove("RUST_LOG"));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), answer);
+    }
+}
