@@ -23,8 +23,8 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use llada::core::rand_core::{Rng, SeedableRng};
 use llada::core::{
-    Canvas, ForwardRequest, GenerateParams, Generation, Limits, MaskPredictor, SamplerRng, WorkspaceBuf,
-    WorkspaceSizes,
+    Canvas, ForwardRequest, GenerateParams, Generation, Limits, MaskPredictor, SamplerRng,
+    WorkspaceBuf, WorkspaceSizes,
 };
 
 /// Counts heap allocations, to report allocations per denoising step.
@@ -91,7 +91,11 @@ struct Cli {
 fn median(samples: &mut [f64]) -> f64 {
     samples.sort_by(f64::total_cmp);
     let n = samples.len();
-    if n % 2 == 1 { samples[n / 2] } else { (samples[n / 2 - 1] + samples[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        samples[n / 2]
+    } else {
+        (samples[n / 2 - 1] + samples[n / 2]) / 2.0
+    }
 }
 
 /// Resident memory: current and peak, in MiB, from /proc/self/status.
@@ -110,8 +114,12 @@ fn rss_mib() -> (f64, f64) {
 
 fn cpu_description() -> (String, Vec<String>) {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model =
-        info.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("unknown").trim();
+    let model = info
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown")
+        .trim();
     let flags: Vec<String> = info
         .lines()
         .find(|l| l.starts_with("flags"))
@@ -119,7 +127,9 @@ fn cpu_description() -> (String, Vec<String>) {
         .unwrap_or("")
         .split_whitespace()
         .filter(|f| {
-            ["sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni"].contains(f) || f.starts_with("avx512") || f.starts_with("amx")
+            ["sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni"].contains(f)
+                || f.starts_with("avx512")
+                || f.starts_with("amx")
         })
         .map(str::to_string)
         .collect();
@@ -128,7 +138,10 @@ fn cpu_description() -> (String, Vec<String>) {
 
 fn ensure_models(cli: &Cli) -> anyhow::Result<()> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bench/make_bench_model.py");
-    for (dir, args) in [(&cli.model, vec!["--dtype", "f32"]), (&cli.model_bf16, vec!["--dtype", "bf16", "--no-onnx"])] {
+    for (dir, args) in [
+        (&cli.model, vec!["--dtype", "f32"]),
+        (&cli.model_bf16, vec!["--dtype", "bf16", "--no-onnx"]),
+    ] {
         let complete = dir.join("config.json").exists()
             && dir.join("model.safetensors").exists()
             && (args.contains(&"--no-onnx") || dir.join("model.onnx").exists());
@@ -136,9 +149,17 @@ fn ensure_models(cli: &Cli) -> anyhow::Result<()> {
             continue;
         }
         eprintln!("generating the benchmark model into {}", dir.display());
-        let status = Command::new(&cli.python).arg(&script).arg(dir).args(&args).status().with_context(|| {
-            format!("running {} (create it with examples/bench/requirements.txt)", cli.python.display())
-        })?;
+        let status = Command::new(&cli.python)
+            .arg(&script)
+            .arg(dir)
+            .args(&args)
+            .status()
+            .with_context(|| {
+                format!(
+                    "running {} (create it with examples/bench/requirements.txt)",
+                    cli.python.display()
+                )
+            })?;
         if !status.success() {
             bail!("{} failed", script.display());
         }
@@ -153,7 +174,9 @@ where
 {
     let mut rng = SamplerRng::seed_from_u64(len as u64);
     let vocab = p.vocab_size() as u64;
-    let ids: Vec<u32> = (0..len).map(|_| (rng.next_u64() % (vocab - 2)) as u32).collect();
+    let ids: Vec<u32> = (0..len)
+        .map(|_| (rng.next_u64() % (vocab - 2)) as u32)
+        .collect();
     let request = ForwardRequest::new(&ids, 1, len)?;
     let mut logits = vec![0.0f32; request.logits_len(p.vocab_size())];
     p.forward(&request, &mut logits)?;
@@ -175,20 +198,47 @@ struct GenerationRun {
     forward_passes: usize,
 }
 
-fn time_generation<P: MaskPredictor>(p: &mut P, prompt_len: usize, gen_length: usize, mask_id: u32) -> anyhow::Result<GenerationRun>
+fn time_generation<P: MaskPredictor>(
+    p: &mut P,
+    prompt_len: usize,
+    gen_length: usize,
+    mask_id: u32,
+) -> anyhow::Result<GenerationRun>
 where
     P::Error: std::error::Error + Send + Sync + 'static,
 {
-    let params = GenerateParams { steps: gen_length, gen_length, block_length: 32, mask_id, ..GenerateParams::default() };
+    let params = GenerateParams {
+        steps: gen_length,
+        gen_length,
+        block_length: 32,
+        mask_id,
+        ..GenerateParams::default()
+    };
     let mut rng = SamplerRng::seed_from_u64(7);
     let vocab = p.vocab_size() as u64;
-    let prompt: Vec<u32> = (0..prompt_len).map(|_| (rng.next_u64() % (vocab - 2)) as u32).collect();
+    let prompt: Vec<u32> = (0..prompt_len)
+        .map(|_| (rng.next_u64() % (vocab - 2)) as u32)
+        .collect();
     let mut canvas = vec![0u32; prompt_len + gen_length];
-    let mut ws = WorkspaceBuf::new(&WorkspaceSizes::for_generation(&params, 1, prompt_len, p.vocab_size())?);
+    let mut ws = WorkspaceBuf::new(&WorkspaceSizes::for_generation(
+        &params,
+        1,
+        prompt_len,
+        p.vocab_size(),
+    )?);
     let limits = Limits::of(p);
-    let run = |p: &mut P, canvas: &mut Vec<u32>, ws: &mut WorkspaceBuf, count: bool| -> anyhow::Result<(f64, f64, f64, usize, usize)> {
+    let run = |p: &mut P,
+               canvas: &mut Vec<u32>,
+               ws: &mut WorkspaceBuf,
+               count: bool|
+     -> anyhow::Result<(f64, f64, f64, usize, usize)> {
         Canvas::fill(canvas, &prompt, 1, gen_length, mask_id)?;
-        let mut generation = Generation::new(&params, Canvas::new(canvas, 1, prompt_len), ws.as_workspace(), limits)?;
+        let mut generation = Generation::new(
+            &params,
+            Canvas::new(canvas, 1, prompt_len),
+            ws.as_workspace(),
+            limits,
+        )?;
         let (mut forward, mut sampler) = (0.0, 0.0);
         let mut steady_allocations = 0;
         let mut steady_steps = 0;
@@ -207,7 +257,13 @@ where
                 steady_steps += 1;
             }
         }
-        Ok((start.elapsed().as_secs_f64(), forward, sampler, steady_allocations, steady_steps.max(1)))
+        Ok((
+            start.elapsed().as_secs_f64(),
+            forward,
+            sampler,
+            steady_allocations,
+            steady_steps.max(1),
+        ))
     };
     run(p, &mut canvas, &mut ws, false)?; // warm-up
     let (total, forward, sampler, allocations, steps) = run(p, &mut canvas, &mut ws, true)?;
@@ -237,10 +293,15 @@ struct PythonResult {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     ensure_models(&cli)?;
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(cli.model.join("config.json"))?)?;
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cli.model.join("config.json"))?)?;
     let mask_id = config["mask_token_id"].as_u64().context("mask_token_id")? as u32;
     let (cpu, flags) = cpu_description();
-    eprintln!("{cpu}, {} threads, kernel {}", cli.threads, llada::ndarray::kernel_name());
+    eprintln!(
+        "{cpu}, {} threads, kernel {}",
+        cli.threads,
+        llada::ndarray::kernel_name()
+    );
 
     // Memory of the weights, f32 and bf16.
     let mut memory = Vec::new();
@@ -260,7 +321,8 @@ fn main() -> anyhow::Result<()> {
     let model = Arc::new(llada::ndarray::Model::load(&cli.model)?);
     let mut ndarray = llada::ndarray::Context::with_threads(Arc::clone(&model), cli.threads)?;
     let library = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from);
-    let mut builder = llada::ort::OrtPredictor::builder(cli.model.join("model.onnx")).intra_threads(cli.threads);
+    let mut builder =
+        llada::ort::OrtPredictor::builder(cli.model.join("model.onnx")).intra_threads(cli.threads);
     if let Some(library) = &library {
         builder = builder.library(library);
     }
@@ -268,8 +330,16 @@ fn main() -> anyhow::Result<()> {
     let mut rows: Vec<(String, usize, f64)> = Vec::new();
     for &len in &cli.lengths {
         eprintln!("forward, {len} tokens");
-        rows.push(("llada ndarray".into(), len, time_forward(&mut ndarray, len, cli.repeats)?));
-        rows.push(("llada ort (CPU)".into(), len, time_forward(&mut ort, len, cli.repeats)?));
+        rows.push((
+            "llada ndarray".into(),
+            len,
+            time_forward(&mut ndarray, len, cli.repeats)?,
+        ));
+        rows.push((
+            "llada ort (CPU)".into(),
+            len,
+            time_forward(&mut ort, len, cli.repeats)?,
+        ));
     }
 
     // Forward passes, Python engines, in a child process of this one.
@@ -281,8 +351,19 @@ fn main() -> anyhow::Result<()> {
         let status = Command::new(&cli.python)
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bench/python_bench.py"))
             .arg(&cli.model)
-            .args(["--threads", &cli.threads.to_string(), "--lengths", &lengths.join(",")])
-            .args(["--repeats", &cli.repeats.to_string(), "--warmup", "1", "--json"])
+            .args([
+                "--threads",
+                &cli.threads.to_string(),
+                "--lengths",
+                &lengths.join(","),
+            ])
+            .args([
+                "--repeats",
+                &cli.repeats.to_string(),
+                "--warmup",
+                "1",
+                "--json",
+            ])
             .arg(&out)
             .status()
             .context("running the Python benchmark")?;
@@ -306,8 +387,16 @@ fn main() -> anyhow::Result<()> {
     let mut generation = Vec::new();
     for &gen_length in &cli.gen_lengths {
         eprintln!("generation, {gen_length} tokens");
-        generation.push(("llada ndarray", gen_length, time_generation(&mut ndarray, cli.prompt_len, gen_length, mask_id)?));
-        generation.push(("llada ort (CPU)", gen_length, time_generation(&mut ort, cli.prompt_len, gen_length, mask_id)?));
+        generation.push((
+            "llada ndarray",
+            gen_length,
+            time_generation(&mut ndarray, cli.prompt_len, gen_length, mask_id)?,
+        ));
+        generation.push((
+            "llada ort (CPU)",
+            gen_length,
+            time_generation(&mut ort, cli.prompt_len, gen_length, mask_id)?,
+        ));
     }
     let (_, peak) = rss_mib();
 
@@ -315,43 +404,112 @@ fn main() -> anyhow::Result<()> {
     let params = model.config().parameter_count();
     let mut md = String::new();
     writeln!(md, "# Benchmarks\n")?;
-    writeln!(md, "Produced by `cargo run --release --example benchmark` (one process tree, one run).\n")?;
-    writeln!(md, "- Machine: {cpu}, {} cores, ISA extensions: {}", std::thread::available_parallelism().map_or(1, usize::from), flags.join(" "))?;
-    writeln!(md, "- Threads per engine: {}; ndarray matrix kernel: {}", cli.threads, llada::ndarray::kernel_name())?;
-    writeln!(md, "- Model: LLaDA architecture, d_model 1024, 12 layers, 16 heads, mlp 2816, vocab 32000, {:.0} M parameters, random weights (f32)", params as f64 / 1e6)?;
+    writeln!(
+        md,
+        "Produced by `cargo run --release --example benchmark` (one process tree, one run).\n"
+    )?;
+    writeln!(
+        md,
+        "- Machine: {cpu}, {} cores, ISA extensions: {}",
+        std::thread::available_parallelism().map_or(1, usize::from),
+        flags.join(" ")
+    )?;
+    writeln!(
+        md,
+        "- Threads per engine: {}; ndarray matrix kernel: {}",
+        cli.threads,
+        llada::ndarray::kernel_name()
+    )?;
+    writeln!(
+        md,
+        "- Model: LLaDA architecture, d_model 1024, 12 layers, 16 heads, mlp 2816, vocab 32000, {:.0} M parameters, random weights (f32)",
+        params as f64 / 1e6
+    )?;
     if !versions.is_empty() {
-        writeln!(md, "- {versions}; ONNX Runtime (Rust) through `ort` 2.0.0-rc.15, library {}", llada::ort::loaded_library().map(|p| p.display().to_string()).unwrap_or_default())?;
+        writeln!(
+            md,
+            "- {versions}; ONNX Runtime (Rust) through `ort` 2.0.0-rc.15, library {}",
+            llada::ort::loaded_library()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        )?;
     }
-    writeln!(md, "\n## One forward pass (batch 1, full logits), median of {} runs\n", cli.repeats)?;
-    writeln!(md, "| engine | tokens | median (s) | GFLOP/s | ratio to ORT (Rust) |")?;
+    writeln!(
+        md,
+        "\n## One forward pass (batch 1, full logits), median of {} runs\n",
+        cli.repeats
+    )?;
+    writeln!(
+        md,
+        "| engine | tokens | median (s) | GFLOP/s | ratio to ORT (Rust) |"
+    )?;
     writeln!(md, "|---|---:|---:|---:|---:|")?;
     for &len in &cli.lengths {
-        let ort_time = rows.iter().find(|r| r.0 == "llada ort (CPU)" && r.1 == len).map_or(f64::NAN, |r| r.2);
+        let ort_time = rows
+            .iter()
+            .find(|r| r.0 == "llada ort (CPU)" && r.1 == len)
+            .map_or(f64::NAN, |r| r.2);
         for (engine, l, t) in rows.iter().filter(|r| r.1 == len) {
             // Matrix products (every parameter but the embedding lookup) and attention (q·kᵀ and p·v).
             let c = model.config();
             let d = c.d_model as f64;
             let matmul = (params - c.embedding_size * c.d_model) as f64;
-            let flops = 2.0 * matmul * *l as f64 + 4.0 * c.n_layers as f64 * (*l as f64).powi(2) * d;
-            writeln!(md, "| {engine} | {l} | {t:.4} | {:.0} | {:.2}x |", flops / t / 1e9, t / ort_time)?;
+            let flops =
+                2.0 * matmul * *l as f64 + 4.0 * c.n_layers as f64 * (*l as f64).powi(2) * d;
+            writeln!(
+                md,
+                "| {engine} | {l} | {t:.4} | {:.0} | {:.2}x |",
+                flops / t / 1e9,
+                t / ort_time
+            )?;
         }
     }
-    writeln!(md, "\nRatio: time divided by ONNX Runtime's (from Rust) at the same length; below 1 is faster.\n")?;
-    writeln!(md, "## Generation (prompt {}, block 32, steps = gen length, temperature 0)\n", cli.prompt_len)?;
-    writeln!(md, "| engine | gen length | tokens/s | forward passes | sampler share of a step | allocations per step (warm) |")?;
+    writeln!(
+        md,
+        "\nRatio: time divided by ONNX Runtime's (from Rust) at the same length; below 1 is faster.\n"
+    )?;
+    writeln!(
+        md,
+        "## Generation (prompt {}, block 32, steps = gen length, temperature 0)\n",
+        cli.prompt_len
+    )?;
+    writeln!(
+        md,
+        "| engine | gen length | tokens/s | forward passes | sampler share of a step | allocations per step (warm) |"
+    )?;
     writeln!(md, "|---|---:|---:|---:|---:|---:|")?;
     for (engine, gen_length, r) in &generation {
-        writeln!(md, "| {engine} | {gen_length} | {:.1} | {} | {:.2}% | {:.1} |", r.tokens_per_s, r.forward_passes, 100.0 * r.sampler_share, r.allocations_per_step)?;
+        writeln!(
+            md,
+            "| {engine} | {gen_length} | {:.1} | {} | {:.2}% | {:.1} |",
+            r.tokens_per_s,
+            r.forward_passes,
+            100.0 * r.sampler_share,
+            r.allocations_per_step
+        )?;
     }
     writeln!(md, "\n## Memory (ndarray backend)\n")?;
-    writeln!(md, "| checkpoint | file (MiB) | weights in memory (MiB) | ratio | RSS growth on load (MiB) |")?;
+    writeln!(
+        md,
+        "| checkpoint | file (MiB) | weights in memory (MiB) | ratio | RSS growth on load (MiB) |"
+    )?;
     writeln!(md, "|---|---:|---:|---:|---:|")?;
     for (dtype, file, weights, rss) in &memory {
-        writeln!(md, "| {dtype} | {file:.0} | {weights:.0} | {:.3}x | {rss:.0} |", weights / file)?;
+        writeln!(
+            md,
+            "| {dtype} | {file:.0} | {weights:.0} | {:.3}x | {rss:.0} |",
+            weights / file
+        )?;
     }
-    writeln!(md, "\nPeak resident memory of the benchmark process (both Rust backends loaded): {peak:.0} MiB")?;
+    writeln!(
+        md,
+        "\nPeak resident memory of the benchmark process (both Rust backends loaded): {peak:.0} MiB"
+    )?;
     if let Some(rss) = python_rss {
-        writeln!(md, "; of the Python process (PyTorch and ONNX Runtime loaded): {rss:.0} MiB.")?;
+        writeln!(
+            md,
+            "; of the Python process (PyTorch and ONNX Runtime loaded): {rss:.0} MiB."
+        )?;
     }
     print!("{md}");
     std::fs::write(&cli.out, &md).with_context(|| format!("writing {}", cli.out.display()))?;

@@ -59,6 +59,24 @@
 // Remasking: negative entropy.
 #define LLADA_REMASKING_ENTROPY 3
 
+// Commit rule: the reference schedule (`commit_value` unused).
+#define LLADA_COMMIT_SCHEDULE 0
+
+// Commit rule: Fast-dLLM's confidence threshold (`commit_value`, e.g. 0.9).
+#define LLADA_COMMIT_THRESHOLD 1
+
+// Commit rule: Fast-dLLM's factor rule (`commit_value`, e.g. 1.0).
+#define LLADA_COMMIT_FACTOR 2
+
+// Key/value cache: none (every step a full forward pass).
+#define LLADA_CACHE_NONE 0
+
+// Key/value cache: reuse the positions before the current block.
+#define LLADA_CACHE_PREFIX 1
+
+// Key/value cache: reuse every position outside the current block.
+#define LLADA_CACHE_DUAL 2
+
 // A token id field left to the model's own value (mask, EOS, EOT from its files).
 #define LLADA_TOKEN_FROM_MODEL UINT32_MAX
 
@@ -149,6 +167,10 @@ typedef struct llada_generate_params {
   uint32_t eot_id;
   // Sample among the k most likely tokens; 0 disables.
   uint32_t top_k;
+  // One of LLADA_COMMIT_* (how many tokens a step commits).
+  uint32_t commit_rule;
+  // One of LLADA_CACHE_*.
+  uint32_t cache;
   // Seed of the sampler's random numbers.
   uint64_t seed;
   // Gumbel-max temperature; 0 takes the argmax.
@@ -157,6 +179,8 @@ typedef struct llada_generate_params {
   float cfg_scale;
   // Nucleus sampling threshold in (0, 1]; 1 disables.
   float top_p;
+  // The threshold or factor of the commit rule.
+  float commit_value;
   // Forbid end-of-text (its logit is set to -infinity).
   bool logits_eos_inf;
   // Leave EOS and EOT out of the confidence softmax (committed last).

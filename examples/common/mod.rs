@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use llada::core::{GenerateParams, Remasking};
+use llada::core::{CacheMode, CommitRule, GenerateParams, Remasking};
 use llada::{BackendChoice, OrtOptions, Pipeline};
 
 /// The bundled tiny model, trained on short word and number tasks.
@@ -22,6 +22,16 @@ pub(crate) enum BackendFlag {
     Ndarray,
     /// ONNX Runtime on model.onnx (needs libonnxruntime: --ort-lib or ORT_DYLIB_PATH).
     Ort,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum CacheFlag {
+    /// Every step is a full forward pass (the reference).
+    None,
+    /// Keys and values before the current block are reused within the block.
+    Prefix,
+    /// Keys and values outside the current block are reused within the block.
+    Dual,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -94,6 +104,16 @@ pub(crate) struct SamplingArgs {
     /// Random seed (temperature > 0, random remasking).
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
+    /// Fast-dLLM parallel decoding: also commit every masked token whose confidence reaches
+    /// this threshold (e.g. 0.9); `--steps` becomes an upper bound per block.
+    #[arg(long, conflicts_with = "factor")]
+    pub(crate) threshold: Option<f32>,
+    /// Fast-dLLM's factor rule instead of a threshold (e.g. 1.0).
+    #[arg(long)]
+    pub(crate) factor: Option<f32>,
+    /// Block-wise key/value cache (approximate; ndarray backend).
+    #[arg(long, value_enum, default_value_t = CacheFlag::None)]
+    pub(crate) cache: CacheFlag,
 }
 
 impl SamplingArgs {
@@ -113,6 +133,16 @@ impl SamplingArgs {
             top_k: self.top_k,
             top_p: self.top_p,
             seed: self.seed,
+            commit: match (self.threshold, self.factor) {
+                (Some(t), _) => CommitRule::Threshold(t),
+                (None, Some(f)) => CommitRule::Factor(f),
+                (None, None) => CommitRule::Schedule,
+            },
+            cache: match self.cache {
+                CacheFlag::None => CacheMode::None,
+                CacheFlag::Prefix => CacheMode::Prefix,
+                CacheFlag::Dual => CacheMode::Dual,
+            },
             ..pipeline.default_params()
         }
     }

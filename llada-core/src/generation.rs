@@ -6,8 +6,8 @@ use core::ops::{ControlFlow, Range};
 use rand_core::SeedableRng;
 
 use crate::error::{Error, GenerateError, ShapeError};
-use crate::params::{GenerateParams, check_id};
-use crate::predictor::{ForwardRequest, MaskPredictor, TokenId};
+use crate::params::{CacheMode, CommitRule, GenerateParams, check_id};
+use crate::predictor::{CacheHint, ForwardRequest, MaskPredictor, TokenId};
 use crate::rng::SamplerRng;
 use crate::sampler::propose;
 use crate::schedule::{BlockSchedule, tokens_to_commit};
@@ -259,6 +259,8 @@ pub struct Generation<'a> {
     schedule: BlockSchedule,
     block: usize,
     step: usize,
+    /// Forward passes run in the current block (0 until its first step completes).
+    block_forwards: usize,
     pending: bool,
     finished: bool,
     forward_passes: usize,
@@ -368,6 +370,7 @@ impl<'a> Generation<'a> {
             schedule: BlockSchedule::new(params),
             block: 0,
             step: 0,
+            block_forwards: 0,
             pending: false,
             finished: false,
             forward_passes: 0,
@@ -403,6 +406,7 @@ impl<'a> Generation<'a> {
     }
 
     fn start_block(&mut self) {
+        self.block_forwards = 0;
         let span = self.block_span();
         for row in 0..self.batch {
             let base = row * self.seq_len;
@@ -414,12 +418,28 @@ impl<'a> Generation<'a> {
         }
     }
 
+    /// Masked positions of `row` left in the current block.
+    fn remaining_masks(&self, row: usize) -> usize {
+        let span = self.block_span();
+        let base = row * self.seq_len;
+        self.canvas[base + span.start..base + span.end]
+            .iter()
+            .filter(|&&id| id == self.params.mask_id)
+            .count()
+    }
+
     fn row_has_work(&self, row: usize) -> bool {
-        tokens_to_commit(
-            self.block_masks[row] as usize,
-            self.schedule.steps_per_block,
-            self.step,
-        ) > 0
+        match self.params.commit {
+            CommitRule::Schedule => {
+                tokens_to_commit(
+                    self.block_masks[row] as usize,
+                    self.schedule.steps_per_block,
+                    self.step,
+                ) > 0
+            }
+            // Rules commit at least one token per step: work remains while masks do.
+            _ => self.remaining_masks(row) > 0,
+        }
     }
 
     /// Moves past steps in which no row commits anything, and past the end.
@@ -473,7 +493,16 @@ impl<'a> Generation<'a> {
             (&*self.canvas, self.attention)
         };
         // Shapes were checked in `new`.
-        let request = ForwardRequest::from_parts(ids, rows, self.seq_len, attention, span);
+        let mut request =
+            ForwardRequest::from_parts(ids, rows, self.seq_len, attention, span.clone());
+        if self.params.cache != CacheMode::None {
+            let hint = CacheHint {
+                mode: self.params.cache,
+                span,
+                refresh: self.block_forwards == 0,
+            };
+            request = request.with_cache(hint).ok()?;
+        }
         let len = request.logits_len(self.vocab);
         Some(ForwardJob {
             request,
@@ -496,13 +525,26 @@ impl<'a> Generation<'a> {
         let guidance = self.params.cfg_scale + 1.0;
         let (cond, uncond) = self.logits.split_at_mut(self.batch * block * vocab);
 
+        let rule = self.params.commit;
         for row in 0..self.batch {
-            let k = tokens_to_commit(
+            let mut k = tokens_to_commit(
                 self.block_masks[row] as usize,
                 self.schedule.steps_per_block,
                 self.step,
             );
             self.committed_len[row] = 0;
+            if rule != CommitRule::Schedule {
+                // The schedule's count is the floor (so `steps` bounds the block), at least one.
+                let base = row * self.seq_len;
+                let remaining = self.canvas[base + span.start..base + span.end]
+                    .iter()
+                    .filter(|&&id| id == mask_id)
+                    .count();
+                if remaining == 0 {
+                    continue;
+                }
+                k = k.clamp(1, remaining);
+            }
             if k == 0 {
                 continue;
             }
@@ -534,7 +576,9 @@ impl<'a> Generation<'a> {
             }
             let committed = &mut self.committed[row * block..(row + 1) * block];
             let mut count = 0;
-            for _ in 0..k {
+            // Most confident first (lower position on ties): the schedule's `k`, then whatever
+            // the rule admits; confidences only fall along the way, so the first refusal ends it.
+            loop {
                 let mut best: Option<usize> = None;
                 for j in 0..block {
                     let better = match best {
@@ -546,6 +590,17 @@ impl<'a> Generation<'a> {
                     }
                 }
                 let Some(j) = best else { break };
+                let admitted = count < k
+                    || match rule {
+                        CommitRule::Schedule => false,
+                        CommitRule::Threshold(t) => confidence[j] >= f64::from(t),
+                        CommitRule::Factor(f) => {
+                            confidence[j] >= 1.0 - f64::from(f) / (count + 2) as f64
+                        }
+                    };
+                if !admitted {
+                    break;
+                }
                 confidence[j] = f64::NEG_INFINITY;
                 canvas_row[span.start + j] = proposals[j];
                 committed[count] = (span.start + j) as u32;
@@ -555,6 +610,7 @@ impl<'a> Generation<'a> {
         }
 
         let (block_index, step_index) = (self.block, self.step);
+        self.block_forwards += 1;
         self.step += 1;
         self.skip_idle_steps();
         Ok(StepEvent {

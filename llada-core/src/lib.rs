@@ -91,9 +91,10 @@ pub use generation::{
 };
 pub use likelihood::{LikelihoodParams, log_likelihood};
 pub use params::{
-    GenerateParams, LLADA_8B_EOS_ID, LLADA_8B_EOT_ID, LLADA_8B_MASK_ID, Remasking, UnknownRemasking,
+    CacheMode, CommitRule, GenerateParams, LLADA_8B_EOS_ID, LLADA_8B_EOT_ID, LLADA_8B_MASK_ID,
+    Remasking, UnknownRemasking,
 };
-pub use predictor::{ForwardRequest, MaskPredictor, PredictorError, TokenId};
+pub use predictor::{CacheHint, ForwardRequest, MaskPredictor, PredictorError, TokenId};
 pub use rand_core;
 pub use rng::SamplerRng;
 pub use schedule::tokens_to_commit;

@@ -64,6 +64,49 @@ impl FromStr for Remasking {
     }
 }
 
+/// How many masked positions of the current block a step commits.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum CommitRule {
+    /// The reference schedule: `n / s` per step (plus one in the first `n % s` steps) for `n`
+    /// masks in the block at its start and `s` steps per block.
+    #[default]
+    Schedule,
+    /// Fast-dLLM's confidence-aware parallel decoding: every masked position whose confidence is
+    /// at least `threshold`, and always at least the schedule's count (so `steps` stays an upper
+    /// bound per block) and at least one.
+    Threshold(f32),
+    /// Fast-dLLM's factor rule: the `n` most confident positions while the `i`-th of them has
+    /// confidence at least `1 − factor / (i + 1)`; at least the schedule's count and at least one.
+    Factor(f32),
+}
+
+/// Which key/value cache the sampler asks a backend to keep between the steps of a block
+/// (Fast-dLLM's approximate block-wise cache). Backends without a cache ignore the hint and run
+/// every step in full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CacheMode {
+    /// No cache: every step is a full forward pass (the reference).
+    #[default]
+    None,
+    /// Keys and values of the positions before the current block are computed once per block;
+    /// each step recomputes the block and everything after it.
+    Prefix,
+    /// Keys and values of every position outside the current block are computed once per block;
+    /// each step recomputes the block only.
+    Dual,
+}
+
+impl CacheMode {
+    /// The name used by the command-line tools.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CacheMode::None => "none",
+            CacheMode::Prefix => "prefix",
+            CacheMode::Dual => "dual",
+        }
+    }
+}
+
 /// Parameters of the reverse process. The defaults are those of LLaDA's reference
 /// `generate()` (128 steps, 128 tokens, one block, temperature 0, no guidance,
 /// low-confidence remasking) with LLaDA-8B's special token ids; set `mask_id`, `eos_id` and
@@ -100,6 +143,10 @@ pub struct GenerateParams {
     /// Sample only among the smallest set of tokens whose probability reaches `top_p`
     /// (temperature > 0); `1.0` disables.
     pub top_p: f32,
+    /// How many positions a step commits (the reference schedule by default).
+    pub commit: CommitRule,
+    /// The key/value cache asked of the backend (none by default).
+    pub cache: CacheMode,
 }
 
 impl Default for GenerateParams {
@@ -119,6 +166,8 @@ impl Default for GenerateParams {
             eot_id: LLADA_8B_EOT_ID,
             top_k: 0,
             top_p: 1.0,
+            commit: CommitRule::Schedule,
+            cache: CacheMode::None,
         }
     }
 }
@@ -176,6 +225,25 @@ impl GenerateParams {
         ] {
             if !value.is_finite() || value < 0.0 {
                 return Err(Error::NotFiniteNonNegative { name, value });
+            }
+        }
+        match self.commit {
+            CommitRule::Schedule => {}
+            CommitRule::Threshold(t) if t > 0.0 && t <= 1.0 => {}
+            CommitRule::Threshold(t) => {
+                return Err(Error::OutOfRange {
+                    name: "threshold",
+                    range: "(0, 1]",
+                    value: f64::from(t),
+                });
+            }
+            CommitRule::Factor(f) if f.is_finite() && f > 0.0 => {}
+            CommitRule::Factor(f) => {
+                return Err(Error::OutOfRange {
+                    name: "factor",
+                    range: "(0, inf)",
+                    value: f64::from(f),
+                });
             }
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {

@@ -41,6 +41,21 @@ pub struct ForwardRequest<'a> {
     seq_len: usize,
     attention_mask: Option<&'a [u8]>,
     window: Range<usize>,
+    cache: Option<CacheHint>,
+}
+
+/// What the sampler tells a backend that keeps a key/value cache (see
+/// [`CacheMode`](crate::CacheMode)). A backend without a cache ignores it: a full forward pass
+/// is always a correct answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheHint {
+    /// Which positions the cache may freeze.
+    pub mode: crate::CacheMode,
+    /// The block being denoised (canvas positions).
+    pub span: Range<usize>,
+    /// The first step of a block: run the full forward pass and (re)fill the cache. Otherwise
+    /// only the tokens inside `span` changed since the last call.
+    pub refresh: bool,
 }
 
 impl<'a> ForwardRequest<'a> {
@@ -66,6 +81,7 @@ impl<'a> ForwardRequest<'a> {
             seq_len,
             attention_mask: None,
             window: 0..seq_len,
+            cache: None,
         })
     }
 
@@ -84,6 +100,7 @@ impl<'a> ForwardRequest<'a> {
             seq_len,
             attention_mask,
             window,
+            cache: None,
         }
     }
 
@@ -111,6 +128,24 @@ impl<'a> ForwardRequest<'a> {
         }
         self.window = window;
         Ok(self)
+    }
+
+    /// Attaches a cache hint; the window must lie inside its span.
+    pub fn with_cache(mut self, hint: CacheHint) -> Result<Self, ShapeError> {
+        if hint.span.start >= hint.span.end || hint.span.end > self.seq_len {
+            return Err(ShapeError::Window {
+                start: hint.span.start,
+                end: hint.span.end,
+                seq_len: self.seq_len,
+            });
+        }
+        self.cache = Some(hint);
+        Ok(self)
+    }
+
+    /// The cache hint, when the sampler runs with a cache mode.
+    pub fn cache(&self) -> Option<&CacheHint> {
+        self.cache.as_ref()
     }
 
     /// All input ids, `[batch, seq_len]` row-major.

@@ -624,3 +624,179 @@ fn sampling_is_reproducible_from_the_seed() {
         assert_eq!(events.len(), 8);
     }
 }
+
+/// Sure of token `position % 5` everywhere (probability ~0.98), except at positions that are
+/// multiples of 4, where two tokens tie (probability ~0.5 each).
+struct MostlySure;
+
+impl MaskPredictor for MostlySure {
+    type Error = core::convert::Infallible;
+    fn vocab_size(&self) -> usize {
+        8
+    }
+    fn max_sequence_length(&self) -> usize {
+        128
+    }
+    fn forward(
+        &mut self,
+        request: &ForwardRequest<'_>,
+        logits: &mut [f32],
+    ) -> Result<(), Self::Error> {
+        let window = request.window();
+        for (k, row) in logits.chunks_exact_mut(8).enumerate() {
+            let position = window.start + k % window.len();
+            row.fill(0.0);
+            row[position % 5] = 8.0;
+            if position % 4 == 0 {
+                row[(position + 1) % 5] = 8.0;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn run_mostly_sure(params: &GenerateParams) -> (Vec<u32>, Vec<usize>, usize) {
+    let mut tokens = vec![0; 2 + params.gen_length];
+    Canvas::fill(&mut tokens, &[5, 6], 1, params.gen_length, 7).unwrap();
+    let mut ws = WorkspaceBuf::new(&WorkspaceSizes::for_generation(params, 1, 2, 8).unwrap());
+    let mut per_step = Vec::new();
+    let mut observer = |e: &StepEvent<'_>| {
+        per_step.push(e.committed(0).len());
+        ControlFlow::Continue(())
+    };
+    let stats = generate(
+        &mut MostlySure,
+        params,
+        Canvas::new(&mut tokens, 1, 2),
+        ws.as_workspace(),
+        &mut observer,
+    )
+    .unwrap();
+    (tokens, per_step, stats.forward_passes)
+}
+
+#[test]
+fn threshold_and_factor_rules_commit_confident_tokens_in_parallel() {
+    let base = GenerateParams {
+        steps: 16,
+        gen_length: 16,
+        block_length: 8,
+        mask_id: 7,
+        ..GenerateParams::default()
+    };
+    let (reference, per_step, passes) = run_mostly_sure(&base);
+    assert_eq!((passes, per_step.iter().max().copied()), (16, Some(1)));
+
+    let threshold = GenerateParams {
+        commit: llada_core::CommitRule::Threshold(0.9),
+        ..base
+    };
+    let (tokens, per_step, passes) = run_mostly_sure(&threshold);
+    assert_eq!(tokens, reference, "same answer");
+    // Per block: the six sure positions in one step, then the two ties one by one.
+    assert_eq!(per_step, [6, 1, 1, 6, 1, 1]);
+    assert_eq!(passes, 6);
+
+    // The factor rule admits the i-th token while its confidence reaches 1 - f/(i+1).
+    let factor = GenerateParams {
+        commit: llada_core::CommitRule::Factor(1.0),
+        ..base
+    };
+    let (tokens, per_step, _) = run_mostly_sure(&factor);
+    assert_eq!(tokens, reference);
+    assert!(per_step[0] >= 6, "{per_step:?}");
+    assert_eq!(per_step.iter().sum::<usize>(), 16);
+
+    // `steps` stays an upper bound: with 2 steps per block the quota forces 4 tokens a step.
+    let few = GenerateParams {
+        steps: 4,
+        commit: llada_core::CommitRule::Threshold(0.999),
+        ..base
+    };
+    let (_, per_step, passes) = run_mostly_sure(&few);
+    assert_eq!((per_step, passes), (vec![4, 4, 4, 4], 4));
+
+    for bad in [
+        llada_core::CommitRule::Threshold(0.0),
+        llada_core::CommitRule::Threshold(1.5),
+        llada_core::CommitRule::Factor(-1.0),
+    ] {
+        assert!(
+            GenerateParams {
+                commit: bad,
+                ..base
+            }
+            .validate()
+            .is_err(),
+            "{bad:?}"
+        );
+    }
+}
+
+/// Records the cache hints it receives.
+struct Recorder(Vec<Option<llada_core::CacheHint>>);
+
+impl MaskPredictor for Recorder {
+    type Error = core::convert::Infallible;
+    fn vocab_size(&self) -> usize {
+        8
+    }
+    fn max_sequence_length(&self) -> usize {
+        128
+    }
+    fn forward(
+        &mut self,
+        request: &ForwardRequest<'_>,
+        logits: &mut [f32],
+    ) -> Result<(), Self::Error> {
+        self.0.push(request.cache().cloned());
+        MostlySure.forward(request, logits)
+    }
+}
+
+#[test]
+fn cache_hints_mark_the_block_and_its_first_step() {
+    let params = GenerateParams {
+        steps: 8,
+        gen_length: 8,
+        block_length: 4,
+        mask_id: 7,
+        cache: llada_core::CacheMode::Dual,
+        ..GenerateParams::default()
+    };
+    let mut tokens = vec![0; 10];
+    Canvas::fill(&mut tokens, &[5, 6], 1, 8, 7).unwrap();
+    let mut ws = WorkspaceBuf::new(&WorkspaceSizes::for_generation(&params, 1, 2, 8).unwrap());
+    let mut recorder = Recorder(Vec::new());
+    generate(
+        &mut recorder,
+        &params,
+        Canvas::new(&mut tokens, 1, 2),
+        ws.as_workspace(),
+        &mut (),
+    )
+    .unwrap();
+    let hints: Vec<_> = recorder.0.into_iter().map(Option::unwrap).collect();
+    assert_eq!(hints.len(), 8);
+    for (i, hint) in hints.iter().enumerate() {
+        assert_eq!(hint.mode, llada_core::CacheMode::Dual);
+        assert_eq!(hint.span, if i < 4 { 2..6 } else { 6..10 });
+        assert_eq!(hint.refresh, i % 4 == 0, "step {i}");
+    }
+    // Without a cache mode, no hint.
+    let mut recorder = Recorder(Vec::new());
+    Canvas::fill(&mut tokens, &[5, 6], 1, 8, 7).unwrap();
+    let plain = GenerateParams {
+        cache: llada_core::CacheMode::None,
+        ..params
+    };
+    generate(
+        &mut recorder,
+        &plain,
+        Canvas::new(&mut tokens, 1, 2),
+        ws.as_workspace(),
+        &mut (),
+    )
+    .unwrap();
+    assert!(recorder.0.iter().all(Option::is_none));
+}

@@ -3,7 +3,7 @@
 use std::ffi::{CStr, c_char};
 use std::path::PathBuf;
 
-use llada::core::{GenerateParams, Remasking};
+use llada::core::{CacheMode, CommitRule, GenerateParams, Remasking};
 
 use crate::status::Failure;
 
@@ -25,6 +25,20 @@ pub const LLADA_REMASKING_RANDOM: u32 = 1;
 pub const LLADA_REMASKING_MARGIN: u32 = 2;
 /// Remasking: negative entropy.
 pub const LLADA_REMASKING_ENTROPY: u32 = 3;
+
+/// Commit rule: the reference schedule (`commit_value` unused).
+pub const LLADA_COMMIT_SCHEDULE: u32 = 0;
+/// Commit rule: Fast-dLLM's confidence threshold (`commit_value`, e.g. 0.9).
+pub const LLADA_COMMIT_THRESHOLD: u32 = 1;
+/// Commit rule: Fast-dLLM's factor rule (`commit_value`, e.g. 1.0).
+pub const LLADA_COMMIT_FACTOR: u32 = 2;
+
+/// Key/value cache: none (every step a full forward pass).
+pub const LLADA_CACHE_NONE: u32 = 0;
+/// Key/value cache: reuse the positions before the current block.
+pub const LLADA_CACHE_PREFIX: u32 = 1;
+/// Key/value cache: reuse every position outside the current block.
+pub const LLADA_CACHE_DUAL: u32 = 2;
 
 /// A token id field left to the model's own value (mask, EOS, EOT from its files).
 pub const LLADA_TOKEN_FROM_MODEL: u32 = u32::MAX;
@@ -70,6 +84,10 @@ pub struct LladaGenerateParams {
     pub eot_id: u32,
     /// Sample among the k most likely tokens; 0 disables.
     pub top_k: u32,
+    /// One of LLADA_COMMIT_* (how many tokens a step commits).
+    pub commit_rule: u32,
+    /// One of LLADA_CACHE_*.
+    pub cache: u32,
     /// Seed of the sampler's random numbers.
     pub seed: u64,
     /// Gumbel-max temperature; 0 takes the argmax.
@@ -78,6 +96,8 @@ pub struct LladaGenerateParams {
     pub cfg_scale: f32,
     /// Nucleus sampling threshold in (0, 1]; 1 disables.
     pub top_p: f32,
+    /// The threshold or factor of the commit rule.
+    pub commit_value: f32,
     /// Forbid end-of-text (its logit is set to -infinity).
     pub logits_eos_inf: bool,
     /// Leave EOS and EOT out of the confidence softmax (committed last).
@@ -138,10 +158,13 @@ pub extern "C" fn llada_generate_default_params() -> LladaGenerateParams {
         eos_id: LLADA_TOKEN_FROM_MODEL,
         eot_id: LLADA_TOKEN_FROM_MODEL,
         top_k: 0,
+        commit_rule: LLADA_COMMIT_SCHEDULE,
+        cache: LLADA_CACHE_NONE,
         seed: 0,
         temperature: d.temperature,
         cfg_scale: d.cfg_scale,
         top_p: d.top_p,
+        commit_value: 0.0,
         logits_eos_inf: false,
         confidence_eos_eot_inf: false,
     }
@@ -168,6 +191,18 @@ impl LladaGenerateParams {
             LLADA_REMASKING_ENTROPY => Remasking::Entropy,
             other => return Err(Failure::invalid(format!("unknown remasking value {other}"))),
         };
+        let commit = match self.commit_rule {
+            LLADA_COMMIT_SCHEDULE => CommitRule::Schedule,
+            LLADA_COMMIT_THRESHOLD => CommitRule::Threshold(self.commit_value),
+            LLADA_COMMIT_FACTOR => CommitRule::Factor(self.commit_value),
+            other => return Err(Failure::invalid(format!("unknown commit rule {other}"))),
+        };
+        let cache = match self.cache {
+            LLADA_CACHE_NONE => CacheMode::None,
+            LLADA_CACHE_PREFIX => CacheMode::Prefix,
+            LLADA_CACHE_DUAL => CacheMode::Dual,
+            other => return Err(Failure::invalid(format!("unknown cache mode {other}"))),
+        };
         let id = |v: u32, default: u32| {
             if v == LLADA_TOKEN_FROM_MODEL {
                 default
@@ -190,6 +225,8 @@ impl LladaGenerateParams {
             eot_id: id(self.eot_id, model.eot_id),
             top_k: self.top_k as usize,
             top_p: self.top_p,
+            commit,
+            cache,
         };
         params.validate()?;
         Ok(params)

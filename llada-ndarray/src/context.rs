@@ -1,9 +1,10 @@
 //! A per-thread inference context: the activation buffers and worker threads of one caller,
 //! over a shared [`Model`]. It implements [`MaskPredictor`].
 
+use std::ops::Range;
 use std::sync::Arc;
 
-use llada_core::{ForwardRequest, MaskPredictor, ShapeError};
+use llada_core::{CacheMode, ForwardRequest, MaskPredictor, ShapeError};
 use ndarray::{ArrayView2, ArrayViewMut2, s};
 
 use crate::error::{ForwardError, LoadError};
@@ -57,6 +58,7 @@ pub struct Context {
     model: Arc<Model>,
     pool: Pool<ThreadScratch>,
     buffers: Buffers,
+    cache: KvCache,
 }
 
 impl std::fmt::Debug for Context {
@@ -88,6 +90,7 @@ impl Context {
             model,
             pool,
             buffers: Buffers::default(),
+            cache: KvCache::default(),
         })
     }
 
@@ -157,6 +160,11 @@ impl Context {
     }
 
     /// The forward pass: logits of the requested window, `[batch, window, embedding_size]`.
+    ///
+    /// With a cache hint from the sampler (Fast-dLLM's block-wise cache), the first step of a
+    /// block runs in full and keeps every position's keys and values; the following steps
+    /// recompute only the block (dual cache) or the block and what follows it (prefix cache)
+    /// and take the other positions' keys and values from the cache.
     pub fn forward(
         &mut self,
         request: &ForwardRequest<'_>,
@@ -164,24 +172,74 @@ impl Context {
     ) -> Result<(), ForwardError> {
         self.validate(request, logits)?;
         let (batch, seq) = (request.batch(), request.seq_len());
+        let (positions, kv) = match request.cache() {
+            None => (0..seq, KvUse::Plain),
+            Some(hint) => {
+                if !hint.refresh && self.cache.holds(batch, seq) {
+                    let positions = match hint.mode {
+                        CacheMode::Dual => hint.span.clone(),
+                        CacheMode::Prefix => hint.span.start..seq,
+                        CacheMode::None => 0..seq,
+                    };
+                    (positions, KvUse::Read)
+                } else {
+                    (0..seq, KvUse::Fill)
+                }
+            }
+        };
+        let window = request.window();
+        if window.start < positions.start || window.end > positions.end {
+            return Err(ShapeError::Window {
+                start: window.start,
+                end: window.end,
+                seq_len: seq,
+            }
+            .into());
+        }
         self.reserve(batch, seq);
+        if kv != KvUse::Plain {
+            self.cache.prepare(&self.model.config, batch, seq);
+        }
+        self.run(request, positions, kv, logits);
+        if kv == KvUse::Fill {
+            self.cache.shape = Some((batch, seq));
+        }
+        Ok(())
+    }
+
+    /// The blocks over `positions` of every row (all of them without a cache).
+    fn run(
+        &mut self,
+        request: &ForwardRequest<'_>,
+        positions: Range<usize>,
+        kv: KvUse,
+        logits: &mut [f32],
+    ) {
+        let (batch, seq) = (request.batch(), request.seq_len());
         let model = &*self.model;
         let c = &model.config;
-        let (d, hd, tokens) = (c.d_model, c.head_dim, batch * seq);
+        let (d, hd) = (c.d_model, c.head_dim);
+        let span = positions.len();
+        let tokens = batch * span;
         let qkv_width = (c.n_heads + 2 * c.n_kv_heads) * hd;
+        let kv_dim = c.n_kv_heads * hd;
         let mlp = c.mlp_hidden_size;
         let eps = c.rms_norm_eps as f32;
         let b = &mut self.buffers;
+        let cache = &mut self.cache;
         let pool = &self.pool;
 
-        // Embedding.
-        for (t, &id) in request.ids().iter().enumerate() {
-            model
-                .embedding
-                .row(id as usize, &mut b.x[t * d..(t + 1) * d]);
+        // Embedding of the computed positions.
+        for r in 0..batch {
+            for (i, p) in positions.clone().enumerate() {
+                let t = r * span + i;
+                model
+                    .embedding
+                    .row(request.row(r)[p] as usize, &mut b.x[t * d..(t + 1) * d]);
+            }
         }
 
-        for block in &model.blocks {
+        for (layer, block) in model.blocks.iter().enumerate() {
             // Attention sub-layer: x += attn_out(attention(rope(qkv(norm(x))))).
             rms_norm(
                 view(&b.x, tokens, d),
@@ -198,7 +256,7 @@ impl Context {
             );
             let half = hd / 2;
             for t in 0..tokens {
-                let position = t % seq;
+                let position = positions.start + t % span;
                 let (cos, sin) = (
                     &model.rope_cos[position * half..][..half],
                     &model.rope_sin[position * half..][..half],
@@ -209,10 +267,39 @@ impl Context {
                     rope(head, cos, sin);
                 }
             }
+            // Keys and values: straight from this pass, or through the cache (rotated keys).
+            let keys_values = if kv == KvUse::Plain {
+                KvSource {
+                    data: &b.qkv,
+                    row_stride: qkv_width,
+                    k: c.n_heads * hd,
+                    v: (c.n_heads + c.n_kv_heads) * hd,
+                }
+            } else {
+                let layer_cache = cache.layer_mut(layer);
+                for t in 0..tokens {
+                    let (r, p) = (t / span, positions.start + t % span);
+                    let src = &b.qkv[t * qkv_width + c.n_heads * hd..(t + 1) * qkv_width];
+                    layer_cache[(r * seq + p) * 2 * kv_dim..(r * seq + p + 1) * 2 * kv_dim]
+                        .copy_from_slice(src);
+                }
+                KvSource {
+                    data: cache.layer(layer),
+                    row_stride: 2 * kv_dim,
+                    k: 0,
+                    v: kv_dim,
+                }
+            };
+            let queries = Queries {
+                qkv: &b.qkv,
+                width: qkv_width,
+                positions: positions.clone(),
+            };
             attention(
                 pool,
                 c,
-                &b.qkv,
+                &queries,
+                &keys_values,
                 request.attention_mask(),
                 batch,
                 seq,
@@ -260,8 +347,9 @@ impl Context {
         {
             let x = view(&b.x, tokens, d);
             let mut head_in = view_mut(&mut b.head_in, rows, d);
+            let offset = window.start - positions.start;
             for r in 0..batch {
-                let src = x.slice(s![r * seq + window.start..r * seq + window.end, ..]);
+                let src = x.slice(s![r * span + offset..r * span + offset + window.len(), ..]);
                 let dst = head_in.slice_mut(s![r * window.len()..(r + 1) * window.len(), ..]);
                 rms_norm(src, &model.ln_f, eps, dst);
             }
@@ -274,8 +362,67 @@ impl Context {
             Out::new(logits, rows, vocab, vocab),
             false,
         );
-        Ok(())
     }
+}
+
+/// How a pass gets the keys and values of the positions it does not compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KvUse {
+    /// Every position is computed; no cache.
+    Plain,
+    /// Every position is computed and its keys and values are kept.
+    Fill,
+    /// Only some positions are computed; the others come from the cache.
+    Read,
+}
+
+/// Keys and values per layer, `[batch, seq, 2 · kv_dim]` (rotated keys, then values), kept
+/// between the steps of a block.
+#[derive(Default)]
+struct KvCache {
+    data: Vec<f32>,
+    layer_len: usize,
+    /// The (batch, seq) it was filled for.
+    shape: Option<(usize, usize)>,
+}
+
+impl KvCache {
+    fn holds(&self, batch: usize, seq: usize) -> bool {
+        self.shape == Some((batch, seq))
+    }
+
+    /// Sizes the cache for `batch × seq`; forgets its content if the shape changes.
+    fn prepare(&mut self, c: &crate::Config, batch: usize, seq: usize) {
+        if !self.holds(batch, seq) {
+            self.shape = None;
+        }
+        self.layer_len = batch * seq * 2 * c.n_kv_heads * c.head_dim;
+        grow(&mut self.data, self.layer_len * c.n_layers);
+    }
+
+    fn layer(&self, layer: usize) -> &[f32] {
+        &self.data[layer * self.layer_len..(layer + 1) * self.layer_len]
+    }
+
+    fn layer_mut(&mut self, layer: usize) -> &mut [f32] {
+        &mut self.data[layer * self.layer_len..(layer + 1) * self.layer_len]
+    }
+}
+
+/// Where the keys and values of every position of a row are: rows `row_stride` apart, keys
+/// at column `k`, values at column `v`, `seq` rows per batch row.
+struct KvSource<'a> {
+    data: &'a [f32],
+    row_stride: usize,
+    k: usize,
+    v: usize,
+}
+
+/// The queries of the computed positions: rows of the `qkv` buffer.
+struct Queries<'a> {
+    qkv: &'a [f32],
+    width: usize,
+    positions: Range<usize>,
 }
 
 fn view(data: &[f32], rows: usize, cols: usize) -> ArrayView2<'_, f32> {
@@ -288,20 +435,23 @@ fn view_mut(data: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f32
 }
 
 /// Bidirectional multi-head attention with a key padding mask, one task per (row, head,
-/// query tile): `softmax(q·kᵀ/√d + mask) · v` into `out` (`[tokens, d_model]`).
+/// query tile): `softmax(q·kᵀ/√d + mask) · v` for the computed positions' queries against
+/// every position's keys and values, into `out` (`[batch · positions, d_model]`).
+#[allow(clippy::too_many_arguments)]
 fn attention(
     pool: &Pool<ThreadScratch>,
     c: &crate::Config,
-    qkv: &[f32],
+    queries: &Queries<'_>,
+    kv: &KvSource<'_>,
     mask: Option<&[u8]>,
     batch: usize,
     seq: usize,
     out: Out,
 ) {
     let hd = c.head_dim;
-    let width = (c.n_heads + 2 * c.n_kv_heads) * hd;
     let group = c.n_heads / c.n_kv_heads;
-    let tiles = seq.div_ceil(QUERY_TILE);
+    let span = queries.positions.len();
+    let tiles = span.div_ceil(QUERY_TILE);
     let scale = 1.0 / (hd as f32).sqrt();
     pool.run(
         batch * c.n_heads * tiles,
@@ -310,19 +460,27 @@ fn attention(
             let (head, tile) = (rest / tiles, rest % tiles);
             let kv_head = head / group;
             let q0 = tile * QUERY_TILE;
-            let rows = QUERY_TILE.min(seq - q0);
-            let base = b * seq * width;
-            let q = MatRef::rows(&qkv[base + q0 * width + head * hd..], rows, hd, width);
-            let k_offset = base + (c.n_heads + kv_head) * hd;
+            let rows = QUERY_TILE.min(span - q0);
+            let q = MatRef::rows(
+                &queries.qkv[(b * span + q0) * queries.width + head * hd..],
+                rows,
+                hd,
+                queries.width,
+            );
+            let base = b * seq * kv.row_stride;
             let keys_t = MatRef {
-                data: &qkv[k_offset..],
+                data: &kv.data[base + kv.k + kv_head * hd..],
                 rows: hd,
                 cols: seq,
                 row_stride: 1,
-                col_stride: width,
+                col_stride: kv.row_stride,
             };
-            let v_offset = base + (c.n_heads + c.n_kv_heads + kv_head) * hd;
-            let values = MatRef::rows(&qkv[v_offset..], seq, hd, width);
+            let values = MatRef::rows(
+                &kv.data[base + kv.v + kv_head * hd..],
+                seq,
+                hd,
+                kv.row_stride,
+            );
             let ThreadScratch {
                 gemm: gemm_scratch,
                 scores,
@@ -341,7 +499,7 @@ fn attention(
                 scale,
                 key_mask,
             );
-            let target = out.sub(b * seq + q0, head * hd, rows, hd);
+            let target = out.sub(b * span + q0, head * hd, rows, hd);
             gemm_serial(
                 MatRef::rows(scores, rows, seq, seq),
                 Rhs::Strided(values),
