@@ -3,22 +3,22 @@
 //! `B` is either a weight, packed once at load time into panels of [`NR`] columns in its own
 //! dtype (f32, bf16 or f16: half-precision weights are widened inside the kernel, so they are
 //! never expanded into an f32 copy), or any strided f32 matrix, packed on the fly (attention).
-//! `A` is packed per block into slivers of [`MR`] rows. Blocking follows the usual scheme
+//! `A` is packed per block into slivers of a kernel's rows. Blocking follows the usual scheme
 //! (`KC` deep, `MC` rows of `A` in L2, one `B` panel slice in L1), the micro-kernel keeps a
-//! `6 × 16` tile of `C` in registers (AVX2 + FMA, chosen at run time; a portable kernel
-//! otherwise), and all packing memory is caller-owned scratch: no allocation per call.
+//! tile of `C` in registers (12 × 32 with AVX-512, 6 × 16 with AVX2 + FMA, chosen at run time;
+//! a portable kernel otherwise), and all packing memory is caller-owned scratch: no allocation per call.
 
 use half::{bf16, f16};
 
 use crate::threads::Pool;
 
-/// Rows of the register tile.
-pub(crate) const MR: usize = 6;
-/// Columns of the register tile and of a packed panel.
+/// Most rows of a register tile (the AVX-512 kernel's; AVX2 and portable use 6).
+const MR_MAX: usize = 12;
+/// Columns of a packed panel (the AVX-512 kernel takes two panels at once).
 pub(crate) const NR: usize = 16;
 /// Depth of a block.
 const KC: usize = 256;
-/// Rows of `A` per block (a multiple of `MR`).
+/// Rows of `A` per block (a multiple of every kernel's rows).
 const MC: usize = 96;
 
 /// Element type of a packed weight.
@@ -193,7 +193,7 @@ impl GemmScratch {
     pub(crate) fn new() -> Self {
         Self {
             a: vec![0.0; MC * KC],
-            b: vec![0.0; KC * NR],
+            b: vec![0.0; 2 * KC * NR],
         }
     }
 }
@@ -203,29 +203,61 @@ enum Isa {
     Portable,
     #[cfg(target_arch = "x86_64")]
     Avx2Fma,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Isa {
+    /// Rows of the register tile.
+    fn mr(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => 12,
+            _ => 6,
+        }
+    }
+
+    /// Whether the kernel takes two panels (32 columns) at once.
+    fn pairs(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self == Isa::Avx512 {
+            return true;
+        }
+        false
+    }
 }
 
 fn isa() -> Isa {
     static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
     *ISA.get_or_init(|| {
+        let forced = std::env::var("LLADA_KERNEL").ok();
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-            && std::env::var_os("LLADA_PORTABLE_KERNELS").is_none()
         {
-            return Isa::Avx2Fma;
+            use std::arch::is_x86_feature_detected as has;
+            let avx2 = has!("avx2") && has!("fma") && has!("f16c");
+            let avx512 = avx2 && has!("avx512f");
+            match forced.as_deref() {
+                Some("portable") => return Isa::Portable,
+                Some("avx2") if avx2 => return Isa::Avx2Fma,
+                _ if avx512 => return Isa::Avx512,
+                _ if avx2 => return Isa::Avx2Fma,
+                _ => {}
+            }
         }
+        let _ = forced;
         Isa::Portable
     })
 }
 
-/// Name of the micro-kernel in use, for benchmarks and logs.
+/// Name of the micro-kernel in use, for benchmarks and logs (`LLADA_KERNEL=portable|avx2`
+/// forces a narrower one).
 pub(crate) fn kernel_name() -> &'static str {
     match isa() {
         Isa::Portable => "portable",
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => "avx2+fma",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => "avx512f",
     }
 }
 
@@ -332,54 +364,66 @@ fn gemm_task(
         return;
     }
     let isa = isa();
+    let mr = isa.mr();
     let GemmScratch { a: apack, b: bpack } = scratch;
+    let (bpack0, bpack1) = bpack.split_at_mut(KC * NR);
     let mut i0 = rows.start;
     while i0 < rows.end {
         let mc = MC.min(rows.end - i0);
         let mut k0 = 0;
         while k0 < k {
             let kc = KC.min(k - k0);
-            pack_a(a, i0, mc, k0, kc, apack);
-            let first = panel_start(cols.start);
-            let mut p = first;
+            pack_a(a, i0, mc, k0, kc, mr, apack);
+            let mut p = panel_start(cols.start);
             while p * NR < cols.end {
                 let j0 = p * NR;
-                let nc = NR.min(cols.end - j0);
-                let panel = match b {
-                    Rhs::Packed(w) => {
-                        let at = (p * w.k + k0) * NR;
-                        match &w.data {
-                            PanelData::F32(d) => Panel::F32(&d[at..at + kc * NR]),
-                            PanelData::Bf16(d) => Panel::Bf16(&d[at..at + kc * NR]),
-                            PanelData::F16(d) => Panel::F16(&d[at..at + kc * NR]),
-                        }
-                    }
-                    Rhs::Strided(m) => {
-                        pack_b(m, k0, kc, j0, nc, bpack);
-                        Panel::F32(&bpack[..kc * NR])
-                    }
+                let pair = isa.pairs() && j0 + NR < cols.end;
+                let nc = (if pair { 2 * NR } else { NR }).min(cols.end - j0);
+                let first = panel(b, p, k0, kc, bpack0);
+                let second = if pair {
+                    Some(panel(b, p + 1, k0, kc, bpack1))
+                } else {
+                    None
                 };
                 let add = accumulate || k0 > 0;
                 let mut s = 0;
-                while s * MR < mc {
-                    let mr = MR.min(mc - s * MR);
-                    let ap = &apack[s * kc * MR..(s + 1) * kc * MR];
+                while s * mr < mc {
+                    let ap = &apack[s * kc * mr..(s + 1) * kc * mr];
                     let tile = Tile {
                         c,
-                        row: i0 + s * MR,
+                        row: i0 + s * mr,
                         col: j0,
-                        rows: mr,
+                        rows: mr.min(mc - s * mr),
                         cols: nc,
                         add,
                     };
-                    micro_kernel(isa, kc, ap, panel, tile);
+                    micro_kernel(isa, kc, ap, first, second, tile);
                     s += 1;
                 }
-                p += 1;
+                p += if pair { 2 } else { 1 };
             }
             k0 += kc;
         }
         i0 += mc;
+    }
+}
+
+/// Rows `k0..k0 + kc` of panel `p` of `B`: a slice of a packed weight, or packed into `scratch`.
+fn panel<'s>(b: &'s Rhs<'_>, p: usize, k0: usize, kc: usize, scratch: &'s mut [f32]) -> Panel<'s> {
+    match b {
+        Rhs::Packed(w) => {
+            let at = (p * w.k + k0) * NR;
+            match &w.data {
+                PanelData::F32(d) => Panel::F32(&d[at..at + kc * NR]),
+                PanelData::Bf16(d) => Panel::Bf16(&d[at..at + kc * NR]),
+                PanelData::F16(d) => Panel::F16(&d[at..at + kc * NR]),
+            }
+        }
+        Rhs::Strided(m) => {
+            let j = p * NR;
+            pack_b(m, k0, kc, j, NR.min(m.cols - j), scratch);
+            Panel::F32(&scratch[..kc * NR])
+        }
     }
 }
 
@@ -388,27 +432,28 @@ fn panel_start(col: usize) -> usize {
     col / NR
 }
 
-/// Packs `A[i0.., k0..]` (`mc × kc`) into slivers `[kc][MR]`, zero-padding missing rows.
-fn pack_a(a: &MatRef<'_>, i0: usize, mc: usize, k0: usize, kc: usize, out: &mut [f32]) {
-    let slivers = mc.div_ceil(MR);
+/// Packs `A[i0.., k0..]` (`mc × kc`) into slivers `[kc][mr]`, zero-padding missing rows.
+#[allow(clippy::too_many_arguments)]
+fn pack_a(a: &MatRef<'_>, i0: usize, mc: usize, k0: usize, kc: usize, mr: usize, out: &mut [f32]) {
+    let slivers = mc.div_ceil(mr);
     for s in 0..slivers {
-        let dst = &mut out[s * kc * MR..(s + 1) * kc * MR];
-        for r in 0..MR {
-            let row = i0 + s * MR + r;
-            if s * MR + r < mc {
+        let dst = &mut out[s * kc * mr..(s + 1) * kc * mr];
+        for r in 0..mr {
+            let row = i0 + s * mr + r;
+            if s * mr + r < mc {
                 if a.col_stride == 1 {
                     let src = &a.data[row * a.row_stride + k0..row * a.row_stride + k0 + kc];
                     for (kk, &v) in src.iter().enumerate() {
-                        dst[kk * MR + r] = v;
+                        dst[kk * mr + r] = v;
                     }
                 } else {
                     for kk in 0..kc {
-                        dst[kk * MR + r] = a.at(row, k0 + kk);
+                        dst[kk * mr + r] = a.at(row, k0 + kk);
                     }
                 }
             } else {
                 for kk in 0..kc {
-                    dst[kk * MR + r] = 0.0;
+                    dst[kk * mr + r] = 0.0;
                 }
             }
         }
@@ -442,15 +487,15 @@ struct Tile {
 }
 
 impl Tile {
-    /// Writes (or adds) `acc` (`MR × NR`, row-major) to the valid part of the tile.
-    fn store(&self, acc: &[f32; MR * NR]) {
+    /// Writes (or adds) `acc` (row-major, rows `ld` apart) to the valid part of the tile.
+    fn store(&self, acc: &[f32], ld: usize) {
         for r in 0..self.rows {
             let at = (self.row + r) * self.c.row_stride + self.col;
             debug_assert!(at + self.cols <= self.c.len);
             // SAFETY: the tile lies inside the checked output view, and no other task writes
             // this tile (tasks own disjoint rectangles of C).
             let dst = unsafe { std::slice::from_raw_parts_mut(self.c.ptr.add(at), self.cols) };
-            let src = &acc[r * NR..r * NR + self.cols];
+            let src = &acc[r * ld..r * ld + self.cols];
             if self.add {
                 for (d, &s) in dst.iter_mut().zip(src) {
                     *d += s;
@@ -460,21 +505,83 @@ impl Tile {
             }
         }
     }
-}
 
-fn micro_kernel(isa: Isa, kc: usize, a: &[f32], b: Panel<'_>, tile: Tile) {
-    debug_assert!(a.len() >= kc * MR);
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `isa()` returned Avx2Fma only after detecting AVX2, FMA and F16C; the slices
-        // hold `kc` rows of the packed layouts (checked by the callers' slicing).
-        Isa::Avx2Fma => unsafe { avx2::kernel(kc, a, b, tile) },
-        Isa::Portable => portable_kernel(kc, a, b, tile),
+    /// The same rows, columns `from..` only.
+    fn columns_from(&self, from: usize) -> Tile {
+        Tile {
+            col: self.col + from,
+            cols: self.cols.saturating_sub(from),
+            ..*self
+        }
     }
 }
 
-fn portable_kernel(kc: usize, a: &[f32], b: Panel<'_>, tile: Tile) {
-    let mut acc = [0.0f32; MR * NR];
+/// Element type of a panel, as a const parameter of the kernels.
+const F32: u8 = 0;
+const BF16: u8 = 1;
+const F16: u8 = 2;
+
+fn panel_parts(b: Panel<'_>) -> (u8, *const u8, usize) {
+    match b {
+        Panel::F32(p) => (F32, p.as_ptr().cast(), p.len()),
+        Panel::Bf16(p) => (BF16, p.as_ptr().cast(), p.len()),
+        Panel::F16(p) => (F16, p.as_ptr().cast(), p.len()),
+    }
+}
+
+fn micro_kernel(
+    isa: Isa,
+    kc: usize,
+    a: &[f32],
+    first: Panel<'_>,
+    second: Option<Panel<'_>>,
+    tile: Tile,
+) {
+    debug_assert!(a.len() >= kc * isa.mr());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            let (dtype, p0, len0) = panel_parts(first);
+            debug_assert!(len0 >= kc * NR);
+            let p1 = second.map(|s| panel_parts(s).1);
+            // SAFETY: `isa()` returned Avx512 only after detecting AVX-512F (and AVX2, FMA,
+            // F16C); `a` holds `kc × 12` values and each panel `kc × 16` (the callers' slicing).
+            unsafe {
+                match (dtype, p1) {
+                    (F32, Some(p1)) => avx512::kernel::<F32, 2>(kc, a, [p0, p1], tile),
+                    (BF16, Some(p1)) => avx512::kernel::<BF16, 2>(kc, a, [p0, p1], tile),
+                    (_, Some(p1)) => avx512::kernel::<F16, 2>(kc, a, [p0, p1], tile),
+                    (F32, None) => avx512::kernel::<F32, 1>(kc, a, [p0], tile),
+                    (BF16, None) => avx512::kernel::<BF16, 1>(kc, a, [p0], tile),
+                    (_, None) => avx512::kernel::<F16, 1>(kc, a, [p0], tile),
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => {
+            let (dtype, p0, len0) = panel_parts(first);
+            debug_assert!(len0 >= kc * NR && second.is_none());
+            // SAFETY: `isa()` returned Avx2Fma only after detecting AVX2, FMA and F16C; `a`
+            // holds `kc × 6` values and the panel `kc × 16` (the callers' slicing).
+            unsafe {
+                match dtype {
+                    F32 => avx2::kernel::<F32>(kc, a, p0, tile),
+                    BF16 => avx2::kernel::<BF16>(kc, a, p0, tile),
+                    _ => avx2::kernel::<F16>(kc, a, p0, tile),
+                }
+            }
+        }
+        Isa::Portable => {
+            portable_kernel(kc, isa.mr(), a, first, tile);
+            if let Some(second) = second {
+                portable_kernel(kc, isa.mr(), a, second, tile.columns_from(NR));
+            }
+        }
+    }
+}
+
+fn portable_kernel(kc: usize, mr: usize, a: &[f32], b: Panel<'_>, tile: Tile) {
+    let mut acc = [0.0f32; MR_MAX * NR];
     let mut row = [0.0f32; NR];
     for kk in 0..kc {
         match b {
@@ -490,35 +597,35 @@ fn portable_kernel(kc: usize, a: &[f32], b: Panel<'_>, tile: Tile) {
                 }
             }
         }
-        for r in 0..MR {
-            let x = a[kk * MR + r];
+        for r in 0..mr {
+            let x = a[kk * mr + r];
             for (acc, &w) in acc[r * NR..(r + 1) * NR].iter_mut().zip(&row) {
                 *acc = x.mul_add(w, *acc);
             }
         }
     }
-    tile.store(&acc);
+    tile.store(&acc, NR);
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{MR, NR, Panel, Tile};
+    use super::{BF16, F16, F32, NR, Tile};
 
-    /// Loads 16 `B` values of row `kk` as two vectors of 8.
+    /// Loads the 16 `B` values of row `kk` of a panel of element type `D` as two vectors.
     #[inline(always)]
-    unsafe fn load_b(b: Panel<'_>, kk: usize) -> (__m256, __m256) {
-        // SAFETY: (all arms) the caller guarantees `kk < kc` and panels of `kc × 16` values;
+    unsafe fn load_b<const D: u8>(b: *const u8, kk: usize) -> (__m256, __m256) {
+        // SAFETY: the caller guarantees `kk < kc` on a panel of `kc × 16` elements of type `D`;
         // unaligned loads.
         unsafe {
-            match b {
-                Panel::F32(p) => {
-                    let ptr = p.as_ptr().add(kk * NR);
+            match D {
+                F32 => {
+                    let ptr = b.cast::<f32>().add(kk * NR);
                     (_mm256_loadu_ps(ptr), _mm256_loadu_ps(ptr.add(8)))
                 }
-                Panel::Bf16(p) => {
-                    let ptr = p.as_ptr().add(kk * NR) as *const __m128i;
+                BF16 => {
+                    let ptr = b.cast::<u16>().add(kk * NR).cast::<__m128i>();
                     let lo = _mm256_cvtepu16_epi32(_mm_loadu_si128(ptr));
                     let hi = _mm256_cvtepu16_epi32(_mm_loadu_si128(ptr.add(1)));
                     (
@@ -526,8 +633,9 @@ mod avx2 {
                         _mm256_castsi256_ps(_mm256_slli_epi32::<16>(hi)),
                     )
                 }
-                Panel::F16(p) => {
-                    let ptr = p.as_ptr().add(kk * NR) as *const __m128i;
+                _ => {
+                    debug_assert_eq!(D, F16);
+                    let ptr = b.cast::<u16>().add(kk * NR).cast::<__m128i>();
                     (
                         _mm256_cvtph_ps(_mm_loadu_si128(ptr)),
                         _mm256_cvtph_ps(_mm_loadu_si128(ptr.add(1))),
@@ -539,56 +647,24 @@ mod avx2 {
 
     /// The `6 × 16` register tile: 12 accumulators, two `B` vectors, one broadcast.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn kernel(kc: usize, a: &[f32], b: Panel<'_>, tile: Tile) {
-        let mut c00 = _mm256_setzero_ps();
-        let mut c01 = _mm256_setzero_ps();
-        let mut c10 = _mm256_setzero_ps();
-        let mut c11 = _mm256_setzero_ps();
-        let mut c20 = _mm256_setzero_ps();
-        let mut c21 = _mm256_setzero_ps();
-        let mut c30 = _mm256_setzero_ps();
-        let mut c31 = _mm256_setzero_ps();
-        let mut c40 = _mm256_setzero_ps();
-        let mut c41 = _mm256_setzero_ps();
-        let mut c50 = _mm256_setzero_ps();
-        let mut c51 = _mm256_setzero_ps();
+    pub(super) unsafe fn kernel<const D: u8>(kc: usize, a: &[f32], b: *const u8, tile: Tile) {
+        const MR: usize = 6;
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
         let ap = a.as_ptr();
         for kk in 0..kc {
-            // SAFETY: `a` holds `kc × MR` values and `b` `kc × 16` (see `micro_kernel`).
+            // SAFETY: `a` holds `kc × 6` values and `b` `kc × 16` (see `micro_kernel`).
             unsafe {
-                let (b0, b1) = load_b(b, kk);
+                let (b0, b1) = load_b::<D>(b, kk);
                 let row = ap.add(kk * MR);
-                let x = _mm256_broadcast_ss(&*row);
-                c00 = _mm256_fmadd_ps(x, b0, c00);
-                c01 = _mm256_fmadd_ps(x, b1, c01);
-                let x = _mm256_broadcast_ss(&*row.add(1));
-                c10 = _mm256_fmadd_ps(x, b0, c10);
-                c11 = _mm256_fmadd_ps(x, b1, c11);
-                let x = _mm256_broadcast_ss(&*row.add(2));
-                c20 = _mm256_fmadd_ps(x, b0, c20);
-                c21 = _mm256_fmadd_ps(x, b1, c21);
-                let x = _mm256_broadcast_ss(&*row.add(3));
-                c30 = _mm256_fmadd_ps(x, b0, c30);
-                c31 = _mm256_fmadd_ps(x, b1, c31);
-                let x = _mm256_broadcast_ss(&*row.add(4));
-                c40 = _mm256_fmadd_ps(x, b0, c40);
-                c41 = _mm256_fmadd_ps(x, b1, c41);
-                let x = _mm256_broadcast_ss(&*row.add(5));
-                c50 = _mm256_fmadd_ps(x, b0, c50);
-                c51 = _mm256_fmadd_ps(x, b1, c51);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm256_broadcast_ss(&*row.add(r));
+                    acc[0] = _mm256_fmadd_ps(x, b0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(x, b1, acc[1]);
+                }
             }
         }
-        let rows = [
-            [c00, c01],
-            [c10, c11],
-            [c20, c21],
-            [c30, c31],
-            [c40, c41],
-            [c50, c51],
-        ];
-        let full = tile.rows == MR && tile.cols == NR;
-        if full {
-            for (r, [lo, hi]) in rows.iter().enumerate() {
+        if tile.rows == MR && tile.cols == NR {
+            for (r, [lo, hi]) in acc.iter().enumerate() {
                 let at = (tile.row + r) * tile.c.row_stride + tile.col;
                 // SAFETY: a full tile lies inside the checked output view; this task owns it.
                 unsafe {
@@ -606,16 +682,184 @@ mod avx2 {
                 }
             }
         } else {
-            let mut acc = [0.0f32; MR * NR];
-            for (r, [lo, hi]) in rows.iter().enumerate() {
-                // SAFETY: `acc` has room for 16 values at `r * NR`.
+            let mut out = [0.0f32; MR * NR];
+            for (r, [lo, hi]) in acc.iter().enumerate() {
+                // SAFETY: `out` has room for 16 values at `r * NR`.
                 unsafe {
-                    _mm256_storeu_ps(acc.as_mut_ptr().add(r * NR), *lo);
-                    _mm256_storeu_ps(acc.as_mut_ptr().add(r * NR + 8), *hi);
+                    _mm256_storeu_ps(out.as_mut_ptr().add(r * NR), *lo);
+                    _mm256_storeu_ps(out.as_mut_ptr().add(r * NR + 8), *hi);
                 }
             }
-            tile.store(&acc);
+            tile.store(&out, NR);
         }
+    }
+}
+
+/// The 16-lane vector operations of the AVX-512 kernel. The kernel is written once over this
+/// trait: with `__m512` it is the real kernel; with [`Lanes16`] it runs anywhere, so its
+/// indexing is tested on machines without AVX-512.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+trait Vec16: Copy {
+    unsafe fn zero() -> Self;
+    unsafe fn splat(x: f32) -> Self;
+    /// 16 values of row `kk` of a panel of element type `D`.
+    unsafe fn load_panel<const D: u8>(b: *const u8, kk: usize) -> Self;
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+    /// `*dst = self` or `*dst += self` (16 unaligned values).
+    unsafe fn store(self, dst: *mut f32, add: bool);
+}
+
+/// The portable stand-in of a 512-bit vector.
+#[cfg(test)]
+#[derive(Clone, Copy)]
+struct Lanes16([f32; 16]);
+
+#[cfg(test)]
+impl Vec16 for Lanes16 {
+    unsafe fn zero() -> Self {
+        Lanes16([0.0; 16])
+    }
+    unsafe fn splat(x: f32) -> Self {
+        Lanes16([x; 16])
+    }
+    unsafe fn load_panel<const D: u8>(b: *const u8, kk: usize) -> Self {
+        let mut v = [0.0f32; 16];
+        for (j, v) in v.iter_mut().enumerate() {
+            // SAFETY: the caller guarantees a panel of `kc × 16` elements of type `D`, `kk < kc`.
+            *v = unsafe {
+                match D {
+                    F32 => *b.cast::<f32>().add(kk * NR + j),
+                    BF16 => bf16::from_bits(*b.cast::<u16>().add(kk * NR + j)).to_f32(),
+                    _ => f16::from_bits(*b.cast::<u16>().add(kk * NR + j)).to_f32(),
+                }
+            };
+        }
+        Lanes16(v)
+    }
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        Lanes16(std::array::from_fn(|i| a.0[i].mul_add(b.0[i], c.0[i])))
+    }
+    unsafe fn store(self, dst: *mut f32, add: bool) {
+        for (j, &v) in self.0.iter().enumerate() {
+            // SAFETY: the caller guarantees 16 writable values at `dst`.
+            unsafe { *dst.add(j) = if add { *dst.add(j) + v } else { v } };
+        }
+    }
+}
+
+/// The `12 × 16N` register tile over 16-lane vectors: `12 N` accumulators (24 with two
+/// panels), `N` `B` vectors and one broadcast.
+///
+/// # Safety
+/// `a` holds `kc × 12` values, each `b[n]` a panel of `kc × 16` elements of type `D`, and the
+/// tile lies inside its output view; `V`'s instructions are available.
+#[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+unsafe fn kernel_12x16n<V: Vec16, const D: u8, const N: usize>(
+    kc: usize,
+    a: &[f32],
+    b: [*const u8; N],
+    tile: Tile,
+) {
+    const MR: usize = 12;
+    // SAFETY: (whole body) the function's contract.
+    unsafe {
+        let mut acc = [[V::zero(); N]; MR];
+        let ap = a.as_ptr();
+        for kk in 0..kc {
+            let mut bv = [V::zero(); N];
+            for (v, &p) in bv.iter_mut().zip(&b) {
+                *v = V::load_panel::<D>(p, kk);
+            }
+            let row = ap.add(kk * MR);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = V::splat(*row.add(r));
+                for (acc, &v) in acc.iter_mut().zip(&bv) {
+                    *acc = V::fma(x, v, *acc);
+                }
+            }
+        }
+        if tile.rows == MR && tile.cols == N * NR {
+            for (r, vectors) in acc.iter().enumerate() {
+                let at = (tile.row + r) * tile.c.row_stride + tile.col;
+                for (n, v) in vectors.iter().enumerate() {
+                    v.store(tile.c.ptr.add(at + n * NR), tile.add);
+                }
+            }
+        } else {
+            let mut out = [0.0f32; MR * 2 * NR];
+            for (r, vectors) in acc.iter().enumerate() {
+                for (n, v) in vectors.iter().enumerate() {
+                    v.store(out.as_mut_ptr().add(r * 2 * NR + n * NR), false);
+                }
+            }
+            tile.store(&out, 2 * NR);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{BF16, F32, NR, Tile, Vec16, kernel_12x16n};
+
+    impl Vec16 for __m512 {
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            // SAFETY: AVX-512F is available (the kernel's contract).
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            // SAFETY: as above.
+            unsafe { _mm512_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load_panel<const D: u8>(b: *const u8, kk: usize) -> Self {
+            // SAFETY: a panel of `kc × 16` elements of type `D`, `kk < kc`; unaligned loads.
+            unsafe {
+                match D {
+                    F32 => _mm512_loadu_ps(b.cast::<f32>().add(kk * NR)),
+                    BF16 => {
+                        let half =
+                            _mm256_loadu_si256(b.cast::<u16>().add(kk * NR).cast::<__m256i>());
+                        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(half)))
+                    }
+                    _ => _mm512_cvtph_ps(_mm256_loadu_si256(
+                        b.cast::<u16>().add(kk * NR).cast::<__m256i>(),
+                    )),
+                }
+            }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            // SAFETY: AVX-512F is available.
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, dst: *mut f32, add: bool) {
+            // SAFETY: 16 writable values at `dst` (the caller's contract).
+            unsafe {
+                if add {
+                    _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), self));
+                } else {
+                    _mm512_storeu_ps(dst, self);
+                }
+            }
+        }
+    }
+
+    /// The AVX-512 kernel (see [`kernel_12x16n`]).
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn kernel<const D: u8, const N: usize>(
+        kc: usize,
+        a: &[f32],
+        b: [*const u8; N],
+        tile: Tile,
+    ) {
+        // SAFETY: the caller's contract, and AVX-512F is enabled here.
+        unsafe { kernel_12x16n::<__m512, D, N>(kc, a, b, tile) }
     }
 }
 
@@ -716,6 +960,86 @@ mod tests {
             for (x, y) in c2.iter().zip(&expected) {
                 assert!((x - y).abs() < tol, "strided {m}x{k}x{n}: {x} vs {y}");
             }
+        }
+    }
+
+    /// The AVX-512 kernel's code, run on 16-lane arrays: the same tiles as the reference.
+    #[test]
+    fn the_12x32_kernel_logic_matches_a_reference() {
+        let (m, k, n) = (12, 37, 32);
+        let a = values(m * k, 5);
+        let w = values(n * k, 6);
+        let expected = reference(&a, &w, m, k, n);
+        let panels = PackedMatrix::pack(n, k, |r, out: &mut [f32]| {
+            out.copy_from_slice(&w[r * k..(r + 1) * k])
+        });
+        let mut apack = vec![0.0f32; k * 12];
+        pack_a(&MatRef::rows(&a, m, k, k), 0, m, 0, k, 12, &mut apack);
+        for (rows, cols, add) in [
+            (12, 32, false),
+            (7, 32, false),
+            (12, 21, false),
+            (12, 16, true),
+        ] {
+            let mut c = vec![1.0f32; m * n];
+            let tile = Tile {
+                c: Out::new(&mut c, m, n, n),
+                row: 0,
+                col: 0,
+                rows,
+                cols,
+                add,
+            };
+            let b = [
+                panels.as_ptr().cast::<u8>(),
+                panels[k * NR..].as_ptr().cast::<u8>(),
+            ];
+            // SAFETY: the buffers have the kernel's shapes; Lanes16 needs no CPU feature.
+            unsafe {
+                if cols > NR {
+                    kernel_12x16n::<Lanes16, F32, 2>(k, &apack, b, tile);
+                } else {
+                    kernel_12x16n::<Lanes16, F32, 1>(k, &apack, [b[0]], tile);
+                }
+            }
+            for i in 0..m {
+                for j in 0..n {
+                    let got = c[i * n + j];
+                    let want = if i < rows && j < cols {
+                        expected[i * n + j] + f32::from(u8::from(add))
+                    } else {
+                        1.0
+                    };
+                    assert!(
+                        (got - want).abs() < 1e-4,
+                        "({i}, {j}) rows {rows} cols {cols}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+        // Half-precision panels through the emulated loads.
+        let half = PackedMatrix::pack(n, k, |r, out: &mut [bf16]| {
+            for (o, &v) in out.iter_mut().zip(&w[r * k..]) {
+                *o = bf16::from_f32(v);
+            }
+        });
+        let mut c = vec![0.0f32; m * n];
+        let tile = Tile {
+            c: Out::new(&mut c, m, n, n),
+            row: 0,
+            col: 0,
+            rows: 12,
+            cols: 32,
+            add: false,
+        };
+        let b = [
+            half.as_ptr().cast::<u8>(),
+            half[k * NR..].as_ptr().cast::<u8>(),
+        ];
+        // SAFETY: as above.
+        unsafe { kernel_12x16n::<Lanes16, BF16, 2>(k, &apack, b, tile) };
+        for (x, y) in c.iter().zip(&expected) {
+            assert!((x - y).abs() < 2e-2, "{x} vs {y}");
         }
     }
 
