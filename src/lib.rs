@@ -15,7 +15,7 @@
 //!     block_length: 8,
 //!     ..pipeline.default_params()
 //! };
-//! let answer = pipeline.generate("reverse: apple river stone", &params)?;
+//! let answer = pipeline.generate("reverse:pen,frog,rock", &params)?;
 //! println!("{}", answer.text);
 //! # Ok::<(), llada::Error>(())
 //! ```

@@ -11,10 +11,12 @@ use common::{
 use llada_core::ForwardRequest;
 use llada_ndarray::{Config, Context, LoadError, Model};
 
-/// Largest |logit| difference between a bf16 copy of the fixture and PyTorch's f32 logits.
-/// bf16 keeps 8 mantissa bits (relative error up to 2^-9 per weight); on the fixture this moves
-/// the logits by about 0.01 (measured 0.0094 to 0.0102); the bound leaves a 5x margin.
-const BF16_TOLERANCE: f32 = 0.05;
+/// Largest |logit| difference between a bf16 copy of the fixture and PyTorch's f32 logits,
+/// relative to the largest |logit| of the case. bf16 keeps 8 mantissa bits (relative error up
+/// to 2^-9 per weight); through four layers the fixture's logits move by 0.2-0.4% of their
+/// range (measured 0.0019-0.0039); the bound leaves a 5x margin while still catching a dtype
+/// mix-up (reading bf16 bits as f16, say, is off by orders of magnitude).
+const BF16_RELATIVE_TOLERANCE: f32 = 0.02;
 
 fn logits(model: Arc<Model>, case: &common::GoldenCase) -> Vec<f32> {
     let mut context = Context::new(model).unwrap();
@@ -42,8 +44,17 @@ fn a_bf16_checkpoint_runs_in_bf16_within_tolerance() {
     assert!(ratio <= 1.1, "weights take {ratio:.3}x the checkpoint");
     for case in golden_cases() {
         let diff = max_abs_diff(&logits(model.clone(), &case), &case.logits);
-        eprintln!("{}: bf16 max abs diff {diff}", case.name);
-        assert!(diff < BF16_TOLERANCE, "{}: {diff}", case.name);
+        let scale = case.logits.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        eprintln!(
+            "{}: bf16 max abs diff {diff} (logit scale {scale}, relative {})",
+            case.name,
+            diff / scale
+        );
+        assert!(
+            diff < BF16_RELATIVE_TOLERANCE * scale,
+            "{}: {diff} of {scale}",
+            case.name
+        );
     }
 }
 
