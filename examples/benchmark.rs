@@ -167,26 +167,44 @@ fn ensure_models(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Median seconds of one full forward pass at `len` tokens.
-fn time_forward<P: MaskPredictor>(p: &mut P, len: usize, repeats: usize) -> anyhow::Result<f64>
+/// Median seconds of one full forward pass at `len` tokens for each of two predictors, timed
+/// alternately so that the machine's noise falls on both alike.
+fn time_forward_pair<P: MaskPredictor, Q: MaskPredictor>(
+    p: &mut P,
+    q: &mut Q,
+    len: usize,
+    repeats: usize,
+) -> anyhow::Result<(f64, f64)>
 where
     P::Error: std::error::Error + Send + Sync + 'static,
+    Q::Error: std::error::Error + Send + Sync + 'static,
 {
     let mut rng = SamplerRng::seed_from_u64(len as u64);
-    let vocab = p.vocab_size() as u64;
+    let vocab = p.vocab_size().min(q.vocab_size()) as u64;
     let ids: Vec<u32> = (0..len)
         .map(|_| (rng.next_u64() % (vocab - 2)) as u32)
         .collect();
     let request = ForwardRequest::new(&ids, 1, len)?;
-    let mut logits = vec![0.0f32; request.logits_len(p.vocab_size())];
-    p.forward(&request, &mut logits)?;
-    let mut samples = Vec::with_capacity(repeats);
+    let mut logits = vec![0.0f32; request.logits_len(p.vocab_size().max(q.vocab_size()))];
+    let n = request.logits_len(p.vocab_size());
+    p.forward(&request, &mut logits[..n])?;
+    let m = request.logits_len(q.vocab_size());
+    q.forward(&request, &mut logits[..m])?;
+    let (mut a, mut b) = (Vec::with_capacity(repeats), Vec::with_capacity(repeats));
+    // Runtimes keep their worker threads spinning for a while after a call (ONNX Runtime does
+    // by default); a pause before each switch keeps one engine's spinning off the other's time.
+    let settle = || std::thread::sleep(std::time::Duration::from_millis(250));
     for _ in 0..repeats {
+        settle();
         let start = Instant::now();
-        p.forward(&request, &mut logits)?;
-        samples.push(start.elapsed().as_secs_f64());
+        p.forward(&request, &mut logits[..n])?;
+        a.push(start.elapsed().as_secs_f64());
+        settle();
+        let start = Instant::now();
+        q.forward(&request, &mut logits[..m])?;
+        b.push(start.elapsed().as_secs_f64());
     }
-    Ok(median(&mut samples))
+    Ok((median(&mut a), median(&mut b)))
 }
 
 /// End-to-end generation driven through the sans-IO state machine, so forward and sampler time
@@ -330,16 +348,9 @@ fn main() -> anyhow::Result<()> {
     let mut rows: Vec<(String, usize, f64)> = Vec::new();
     for &len in &cli.lengths {
         eprintln!("forward, {len} tokens");
-        rows.push((
-            "llada ndarray".into(),
-            len,
-            time_forward(&mut ndarray, len, cli.repeats)?,
-        ));
-        rows.push((
-            "llada ort (CPU)".into(),
-            len,
-            time_forward(&mut ort, len, cli.repeats)?,
-        ));
+        let (nd, ox) = time_forward_pair(&mut ndarray, &mut ort, len, cli.repeats)?;
+        rows.push(("llada ndarray".into(), len, nd));
+        rows.push(("llada ort (CPU)".into(), len, ox));
     }
 
     // Forward passes, Python engines, in a child process of this one.

@@ -24,3 +24,39 @@ pub fn exp_f32(x: f32) -> f32 {
     let scale = f32::from_bits(((n as i32 + 127).clamp(0, 255) as u32) << 23);
     if underflow { 0.0 } else { e * scale }
 }
+
+/// Lanes of the vectorisable reductions below: wide enough for AVX-512, harmless elsewhere.
+pub(crate) const LANES: usize = 16;
+
+/// Largest value, NaN ignored (negative infinity for an empty or all-NaN row).
+pub fn max_value(row: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (m, &v) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(v);
+        }
+    }
+    let head = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    tail.iter().copied().fold(head, f32::max)
+}
+
+/// `row[i] ← exp(row[i] − max)`, returning the sum of the new values (lane-wise, so it
+/// vectorises): the core of a softmax.
+pub fn exp_in_place(row: &mut [f32], max: f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for (s, v) in lanes.iter_mut().zip(chunk.iter_mut()) {
+            *v = exp_f32(*v - max);
+            *s += *v;
+        }
+    }
+    let mut total: f32 = lanes.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = exp_f32(*v - max);
+        total += *v;
+    }
+    total
+}

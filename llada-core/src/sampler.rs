@@ -5,26 +5,9 @@ use core::cmp::Ordering;
 
 use rand_core::Rng;
 
-pub(crate) use crate::math::exp_f32;
+pub(crate) use crate::math::{LANES, exp_f32, max_value};
 use crate::params::{GenerateParams, Remasking};
 use crate::rng::{open01, unit};
-
-/// Lanes of the vectorisable reductions below: wide enough for AVX-512, harmless elsewhere.
-const LANES: usize = 16;
-
-/// Largest value, NaN ignored (negative infinity for an empty or all-NaN row).
-pub(crate) fn max_value(row: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let chunks = row.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for chunk in chunks {
-        for (m, &v) in lanes.iter_mut().zip(chunk) {
-            *m = m.max(v);
-        }
-    }
-    let head = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    tail.iter().copied().fold(head, f32::max)
-}
 
 /// Index of the first maximum (`torch.argmax` semantics for ties). NaN never wins; a row with
 /// no comparable value gives 0.

@@ -8,13 +8,16 @@ use llada_core::{CacheMode, ForwardRequest, MaskPredictor, ShapeError};
 use ndarray::{ArrayView2, ArrayViewMut2, s};
 
 use crate::error::{ForwardError, LoadError};
-use crate::gemm::{GemmScratch, MatRef, Out, Rhs, gemm, gemm_serial};
+use crate::gemm::{GemmScratch, MatRef, Out, Rhs, gemm, gemm_serial, pack_panels};
 use crate::model::Model;
 use crate::ops::{masked_softmax, rms_norm, rope, silu_mul};
 use crate::threads::Pool;
 
 /// Query rows per attention task: scores never exceed `QUERY_TILE × seq_len` per thread.
-const QUERY_TILE: usize = 64;
+const QUERY_TILE: usize = 128;
+
+/// Rows per task of the row-wise operations (norms, rotary embedding, SwiGLU).
+const ROW_CHUNK: usize = 32;
 
 /// Scratch memory of one thread.
 pub(crate) struct ThreadScratch {
@@ -44,6 +47,10 @@ struct Buffers {
     gate_up: Vec<f32>,
     /// Final-norm rows of the logits window `[batch · window, d_model]`.
     head_in: Vec<f32>,
+    /// Keys of every (row, kv head), transposed and packed into kernel panels.
+    keys: Vec<f32>,
+    /// Values of every (row, kv head), packed into kernel panels.
+    values: Vec<f32>,
 }
 
 fn grow(v: &mut Vec<f32>, len: usize) {
@@ -119,6 +126,9 @@ impl Context {
         grow(&mut b.attn, tokens * c.d_model);
         grow(&mut b.gate_up, tokens * 2 * c.mlp_hidden_size);
         grow(&mut b.head_in, tokens * c.d_model);
+        let panels = batch * c.n_kv_heads * seq_len.div_ceil(16) * 16 * c.head_dim;
+        grow(&mut b.keys, panels);
+        grow(&mut b.values, panels);
     }
 
     fn validate(&self, request: &ForwardRequest<'_>, logits: &[f32]) -> Result<(), ForwardError> {
@@ -241,12 +251,7 @@ impl Context {
 
         for (layer, block) in model.blocks.iter().enumerate() {
             // Attention sub-layer: x += attn_out(attention(rope(qkv(norm(x))))).
-            rms_norm(
-                view(&b.x, tokens, d),
-                &block.attn_norm,
-                eps,
-                view_mut(&mut b.h, tokens, d),
-            );
+            par_rms_norm(pool, &b.x, &block.attn_norm, eps, &mut b.h, tokens, d);
             gemm(
                 pool,
                 MatRef::rows(&b.h, tokens, d, d),
@@ -254,19 +259,19 @@ impl Context {
                 Out::new(&mut b.qkv, tokens, qkv_width, qkv_width),
                 false,
             );
-            let half = hd / 2;
-            for t in 0..tokens {
+            // Queries and keys are rotated; values are not.
+            let rotated = (c.n_heads + c.n_kv_heads) * hd;
+            par_rows(pool, &mut b.qkv, tokens, qkv_width, &|t, row| {
                 let position = positions.start + t % span;
+                let half = hd / 2;
                 let (cos, sin) = (
                     &model.rope_cos[position * half..][..half],
                     &model.rope_sin[position * half..][..half],
                 );
-                let row = &mut b.qkv[t * qkv_width..(t + 1) * qkv_width];
-                // Queries and keys are rotated; values are not.
-                for head in row[..(c.n_heads + c.n_kv_heads) * hd].chunks_exact_mut(hd) {
+                for head in row[..rotated].chunks_exact_mut(hd) {
                     rope(head, cos, sin);
                 }
-            }
+            });
             // Keys and values: straight from this pass, or through the cache (rotated keys).
             let keys_values = if kv == KvUse::Plain {
                 KvSource {
@@ -290,6 +295,15 @@ impl Context {
                     v: kv_dim,
                 }
             };
+            let packed = pack_keys_values(
+                pool,
+                c,
+                &keys_values,
+                batch,
+                seq,
+                &mut b.keys,
+                &mut b.values,
+            );
             let queries = Queries {
                 qkv: &b.qkv,
                 width: qkv_width,
@@ -299,7 +313,7 @@ impl Context {
                 pool,
                 c,
                 &queries,
-                &keys_values,
+                &packed,
                 request.attention_mask(),
                 batch,
                 seq,
@@ -314,12 +328,7 @@ impl Context {
             );
 
             // MLP sub-layer: x += ff_out(silu(ff_proj(norm(x))) · up_proj(norm(x))).
-            rms_norm(
-                view(&b.x, tokens, d),
-                &block.ff_norm,
-                eps,
-                view_mut(&mut b.h, tokens, d),
-            );
+            par_rms_norm(pool, &b.x, &block.ff_norm, eps, &mut b.h, tokens, d);
             gemm(
                 pool,
                 MatRef::rows(&b.h, tokens, d, d),
@@ -327,11 +336,10 @@ impl Context {
                 Out::new(&mut b.gate_up, tokens, 2 * mlp, 2 * mlp),
                 false,
             );
-            let mut gate_up = view_mut(&mut b.gate_up, tokens, 2 * mlp);
-            for mut row in gate_up.rows_mut() {
-                let (gate, up) = row.view_mut().split_at(ndarray::Axis(0), mlp);
-                silu_mul(gate, up.view());
-            }
+            par_rows(pool, &mut b.gate_up, tokens, 2 * mlp, &|_, row| {
+                let (gate, up) = row.split_at_mut(mlp);
+                silu_mul(gate, up);
+            });
             gemm(
                 pool,
                 MatRef::rows(&b.gate_up, tokens, mlp, 2 * mlp),
@@ -362,6 +370,132 @@ impl Context {
             Out::new(logits, rows, vocab, vocab),
             false,
         );
+    }
+}
+
+/// A buffer that parallel tasks write at disjoint ranges.
+#[derive(Clone, Copy)]
+struct Disjoint {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: tasks only ever take disjoint ranges (see `range`).
+unsafe impl Send for Disjoint {}
+// SAFETY: as above.
+unsafe impl Sync for Disjoint {}
+
+impl Disjoint {
+    fn new(data: &mut [f32]) -> Self {
+        Self {
+            ptr: data.as_mut_ptr(),
+            len: data.len(),
+        }
+    }
+
+    /// # Safety
+    /// No two live results may overlap.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn range(&self, range: Range<usize>) -> &mut [f32] {
+        assert!(
+            range.start <= range.end && range.end <= self.len,
+            "range out of bounds"
+        );
+        // SAFETY: in bounds (checked), and disjoint from every other live range (the caller's
+        // contract).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.len()) }
+    }
+}
+
+/// Runs `f(row index, row)` over the first `rows` rows of `data` (rows of `cols` values), in
+/// chunks of rows across the pool.
+fn par_rows(
+    pool: &Pool<ThreadScratch>,
+    data: &mut [f32],
+    rows: usize,
+    cols: usize,
+    f: &(dyn Fn(usize, &mut [f32]) + Sync),
+) {
+    let out = Disjoint::new(&mut data[..rows * cols]);
+    pool.run_sized(rows.div_ceil(ROW_CHUNK), rows * cols * 4, &|task, _| {
+        let chunk = task * ROW_CHUNK..((task + 1) * ROW_CHUNK).min(rows);
+        // SAFETY: each task owns its own rows.
+        let part = unsafe { out.range(chunk.start * cols..chunk.end * cols) };
+        for (i, row) in part.chunks_exact_mut(cols).enumerate() {
+            f(chunk.start + i, row);
+        }
+    });
+}
+
+/// `out = rms_norm(x)` row by row across the pool.
+fn par_rms_norm(
+    pool: &Pool<ThreadScratch>,
+    x: &[f32],
+    weight: &[f32],
+    eps: f32,
+    out: &mut [f32],
+    rows: usize,
+    d: usize,
+) {
+    par_rows(pool, out, rows, d, &|r, row| {
+        let src = ArrayView2::from_shape((1, d), &x[r * d..(r + 1) * d]).expect("one row");
+        let dst = ArrayViewMut2::from_shape((1, d), row).expect("one row");
+        rms_norm(src, weight, eps, dst);
+    });
+}
+
+/// Keys (transposed) and values of every (row, kv head), packed once per layer into the
+/// kernel's panel layout, so the attention tasks of all query tiles and all heads of a group
+/// read them without repacking.
+struct PackedKv<'a> {
+    keys: &'a [f32],
+    values: &'a [f32],
+    /// Values per (row, kv head) block.
+    block: usize,
+}
+
+fn pack_keys_values<'a>(
+    pool: &Pool<ThreadScratch>,
+    c: &crate::Config,
+    kv: &KvSource<'_>,
+    batch: usize,
+    seq: usize,
+    keys: &'a mut [f32],
+    values: &'a mut [f32],
+) -> PackedKv<'a> {
+    let hd = c.head_dim;
+    let block = seq.div_ceil(16) * 16 * hd;
+    let (k_out, v_out) = (Disjoint::new(keys), Disjoint::new(values));
+    pool.run_sized(
+        batch * c.n_kv_heads,
+        batch * seq * 2 * c.n_kv_heads * hd * 4,
+        &|task, _| {
+            let (b, g) = (task / c.n_kv_heads, task % c.n_kv_heads);
+            let base = b * seq * kv.row_stride;
+            // qᵀ-side operand: B = Kᵀ (hd × seq), a column per position.
+            let keys_t = MatRef {
+                data: &kv.data[base + kv.k + g * hd..],
+                rows: hd,
+                cols: seq,
+                row_stride: 1,
+                col_stride: kv.row_stride,
+            };
+            let values = MatRef::rows(&kv.data[base + kv.v + g * hd..], seq, hd, kv.row_stride);
+            // SAFETY: each task owns block `task` of both buffers.
+            let (k_dst, v_dst) = unsafe {
+                (
+                    k_out.range(task * block..(task + 1) * block),
+                    v_out.range(task * block..(task + 1) * block),
+                )
+            };
+            pack_panels(&keys_t, k_dst);
+            pack_panels(&values, v_dst);
+        },
+    );
+    PackedKv {
+        keys,
+        values,
+        block,
     }
 }
 
@@ -442,7 +576,7 @@ fn attention(
     pool: &Pool<ThreadScratch>,
     c: &crate::Config,
     queries: &Queries<'_>,
-    kv: &KvSource<'_>,
+    kv: &PackedKv<'_>,
     mask: Option<&[u8]>,
     batch: usize,
     seq: usize,
@@ -458,7 +592,7 @@ fn attention(
         &|task, scratch: &mut ThreadScratch| {
             let (b, rest) = (task / (c.n_heads * tiles), task % (c.n_heads * tiles));
             let (head, tile) = (rest / tiles, rest % tiles);
-            let kv_head = head / group;
+            let slot = b * c.n_kv_heads + head / group;
             let q0 = tile * QUERY_TILE;
             let rows = QUERY_TILE.min(span - q0);
             let q = MatRef::rows(
@@ -467,20 +601,16 @@ fn attention(
                 hd,
                 queries.width,
             );
-            let base = b * seq * kv.row_stride;
-            let keys_t = MatRef {
-                data: &kv.data[base + kv.k + kv_head * hd..],
-                rows: hd,
-                cols: seq,
-                row_stride: 1,
-                col_stride: kv.row_stride,
+            let keys_t = Rhs::Panels {
+                data: &kv.keys[slot * kv.block..(slot + 1) * kv.block],
+                k: hd,
+                n: seq,
             };
-            let values = MatRef::rows(
-                &kv.data[base + kv.v + kv_head * hd..],
-                seq,
-                hd,
-                kv.row_stride,
-            );
+            let values = Rhs::Panels {
+                data: &kv.values[slot * kv.block..(slot + 1) * kv.block],
+                k: seq,
+                n: hd,
+            };
             let ThreadScratch {
                 gemm: gemm_scratch,
                 scores,
@@ -488,7 +618,7 @@ fn attention(
             let scores = &mut scores[..rows * seq];
             gemm_serial(
                 q,
-                Rhs::Strided(keys_t),
+                keys_t,
                 Out::new(scores, rows, seq, seq),
                 false,
                 gemm_scratch,
@@ -502,7 +632,7 @@ fn attention(
             let target = out.sub(b * span + q0, head * hd, rows, hd);
             gemm_serial(
                 MatRef::rows(scores, rows, seq, seq),
-                Rhs::Strided(values),
+                values,
                 target,
                 false,
                 gemm_scratch,

@@ -18,8 +18,10 @@ const MR_MAX: usize = 12;
 pub(crate) const NR: usize = 16;
 /// Depth of a block.
 const KC: usize = 256;
-/// Rows of `A` per block (a multiple of every kernel's rows).
+/// Rows of `A` per block (a multiple of every kernel's rows): the size of the packing buffer.
 const MC: usize = 96;
+/// Panels of `B` per column block (128 columns).
+const COLUMN_BLOCK: usize = 8;
 
 /// Element type of a packed weight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,15 +119,23 @@ impl<'a> MatRef<'a> {
 pub(crate) enum Rhs<'a> {
     /// A packed weight: `B = Wᵀ`.
     Packed(&'a PackedMatrix),
-    /// A strided matrix, packed per block.
-    Strided(MatRef<'a>),
+    /// f32 panels in the packed layout, `[panels][k][16]` (attention's keys and values, packed
+    /// once per layer and read by many tasks).
+    Panels {
+        /// The panels.
+        data: &'a [f32],
+        /// Rows of `B`.
+        k: usize,
+        /// Columns of `B`.
+        n: usize,
+    },
 }
 
 impl Rhs<'_> {
     fn dims(&self) -> (usize, usize) {
         match self {
             Rhs::Packed(w) => (w.k, w.n),
-            Rhs::Strided(m) => (m.rows, m.cols),
+            Rhs::Panels { k, n, .. } => (*k, *n),
         }
     }
 }
@@ -186,14 +196,12 @@ impl Out {
 #[derive(Debug)]
 pub(crate) struct GemmScratch {
     a: Vec<f32>,
-    b: Vec<f32>,
 }
 
 impl GemmScratch {
     pub(crate) fn new() -> Self {
         Self {
             a: vec![0.0; MC * KC],
-            b: vec![0.0; 2 * KC * NR],
         }
     }
 }
@@ -215,6 +223,11 @@ impl Isa {
             Isa::Avx512 => 12,
             _ => 6,
         }
+    }
+
+    /// Whether the kernel reads `A` packed (AVX-512) rather than in place.
+    fn packs_a(self) -> bool {
+        self.pairs()
     }
 
     /// Whether the kernel takes two panels (32 columns) at once.
@@ -300,8 +313,11 @@ fn plan(m: usize, n: usize, threads: usize) -> Plan {
 
 fn check(a: &MatRef<'_>, b: &Rhs<'_>, c: &Out) {
     a.check();
-    if let Rhs::Strided(m) = b {
-        m.check();
+    if let Rhs::Panels { data, k, n } = b {
+        assert!(
+            data.len() >= n.div_ceil(NR) * k * NR,
+            "panels out of bounds"
+        );
     }
     let (k, n) = b.dims();
     assert_eq!(a.cols, k, "inner dimensions differ");
@@ -318,7 +334,8 @@ pub(crate) fn gemm(
 ) {
     check(&a, &b, &c);
     let p = plan(c.rows, c.cols, pool.threads());
-    pool.run(p.row_chunks * p.col_chunks, &|task, scratch| {
+    let work = c.rows * c.cols * a.cols;
+    pool.run_sized(p.row_chunks * p.col_chunks, work, &|task, scratch| {
         let (ri, ci) = (task / p.col_chunks, task % p.col_chunks);
         let rows = ri * p.row_chunk..((ri + 1) * p.row_chunk).min(c.rows);
         let cols = ci * p.col_chunk..((ci + 1) * p.col_chunk).min(c.cols);
@@ -365,51 +382,98 @@ fn gemm_task(
     }
     let isa = isa();
     let mr = isa.mr();
-    let GemmScratch { a: apack, b: bpack } = scratch;
-    let (bpack0, bpack1) = bpack.split_at_mut(KC * NR);
-    let mut i0 = rows.start;
-    while i0 < rows.end {
-        let mc = MC.min(rows.end - i0);
+    let apack = &mut scratch.a;
+    let packs = isa.packs_a();
+    // Loop order (as MLAS does for weights): a block of columns of B (COLUMN_BLOCK panels,
+    // kc deep, about 128 KB: L2) is read from memory once and serves every row of A; the A
+    // sliver (mr rows, kc deep: L1) serves every panel of the block.
+    let mut p0 = panel_start(cols.start);
+    while p0 * NR < cols.end {
+        let p_end = (p0 + COLUMN_BLOCK).min(cols.end.div_ceil(NR));
         let mut k0 = 0;
         while k0 < k {
             let kc = KC.min(k - k0);
-            pack_a(a, i0, mc, k0, kc, mr, apack);
-            let mut p = panel_start(cols.start);
-            while p * NR < cols.end {
-                let j0 = p * NR;
-                let pair = isa.pairs() && j0 + NR < cols.end;
-                let nc = (if pair { 2 * NR } else { NR }).min(cols.end - j0);
-                let first = panel(b, p, k0, kc, bpack0);
-                let second = if pair {
-                    Some(panel(b, p + 1, k0, kc, bpack1))
+            let add = accumulate || k0 > 0;
+            let mut row0 = rows.start;
+            while row0 < rows.end {
+                let tile_rows = mr.min(rows.end - row0);
+                let sliver = if packs {
+                    pack_a(a, row0, tile_rows, k0, kc, mr, apack);
+                    Sliver::Packed(&apack[..kc * mr])
+                } else if tile_rows == mr && a.col_stride == 1 {
+                    // The kernel reads the rows of A where they are.
+                    Sliver::Rows {
+                        data: &a.data[row0 * a.row_stride + k0..],
+                        lda: a.row_stride,
+                    }
                 } else {
-                    None
+                    // A short last sliver: its rows, zero-padded, row-major.
+                    let buf = &mut apack[..mr * kc];
+                    for r in 0..mr {
+                        for kk in 0..kc {
+                            buf[r * kc + kk] = if r < tile_rows {
+                                a.at(row0 + r, k0 + kk)
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                    Sliver::Rows {
+                        data: &apack[..mr * kc],
+                        lda: kc,
+                    }
                 };
-                let add = accumulate || k0 > 0;
-                let mut s = 0;
-                while s * mr < mc {
-                    let ap = &apack[s * kc * mr..(s + 1) * kc * mr];
+                let mut p = p0;
+                while p < p_end {
+                    let j0 = p * NR;
+                    let pair = isa.pairs() && p + 1 < p_end;
+                    let nc = (if pair { 2 * NR } else { NR }).min(cols.end - j0);
+                    let first = panel(b, p, k0, kc);
+                    let second = if pair {
+                        Some(panel(b, p + 1, k0, kc))
+                    } else {
+                        None
+                    };
                     let tile = Tile {
                         c,
-                        row: i0 + s * mr,
+                        row: row0,
                         col: j0,
-                        rows: mr.min(mc - s * mr),
+                        rows: tile_rows,
                         cols: nc,
                         add,
                     };
-                    micro_kernel(isa, kc, ap, first, second, tile);
-                    s += 1;
+                    micro_kernel(isa, kc, sliver, first, second, tile);
+                    p += if pair { 2 } else { 1 };
                 }
-                p += if pair { 2 } else { 1 };
+                row0 += tile_rows;
             }
             k0 += kc;
         }
-        i0 += mc;
+        p0 = p_end;
     }
 }
 
-/// Rows `k0..k0 + kc` of panel `p` of `B`: a slice of a packed weight, or packed into `scratch`.
-fn panel<'s>(b: &'s Rhs<'_>, p: usize, k0: usize, kc: usize, scratch: &'s mut [f32]) -> Panel<'s> {
+/// The `A` operand of one micro-kernel call: `mr` rows by `kc` columns.
+#[derive(Clone, Copy)]
+enum Sliver<'a> {
+    /// Packed `[kc][mr]` (the AVX-512 kernel's layout).
+    Packed(&'a [f32]),
+    /// Row-major, rows `lda` apart (read in place by the AVX2 and portable kernels).
+    Rows { data: &'a [f32], lda: usize },
+}
+
+impl Sliver<'_> {
+    #[inline(always)]
+    fn at(&self, mr: usize, r: usize, kk: usize) -> f32 {
+        match self {
+            Sliver::Packed(d) => d[kk * mr + r],
+            Sliver::Rows { data, lda } => data[r * lda + kk],
+        }
+    }
+}
+
+/// Rows `k0..k0 + kc` of panel `p` of `B`.
+fn panel<'s>(b: &'s Rhs<'_>, p: usize, k0: usize, kc: usize) -> Panel<'s> {
     match b {
         Rhs::Packed(w) => {
             let at = (p * w.k + k0) * NR;
@@ -419,11 +483,41 @@ fn panel<'s>(b: &'s Rhs<'_>, p: usize, k0: usize, kc: usize, scratch: &'s mut [f
                 PanelData::F16(d) => Panel::F16(&d[at..at + kc * NR]),
             }
         }
-        Rhs::Strided(m) => {
-            let j = p * NR;
-            pack_b(m, k0, kc, j, NR.min(m.cols - j), scratch);
-            Panel::F32(&scratch[..kc * NR])
+        Rhs::Panels { data, k, .. } => {
+            let at = (p * k + k0) * NR;
+            Panel::F32(&data[at..at + kc * NR])
         }
+    }
+}
+
+/// Packs the columns of a strided `B` (`k × n`) into the panel layout `[panels][k][16]`,
+/// zero-padding the last panel: what [`Rhs::Panels`] reads.
+pub(crate) fn pack_panels(b: &MatRef<'_>, out: &mut [f32]) {
+    let (k, n) = (b.rows, b.cols);
+    if b.row_stride == 1 && b.col_stride != 1 {
+        // A transposed source (keys for q·kᵀ): each column is contiguous; scatter it.
+        let panels = n.div_ceil(NR);
+        out[..panels * k * NR].fill(0.0);
+        for j in 0..n {
+            let (p, lane) = (j / NR, j % NR);
+            let column = &b.data[j * b.col_stride..j * b.col_stride + k];
+            let panel = &mut out[p * k * NR..(p + 1) * k * NR];
+            for (kk, &v) in column.iter().enumerate() {
+                panel[kk * NR + lane] = v;
+            }
+        }
+        return;
+    }
+    for p in 0..n.div_ceil(NR) {
+        let j0 = p * NR;
+        pack_b(
+            b,
+            0,
+            k,
+            j0,
+            NR.min(n - j0),
+            &mut out[p * k * NR..(p + 1) * k * NR],
+        );
     }
 }
 
@@ -532,15 +626,15 @@ fn panel_parts(b: Panel<'_>) -> (u8, *const u8, usize) {
 fn micro_kernel(
     isa: Isa,
     kc: usize,
-    a: &[f32],
+    a: Sliver<'_>,
     first: Panel<'_>,
     second: Option<Panel<'_>>,
     tile: Tile,
 ) {
-    debug_assert!(a.len() >= kc * isa.mr());
-    match isa {
+    match (isa, a) {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => {
+        (Isa::Avx512, Sliver::Packed(a)) => {
+            debug_assert!(a.len() >= kc * 12);
             let (dtype, p0, len0) = panel_parts(first);
             debug_assert!(len0 >= kc * NR);
             let p1 = second.map(|s| panel_parts(s).1);
@@ -558,20 +652,28 @@ fn micro_kernel(
             }
         }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => {
+        (Isa::Avx2Fma, a) => {
             let (dtype, p0, len0) = panel_parts(first);
             debug_assert!(len0 >= kc * NR && second.is_none());
-            // SAFETY: `isa()` returned Avx2Fma only after detecting AVX2, FMA and F16C; `a`
-            // holds `kc × 6` values and the panel `kc × 16` (the callers' slicing).
+            let (data, rs, ks) = match a {
+                Sliver::Rows { data, lda } => (data, lda, 1),
+                Sliver::Packed(data) => (data, 1, 6),
+            };
+            assert!(
+                data.len() > 5 * rs + (kc - 1) * ks,
+                "A sliver out of bounds"
+            );
+            // SAFETY: `isa()` returned Avx2Fma only after detecting AVX2, FMA and F16C; the
+            // six rows of `kc` values lie inside `data` (asserted) and the panel holds `kc × 16`.
             unsafe {
                 match dtype {
-                    F32 => avx2::kernel::<F32>(kc, a, p0, tile),
-                    BF16 => avx2::kernel::<BF16>(kc, a, p0, tile),
-                    _ => avx2::kernel::<F16>(kc, a, p0, tile),
+                    F32 => avx2::kernel::<F32>(kc, data.as_ptr(), rs, ks, p0, tile),
+                    BF16 => avx2::kernel::<BF16>(kc, data.as_ptr(), rs, ks, p0, tile),
+                    _ => avx2::kernel::<F16>(kc, data.as_ptr(), rs, ks, p0, tile),
                 }
             }
         }
-        Isa::Portable => {
+        _ => {
             portable_kernel(kc, isa.mr(), a, first, tile);
             if let Some(second) = second {
                 portable_kernel(kc, isa.mr(), a, second, tile.columns_from(NR));
@@ -580,7 +682,7 @@ fn micro_kernel(
     }
 }
 
-fn portable_kernel(kc: usize, mr: usize, a: &[f32], b: Panel<'_>, tile: Tile) {
+fn portable_kernel(kc: usize, mr: usize, a: Sliver<'_>, b: Panel<'_>, tile: Tile) {
     let mut acc = [0.0f32; MR_MAX * NR];
     let mut row = [0.0f32; NR];
     for kk in 0..kc {
@@ -598,7 +700,7 @@ fn portable_kernel(kc: usize, mr: usize, a: &[f32], b: Panel<'_>, tile: Tile) {
             }
         }
         for r in 0..mr {
-            let x = a[kk * mr + r];
+            let x = a.at(mr, r, kk);
             for (acc, &w) in acc[r * NR..(r + 1) * NR].iter_mut().zip(&row) {
                 *acc = x.mul_add(w, *acc);
             }
@@ -645,19 +747,27 @@ mod avx2 {
         }
     }
 
-    /// The `6 × 16` register tile: 12 accumulators, two `B` vectors, one broadcast.
+    /// The `6 × 16` register tile: 12 accumulators, two `B` vectors, one broadcast; `A` is
+    /// read in place, six rows `lda` apart (as MLAS does: no packing).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn kernel<const D: u8>(kc: usize, a: &[f32], b: *const u8, tile: Tile) {
+    pub(super) unsafe fn kernel<const D: u8>(
+        kc: usize,
+        a: *const f32,
+        row_stride: usize,
+        k_stride: usize,
+        b: *const u8,
+        tile: Tile,
+    ) {
         const MR: usize = 6;
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-        let ap = a.as_ptr();
+        // SAFETY: element (r, kk) of A is at `a + r·row_stride + kk·k_stride` (micro_kernel).
+        let rows: [*const f32; MR] = std::array::from_fn(|r| unsafe { a.add(r * row_stride) });
         for kk in 0..kc {
-            // SAFETY: `a` holds `kc × 6` values and `b` `kc × 16` (see `micro_kernel`).
+            // SAFETY: `kk < kc` on every row and on the panel of `kc × 16` (see `micro_kernel`).
             unsafe {
                 let (b0, b1) = load_b::<D>(b, kk);
-                let row = ap.add(kk * MR);
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let x = _mm256_broadcast_ss(&*row.add(r));
+                    let x = _mm256_broadcast_ss(&*rows[r].add(kk * k_stride));
                     acc[0] = _mm256_fmadd_ps(x, b0, acc[0]);
                     acc[1] = _mm256_fmadd_ps(x, b1, acc[1]);
                 }
@@ -948,17 +1058,24 @@ mod tests {
                 row_stride: 1,
                 col_stride: k,
             };
+            // The same B = Wᵀ as a transposed strided view, packed into panels (attention's keys).
+            let mut panels = vec![f32::NAN; n.div_ceil(NR) * k * NR];
+            pack_panels(&bt, &mut panels);
             let mut c2 = vec![0.0f32; m * n];
             let mut scratch = GemmScratch::new();
             gemm_serial(
                 MatRef::rows(&a, m, k, k),
-                Rhs::Strided(bt),
+                Rhs::Panels {
+                    data: &panels,
+                    k,
+                    n,
+                },
                 Out::new(&mut c2, m, n, n),
                 false,
                 &mut scratch,
             );
             for (x, y) in c2.iter().zip(&expected) {
-                assert!((x - y).abs() < tol, "strided {m}x{k}x{n}: {x} vs {y}");
+                assert!((x - y).abs() < tol, "panels {m}x{k}x{n}: {x} vs {y}");
             }
         }
     }

@@ -47,3 +47,65 @@ pub use model::Model;
 pub fn kernel_name() -> &'static str {
     gemm::kernel_name()
 }
+
+/// Entry points for the criterion micro-benchmarks of the hot kernels. Not a stable API.
+#[doc(hidden)]
+pub mod bench {
+    use crate::gemm::{GemmScratch, MatRef, Out, PackedMatrix, PanelData, Rhs, gemm};
+    use crate::threads::Pool;
+
+    /// Per-thread packing memory for [`matmul`].
+    pub struct Scratch(GemmScratch);
+
+    impl AsMut<GemmScratch> for Scratch {
+        fn as_mut(&mut self) -> &mut GemmScratch {
+            &mut self.0
+        }
+    }
+
+    /// A worker pool of `threads` threads.
+    pub struct Threads(Pool<Scratch>);
+
+    /// Starts a pool.
+    pub fn threads(threads: usize) -> Threads {
+        Threads(
+            Pool::new(
+                (0..threads.max(1))
+                    .map(|_| Scratch(GemmScratch::new()))
+                    .collect(),
+            )
+            .expect("threads start"),
+        )
+    }
+
+    /// A weight `[n, k]` (row-major) packed for the kernel.
+    pub struct Weight(PackedMatrix);
+
+    /// Packs `w` (`[n, k]`, row-major) as f32, or as bf16 when `bf16`.
+    pub fn pack(w: &[f32], n: usize, k: usize, bf16: bool) -> Weight {
+        let data = if bf16 {
+            PanelData::Bf16(PackedMatrix::pack(n, k, |r, out: &mut [half::bf16]| {
+                for (o, &v) in out.iter_mut().zip(&w[r * k..(r + 1) * k]) {
+                    *o = half::bf16::from_f32(v);
+                }
+            }))
+        } else {
+            PanelData::F32(PackedMatrix::pack(n, k, |r, out: &mut [f32]| {
+                out.copy_from_slice(&w[r * k..(r + 1) * k])
+            }))
+        };
+        Weight(PackedMatrix { k, n, data })
+    }
+
+    /// `out [m, n] = a [m, k] · wᵀ` on the pool.
+    pub fn matmul(threads: &Threads, a: &[f32], m: usize, w: &Weight, out: &mut [f32]) {
+        let (k, n) = (w.0.k, w.0.n);
+        gemm(
+            &threads.0,
+            MatRef::rows(a, m, k, k),
+            Rhs::Packed(&w.0),
+            Out::new(out, m, n, n),
+            false,
+        );
+    }
+}

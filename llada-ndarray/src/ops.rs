@@ -1,8 +1,8 @@
 //! Row-wise operations of the block: RMSNorm, rotary embedding, SwiGLU, softmax. All in f32,
 //! written over ndarray views so each reads as the formula it implements.
 
-use llada_core::math::exp_f32;
-use ndarray::{ArrayView1, ArrayViewMut1, ArrayViewMut2, Axis, Zip};
+use llada_core::math::{exp_f32, exp_in_place, max_value};
+use ndarray::{ArrayView1, ArrayViewMut2, Axis, Zip};
 
 /// `out = x · rsqrt(mean(x²) + eps) · weight`, row by row (`x`, `out`: `[rows, d]`).
 pub(crate) fn rms_norm(
@@ -54,11 +54,11 @@ pub(crate) fn rope(head: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// `gate ← silu(gate) · up`, the SwiGLU of LLaDA's MLP.
-pub(crate) fn silu_mul(mut gate: ArrayViewMut1<'_, f32>, up: ArrayView1<'_, f32>) {
-    Zip::from(&mut gate)
-        .and(&up)
-        .for_each(|g, &u| *g = *g / (1.0 + exp_f32(-*g)) * u);
+/// `gate ← silu(gate) · up`, the SwiGLU of LLaDA's MLP (slices, so the loop vectorises).
+pub(crate) fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + exp_f32(-*g)) * u;
+    }
 }
 
 /// In-place softmax of every row of `scores` after scaling by `scale` and hiding the keys
@@ -84,12 +84,7 @@ pub(crate) fn masked_softmax(
             }
             None => row.iter_mut().for_each(|s| *s *= scale),
         }
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f32;
-        for s in row.iter_mut() {
-            *s = exp_f32(*s - max);
-            sum += *s;
-        }
+        let sum = exp_in_place(row, max_value(row));
         let inv = 1.0 / sum;
         row.iter_mut().for_each(|s| *s *= inv);
     }

@@ -5,11 +5,15 @@
 //! forward pass must not allocate once warm. Calls must not nest.
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 type Job<S> = dyn Fn(usize, &mut S) + Sync;
+
+/// Below this much work (multiply-adds, or elements for row-wise passes) a job runs on the
+/// calling thread: a round trip to the workers costs tens of microseconds.
+pub(crate) const INLINE_WORK: usize = 1 << 18;
 
 /// A lifetime-erased pointer to the job of the current round.
 struct JobPtr<S: 'static>(*const Job<S>);
@@ -25,11 +29,15 @@ impl<S> Clone for JobPtr<S> {
 }
 impl<S> Copy for JobPtr<S> {}
 
+/// How long a thread spins (checking an atomic) before it sleeps on a condition variable, in
+/// spin-loop hints: tens of microseconds, the gap between two rounds of a forward pass, so
+/// consecutive rounds do not pay a sleep and a wake-up each.
+const SPIN: usize = 4000;
+
 struct State<S: 'static> {
     round: u64,
     job: Option<JobPtr<S>>,
     tasks: usize,
-    busy_workers: usize,
     panic: Option<Box<dyn std::any::Any + Send>>,
     shutdown: bool,
 }
@@ -39,6 +47,11 @@ struct Shared<S: 'static> {
     start: Condvar,
     finished: Condvar,
     next_task: AtomicUsize,
+    /// The latest round (mirrors `State::round`, for spinning without the lock).
+    published: AtomicU64,
+    /// Workers still in the current round.
+    busy: AtomicUsize,
+    shutdown: AtomicBool,
     scratch: Vec<Mutex<S>>,
 }
 
@@ -61,13 +74,15 @@ impl<S: Send + 'static> Pool<S> {
                 round: 0,
                 job: None,
                 tasks: 0,
-                busy_workers: 0,
                 panic: None,
                 shutdown: false,
             }),
             start: Condvar::new(),
             finished: Condvar::new(),
             next_task: AtomicUsize::new(0),
+            published: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
+            shutdown: AtomicBool::new(false),
             scratch: scratch.into_iter().map(Mutex::new).collect(),
         });
         let mut workers = Vec::with_capacity(threads - 1);
@@ -84,6 +99,23 @@ impl<S: Send + 'static> Pool<S> {
     /// Number of threads, the caller included.
     pub(crate) fn threads(&self) -> usize {
         self.workers.len() + 1
+    }
+
+    /// Like [`run`](Self::run), but on the calling thread alone when `work` (in any unit) is
+    /// below [`INLINE_WORK`]: waking the workers costs more than small jobs save.
+    pub(crate) fn run_sized(&self, tasks: usize, work: usize, f: &(dyn Fn(usize, &mut S) + Sync)) {
+        if work < INLINE_WORK {
+            self.run_inline(tasks, f);
+        } else {
+            self.run(tasks, f);
+        }
+    }
+
+    fn run_inline(&self, tasks: usize, f: &(dyn Fn(usize, &mut S) + Sync)) {
+        let mut scratch = lock(&self.shared.scratch[0]);
+        for task in 0..tasks {
+            f(task, &mut scratch);
+        }
     }
 
     /// Runs `f(task, scratch)` for every task in `0..tasks` across the threads and returns when
@@ -109,8 +141,9 @@ impl<S: Send + 'static> Pool<S> {
             self.shared.next_task.store(0, Ordering::SeqCst);
             state.job = Some(JobPtr(job));
             state.tasks = tasks;
-            state.busy_workers = self.workers.len();
             state.round += 1;
+            self.shared.busy.store(self.workers.len(), Ordering::SeqCst);
+            self.shared.published.store(state.round, Ordering::SeqCst);
         }
         self.shared.start.notify_all();
         let round = Round {
@@ -134,10 +167,16 @@ struct Round<'a, S: 'static> {
 
 impl<S> Drop for Round<'_, S> {
     fn drop(&mut self) {
-        let mut state = lock(&self.shared.state);
-        while state.busy_workers > 0 {
-            state = self
-                .shared
+        let shared = self.shared;
+        for _ in 0..SPIN {
+            if shared.busy.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        let mut state = lock(&shared.state);
+        while shared.busy.load(Ordering::SeqCst) > 0 {
+            state = shared
                 .finished
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
@@ -164,6 +203,14 @@ fn run_tasks<S>(
 fn worker<S: Send>(shared: &Shared<S>, index: usize) {
     let mut seen = 0;
     loop {
+        for _ in 0..SPIN {
+            if shared.published.load(Ordering::SeqCst) != seen
+                || shared.shutdown.load(Ordering::SeqCst)
+            {
+                break;
+            }
+            std::hint::spin_loop();
+        }
         let (job, tasks) = {
             let mut state = lock(&shared.state);
             while state.round == seen && !state.shutdown {
@@ -189,14 +236,14 @@ fn worker<S: Send>(shared: &Shared<S>, index: usize) {
                 run_tasks(shared, tasks, f, &mut scratch)
             }))
         };
-        let mut state = lock(&shared.state);
         if let Err(payload) = result {
-            state.panic.get_or_insert(payload);
+            lock(&shared.state).panic.get_or_insert(payload);
             // Let the other threads skip the remaining tasks.
             shared.next_task.store(usize::MAX / 2, Ordering::SeqCst);
         }
-        state.busy_workers -= 1;
-        if state.busy_workers == 0 {
+        if shared.busy.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // Under the lock, so a caller about to wait cannot miss the wake-up.
+            let _state = lock(&shared.state);
             shared.finished.notify_all();
         }
     }
@@ -205,6 +252,7 @@ fn worker<S: Send>(shared: &Shared<S>, index: usize) {
 impl<S: Send + 'static> Drop for Pool<S> {
     fn drop(&mut self) {
         lock(&self.shared.state).shutdown = true;
+        self.shared.shutdown.store(true, Ordering::SeqCst);
         self.shared.start.notify_all();
         for handle in self.workers.drain(..) {
             let _ = handle.join();

@@ -1,0 +1,70 @@
+//! The hot kernels of the ndarray backend at the shapes of the mid-size benchmark model
+//! (d_model 1024, mlp 2816, vocab 32000): the matrix products of a block and of the LM head,
+//! single- and two-threaded, f32 and bf16 weights; and a whole forward pass of the bundled
+//! tiny model (attention, norms and rotary embedding included).
+
+use std::sync::Arc;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use llada_core::ForwardRequest;
+use llada_ndarray::bench::{matmul, pack, threads};
+
+fn values(len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i * 2_654_435_761) % 1000) as f32 / 1000.0 - 0.5)
+        .collect()
+}
+
+fn matmuls(c: &mut Criterion) {
+    let tokens = 256;
+    let shapes = [
+        ("qkv", 3072, 1024),
+        ("attn_out", 1024, 1024),
+        ("gate_up", 5632, 1024),
+        ("ff_out", 1024, 2816),
+        ("lm_head_window32", 32000, 1024),
+    ];
+    let mut group = c.benchmark_group("matmul");
+    group.sample_size(10);
+    for threads_n in [1, 2] {
+        let pool = threads(threads_n);
+        for (name, n, k) in shapes {
+            let m = if name.starts_with("lm_head") {
+                32
+            } else {
+                tokens
+            };
+            let a = values(m * k);
+            for bf16 in [false, true] {
+                let w = pack(&values(n * k), n, k, bf16);
+                let mut out = vec![0.0; m * n];
+                group.throughput(Throughput::Elements((2 * m * n * k) as u64));
+                let id = format!(
+                    "{name}/{m}x{k}x{n}/{}/{threads_n}t",
+                    if bf16 { "bf16" } else { "f32" }
+                );
+                group.bench_function(id, |b| b.iter(|| matmul(&pool, &a, m, &w, &mut out)));
+            }
+        }
+    }
+    group.finish();
+}
+
+fn tiny_forward(c: &mut Criterion) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-llada");
+    let model = Arc::new(llada_ndarray::Model::load(dir).unwrap());
+    let mut context = llada_ndarray::Context::with_threads(Arc::clone(&model), 2).unwrap();
+    let vocab = model.config().embedding_size;
+    let ids: Vec<u32> = (0..64).map(|i| 100 + i).collect();
+    let request = ForwardRequest::new(&ids, 1, 64)
+        .unwrap()
+        .with_window(48..64)
+        .unwrap();
+    let mut logits = vec![0.0; request.logits_len(vocab)];
+    c.bench_function("tiny_model_forward/64_tokens/window16/2t", |b| {
+        b.iter(|| context.forward(&request, &mut logits).unwrap())
+    });
+}
+
+criterion_group!(benches, matmuls, tiny_forward);
+criterion_main!(benches);
