@@ -23,8 +23,8 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use llada::core::rand_core::{Rng, SeedableRng};
 use llada::core::{
-    Canvas, ForwardRequest, GenerateParams, Generation, Limits, MaskPredictor, SamplerRng,
-    WorkspaceBuf, WorkspaceSizes,
+    CacheHint, CacheMode, Canvas, CommitRule, ForwardRequest, GenerateParams, Generation, Limits,
+    MaskPredictor, SamplerRng, WorkspaceBuf, WorkspaceSizes,
 };
 
 /// Counts heap allocations, to report allocations per denoising step.
@@ -283,7 +283,7 @@ where
             steady_steps.max(1),
         ))
     };
-    run(p, &mut canvas, &mut ws, false)?; // warm-up
+    // One run: its first block warms the buffers, and allocations are counted after it.
     let (total, forward, sampler, allocations, steps) = run(p, &mut canvas, &mut ws, true)?;
     Ok(GenerationRun {
         tokens_per_s: gen_length as f64 / total,
@@ -291,6 +291,134 @@ where
         allocations_per_step: allocations as f64 / steps as f64,
         forward_passes: params.steps,
     })
+}
+
+/// One denoising step on the ndarray backend at `prompt_len + gen_length` tokens with the
+/// logits window on the first block (32 tokens): a full forward pass, and a step that reuses
+/// the block-wise cache (dual and prefix), each a median of `repeats`.
+fn time_cached_steps(
+    context: &mut llada::ndarray::Context,
+    prompt_len: usize,
+    gen_length: usize,
+    mask_id: u32,
+    repeats: usize,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let mut rng = SamplerRng::seed_from_u64(11);
+    let vocab = context.vocab_size() as u64;
+    let seq = prompt_len + gen_length;
+    let mut ids: Vec<u32> = (0..prompt_len)
+        .map(|_| (rng.next_u64() % (vocab - 2)) as u32)
+        .collect();
+    ids.resize(seq, mask_id);
+    let span = prompt_len..prompt_len + 32;
+    let mut logits = vec![0.0f32; 32 * context.vocab_size()];
+    let mut time = |hint: Option<(CacheMode, bool)>,
+                    context: &mut llada::ndarray::Context|
+     -> anyhow::Result<f64> {
+        let mut request = ForwardRequest::new(&ids, 1, seq)?.with_window(span.clone())?;
+        if let Some((mode, refresh)) = hint {
+            request = request.with_cache(CacheHint {
+                mode,
+                span: span.clone(),
+                refresh,
+            })?;
+        }
+        let start = Instant::now();
+        context.forward(&request, &mut logits)?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    let (mut full, mut dual, mut prefix) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..repeats {
+        full.push(time(None, context)?);
+        time(Some((CacheMode::Dual, true)), context)?;
+        dual.push(time(Some((CacheMode::Dual, false)), context)?);
+        time(Some((CacheMode::Prefix, true)), context)?;
+        prefix.push(time(Some((CacheMode::Prefix, false)), context)?);
+    }
+    Ok((median(&mut full), median(&mut dual), median(&mut prefix)))
+}
+
+/// Fast-dLLM on the bundled model's held-out set: accuracy, forward passes per answer and
+/// tokens per second for each decoding configuration (ndarray backend).
+fn fast_dllm_rows(threads: usize) -> anyhow::Result<Vec<(String, f64, f64, f64)>> {
+    #[derive(serde::Deserialize)]
+    struct Eval {
+        gen_length: usize,
+        block_length: usize,
+        steps: usize,
+        items: Vec<Item>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Item {
+        prompt_ids: Vec<u32>,
+        answer_ids: Vec<u32>,
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llada");
+    let eval: Eval = serde_json::from_str(&std::fs::read_to_string(dir.join("eval.json"))?)?;
+    let model = llada::Model::load(&dir, &llada::BackendChoice::Ndarray)?;
+    let mut pipeline = llada::Pipeline::with_threads(model, Some(threads))?;
+    let reference = GenerateParams {
+        steps: eval.steps,
+        gen_length: eval.gen_length,
+        block_length: eval.block_length,
+        ..pipeline.default_params()
+    };
+    let configs = [
+        ("reference schedule", reference),
+        (
+            "threshold 0.9",
+            GenerateParams {
+                commit: CommitRule::Threshold(0.9),
+                ..reference
+            },
+        ),
+        (
+            "factor 1.0",
+            GenerateParams {
+                commit: CommitRule::Factor(1.0),
+                ..reference
+            },
+        ),
+        (
+            "threshold 0.9 + prefix cache",
+            GenerateParams {
+                commit: CommitRule::Threshold(0.9),
+                cache: CacheMode::Prefix,
+                ..reference
+            },
+        ),
+        (
+            "threshold 0.9 + dual cache",
+            GenerateParams {
+                commit: CommitRule::Threshold(0.9),
+                cache: CacheMode::Dual,
+                ..reference
+            },
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (name, params) in configs {
+        let (mut correct, mut passes) = (0usize, 0usize);
+        let start = Instant::now();
+        for item in &eval.items {
+            let out = pipeline
+                .generate_ids(std::slice::from_ref(&item.prompt_ids), &params, |_| {
+                    std::ops::ControlFlow::Continue(())
+                })?
+                .remove(0);
+            correct += usize::from(out.answer_ids == item.answer_ids);
+            passes += out.forward_passes;
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        let n = eval.items.len() as f64;
+        rows.push((
+            name.to_string(),
+            correct as f64 / n,
+            passes as f64 / n,
+            n * eval.gen_length as f64 / elapsed,
+        ));
+    }
+    Ok(rows)
 }
 
 #[derive(serde::Deserialize)]
@@ -409,6 +537,17 @@ fn main() -> anyhow::Result<()> {
             time_generation(&mut ort, cli.prompt_len, gen_length, mask_id)?,
         ));
     }
+    // Fast-dLLM: cached steps on the mid-size model, and the decoding rules on the bundled one.
+    let mut cached = Vec::new();
+    for gen_length in [256, 512] {
+        eprintln!("cached steps, prompt 128 + {gen_length}");
+        cached.push((
+            gen_length,
+            time_cached_steps(&mut ndarray, 128, gen_length, mask_id, cli.repeats)?,
+        ));
+    }
+    eprintln!("Fast-dLLM decoding on the bundled model");
+    let fast = fast_dllm_rows(cli.threads)?;
     let (_, peak) = rss_mib();
 
     // The report.
@@ -499,6 +638,43 @@ fn main() -> anyhow::Result<()> {
             r.allocations_per_step
         )?;
     }
+    writeln!(md, "\n## Fast-dLLM\n")?;
+    writeln!(
+        md,
+        "Decoding rules on the bundled tiny model's 250 held-out prompts (ndarray backend, gen length 16, blocks of 8, at most 16 steps):\n"
+    )?;
+    writeln!(
+        md,
+        "| decoding | exact match | forward passes per answer | tokens/s | speed-up |"
+    )?;
+    writeln!(md, "|---|---:|---:|---:|---:|")?;
+    let base_tps = fast.first().map_or(f64::NAN, |r| r.3);
+    for (name, accuracy, passes, tps) in &fast {
+        writeln!(
+            md,
+            "| {name} | {:.1}% | {passes:.2} | {tps:.0} | {:.1}x |",
+            100.0 * accuracy,
+            tps / base_tps
+        )?;
+    }
+    writeln!(
+        md,
+        "\nOne denoising step on the mid-size model (ndarray, prompt 128, logits for the first 32-token block), median of {} runs:\n",
+        cli.repeats
+    )?;
+    writeln!(
+        md,
+        "| gen length | full forward (s) | dual-cache step (s) | prefix-cache step (s) | dual speed-up | prefix speed-up |"
+    )?;
+    writeln!(md, "|---:|---:|---:|---:|---:|---:|")?;
+    for (gen_length, (full, dual, prefix)) in &cached {
+        writeln!(
+            md,
+            "| {gen_length} | {full:.4} | {dual:.4} | {prefix:.4} | {:.1}x | {:.1}x |",
+            full / dual,
+            full / prefix
+        )?;
+    }
     writeln!(md, "\n## Memory (ndarray backend)\n")?;
     writeln!(
         md,
@@ -512,15 +688,16 @@ fn main() -> anyhow::Result<()> {
             weights / file
         )?;
     }
-    writeln!(
+    write!(
         md,
         "\nPeak resident memory of the benchmark process (both Rust backends loaded): {peak:.0} MiB"
     )?;
-    if let Some(rss) = python_rss {
-        writeln!(
+    match python_rss {
+        Some(rss) => writeln!(
             md,
             "; of the Python process (PyTorch and ONNX Runtime loaded): {rss:.0} MiB."
-        )?;
+        )?,
+        None => writeln!(md, ".")?,
     }
     print!("{md}");
     std::fs::write(&cli.out, &md).with_context(|| format!("writing {}", cli.out.display()))?;

@@ -27,7 +27,7 @@ JSON written to --json (also printed in summary form):
   "torch_version": str | null, "onnxruntime_version": str | null, "threads": N,
   "results": [{"engine": "pytorch-eager" | "onnxruntime-python", "seq_len": L, "median_s": float, "min_s": float,
                "samples": [float, ...]}, ...],
-  "peak_rss_mb": float,                       # process peak resident set (ru_maxrss), MiB
+  "peak_rss_mb": float,                       # process peak resident set (VmHWM), MiB
   "check": {"seq_len": L, "max_abs_diff": float, "atol": 0.001, "passed": bool} | null (an engine skipped),
   "lengths": [...], "repeats": R, "warmup": W, "seed": S, "model_dir": str,
   "model": {"d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "vocab_size", "n_params",
@@ -60,6 +60,19 @@ ATOL = 1e-3
 
 
 def peak_rss_mb() -> float:
+    """Peak resident set of this process, MiB.
+
+    VmHWM is per address space, so it starts fresh at exec. ru_maxrss does not: when the
+    parent starts us through vfork/posix_spawn, exec records the parent's high-water mark
+    as ours, and the figure would be the Rust benchmark's peak instead of Python's.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # KiB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
