@@ -12,7 +12,8 @@ pub fn exp_f32(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding and subtracting rounds to an integer
     let underflow = x < -87.336_54;
     let x = x.clamp(-87.336_54, 88.722_83);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let r2 = r * r;
     let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
@@ -21,7 +22,9 @@ pub fn exp_f32(x: f32) -> f32 {
         + 0.5;
     let e = p * r2 + r + 1.0;
     // n in [-126, 128]: 2^n through the exponent field (n = 128 overflows to inf as exp does).
-    let scale = f32::from_bits(((n as i32 + 127).clamp(0, 255) as u32) << 23);
+    // `shifted` is 1.5·2^23 + n, whose bits are 0x4B40_0000 + n: integer arithmetic on them
+    // gives n + 127 without a float-to-int conversion, which does not vectorise.
+    let scale = f32::from_bits(shifted.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23);
     if underflow { 0.0 } else { e * scale }
 }
 
@@ -29,6 +32,9 @@ pub fn exp_f32(x: f32) -> f32 {
 pub(crate) const LANES: usize = 16;
 
 /// Largest value, NaN ignored (negative infinity for an empty or all-NaN row).
+// Always inlined, so that a caller compiled for wider vectors (the ndarray backend's AVX2 row
+// operations) gets them in this loop too.
+#[inline(always)]
 pub fn max_value(row: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let chunks = row.chunks_exact(LANES);
@@ -44,6 +50,8 @@ pub fn max_value(row: &[f32]) -> f32 {
 
 /// `row[i] ← exp(row[i] − max)`, returning the sum of the new values (lane-wise, so it
 /// vectorises): the core of a softmax.
+// Always inlined: see `max_value`.
+#[inline(always)]
 pub fn exp_in_place(row: &mut [f32], max: f32) -> f32 {
     let mut lanes = [0.0f32; LANES];
     let mut chunks = row.chunks_exact_mut(LANES);

@@ -1,13 +1,15 @@
 //! The hot kernels of the ndarray backend at the shapes of the mid-size benchmark model
 //! (d_model 1024, mlp 2816, vocab 32000): the matrix products of a block and of the LM head,
-//! single- and two-threaded, f32 and bf16 weights; and a whole forward pass of the bundled
-//! tiny model (attention, norms and rotary embedding included).
+//! single- and two-threaded, f32 and bf16 weights; RMSNorm + rotary embedding and attention
+//! at 256 and 1024 tokens; and a whole forward pass of the bundled tiny model. The sampler's
+//! softmax/argmax over a 126,464-wide vocabulary is in `llada-core`'s `sampler` bench.
 
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use llada_core::ForwardRequest;
-use llada_ndarray::bench::{matmul, pack, threads};
+use llada_ndarray::Config;
+use llada_ndarray::bench::{Layer, matmul, pack, threads};
 
 fn values(len: usize) -> Vec<f32> {
     (0..len)
@@ -50,6 +52,55 @@ fn matmuls(c: &mut Criterion) {
     group.finish();
 }
 
+/// The mid-size benchmark model's configuration (d_model 1024, 16 heads of 64).
+fn mid_config() -> Config {
+    Config {
+        d_model: 1024,
+        n_heads: 16,
+        n_kv_heads: 16,
+        head_dim: 64,
+        n_layers: 12,
+        mlp_hidden_size: 2816,
+        vocab_size: 32000,
+        embedding_size: 32000,
+        rope_theta: 500_000.0,
+        rms_norm_eps: 1e-5,
+        max_sequence_length: 4096,
+        weight_tying: false,
+        mask_token_id: None,
+        eos_token_id: None,
+        pad_token_id: None,
+    }
+}
+
+fn layer_kernels(c: &mut Criterion) {
+    let config = mid_config();
+    let (d, width) = (config.d_model, 3 * config.d_model);
+    let mut group = c.benchmark_group("layer");
+    group.sample_size(10);
+    for threads_n in [1, 2] {
+        let mut layer = Layer::new(config.clone(), threads_n);
+        for tokens in [256, 1024] {
+            let x = values(tokens * d);
+            let weight = values(d);
+            let mut h = vec![0.0; tokens * d];
+            let mut qkv = values(tokens * width);
+            group.throughput(Throughput::Elements(tokens as u64));
+            group.bench_function(format!("rms_norm_rope/{tokens}/{threads_n}t"), |b| {
+                b.iter(|| layer.norm_rope(&x, &weight, &mut h, &mut qkv, tokens))
+            });
+            let qkv = values(tokens * width);
+            let mut out = vec![0.0; tokens * d];
+            // q·kᵀ and p·v: 2 · 2 · tokens² · d_model.
+            group.throughput(Throughput::Elements((4 * tokens * tokens * d) as u64));
+            group.bench_function(format!("attention/{tokens}/{threads_n}t"), |b| {
+                b.iter(|| layer.attention(&qkv, tokens, &mut out))
+            });
+        }
+    }
+    group.finish();
+}
+
 fn tiny_forward(c: &mut Criterion) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-llada");
     let model = Arc::new(llada_ndarray::Model::load(dir).unwrap());
@@ -66,5 +117,5 @@ fn tiny_forward(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, matmuls, tiny_forward);
+criterion_group!(benches, matmuls, layer_kernels, tiny_forward);
 criterion_main!(benches);

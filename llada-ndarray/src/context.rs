@@ -259,19 +259,14 @@ impl Context {
                 Out::new(&mut b.qkv, tokens, qkv_width, qkv_width),
                 false,
             );
-            // Queries and keys are rotated; values are not.
-            let rotated = (c.n_heads + c.n_kv_heads) * hd;
-            par_rows(pool, &mut b.qkv, tokens, qkv_width, &|t, row| {
-                let position = positions.start + t % span;
-                let half = hd / 2;
-                let (cos, sin) = (
-                    &model.rope_cos[position * half..][..half],
-                    &model.rope_sin[position * half..][..half],
-                );
-                for head in row[..rotated].chunks_exact_mut(hd) {
-                    rope(head, cos, sin);
-                }
-            });
+            par_rope(
+                pool,
+                c,
+                (&model.rope_cos, &model.rope_sin),
+                &mut b.qkv,
+                tokens,
+                &positions,
+            );
             // Keys and values: straight from this pass, or through the cache (rotated keys).
             let keys_values = if kv == KvUse::Plain {
                 KvSource {
@@ -442,6 +437,135 @@ fn par_rms_norm(
         let dst = ArrayViewMut2::from_shape((1, d), row).expect("one row");
         rms_norm(src, weight, eps, dst);
     });
+}
+
+/// Rotary embedding of the queries and keys (not the values) of `tokens` rows of `qkv`
+/// (`[tokens, (n_heads + 2 n_kv_heads) · head_dim]`): the computed `positions` of each batch
+/// row, one after the other.
+fn par_rope(
+    pool: &Pool<ThreadScratch>,
+    c: &crate::Config,
+    (cos, sin): (&[f32], &[f32]),
+    qkv: &mut [f32],
+    tokens: usize,
+    positions: &Range<usize>,
+) {
+    let hd = c.head_dim;
+    let half = hd / 2;
+    let width = (c.n_heads + 2 * c.n_kv_heads) * hd;
+    let rotated = (c.n_heads + c.n_kv_heads) * hd;
+    let span = positions.len();
+    par_rows(pool, qkv, tokens, width, &|t, row| {
+        let position = positions.start + t % span;
+        let (cos, sin) = (
+            &cos[position * half..][..half],
+            &sin[position * half..][..half],
+        );
+        for head in row[..rotated].chunks_exact_mut(hd) {
+            rope(head, cos, sin);
+        }
+    });
+}
+
+/// One layer's row operations and attention on their own, for the criterion benchmarks
+/// (through [`crate::bench`]): the same functions the forward pass calls.
+pub(crate) struct LayerKernels {
+    pool: Pool<ThreadScratch>,
+    config: crate::Config,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    keys: Vec<f32>,
+    values: Vec<f32>,
+}
+
+impl LayerKernels {
+    pub(crate) fn new(config: crate::Config, threads: usize) -> std::io::Result<Self> {
+        let scratch = (0..threads.max(1))
+            .map(|_| ThreadScratch {
+                gemm: GemmScratch::new(),
+                scores: vec![0.0; QUERY_TILE * config.max_sequence_length],
+            })
+            .collect();
+        let (cos, sin) = crate::model::rope_tables(&config);
+        Ok(Self {
+            pool: Pool::new(scratch)?,
+            config,
+            cos,
+            sin,
+            keys: Vec::new(),
+            values: Vec::new(),
+        })
+    }
+
+    /// `h = rms_norm(x)` over `tokens` rows, then the rotary embedding of `qkv`'s queries and
+    /// keys at positions `0..tokens`.
+    pub(crate) fn norm_rope(
+        &self,
+        x: &[f32],
+        weight: &[f32],
+        h: &mut [f32],
+        qkv: &mut [f32],
+        tokens: usize,
+    ) {
+        let c = &self.config;
+        par_rms_norm(
+            &self.pool,
+            x,
+            weight,
+            c.rms_norm_eps as f32,
+            h,
+            tokens,
+            c.d_model,
+        );
+        par_rope(
+            &self.pool,
+            c,
+            (&self.cos, &self.sin),
+            qkv,
+            tokens,
+            &(0..tokens),
+        );
+    }
+
+    /// Attention of one batch row of `seq` tokens: keys and values packed from `qkv`, then
+    /// `softmax(q·kᵀ/√d) · v` into `out` (`[seq, d_model]`).
+    pub(crate) fn attention(&mut self, qkv: &[f32], seq: usize, out: &mut [f32]) {
+        let c = &self.config;
+        let width = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim;
+        let panels = c.n_kv_heads * seq.div_ceil(16) * 16 * c.head_dim;
+        grow(&mut self.keys, panels);
+        grow(&mut self.values, panels);
+        let source = KvSource {
+            data: qkv,
+            row_stride: width,
+            k: c.n_heads * c.head_dim,
+            v: (c.n_heads + c.n_kv_heads) * c.head_dim,
+        };
+        let packed = pack_keys_values(
+            &self.pool,
+            c,
+            &source,
+            1,
+            seq,
+            &mut self.keys,
+            &mut self.values,
+        );
+        let queries = Queries {
+            qkv,
+            width,
+            positions: 0..seq,
+        };
+        attention(
+            &self.pool,
+            c,
+            &queries,
+            &packed,
+            None,
+            1,
+            seq,
+            Out::new(out, seq, c.d_model, c.d_model),
+        );
+    }
 }
 
 /// Keys (transposed) and values of every (row, kv head), packed once per layer into the

@@ -97,6 +97,34 @@ pub mod bench {
         Weight(PackedMatrix { k, n, data })
     }
 
+    /// One layer's RMSNorm + rotary embedding and attention, with their own pool.
+    pub struct Layer(crate::context::LayerKernels);
+
+    impl Layer {
+        /// A layer of the model `config` describes, computed with `threads` threads.
+        pub fn new(config: crate::Config, threads: usize) -> Self {
+            Self(crate::context::LayerKernels::new(config, threads).expect("threads start"))
+        }
+
+        /// `h = rms_norm(x)` (`[tokens, d_model]`), then the rotary embedding of the queries
+        /// and keys of `qkv` (`[tokens, (n_heads + 2 n_kv_heads) · head_dim]`).
+        pub fn norm_rope(
+            &self,
+            x: &[f32],
+            weight: &[f32],
+            h: &mut [f32],
+            qkv: &mut [f32],
+            tokens: usize,
+        ) {
+            self.0.norm_rope(x, weight, h, qkv, tokens);
+        }
+
+        /// Bidirectional attention of `seq` tokens from `qkv` into `out` (`[seq, d_model]`).
+        pub fn attention(&mut self, qkv: &[f32], seq: usize, out: &mut [f32]) {
+            self.0.attention(qkv, seq, out);
+        }
+    }
+
     /// `out [m, n] = a [m, k] · wᵀ` on the pool.
     pub fn matmul(threads: &Threads, a: &[f32], m: usize, w: &Weight, out: &mut [f32]) {
         let (k, n) = (w.0.k, w.0.n);

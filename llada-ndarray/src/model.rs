@@ -182,7 +182,7 @@ impl Model {
 
 /// Rotary tables computed the way the reference computes them in f32: `inv_freq[i] =
 /// 1 / θ^(2i/d)`, angle = `position · inv_freq[i]` rounded to f32, then cos and sin.
-fn rope_tables(config: &Config) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn rope_tables(config: &Config) -> (Vec<f32>, Vec<f32>) {
     let half = config.head_dim / 2;
     let inv_freq: Vec<f32> = (0..half)
         .map(|i| {
