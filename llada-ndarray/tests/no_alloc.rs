@@ -1,5 +1,6 @@
-//! Once its buffers have grown, a forward pass allocates nothing (a counting global allocator
-//! watches; this file is its own test binary).
+//! Once its buffers have grown, a forward pass allocates nothing, with or without the
+//! block-wise key/value cache (a counting global allocator watches; this file is its own test
+//! binary).
 
 mod common;
 
@@ -7,7 +8,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use llada_core::{Canvas, ForwardRequest, GenerateParams, WorkspaceBuf, WorkspaceSizes, generate};
+use llada_core::{
+    CacheMode, Canvas, CommitRule, ForwardRequest, GenerateParams, WorkspaceBuf, WorkspaceSizes,
+    generate,
+};
 use llada_ndarray::{Context, Model};
 
 struct Counting;
@@ -89,4 +93,33 @@ fn warm_forward_passes_and_whole_generations_allocate_nothing() {
         generation_allocations, 0,
         "a generation allocated {generation_allocations} times"
     );
+
+    // Fast-dLLM: threshold decoding over the prefix and dual caches. The first generation of
+    // each sizes the cache; the second must allocate nothing.
+    for cache in [CacheMode::Prefix, CacheMode::Dual] {
+        let params = GenerateParams {
+            commit: CommitRule::Threshold(0.9),
+            cache,
+            ..params
+        };
+        let mut allocations = Vec::new();
+        for _ in 0..2 {
+            Canvas::fill(&mut canvas, prompt, 1, 16, mask_id).unwrap();
+            let before = ALLOCATIONS.load(Ordering::SeqCst);
+            generate(
+                &mut context,
+                &params,
+                Canvas::new(&mut canvas, 1, prompt.len()),
+                ws.as_workspace(),
+                &mut (),
+            )
+            .unwrap();
+            allocations.push(ALLOCATIONS.load(Ordering::SeqCst) - before);
+        }
+        assert_eq!(
+            allocations[1], 0,
+            "a warm generation with the {cache:?} cache allocated {} times",
+            allocations[1]
+        );
+    }
 }
