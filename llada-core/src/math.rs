@@ -21,7 +21,9 @@ pub fn exp_f32(x: f32) -> f32 {
         * r
         + 0.5;
     let e = p * r2 + r + 1.0;
-    // n in [-126, 128]: 2^n through the exponent field (n = 128 overflows to inf as exp does).
+    // n in [-126, 128]: 2^n through the exponent field. n = 128 gives +inf, from x ≈ 88.38
+    // (true overflow is at 88.72): the callers take exp of values ≤ 0 (softmax after the
+    // maximum) or of -x in SiLU, where the difference does not show.
     // `shifted` is 1.5·2^23 + n, whose bits are 0x4B40_0000 + n: integer arithmetic on them
     // gives n + 127 without a float-to-int conversion, which does not vectorise.
     let scale = f32::from_bits(shifted.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23);

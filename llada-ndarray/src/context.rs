@@ -26,6 +26,20 @@ pub(crate) struct ThreadScratch {
     scores: Vec<f32>,
 }
 
+impl ThreadScratch {
+    /// A pool of `threads` threads (at least 1), each with scratch for `config`'s longest
+    /// sequence.
+    fn pool(config: &crate::Config, threads: usize) -> std::io::Result<Pool<Self>> {
+        let scratch = (0..threads.max(1))
+            .map(|_| ThreadScratch {
+                gemm: GemmScratch::new(),
+                scores: vec![0.0; QUERY_TILE * config.max_sequence_length],
+            })
+            .collect();
+        Pool::new(scratch)
+    }
+}
+
 impl AsMut<GemmScratch> for ThreadScratch {
     fn as_mut(&mut self) -> &mut GemmScratch {
         &mut self.gemm
@@ -85,14 +99,7 @@ impl Context {
 
     /// A context with `threads` threads (the calling thread included; at least 1).
     pub fn with_threads(model: Arc<Model>, threads: usize) -> Result<Self, LoadError> {
-        let scores = QUERY_TILE * model.config.max_sequence_length;
-        let scratch = (0..threads.max(1))
-            .map(|_| ThreadScratch {
-                gemm: GemmScratch::new(),
-                scores: vec![0.0; scores],
-            })
-            .collect();
-        let pool = Pool::new(scratch).map_err(LoadError::Threads)?;
+        let pool = ThreadScratch::pool(&model.config, threads).map_err(LoadError::Threads)?;
         Ok(Self {
             model,
             pool,
@@ -480,15 +487,9 @@ pub(crate) struct LayerKernels {
 
 impl LayerKernels {
     pub(crate) fn new(config: crate::Config, threads: usize) -> std::io::Result<Self> {
-        let scratch = (0..threads.max(1))
-            .map(|_| ThreadScratch {
-                gemm: GemmScratch::new(),
-                scores: vec![0.0; QUERY_TILE * config.max_sequence_length],
-            })
-            .collect();
         let (cos, sin) = crate::model::rope_tables(&config);
         Ok(Self {
-            pool: Pool::new(scratch)?,
+            pool: ThreadScratch::pool(&config, threads)?,
             config,
             cos,
             sin,

@@ -3,16 +3,18 @@
 //! `B` is either a weight, packed once at load time into panels of [`NR`] columns in its own
 //! dtype (f32, bf16 or f16: half-precision weights are widened inside the kernel, so they are
 //! never expanded into an f32 copy), or any strided f32 matrix, packed on the fly (attention).
-//! `A` is packed per block into slivers of a kernel's rows. Blocking follows the usual scheme
-//! (`KC` deep, `MC` rows of `A` in L2, one `B` panel slice in L1), the micro-kernel keeps a
-//! tile of `C` in registers (12 × 32 with AVX-512, 6 × 16 with AVX2 + FMA, chosen at run time;
-//! a portable kernel otherwise), and all packing memory is caller-owned scratch: no allocation per call.
+//! `A` is packed into slivers of the kernel's rows for AVX-512, and read in place by the AVX2
+//! and portable kernels (copied only when it is strided, or for the portable kernel's short
+//! last sliver). Blocking: `KC` deep, a column block of `B` in L2 serving every row of `A`,
+//! one `B` panel slice in L1; the micro-kernel keeps a tile of `C` in registers (12 × 32 with
+//! AVX-512, up to 6 × 16 with AVX2 + FMA, chosen at run time; a portable kernel otherwise), and
+//! all packing memory is caller-owned scratch: no allocation per call.
 
 use half::{bf16, f16};
 
 use crate::threads::Pool;
 
-/// Most rows of a register tile (the AVX-512 kernel's; AVX2 and portable use 6).
+/// Most rows of a register tile (the AVX-512 kernel's; AVX2 and portable use at most 6).
 const MR_MAX: usize = 12;
 /// Columns of a packed panel (the AVX-512 kernel takes two panels at once).
 pub(crate) const NR: usize = 16;
@@ -421,14 +423,15 @@ fn gemm_task(
                     pack_a(a, row0, tile_rows, k0, kc, mr, apack);
                     Sliver::Packed(&apack[..kc * mr])
                 } else if (tile_rows == mr || isa.short_tiles()) && a.col_stride == 1 {
-                    // The kernel reads the rows of A where they are (the AVX2 kernel also
-                    // a last sliver of fewer rows, with a tile of that many rows).
+                    // The kernel reads the rows of A where they are (the AVX2 kernel reads
+                    // a short last sliver in place too, with a tile of that many rows).
                     Sliver::Rows {
                         data: &a.data[row0 * a.row_stride + k0..],
                         lda: a.row_stride,
                     }
                 } else {
-                    // A short last sliver: its rows, zero-padded, row-major.
+                    // A strided A, or the portable kernel's short last sliver: the rows,
+                    // zero-padded to `mr`, row-major.
                     let buf = &mut apack[..mr * kc];
                     for r in 0..mr {
                         for kk in 0..kc {
@@ -474,7 +477,7 @@ fn gemm_task(
     }
 }
 
-/// The `A` operand of one micro-kernel call: `mr` rows by `kc` columns.
+/// The `A` operand of one micro-kernel call: the tile's rows (at most `mr`) by `kc` columns.
 #[derive(Clone, Copy)]
 enum Sliver<'a> {
     /// Packed `[kc][mr]` (the AVX-512 kernel's layout).
@@ -784,7 +787,8 @@ mod avx2 {
     ) {
         const MR: usize = 6;
         const { assert!(M >= 1 && M <= MR) };
-        debug_assert_eq!(tile.rows, M);
+        // The full-width store below writes M rows: a tile of fewer would be overrun.
+        assert_eq!(tile.rows, M, "tile rows");
         let mut acc = [[_mm256_setzero_ps(); 2]; M];
         // SAFETY: element (r, kk) of A is at `a + r·row_stride + kk·k_stride` (micro_kernel).
         let rows: [*const f32; M] = std::array::from_fn(|r| unsafe { a.add(r * row_stride) });
@@ -831,10 +835,12 @@ mod avx2 {
         }
     }
 
-    /// [`kernel`] with as many rows as the tile has (1 to 6).
+    /// [`kernel`] with as many rows as the tile has.
     ///
     /// # Safety
-    /// As for [`kernel`], for `tile.rows` rows of `A`.
+    /// As for [`kernel`]: AVX2, FMA and F16C present; `tile.rows` (1 to 6) rows of `kc`
+    /// values of `A` readable at `a`, `row_stride` and `k_stride` apart; a `kc × 16` panel of
+    /// type `D` at `b`; the tile inside `C` and owned by the caller.
     #[inline(always)]
     pub(super) unsafe fn kernel_rows<const D: u8>(
         kc: usize,
@@ -852,7 +858,8 @@ mod avx2 {
                 3 => kernel::<D, 3>(kc, a, row_stride, k_stride, b, tile),
                 4 => kernel::<D, 4>(kc, a, row_stride, k_stride, b, tile),
                 5 => kernel::<D, 5>(kc, a, row_stride, k_stride, b, tile),
-                _ => kernel::<D, 6>(kc, a, row_stride, k_stride, b, tile),
+                6 => kernel::<D, 6>(kc, a, row_stride, k_stride, b, tile),
+                rows => unreachable!("a tile of {rows} rows"),
             }
         }
     }
@@ -1069,7 +1076,8 @@ mod tests {
             (100, 17, 5),
             (13, 513, 64),
             (200, 64, 130),
-            // Every short last sliver of the 6-row AVX2 tile: 3, 5 and 2 rows left.
+            // With the shapes above (1 and 4 rows left), every short last sliver of the
+            // 6-row AVX2 tile: 3, 5 and 2 rows left.
             (3, 40, 20),
             (5, 70, 48),
             (32, 260, 40),
