@@ -186,6 +186,28 @@ impl<'a> ForwardRequest<'a> {
     pub fn logits_len(&self, vocab: usize) -> usize {
         self.batch * self.window.len() * vocab
     }
+
+    /// Checks that `logits` holds exactly [`logits_len`](Self::logits_len)`(vocab)` values:
+    /// what every backend checks before it writes.
+    pub fn check_logits(&self, logits: &[f32], vocab: usize) -> Result<(), ShapeError> {
+        let expected = self.logits_len(vocab);
+        if logits.len() == expected {
+            Ok(())
+        } else {
+            Err(ShapeError::Length {
+                what: "logits",
+                expected,
+                found: logits.len(),
+            })
+        }
+    }
+
+    /// The first input id that is not below `vocab` (one a `vocab`-row embedding cannot look
+    /// up), as `(row, position, id)`.
+    pub fn first_id_outside(&self, vocab: usize) -> Option<(usize, usize, TokenId)> {
+        let i = self.ids.iter().position(|&id| id as usize >= vocab)?;
+        Some((i / self.seq_len, i % self.seq_len, self.ids[i]))
+    }
 }
 
 /// A mask predictor: the bidirectional transformer that, given a partially masked sequence,
@@ -234,5 +256,30 @@ impl<P: MaskPredictor + ?Sized> MaskPredictor for &mut P {
         logits: &mut [f32],
     ) -> Result<(), Self::Error> {
         (**self).forward(request, logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_request_checks_name_what_is_wrong() {
+        let ids = [1, 2, 3, 4, 9, 6];
+        let request = ForwardRequest::new(&ids, 2, 3)
+            .unwrap()
+            .with_window(1..3)
+            .unwrap();
+        assert_eq!(request.check_logits(&[0.0; 2 * 2 * 5], 5), Ok(()));
+        assert_eq!(
+            request.check_logits(&[0.0; 7], 5),
+            Err(ShapeError::Length {
+                what: "logits",
+                expected: 20,
+                found: 7
+            })
+        );
+        assert_eq!(request.first_id_outside(10), None);
+        assert_eq!(request.first_id_outside(5), Some((1, 1, 9)));
     }
 }

@@ -3,7 +3,6 @@
 //! uniform predictor. They allocate nothing.
 
 use crate::error::{ErrorKind, ShapeError};
-use crate::params::check_id;
 use crate::predictor::{ForwardRequest, MaskPredictor, PredictorError, TokenId};
 
 /// A mock predictor refused a request.
@@ -43,25 +42,15 @@ fn check_request(
     vocab: usize,
     max: usize,
 ) -> Result<(), MockError> {
-    let expected = request.logits_len(vocab);
-    if logits.len() != expected {
-        return Err(ShapeError::Length {
-            what: "logits",
-            expected,
-            found: logits.len(),
-        }
-        .into());
-    }
+    request.check_logits(logits, vocab)?;
     if request.seq_len() > max {
         return Err(MockError::TooLong {
             seq_len: request.seq_len(),
             max,
         });
     }
-    for &id in request.ids() {
-        if check_id("input", id, vocab).is_err() {
-            return Err(MockError::Token { id, vocab });
-        }
+    if let Some((_, _, id)) = request.first_id_outside(vocab) {
+        return Err(MockError::Token { id, vocab });
     }
     Ok(())
 }

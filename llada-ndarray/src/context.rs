@@ -8,7 +8,7 @@ use llada_core::{CacheMode, ForwardRequest, MaskPredictor, ShapeError};
 use ndarray::{ArrayView2, ArrayViewMut2, s};
 
 use crate::error::{ForwardError, LoadError};
-use crate::gemm::{GemmScratch, MatRef, Out, Rhs, gemm, gemm_serial, pack_panels};
+use crate::gemm::{GemmScratch, MatRef, NR, Out, Rhs, gemm, gemm_serial, pack_panels};
 use crate::model::Model;
 use crate::ops::{masked_softmax, rms_norm, rope, silu_mul};
 use crate::threads::Pool;
@@ -133,7 +133,7 @@ impl Context {
         grow(&mut b.attn, tokens * c.d_model);
         grow(&mut b.gate_up, tokens * 2 * c.mlp_hidden_size);
         grow(&mut b.head_in, tokens * c.d_model);
-        let panels = batch * c.n_kv_heads * seq_len.div_ceil(16) * 16 * c.head_dim;
+        let panels = batch * c.n_kv_heads * kv_block(c, seq_len);
         grow(&mut b.keys, panels);
         grow(&mut b.values, panels);
     }
@@ -146,26 +146,16 @@ impl Context {
                 max: c.max_sequence_length,
             });
         }
-        let expected = request.logits_len(c.embedding_size);
-        if logits.len() != expected {
-            return Err(ShapeError::Length {
-                what: "logits",
-                expected,
-                found: logits.len(),
-            }
-            .into());
+        request.check_logits(logits, c.embedding_size)?;
+        if let Some((row, position, id)) = request.first_id_outside(c.embedding_size) {
+            return Err(ForwardError::TokenOutOfVocab {
+                id,
+                row,
+                position,
+                vocab: c.embedding_size,
+            });
         }
         let seq = request.seq_len();
-        for (i, &id) in request.ids().iter().enumerate() {
-            if id as usize >= c.embedding_size {
-                return Err(ForwardError::TokenOutOfVocab {
-                    id,
-                    row: i / seq,
-                    position: i % seq,
-                    vocab: c.embedding_size,
-                });
-            }
-        }
         if let Some(mask) = request.attention_mask() {
             for (row, m) in mask.chunks_exact(seq).enumerate() {
                 if m.iter().all(|&v| v == 0) {
@@ -533,7 +523,7 @@ impl LayerKernels {
     pub(crate) fn attention(&mut self, qkv: &[f32], seq: usize, out: &mut [f32]) {
         let c = &self.config;
         let width = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim;
-        let panels = c.n_kv_heads * seq.div_ceil(16) * 16 * c.head_dim;
+        let panels = c.n_kv_heads * kv_block(c, seq);
         grow(&mut self.keys, panels);
         grow(&mut self.values, panels);
         let source = KvSource {
@@ -579,6 +569,12 @@ struct PackedKv<'a> {
     block: usize,
 }
 
+/// Values per (batch row, kv head) in the packed key and value buffers: `seq` positions
+/// rounded up to whole panels, times the head dimension.
+fn kv_block(c: &crate::Config, seq: usize) -> usize {
+    seq.div_ceil(NR) * NR * c.head_dim
+}
+
 fn pack_keys_values<'a>(
     pool: &Pool<ThreadScratch>,
     c: &crate::Config,
@@ -589,7 +585,7 @@ fn pack_keys_values<'a>(
     values: &'a mut [f32],
 ) -> PackedKv<'a> {
     let hd = c.head_dim;
-    let block = seq.div_ceil(16) * 16 * hd;
+    let block = kv_block(c, seq);
     let (k_out, v_out) = (Disjoint::new(keys), Disjoint::new(values));
     pool.run_sized(
         batch * c.n_kv_heads,

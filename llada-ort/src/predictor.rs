@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-use llada_core::{ForwardRequest, MaskPredictor, ShapeError};
+use llada_core::{ForwardRequest, MaskPredictor};
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{TensorElementType, TensorRef, ValueType};
@@ -515,22 +515,14 @@ impl OrtPredictor {
         logits: &mut [f32],
     ) -> Result<(), OrtError> {
         let (batch, seq) = (request.batch(), request.seq_len());
-        let expected = request.logits_len(self.vocab);
-        if logits.len() != expected {
-            return Err(ShapeError::Length {
-                what: "logits",
-                expected,
-                found: logits.len(),
-            }
-            .into());
-        }
+        request.check_logits(logits, self.vocab)?;
         if seq > self.max_len {
             return Err(OrtError::TooLong {
                 seq_len: seq,
                 max: self.max_len,
             });
         }
-        if let Some(&id) = request.ids().iter().find(|&&id| id as usize >= self.vocab) {
+        if let Some((_, _, id)) = request.first_id_outside(self.vocab) {
             return Err(OrtError::TokenOutOfVocab {
                 id,
                 vocab: self.vocab,
