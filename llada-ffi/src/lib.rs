@@ -82,9 +82,27 @@ pub extern "C" fn llada_abi_version() -> u32 {
     LLADA_ABI_VERSION
 }
 
-unsafe fn out_ref<'a, T>(ptr: *mut T, name: &str) -> Result<&'a mut T, Failure> {
+/// A pointer argument that must not be NULL, writable (an output or a context); NULL is a
+/// NULL_ARG failure naming `name`.
+unsafe fn non_null_mut<'a, T>(ptr: *mut T, name: &str) -> Result<&'a mut T, Failure> {
     // SAFETY: the caller passes NULL or a valid, writable pointer.
     unsafe { ptr.as_mut() }.ok_or_else(|| Failure::null(name))
+}
+
+/// A pointer argument that must not be NULL, read only (a model).
+unsafe fn non_null<'a, T>(ptr: *const T, name: &str) -> Result<&'a T, Failure> {
+    // SAFETY: the caller passes NULL or a valid pointer.
+    unsafe { ptr.as_ref() }.ok_or_else(|| Failure::null(name))
+}
+
+/// Frees a handle made by `Box::into_raw`: NULL is a no-op, and a panic in a destructor stays
+/// on this side of the ABI.
+unsafe fn free_handle<T>(handle: *mut T) {
+    if !handle.is_null() {
+        // SAFETY: the pointer came from Box::into_raw and is not freed yet (caller's contract).
+        let _ =
+            std::panic::catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(handle) })));
+    }
 }
 
 /// Writes `values` to a caller buffer of `capacity`, and their count to `len`.
@@ -95,7 +113,7 @@ unsafe fn write_slice<T: Copy>(
     len: *mut usize,
 ) -> Result<(), Failure> {
     // SAFETY: the caller's contract for `len`.
-    let len = unsafe { out_ref(len, "out_len") }?;
+    let len = unsafe { non_null_mut(len, "out_len") }?;
     if values.len() > capacity {
         *len = values.len();
         return Err(Failure::new(
@@ -127,7 +145,7 @@ unsafe fn write_text(
     let bytes = text.as_bytes();
     let size = bytes.len() + 1;
     // SAFETY: the caller's contract for `needed`.
-    let needed = unsafe { out_ref(needed, "out_size") }?;
+    let needed = unsafe { non_null_mut(needed, "out_size") }?;
     if size > capacity {
         *needed = size;
         return Err(Failure::new(
@@ -163,7 +181,7 @@ pub unsafe extern "C" fn llada_model_load(
         // SAFETY: caller's contract.
         let dir = unsafe { params::text_arg(dir, "dir") }?;
         // SAFETY: caller's contract.
-        let out_model = unsafe { out_ref(out_model, "out_model") }?;
+        let out_model = unsafe { non_null_mut(out_model, "out_model") }?;
         // SAFETY: caller's contract.
         let params = unsafe { params.as_ref() }
             .copied()
@@ -202,11 +220,8 @@ pub unsafe extern "C" fn llada_model_load(
 /// `model` must be NULL or a pointer from llada_model_load, not freed before.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn llada_model_free(model: *mut LladaModel) {
-    if !model.is_null() {
-        // SAFETY: the pointer came from Box::into_raw in llada_model_load (caller's contract).
-        let _ =
-            std::panic::catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(model) })));
-    }
+    // SAFETY: NULL or a pointer from llada_model_load, not freed before (caller's contract).
+    unsafe { free_handle(model) }
 }
 
 /// Creates a context over `model` (one per thread that generates). `params` may be NULL.
@@ -221,9 +236,9 @@ pub unsafe extern "C" fn llada_context_new(
 ) -> LladaStatus {
     guard(|| {
         // SAFETY: caller's contract.
-        let model = unsafe { model.as_ref() }.ok_or_else(|| Failure::null("model"))?;
+        let model = unsafe { non_null(model, "model") }?;
         // SAFETY: caller's contract.
-        let out_context = unsafe { out_ref(out_context, "out_context") }?;
+        let out_context = unsafe { non_null_mut(out_context, "out_context") }?;
         // SAFETY: caller's contract.
         let params = unsafe { params.as_ref() }
             .copied()
@@ -241,11 +256,8 @@ pub unsafe extern "C" fn llada_context_new(
 /// `context` must be NULL or a pointer from llada_context_new, not freed before.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn llada_context_free(context: *mut LladaContext) {
-    if !context.is_null() {
-        // SAFETY: the pointer came from Box::into_raw in llada_context_new (caller's contract).
-        let _ =
-            std::panic::catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(context) })));
-    }
+    // SAFETY: NULL or a pointer from llada_context_new, not freed before (caller's contract).
+    unsafe { free_handle(context) }
 }
 
 /// The model's vocabulary facts: mask, EOS, EOT, BOS (UINT32_MAX if none) and pad ids, and its
@@ -264,7 +276,7 @@ pub unsafe extern "C" fn llada_model_special_tokens(
 ) -> LladaStatus {
     guard(|| {
         // SAFETY: caller's contract.
-        let model = unsafe { model.as_ref() }.ok_or_else(|| Failure::null("model"))?;
+        let model = unsafe { non_null(model, "model") }?;
         let s = model.inner.special_tokens();
         for (ptr, value) in [
             (mask_id, s.mask),
@@ -298,7 +310,7 @@ pub unsafe extern "C" fn llada_tokenize(
 ) -> LladaStatus {
     guard(|| {
         // SAFETY: caller's contract.
-        let model = unsafe { model.as_ref() }.ok_or_else(|| Failure::null("model"))?;
+        let model = unsafe { non_null(model, "model") }?;
         // SAFETY: caller's contract.
         let text = unsafe { params::text_arg(text, "text") }?;
         let ids = model.inner.tokenizer().encode(text)?;
@@ -325,7 +337,7 @@ pub unsafe extern "C" fn llada_detokenize(
 ) -> LladaStatus {
     guard(|| {
         // SAFETY: caller's contract.
-        let model = unsafe { model.as_ref() }.ok_or_else(|| Failure::null("model"))?;
+        let model = unsafe { non_null(model, "model") }?;
         // SAFETY: caller's contract.
         let ids = unsafe { params::slice_arg(ids, n_ids, "ids") }?;
         let text = model.inner.tokenizer().decode(ids, skip_special)?;
@@ -369,7 +381,7 @@ pub unsafe extern "C" fn llada_chat_apply_template(
 ) -> LladaStatus {
     guard(|| {
         // SAFETY: caller's contract.
-        let model = unsafe { model.as_ref() }.ok_or_else(|| Failure::null("model"))?;
+        let model = unsafe { non_null(model, "model") }?;
         // SAFETY: caller's contract.
         let messages = unsafe { messages_arg(messages, n_messages) }?;
         let template = model
@@ -450,7 +462,7 @@ pub unsafe extern "C" fn llada_generate_ids(
 ) -> LladaStatus {
     guard(|| {
         // SAFETY: caller's contract.
-        let context = unsafe { context.as_mut() }.ok_or_else(|| Failure::null("context"))?;
+        let context = unsafe { non_null_mut(context, "context") }?;
         // SAFETY: caller's contract.
         let prompt = unsafe { params::slice_arg(prompt, n_prompt, "prompt") }?.to_vec();
         if out_len.is_null() {
@@ -484,7 +496,7 @@ pub unsafe extern "C" fn llada_generate_batch_ids(
 ) -> LladaStatus {
     guard(|| {
         // SAFETY: caller's contract.
-        let context = unsafe { context.as_mut() }.ok_or_else(|| Failure::null("context"))?;
+        let context = unsafe { non_null_mut(context, "context") }?;
         // SAFETY: caller's contract.
         let pointers = unsafe { params::slice_arg(prompts, batch, "prompts") }?;
         // SAFETY: caller's contract.
@@ -533,7 +545,7 @@ pub unsafe extern "C" fn llada_generate_chat(
 ) -> LladaStatus {
     guard(|| {
         // SAFETY: caller's contract.
-        let context = unsafe { context.as_mut() }.ok_or_else(|| Failure::null("context"))?;
+        let context = unsafe { non_null_mut(context, "context") }?;
         // SAFETY: caller's contract.
         let messages = unsafe { messages_arg(messages, n_messages) }?;
         if out_size.is_null() {
@@ -566,7 +578,7 @@ pub unsafe extern "C" fn llada_generate_text(
 ) -> LladaStatus {
     guard(|| {
         // SAFETY: caller's contract.
-        let context = unsafe { context.as_mut() }.ok_or_else(|| Failure::null("context"))?;
+        let context = unsafe { non_null_mut(context, "context") }?;
         // SAFETY: caller's contract.
         let text = unsafe { params::text_arg(text, "text") }?;
         if out_size.is_null() {
@@ -597,13 +609,13 @@ pub unsafe extern "C" fn llada_log_likelihood(
 ) -> LladaStatus {
     guard(|| {
         // SAFETY: caller's contract.
-        let context = unsafe { context.as_mut() }.ok_or_else(|| Failure::null("context"))?;
+        let context = unsafe { non_null_mut(context, "context") }?;
         // SAFETY: caller's contract.
         let prompt = unsafe { params::slice_arg(prompt, n_prompt, "prompt") }?;
         // SAFETY: caller's contract.
         let answer = unsafe { params::slice_arg(answer, n_answer, "answer") }?;
         // SAFETY: caller's contract.
-        let out = unsafe { out_ref(out, "out") }?;
+        let out = unsafe { non_null_mut(out, "out") }?;
         // SAFETY: caller's contract.
         let p = unsafe { params.as_ref() }
             .copied()
