@@ -71,6 +71,26 @@ impl PackedMatrix {
         data
     }
 
+    /// Packs row-major f32 weights `w` (`[n, k]`) stored as `dtype` (rounded to it): for the
+    /// benchmarks and tests; checkpoints go through `Checkpoint::pack`, which keeps their bits.
+    pub(crate) fn from_f32(w: &[f32], n: usize, k: usize, dtype: Dtype) -> Self {
+        let row = |r: usize| &w[r * k..(r + 1) * k];
+        let data = match dtype {
+            Dtype::F32 => PanelData::F32(Self::pack(n, k, |r, out| out.copy_from_slice(row(r)))),
+            Dtype::Bf16 => PanelData::Bf16(Self::pack(n, k, |r, out: &mut [bf16]| {
+                for (o, &v) in out.iter_mut().zip(row(r)) {
+                    *o = bf16::from_f32(v);
+                }
+            })),
+            Dtype::F16 => PanelData::F16(Self::pack(n, k, |r, out: &mut [f16]| {
+                for (o, &v) in out.iter_mut().zip(row(r)) {
+                    *o = f16::from_f32(v);
+                }
+            })),
+        };
+        Self { k, n, data }
+    }
+
     /// Bytes of weight data.
     pub(crate) fn bytes(&self) -> usize {
         match &self.data {
@@ -1085,13 +1105,7 @@ mod tests {
             let a = values(m * k, 1);
             let w = values(n * k, 2);
             let expected = reference(&a, &w, m, k, n);
-            let packed = PackedMatrix {
-                k,
-                n,
-                data: PanelData::F32(PackedMatrix::pack(n, k, |r, out| {
-                    out.copy_from_slice(&w[r * k..(r + 1) * k])
-                })),
-            };
+            let packed = PackedMatrix::from_f32(&w, n, k, Dtype::F32);
             let tol = 1e-4 * (k as f32).sqrt();
             let mut c = vec![0.0f32; m * n];
             gemm(
@@ -1236,19 +1250,7 @@ mod tests {
             .collect();
         let expected = reference(&a, &w, m, k, n);
         for dtype in [Dtype::Bf16, Dtype::F16] {
-            let data = match dtype {
-                Dtype::Bf16 => PanelData::Bf16(PackedMatrix::pack(n, k, |r, out: &mut [bf16]| {
-                    for (o, &v) in out.iter_mut().zip(&w[r * k..]) {
-                        *o = bf16::from_f32(v);
-                    }
-                })),
-                _ => PanelData::F16(PackedMatrix::pack(n, k, |r, out: &mut [f16]| {
-                    for (o, &v) in out.iter_mut().zip(&w[r * k..]) {
-                        *o = f16::from_f32(v);
-                    }
-                })),
-            };
-            let packed = PackedMatrix { k, n, data };
+            let packed = PackedMatrix::from_f32(&w, n, k, dtype);
             let mut c = vec![0.0f32; m * n];
             gemm(
                 &pool,

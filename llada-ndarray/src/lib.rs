@@ -51,7 +51,7 @@ pub fn kernel_name() -> &'static str {
 /// Entry points for the criterion micro-benchmarks of the hot kernels. Not a stable API.
 #[doc(hidden)]
 pub mod bench {
-    use crate::gemm::{GemmScratch, MatRef, Out, PackedMatrix, PanelData, Rhs, gemm};
+    use crate::gemm::{Dtype, GemmScratch, MatRef, Out, PackedMatrix, Rhs, gemm};
     use crate::threads::Pool;
 
     /// Per-thread packing memory for [`matmul`].
@@ -83,18 +83,8 @@ pub mod bench {
 
     /// Packs `w` (`[n, k]`, row-major) as f32, or as bf16 when `bf16`.
     pub fn pack(w: &[f32], n: usize, k: usize, bf16: bool) -> Weight {
-        let data = if bf16 {
-            PanelData::Bf16(PackedMatrix::pack(n, k, |r, out: &mut [half::bf16]| {
-                for (o, &v) in out.iter_mut().zip(&w[r * k..(r + 1) * k]) {
-                    *o = half::bf16::from_f32(v);
-                }
-            }))
-        } else {
-            PanelData::F32(PackedMatrix::pack(n, k, |r, out: &mut [f32]| {
-                out.copy_from_slice(&w[r * k..(r + 1) * k])
-            }))
-        };
-        Weight(PackedMatrix { k, n, data })
+        let dtype = if bf16 { Dtype::Bf16 } else { Dtype::F32 };
+        Weight(PackedMatrix::from_f32(w, n, k, dtype))
     }
 
     /// One layer's RMSNorm + rotary embedding and attention, with their own pool.
