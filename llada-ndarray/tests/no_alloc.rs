@@ -75,24 +75,25 @@ fn warm_forward_passes_and_whole_generations_allocate_nothing() {
     };
     let prompt = &case.ids[..case.seq - 16];
     let mut canvas = vec![0; case.seq];
-    Canvas::fill(&mut canvas, prompt, 1, 16, mask_id).unwrap();
     let mut ws = WorkspaceBuf::new(
         &WorkspaceSizes::for_generation(&params, 1, prompt.len(), vocab).unwrap(),
     );
-    let before = ALLOCATIONS.load(Ordering::SeqCst);
-    generate(
-        &mut context,
-        &params,
-        Canvas::new(&mut canvas, 1, prompt.len()),
-        ws.as_workspace(),
-        &mut (),
-    )
-    .unwrap();
-    let generation_allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
-    assert_eq!(
-        generation_allocations, 0,
-        "a generation allocated {generation_allocations} times"
-    );
+    // Allocations during one whole generation from a freshly masked canvas.
+    let mut generation_allocations = |params: &GenerateParams| {
+        Canvas::fill(&mut canvas, prompt, 1, 16, mask_id).unwrap();
+        let before = ALLOCATIONS.load(Ordering::SeqCst);
+        generate(
+            &mut context,
+            params,
+            Canvas::new(&mut canvas, 1, prompt.len()),
+            ws.as_workspace(),
+            &mut (),
+        )
+        .unwrap();
+        ALLOCATIONS.load(Ordering::SeqCst) - before
+    };
+    let allocations = generation_allocations(&params);
+    assert_eq!(allocations, 0, "a generation allocated {allocations} times");
 
     // Fast-dLLM: threshold decoding over the prefix and dual caches. The first generation of
     // each sizes the cache; the second must allocate nothing.
@@ -102,24 +103,11 @@ fn warm_forward_passes_and_whole_generations_allocate_nothing() {
             cache,
             ..params
         };
-        let mut allocations = Vec::new();
-        for _ in 0..2 {
-            Canvas::fill(&mut canvas, prompt, 1, 16, mask_id).unwrap();
-            let before = ALLOCATIONS.load(Ordering::SeqCst);
-            generate(
-                &mut context,
-                &params,
-                Canvas::new(&mut canvas, 1, prompt.len()),
-                ws.as_workspace(),
-                &mut (),
-            )
-            .unwrap();
-            allocations.push(ALLOCATIONS.load(Ordering::SeqCst) - before);
-        }
+        generation_allocations(&params);
+        let allocations = generation_allocations(&params);
         assert_eq!(
-            allocations[1], 0,
-            "a warm generation with the {cache:?} cache allocated {} times",
-            allocations[1]
+            allocations, 0,
+            "a warm generation with the {cache:?} cache allocated {allocations} times"
         );
     }
 }
