@@ -98,6 +98,15 @@ fn median(samples: &mut [f64]) -> f64 {
     }
 }
 
+/// `len` token ids drawn with `seed` below `vocab − 2` (clear of the top ids, where models
+/// keep special tokens).
+fn random_ids(seed: u64, len: usize, vocab: usize) -> Vec<u32> {
+    let mut rng = SamplerRng::seed_from_u64(seed);
+    (0..len)
+        .map(|_| (rng.next_u64() % (vocab as u64 - 2)) as u32)
+        .collect()
+}
+
 /// Resident memory: current and peak, in MiB, from /proc/self/status.
 fn rss_mib() -> (f64, f64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -179,11 +188,7 @@ where
     P::Error: std::error::Error + Send + Sync + 'static,
     Q::Error: std::error::Error + Send + Sync + 'static,
 {
-    let mut rng = SamplerRng::seed_from_u64(len as u64);
-    let vocab = p.vocab_size().min(q.vocab_size()) as u64;
-    let ids: Vec<u32> = (0..len)
-        .map(|_| (rng.next_u64() % (vocab - 2)) as u32)
-        .collect();
+    let ids = random_ids(len as u64, len, p.vocab_size().min(q.vocab_size()));
     let request = ForwardRequest::new(&ids, 1, len)?;
     let mut logits = vec![0.0f32; request.logits_len(p.vocab_size().max(q.vocab_size()))];
     let n = request.logits_len(p.vocab_size());
@@ -212,7 +217,8 @@ where
 struct GenerationRun {
     tokens_per_s: f64,
     sampler_share: f64,
-    allocations_per_step: f64,
+    /// None when the run had no step after its first block (gen length ≤ 32).
+    allocations_per_step: Option<f64>,
     forward_passes: usize,
 }
 
@@ -232,11 +238,7 @@ where
         mask_id,
         ..GenerateParams::default()
     };
-    let mut rng = SamplerRng::seed_from_u64(7);
-    let vocab = p.vocab_size() as u64;
-    let prompt: Vec<u32> = (0..prompt_len)
-        .map(|_| (rng.next_u64() % (vocab - 2)) as u32)
-        .collect();
+    let prompt = random_ids(7, prompt_len, p.vocab_size());
     let mut canvas = vec![0u32; prompt_len + gen_length];
     let mut ws = WorkspaceBuf::new(&WorkspaceSizes::for_generation(
         &params,
@@ -279,7 +281,7 @@ where
             forward,
             sampler,
             steady_allocations,
-            steady_steps.max(1),
+            steady_steps,
         ))
     };
     // One run (the backends' buffers are already warm from the forward-pass timings at up to
@@ -288,7 +290,7 @@ where
     Ok(GenerationRun {
         tokens_per_s: gen_length as f64 / total,
         sampler_share: sampler / (forward + sampler),
-        allocations_per_step: allocations as f64 / steps as f64,
+        allocations_per_step: (steps > 0).then(|| allocations as f64 / steps as f64),
         forward_passes: params.steps,
     })
 }
@@ -303,12 +305,8 @@ fn time_cached_steps(
     mask_id: u32,
     repeats: usize,
 ) -> anyhow::Result<(f64, f64, f64)> {
-    let mut rng = SamplerRng::seed_from_u64(11);
-    let vocab = context.vocab_size() as u64;
     let seq = prompt_len + gen_length;
-    let mut ids: Vec<u32> = (0..prompt_len)
-        .map(|_| (rng.next_u64() % (vocab - 2)) as u32)
-        .collect();
+    let mut ids = random_ids(11, prompt_len, context.vocab_size());
     ids.resize(seq, mask_id);
     let span = prompt_len..prompt_len + 32;
     let mut logits = vec![0.0f32; 32 * context.vocab_size()];
@@ -338,10 +336,8 @@ fn time_cached_steps(
     Ok((median(&mut full), median(&mut dual), median(&mut prefix)))
 }
 
-/// Fast-dLLM on the bundled model's held-out set: accuracy, forward passes per answer and
-/// tokens per second for each decoding configuration (ndarray backend).
-/// The decoding rules on the bundled model's eval set: (what was run, rows of (name,
-/// accuracy, forward passes per answer, tokens/s)).
+/// Fast-dLLM's decoding rules on the bundled model's held-out set (ndarray backend): what
+/// was run, and a row per rule of (name, accuracy, forward passes per answer, tokens/s).
 #[allow(clippy::type_complexity)]
 fn fast_dllm_rows(threads: usize) -> anyhow::Result<(String, Vec<(String, f64, f64, f64)>)> {
     #[derive(serde::Deserialize)]
@@ -649,11 +645,12 @@ fn main() -> anyhow::Result<()> {
     for (engine, gen_length, r) in &generation {
         writeln!(
             md,
-            "| {engine} | {gen_length} | {:.1} | {} | {:.2}% | {:.1} |",
+            "| {engine} | {gen_length} | {:.1} | {} | {:.2}% | {} |",
             r.tokens_per_s,
             r.forward_passes,
             100.0 * r.sampler_share,
             r.allocations_per_step
+                .map_or_else(|| "n/a".to_string(), |a| format!("{a:.1}"))
         )?;
     }
     writeln!(md, "\n## Fast-dLLM\n")?;
