@@ -457,11 +457,8 @@ fn main() -> anyhow::Result<()> {
         serde_json::from_str(&std::fs::read_to_string(cli.model.join("config.json"))?)?;
     let mask_id = config["mask_token_id"].as_u64().context("mask_token_id")? as u32;
     let (cpu, flags) = cpu_description();
-    eprintln!(
-        "{cpu}, {} threads, kernel {}",
-        cli.threads,
-        llada::ndarray::kernel_name()
-    );
+    let kernel = llada::ndarray::Kernel::from_env()?.unwrap_or_else(llada::ndarray::Kernel::detect);
+    eprintln!("{cpu}, {} threads, kernel {}", cli.threads, kernel);
 
     // Memory of the weights, f32 and bf16.
     let mut memory = Vec::new();
@@ -581,8 +578,7 @@ fn main() -> anyhow::Result<()> {
     writeln!(
         md,
         "- Threads per engine: {}; ndarray matrix kernel: {}",
-        cli.threads,
-        llada::ndarray::kernel_name()
+        cli.threads, kernel
     )?;
     writeln!(
         md,

@@ -1,5 +1,5 @@
-//! A per-thread inference context: the activation buffers and worker threads of one caller,
-//! over a shared [`Model`]. It implements [`MaskPredictor`].
+//! A per-thread inference context: the activation buffers, worker threads and kernel choice
+//! of one caller, over a shared [`Model`]. It implements [`MaskPredictor`].
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -7,29 +7,28 @@ use std::sync::Arc;
 use llada_core::{CacheMode, ForwardRequest, MaskPredictor, ShapeError};
 use ndarray::{ArrayView2, ArrayViewMut2, s};
 
+use crate::attention::{KvSource, PackedKv, QUERY_TILE, Queries, attention, kv_block};
+use crate::config::Config;
 use crate::error::{ForwardError, LoadError};
-use crate::gemm::{GemmScratch, MatRef, NR, Out, Rhs, gemm, gemm_serial, pack_panels};
+use crate::gemm::{GemmScratch, Isa, MatRef, Out, Rhs, gemm};
+use crate::kv_cache::{KvCache, KvUse};
 use crate::model::Model;
-use crate::ops::{masked_softmax, rms_norm, rope, silu_mul};
+use crate::ops::{par_rms_norm, par_rope, rms_norm, silu_mul};
+use crate::parallel::par_rows;
 use crate::threads::Pool;
-
-/// Query rows per attention task: scores never exceed `QUERY_TILE × seq_len` per thread.
-const QUERY_TILE: usize = 128;
-
-/// Rows per task of the row-wise operations (norms, rotary embedding, SwiGLU).
-const ROW_CHUNK: usize = 32;
+use crate::{Kernel, attention};
 
 /// Scratch memory of one thread.
 pub(crate) struct ThreadScratch {
-    gemm: GemmScratch,
+    pub(crate) gemm: GemmScratch,
     /// `[QUERY_TILE, max_sequence_length]` attention scores.
-    scores: Vec<f32>,
+    pub(crate) scores: Vec<f32>,
 }
 
 impl ThreadScratch {
     /// A pool of `threads` threads (at least 1), each with scratch for `config`'s longest
     /// sequence.
-    fn pool(config: &crate::Config, threads: usize) -> std::io::Result<Pool<Self>> {
+    pub(crate) fn pool(config: &Config, threads: usize) -> std::io::Result<Pool<Self>> {
         let scratch = (0..threads.max(1))
             .map(|_| ThreadScratch {
                 gemm: GemmScratch::new(),
@@ -67,9 +66,35 @@ struct Buffers {
     values: Vec<f32>,
 }
 
-fn grow(v: &mut Vec<f32>, len: usize) {
+/// Grows `v` to at least `len` values (it never shrinks).
+pub(crate) fn grow(v: &mut Vec<f32>, len: usize) {
     if v.len() < len {
         v.resize(len, 0.0);
+    }
+}
+
+/// How a [`Context`] computes: threads and kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ContextOptions {
+    /// Threads, the calling thread included (`None`: every core the operating system offers).
+    pub threads: Option<usize>,
+    /// The matrix kernel (`None`: `LLADA_KERNEL` if set, else the fastest this CPU runs).
+    /// Asking for one the CPU lacks is an error.
+    pub kernel: Option<Kernel>,
+}
+
+impl ContextOptions {
+    /// Computes with `threads` threads (at least 1).
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = Some(threads);
+        self
+    }
+
+    /// Computes with `kernel`.
+    pub fn with_kernel(mut self, kernel: Kernel) -> Self {
+        self.kernel = Some(kernel);
+        self
     }
 }
 
@@ -78,6 +103,7 @@ fn grow(v: &mut Vec<f32>, len: usize) {
 pub struct Context {
     model: Arc<Model>,
     pool: Pool<ThreadScratch>,
+    isa: Isa,
     buffers: Buffers,
     cache: KvCache,
 }
@@ -86,23 +112,34 @@ impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
             .field("threads", &self.pool.threads())
+            .field("kernel", &self.isa.kernel())
             .finish_non_exhaustive()
     }
 }
 
 impl Context {
-    /// A context using every core the operating system offers.
+    /// A context with the default options: every core, the fastest kernel (or `LLADA_KERNEL`).
     pub fn new(model: Arc<Model>) -> Result<Self, LoadError> {
-        let threads = std::thread::available_parallelism().map_or(1, usize::from);
-        Self::with_threads(model, threads)
+        Self::with_options(model, ContextOptions::default())
     }
 
     /// A context with `threads` threads (the calling thread included; at least 1).
     pub fn with_threads(model: Arc<Model>, threads: usize) -> Result<Self, LoadError> {
+        Self::with_options(model, ContextOptions::default().with_threads(threads))
+    }
+
+    /// A context with the given threads and kernel. A kernel this CPU cannot run (asked for
+    /// here or through `LLADA_KERNEL`) is [`LoadError::KernelUnsupported`].
+    pub fn with_options(model: Arc<Model>, options: ContextOptions) -> Result<Self, LoadError> {
+        let isa = Isa::choose(options.kernel)?;
+        let threads = options
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
         let pool = ThreadScratch::pool(&model.config, threads).map_err(LoadError::Threads)?;
         Ok(Self {
             model,
             pool,
+            isa,
             buffers: Buffers::default(),
             cache: KvCache::default(),
         })
@@ -116,6 +153,11 @@ impl Context {
     /// Threads this context computes with.
     pub fn threads(&self) -> usize {
         self.pool.threads()
+    }
+
+    /// The matrix kernel this context runs.
+    pub fn kernel(&self) -> Kernel {
+        self.isa.kernel()
     }
 
     /// Sizes the buffers for `batch` rows of `seq_len` tokens (with a logits window as long as
@@ -186,7 +228,7 @@ impl Context {
                     let positions = match hint.mode {
                         CacheMode::Dual => hint.span.clone(),
                         CacheMode::Prefix => hint.span.start..seq,
-                        CacheMode::None => 0..seq,
+                        _ => 0..seq,
                     };
                     (positions, KvUse::Read)
                 } else {
@@ -209,7 +251,7 @@ impl Context {
         }
         self.run(request, positions, kv, logits);
         if kv == KvUse::Fill {
-            self.cache.shape = Some((batch, seq));
+            self.cache.filled(batch, seq);
         }
         Ok(())
     }
@@ -235,6 +277,7 @@ impl Context {
         let b = &mut self.buffers;
         let cache = &mut self.cache;
         let pool = &self.pool;
+        let isa = self.isa;
 
         // Embedding of the computed positions.
         for r in 0..batch {
@@ -251,6 +294,7 @@ impl Context {
             par_rms_norm(pool, &b.x, &block.attn_norm, eps, &mut b.h, tokens, d);
             gemm(
                 pool,
+                isa,
                 MatRef::rows(&b.h, tokens, d, d),
                 Rhs::Packed(&block.qkv),
                 Out::new(&mut b.qkv, tokens, qkv_width, qkv_width),
@@ -266,12 +310,7 @@ impl Context {
             );
             // Keys and values: straight from this pass, or through the cache (rotated keys).
             let keys_values = if kv == KvUse::Plain {
-                KvSource {
-                    data: &b.qkv,
-                    row_stride: qkv_width,
-                    k: c.n_heads * hd,
-                    v: (c.n_heads + c.n_kv_heads) * hd,
-                }
+                KvSource::in_qkv(c, &b.qkv)
             } else {
                 let layer_cache = cache.layer_mut(layer);
                 for t in 0..tokens {
@@ -287,7 +326,7 @@ impl Context {
                     v: kv_dim,
                 }
             };
-            let packed = pack_keys_values(
+            let packed: PackedKv<'_> = attention::pack_keys_values(
                 pool,
                 c,
                 &keys_values,
@@ -303,6 +342,7 @@ impl Context {
             };
             attention(
                 pool,
+                isa,
                 c,
                 &queries,
                 &packed,
@@ -313,6 +353,7 @@ impl Context {
             );
             gemm(
                 pool,
+                isa,
                 MatRef::rows(&b.attn, tokens, d, d),
                 Rhs::Packed(&block.attn_out),
                 Out::new(&mut b.x, tokens, d, d),
@@ -323,6 +364,7 @@ impl Context {
             par_rms_norm(pool, &b.x, &block.ff_norm, eps, &mut b.h, tokens, d);
             gemm(
                 pool,
+                isa,
                 MatRef::rows(&b.h, tokens, d, d),
                 Rhs::Packed(&block.gate_up),
                 Out::new(&mut b.gate_up, tokens, 2 * mlp, 2 * mlp),
@@ -330,10 +372,11 @@ impl Context {
             );
             par_rows(pool, &mut b.gate_up, tokens, 2 * mlp, &|_, row| {
                 let (gate, up) = row.split_at_mut(mlp);
-                silu_mul(gate, up);
+                silu_mul(isa, gate, up);
             });
             gemm(
                 pool,
+                isa,
                 MatRef::rows(&b.gate_up, tokens, mlp, 2 * mlp),
                 Rhs::Packed(&block.ff_out),
                 Out::new(&mut b.x, tokens, d, d),
@@ -345,8 +388,10 @@ impl Context {
         let window = request.window();
         let rows = batch * window.len();
         {
-            let x = view(&b.x, tokens, d);
-            let mut head_in = view_mut(&mut b.head_in, rows, d);
+            let x = ArrayView2::from_shape((tokens, d), &b.x[..tokens * d])
+                .expect("buffer holds tokens × d");
+            let mut head_in = ArrayViewMut2::from_shape((rows, d), &mut b.head_in[..rows * d])
+                .expect("buffer holds rows × d");
             let offset = window.start - positions.start;
             for r in 0..batch {
                 let src = x.slice(s![r * span + offset..r * span + offset + window.len(), ..]);
@@ -357,409 +402,13 @@ impl Context {
         let vocab = c.embedding_size;
         gemm(
             pool,
+            isa,
             MatRef::rows(&b.head_in, rows, d, d),
             Rhs::Packed(&model.head),
             Out::new(logits, rows, vocab, vocab),
             false,
         );
     }
-}
-
-/// A buffer that parallel tasks write at disjoint ranges.
-#[derive(Clone, Copy)]
-struct Disjoint {
-    ptr: *mut f32,
-    len: usize,
-}
-
-// SAFETY: tasks only ever take disjoint ranges (see `range`).
-unsafe impl Send for Disjoint {}
-// SAFETY: as above.
-unsafe impl Sync for Disjoint {}
-
-impl Disjoint {
-    fn new(data: &mut [f32]) -> Self {
-        Self {
-            ptr: data.as_mut_ptr(),
-            len: data.len(),
-        }
-    }
-
-    /// # Safety
-    /// No two live results may overlap.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn range(&self, range: Range<usize>) -> &mut [f32] {
-        assert!(
-            range.start <= range.end && range.end <= self.len,
-            "range out of bounds"
-        );
-        // SAFETY: in bounds (checked), and disjoint from every other live range (the caller's
-        // contract).
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.len()) }
-    }
-}
-
-/// Runs `f(row index, row)` over the first `rows` rows of `data` (rows of `cols` values), in
-/// chunks of rows across the pool.
-fn par_rows(
-    pool: &Pool<ThreadScratch>,
-    data: &mut [f32],
-    rows: usize,
-    cols: usize,
-    f: &(dyn Fn(usize, &mut [f32]) + Sync),
-) {
-    let out = Disjoint::new(&mut data[..rows * cols]);
-    pool.run_sized(rows.div_ceil(ROW_CHUNK), rows * cols * 4, &|task, _| {
-        let chunk = task * ROW_CHUNK..((task + 1) * ROW_CHUNK).min(rows);
-        // SAFETY: each task owns its own rows.
-        let part = unsafe { out.range(chunk.start * cols..chunk.end * cols) };
-        for (i, row) in part.chunks_exact_mut(cols).enumerate() {
-            f(chunk.start + i, row);
-        }
-    });
-}
-
-/// `out = rms_norm(x)` row by row across the pool.
-fn par_rms_norm(
-    pool: &Pool<ThreadScratch>,
-    x: &[f32],
-    weight: &[f32],
-    eps: f32,
-    out: &mut [f32],
-    rows: usize,
-    d: usize,
-) {
-    par_rows(pool, out, rows, d, &|r, row| {
-        let src = ArrayView2::from_shape((1, d), &x[r * d..(r + 1) * d]).expect("one row");
-        let dst = ArrayViewMut2::from_shape((1, d), row).expect("one row");
-        rms_norm(src, weight, eps, dst);
-    });
-}
-
-/// Rotary embedding of the queries and keys (not the values) of `tokens` rows of `qkv`
-/// (`[tokens, (n_heads + 2 n_kv_heads) · head_dim]`): the computed `positions` of each batch
-/// row, one after the other.
-fn par_rope(
-    pool: &Pool<ThreadScratch>,
-    c: &crate::Config,
-    (cos, sin): (&[f32], &[f32]),
-    qkv: &mut [f32],
-    tokens: usize,
-    positions: &Range<usize>,
-) {
-    let hd = c.head_dim;
-    let half = hd / 2;
-    let width = (c.n_heads + 2 * c.n_kv_heads) * hd;
-    let rotated = (c.n_heads + c.n_kv_heads) * hd;
-    let span = positions.len();
-    par_rows(pool, qkv, tokens, width, &|t, row| {
-        let position = positions.start + t % span;
-        let (cos, sin) = (
-            &cos[position * half..][..half],
-            &sin[position * half..][..half],
-        );
-        for head in row[..rotated].chunks_exact_mut(hd) {
-            rope(head, cos, sin);
-        }
-    });
-}
-
-/// One layer's row operations and attention on their own, for the criterion benchmarks
-/// (through [`crate::bench`]): the same functions the forward pass calls.
-pub(crate) struct LayerKernels {
-    pool: Pool<ThreadScratch>,
-    config: crate::Config,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-    keys: Vec<f32>,
-    values: Vec<f32>,
-}
-
-impl LayerKernels {
-    pub(crate) fn new(config: crate::Config, threads: usize) -> std::io::Result<Self> {
-        let (cos, sin) = crate::model::rope_tables(&config);
-        Ok(Self {
-            pool: ThreadScratch::pool(&config, threads)?,
-            config,
-            cos,
-            sin,
-            keys: Vec::new(),
-            values: Vec::new(),
-        })
-    }
-
-    /// `h = rms_norm(x)` over `tokens` rows, then the rotary embedding of `qkv`'s queries and
-    /// keys at positions `0..tokens`.
-    pub(crate) fn norm_rope(
-        &self,
-        x: &[f32],
-        weight: &[f32],
-        h: &mut [f32],
-        qkv: &mut [f32],
-        tokens: usize,
-    ) {
-        let c = &self.config;
-        par_rms_norm(
-            &self.pool,
-            x,
-            weight,
-            c.rms_norm_eps as f32,
-            h,
-            tokens,
-            c.d_model,
-        );
-        par_rope(
-            &self.pool,
-            c,
-            (&self.cos, &self.sin),
-            qkv,
-            tokens,
-            &(0..tokens),
-        );
-    }
-
-    /// Attention of one batch row of `seq` tokens: keys and values packed from `qkv`, then
-    /// `softmax(q·kᵀ/√d) · v` into `out` (`[seq, d_model]`).
-    pub(crate) fn attention(&mut self, qkv: &[f32], seq: usize, out: &mut [f32]) {
-        let c = &self.config;
-        let width = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim;
-        let panels = c.n_kv_heads * kv_block(c, seq);
-        grow(&mut self.keys, panels);
-        grow(&mut self.values, panels);
-        let source = KvSource {
-            data: qkv,
-            row_stride: width,
-            k: c.n_heads * c.head_dim,
-            v: (c.n_heads + c.n_kv_heads) * c.head_dim,
-        };
-        let packed = pack_keys_values(
-            &self.pool,
-            c,
-            &source,
-            1,
-            seq,
-            &mut self.keys,
-            &mut self.values,
-        );
-        let queries = Queries {
-            qkv,
-            width,
-            positions: 0..seq,
-        };
-        attention(
-            &self.pool,
-            c,
-            &queries,
-            &packed,
-            None,
-            1,
-            seq,
-            Out::new(out, seq, c.d_model, c.d_model),
-        );
-    }
-}
-
-/// Keys (transposed) and values of every (row, kv head), packed once per layer into the
-/// kernel's panel layout, so the attention tasks of all query tiles and all heads of a group
-/// read them without repacking.
-struct PackedKv<'a> {
-    keys: &'a [f32],
-    values: &'a [f32],
-    /// Values per (row, kv head) block.
-    block: usize,
-}
-
-/// Values per (batch row, kv head) in the packed key and value buffers: `seq` positions
-/// rounded up to whole panels, times the head dimension.
-fn kv_block(c: &crate::Config, seq: usize) -> usize {
-    seq.div_ceil(NR) * NR * c.head_dim
-}
-
-fn pack_keys_values<'a>(
-    pool: &Pool<ThreadScratch>,
-    c: &crate::Config,
-    kv: &KvSource<'_>,
-    batch: usize,
-    seq: usize,
-    keys: &'a mut [f32],
-    values: &'a mut [f32],
-) -> PackedKv<'a> {
-    let hd = c.head_dim;
-    let block = kv_block(c, seq);
-    let (k_out, v_out) = (Disjoint::new(keys), Disjoint::new(values));
-    pool.run_sized(
-        batch * c.n_kv_heads,
-        batch * seq * 2 * c.n_kv_heads * hd * 4,
-        &|task, _| {
-            let (b, g) = (task / c.n_kv_heads, task % c.n_kv_heads);
-            let base = b * seq * kv.row_stride;
-            // qᵀ-side operand: B = Kᵀ (hd × seq), a column per position.
-            let keys_t = MatRef {
-                data: &kv.data[base + kv.k + g * hd..],
-                rows: hd,
-                cols: seq,
-                row_stride: 1,
-                col_stride: kv.row_stride,
-            };
-            let values = MatRef::rows(&kv.data[base + kv.v + g * hd..], seq, hd, kv.row_stride);
-            // SAFETY: each task owns block `task` of both buffers.
-            let (k_dst, v_dst) = unsafe {
-                (
-                    k_out.range(task * block..(task + 1) * block),
-                    v_out.range(task * block..(task + 1) * block),
-                )
-            };
-            pack_panels(&keys_t, k_dst);
-            pack_panels(&values, v_dst);
-        },
-    );
-    PackedKv {
-        keys,
-        values,
-        block,
-    }
-}
-
-/// How a pass gets the keys and values of the positions it does not compute.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum KvUse {
-    /// Every position is computed; no cache.
-    Plain,
-    /// Every position is computed and its keys and values are kept.
-    Fill,
-    /// Only some positions are computed; the others come from the cache.
-    Read,
-}
-
-/// Keys and values per layer, `[batch, seq, 2 · kv_dim]` (rotated keys, then values), kept
-/// between the steps of a block.
-#[derive(Default)]
-struct KvCache {
-    data: Vec<f32>,
-    layer_len: usize,
-    /// The (batch, seq) it was filled for.
-    shape: Option<(usize, usize)>,
-}
-
-impl KvCache {
-    fn holds(&self, batch: usize, seq: usize) -> bool {
-        self.shape == Some((batch, seq))
-    }
-
-    /// Sizes the cache for `batch × seq`; forgets its content if the shape changes.
-    fn prepare(&mut self, c: &crate::Config, batch: usize, seq: usize) {
-        if !self.holds(batch, seq) {
-            self.shape = None;
-        }
-        self.layer_len = batch * seq * 2 * c.n_kv_heads * c.head_dim;
-        grow(&mut self.data, self.layer_len * c.n_layers);
-    }
-
-    fn layer(&self, layer: usize) -> &[f32] {
-        &self.data[layer * self.layer_len..(layer + 1) * self.layer_len]
-    }
-
-    fn layer_mut(&mut self, layer: usize) -> &mut [f32] {
-        &mut self.data[layer * self.layer_len..(layer + 1) * self.layer_len]
-    }
-}
-
-/// Where the keys and values of every position of a row are: rows `row_stride` apart, keys
-/// at column `k`, values at column `v`, `seq` rows per batch row.
-struct KvSource<'a> {
-    data: &'a [f32],
-    row_stride: usize,
-    k: usize,
-    v: usize,
-}
-
-/// The queries of the computed positions: rows of the `qkv` buffer.
-struct Queries<'a> {
-    qkv: &'a [f32],
-    width: usize,
-    positions: Range<usize>,
-}
-
-fn view(data: &[f32], rows: usize, cols: usize) -> ArrayView2<'_, f32> {
-    ArrayView2::from_shape((rows, cols), &data[..rows * cols]).expect("buffer holds rows × cols")
-}
-
-fn view_mut(data: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f32> {
-    ArrayViewMut2::from_shape((rows, cols), &mut data[..rows * cols])
-        .expect("buffer holds rows × cols")
-}
-
-/// Bidirectional multi-head attention with a key padding mask, one task per (row, head,
-/// query tile): `softmax(q·kᵀ/√d + mask) · v` for the computed positions' queries against
-/// every position's keys and values, into `out` (`[batch · positions, d_model]`).
-#[allow(clippy::too_many_arguments)]
-fn attention(
-    pool: &Pool<ThreadScratch>,
-    c: &crate::Config,
-    queries: &Queries<'_>,
-    kv: &PackedKv<'_>,
-    mask: Option<&[u8]>,
-    batch: usize,
-    seq: usize,
-    out: Out,
-) {
-    let hd = c.head_dim;
-    let group = c.n_heads / c.n_kv_heads;
-    let span = queries.positions.len();
-    let tiles = span.div_ceil(QUERY_TILE);
-    let scale = 1.0 / (hd as f32).sqrt();
-    pool.run(
-        batch * c.n_heads * tiles,
-        &|task, scratch: &mut ThreadScratch| {
-            let (b, rest) = (task / (c.n_heads * tiles), task % (c.n_heads * tiles));
-            let (head, tile) = (rest / tiles, rest % tiles);
-            let slot = b * c.n_kv_heads + head / group;
-            let q0 = tile * QUERY_TILE;
-            let rows = QUERY_TILE.min(span - q0);
-            let q = MatRef::rows(
-                &queries.qkv[(b * span + q0) * queries.width + head * hd..],
-                rows,
-                hd,
-                queries.width,
-            );
-            let keys_t = Rhs::Panels {
-                data: &kv.keys[slot * kv.block..(slot + 1) * kv.block],
-                k: hd,
-                n: seq,
-            };
-            let values = Rhs::Panels {
-                data: &kv.values[slot * kv.block..(slot + 1) * kv.block],
-                k: seq,
-                n: hd,
-            };
-            let ThreadScratch {
-                gemm: gemm_scratch,
-                scores,
-            } = scratch;
-            let scores = &mut scores[..rows * seq];
-            gemm_serial(
-                q,
-                keys_t,
-                Out::new(scores, rows, seq, seq),
-                false,
-                gemm_scratch,
-            );
-            let key_mask = mask.map(|m| &m[b * seq..(b + 1) * seq]);
-            masked_softmax(
-                ArrayViewMut2::from_shape((rows, seq), &mut *scores).expect("tile shape"),
-                scale,
-                key_mask,
-            );
-            let target = out.sub(b * span + q0, head * hd, rows, hd);
-            gemm_serial(
-                MatRef::rows(scores, rows, seq, seq),
-                values,
-                target,
-                false,
-                gemm_scratch,
-            );
-        },
-    );
 }
 
 impl MaskPredictor for Context {

@@ -106,8 +106,22 @@ pub enum LoadError {
         dtype: String,
     },
     /// Could not start the worker threads.
-    #[error("cannot start worker threads: {0}")]
-    Threads(std::io::Error),
+    #[error("cannot start worker threads")]
+    Threads(#[source] std::io::Error),
+    /// `LLADA_KERNEL` (or a kernel name) is not a kernel of this backend.
+    #[error("unknown kernel {name:?}; expected portable, avx2 or avx512")]
+    UnknownKernel {
+        /// The name given.
+        name: String,
+    },
+    /// The kernel asked for needs instructions this CPU lacks.
+    #[error("this CPU cannot run the {kernel} kernel; it runs {supported:?}")]
+    KernelUnsupported {
+        /// The kernel asked for.
+        kernel: &'static str,
+        /// The kernels this CPU runs.
+        supported: Vec<&'static str>,
+    },
 }
 
 impl LoadError {
@@ -115,7 +129,10 @@ impl LoadError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             LoadError::Io { .. } => ErrorKind::Io,
-            LoadError::Unsupported { .. } | LoadError::Dtype { .. } => ErrorKind::Unsupported,
+            LoadError::Unsupported { .. }
+            | LoadError::Dtype { .. }
+            | LoadError::KernelUnsupported { .. } => ErrorKind::Unsupported,
+            LoadError::UnknownKernel { .. } => ErrorKind::InvalidInput,
             LoadError::Threads(_) => ErrorKind::Backend,
             _ => ErrorKind::Model,
         }

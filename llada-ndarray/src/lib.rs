@@ -29,101 +29,22 @@
 //! the weights take about the checkpoint's size. The forward pass allocates nothing once its
 //! buffers have grown to the largest request seen (or [`Context::reserve`]).
 
+mod attention;
+#[doc(hidden)]
+pub mod bench;
 mod config;
 mod context;
 mod error;
 mod gemm;
+mod kv_cache;
 mod model;
 mod ops;
+mod parallel;
 mod threads;
 mod weights;
 
 pub use config::Config;
-pub use context::Context;
+pub use context::{Context, ContextOptions};
 pub use error::{ForwardError, LoadError};
+pub use gemm::isa::Kernel;
 pub use model::Model;
-
-/// The matrix micro-kernel chosen for this CPU at run time (`"avx2+fma"` or `"portable"`).
-pub fn kernel_name() -> &'static str {
-    gemm::kernel_name()
-}
-
-/// Entry points for the criterion micro-benchmarks of the hot kernels. Not a stable API.
-#[doc(hidden)]
-pub mod bench {
-    use crate::gemm::{Dtype, GemmScratch, MatRef, Out, PackedMatrix, Rhs, gemm};
-    use crate::threads::Pool;
-
-    /// Per-thread packing memory for [`matmul`].
-    pub struct Scratch(GemmScratch);
-
-    impl AsMut<GemmScratch> for Scratch {
-        fn as_mut(&mut self) -> &mut GemmScratch {
-            &mut self.0
-        }
-    }
-
-    /// A worker pool of `threads` threads.
-    pub struct Threads(Pool<Scratch>);
-
-    /// Starts a pool.
-    pub fn threads(threads: usize) -> Threads {
-        Threads(
-            Pool::new(
-                (0..threads.max(1))
-                    .map(|_| Scratch(GemmScratch::new()))
-                    .collect(),
-            )
-            .expect("threads start"),
-        )
-    }
-
-    /// A weight `[n, k]` (row-major) packed for the kernel.
-    pub struct Weight(PackedMatrix);
-
-    /// Packs `w` (`[n, k]`, row-major) as f32, or as bf16 when `bf16`.
-    pub fn pack(w: &[f32], n: usize, k: usize, bf16: bool) -> Weight {
-        let dtype = if bf16 { Dtype::Bf16 } else { Dtype::F32 };
-        Weight(PackedMatrix::from_f32(w, n, k, dtype))
-    }
-
-    /// One layer's RMSNorm + rotary embedding and attention, with their own pool.
-    pub struct Layer(crate::context::LayerKernels);
-
-    impl Layer {
-        /// A layer of the model `config` describes, computed with `threads` threads.
-        pub fn new(config: crate::Config, threads: usize) -> Self {
-            Self(crate::context::LayerKernels::new(config, threads).expect("threads start"))
-        }
-
-        /// `h = rms_norm(x)` (`[tokens, d_model]`), then the rotary embedding of the queries
-        /// and keys of `qkv` (`[tokens, (n_heads + 2 n_kv_heads) · head_dim]`).
-        pub fn norm_rope(
-            &self,
-            x: &[f32],
-            weight: &[f32],
-            h: &mut [f32],
-            qkv: &mut [f32],
-            tokens: usize,
-        ) {
-            self.0.norm_rope(x, weight, h, qkv, tokens);
-        }
-
-        /// Bidirectional attention of `seq` tokens from `qkv` into `out` (`[seq, d_model]`).
-        pub fn attention(&mut self, qkv: &[f32], seq: usize, out: &mut [f32]) {
-            self.0.attention(qkv, seq, out);
-        }
-    }
-
-    /// `out [m, n] = a [m, k] · wᵀ` on the pool.
-    pub fn matmul(threads: &Threads, a: &[f32], m: usize, w: &Weight, out: &mut [f32]) {
-        let (k, n) = (w.0.k, w.0.n);
-        gemm(
-            &threads.0,
-            MatRef::rows(a, m, k, k),
-            Rhs::Packed(&w.0),
-            Out::new(out, m, n, n),
-            false,
-        );
-    }
-}

@@ -1,31 +1,39 @@
 //! Row-wise operations of the block: RMSNorm, rotary embedding, SwiGLU, softmax. All in f32,
 //! written over ndarray views so each reads as the formula it implements.
 
-use llada_core::math::{exp_f32, exp_in_place, max_value};
-use ndarray::{ArrayView1, ArrayViewMut2, Axis, Zip};
+use std::ops::Range;
 
-/// Runs `f` compiled for AVX2 + FMA when the CPU has them. The row operations are plain loops
+use llada_core::math::{exp_f32, exp_in_place, max_value};
+use ndarray::{ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
+
+use crate::config::Config;
+use crate::gemm::Isa;
+use crate::parallel::par_rows;
+use crate::threads::Pool;
+
+/// Runs `f` compiled for AVX2 + FMA when `isa` has them. The row operations are plain loops
 /// that the compiler vectorises; without this they get only the x86-64 baseline's SSE2, and
 /// the softmax of the attention scores (an exp per score) ran at a third of the speed.
 /// No fused multiply-adds are formed (Rust does not contract `a * b + c`), so the results are
 /// the same bits either way.
 #[inline(always)]
-fn wide<R>(f: impl FnOnce() -> R) -> R {
+fn wide<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    if crate::gemm::has_avx2() {
+    if isa.has_avx2() {
         #[target_feature(enable = "avx2,fma")]
         unsafe fn run<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
-        // SAFETY: the CPU has AVX2 and FMA (checked at run time just above).
+        // SAFETY: the CPU has AVX2 and FMA (an `Isa` with them exists only when it does).
         return unsafe { run(f) };
     }
+    let _ = isa;
     f()
 }
 
 /// `out = x · rsqrt(mean(x²) + eps) · weight`, row by row (`x`, `out`: `[rows, d]`).
 pub(crate) fn rms_norm(
-    x: ndarray::ArrayView2<'_, f32>,
+    x: ArrayView2<'_, f32>,
     weight: &[f32],
     eps: f32,
     mut out: ArrayViewMut2<'_, f32>,
@@ -74,8 +82,9 @@ pub(crate) fn rope(head: &mut [f32], cos: &[f32], sin: &[f32]) {
 }
 
 /// `gate ← silu(gate) · up`, the SwiGLU of LLaDA's MLP (slices, so the loop vectorises).
-pub(crate) fn silu_mul(gate: &mut [f32], up: &[f32]) {
+pub(crate) fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
     wide(
+        isa,
         #[inline(always)]
         || {
             for (g, &u) in gate.iter_mut().zip(up) {
@@ -88,11 +97,13 @@ pub(crate) fn silu_mul(gate: &mut [f32], up: &[f32]) {
 /// In-place softmax of every row of `scores` after scaling by `scale` and hiding the keys
 /// whose `key_mask` entry is 0.
 pub(crate) fn masked_softmax(
+    isa: Isa,
     mut scores: ArrayViewMut2<'_, f32>,
     scale: f32,
     key_mask: Option<&[u8]>,
 ) {
     wide(
+        isa,
         #[inline(always)]
         || {
             for mut row in scores.axis_iter_mut(Axis(0)) {
@@ -117,6 +128,51 @@ pub(crate) fn masked_softmax(
             }
         },
     );
+}
+
+/// `out = rms_norm(x)` row by row across the pool.
+pub(crate) fn par_rms_norm<S: Send>(
+    pool: &Pool<S>,
+    x: &[f32],
+    weight: &[f32],
+    eps: f32,
+    out: &mut [f32],
+    rows: usize,
+    d: usize,
+) {
+    par_rows(pool, out, rows, d, &|r, row| {
+        let src = ArrayView2::from_shape((1, d), &x[r * d..(r + 1) * d]).expect("one row");
+        let dst = ArrayViewMut2::from_shape((1, d), row).expect("one row");
+        rms_norm(src, weight, eps, dst);
+    });
+}
+
+/// Rotary embedding of the queries and keys (not the values) of `tokens` rows of `qkv`
+/// (`[tokens, (n_heads + 2 n_kv_heads) · head_dim]`): the computed `positions` of each batch
+/// row, one after the other.
+pub(crate) fn par_rope<S: Send>(
+    pool: &Pool<S>,
+    c: &Config,
+    (cos, sin): (&[f32], &[f32]),
+    qkv: &mut [f32],
+    tokens: usize,
+    positions: &Range<usize>,
+) {
+    let hd = c.head_dim;
+    let half = hd / 2;
+    let width = (c.n_heads + 2 * c.n_kv_heads) * hd;
+    let rotated = (c.n_heads + c.n_kv_heads) * hd;
+    let span = positions.len();
+    par_rows(pool, qkv, tokens, width, &|t, row| {
+        let position = positions.start + t % span;
+        let (cos, sin) = (
+            &cos[position * half..][..half],
+            &sin[position * half..][..half],
+        );
+        for head in row[..rotated].chunks_exact_mut(hd) {
+            rope(head, cos, sin);
+        }
+    });
 }
 
 #[cfg(test)]
@@ -148,7 +204,7 @@ mod tests {
     #[test]
     fn masked_softmax_ignores_hidden_keys() {
         let mut s = array![[1.0f32, 2.0, 100.0]];
-        masked_softmax(s.view_mut(), 1.0, Some(&[1, 1, 0]));
+        masked_softmax(Isa::detect(), s.view_mut(), 1.0, Some(&[1, 1, 0]));
         let e = 1.0f32.exp();
         assert!((s[[0, 0]] - 1.0 / (1.0 + e)).abs() < 1e-6);
         assert_eq!(s[[0, 2]], 0.0);

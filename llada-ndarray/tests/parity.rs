@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use common::{fixture_dir, golden_cases, max_abs_diff};
 use llada_core::ForwardRequest;
-use llada_ndarray::{Context, Model};
+use llada_ndarray::{Context, ContextOptions, Kernel, Model};
 
 /// Runs every golden case through `context` with the logits window `window(seq)`.
 fn run(
@@ -78,4 +78,24 @@ fn thread_count_does_not_change_the_result() {
         0..case.seq,
     );
     assert_eq!(one, three);
+}
+
+#[test]
+fn every_kernel_this_cpu_runs_matches_pytorch() {
+    let model = Arc::new(Model::load(fixture_dir()).unwrap());
+    let supported = Kernel::supported();
+    assert_eq!(supported.last(), Some(&Kernel::Portable));
+    eprintln!("kernels on this CPU: {supported:?}");
+    for kernel in supported {
+        let options = ContextOptions::default()
+            .with_threads(2)
+            .with_kernel(kernel);
+        let mut context = Context::with_options(model.clone(), options).unwrap();
+        assert_eq!(context.kernel(), kernel);
+        for case in golden_cases() {
+            let logits = run(&mut context, &case, 0..case.seq);
+            let diff = max_abs_diff(&logits, &case.logits);
+            assert!(diff < 1e-4, "{kernel} kernel, {}: {diff}", case.name);
+        }
+    }
 }

@@ -180,34 +180,3 @@ pub(crate) fn answer_of(generated: &[u32], eos: u32, eot: u32) -> &[u32] {
         .unwrap_or(generated.len());
     &generated[..end]
 }
-
-/// Forces the matrix kernel `kernel` (`LLADA_KERNEL`), then checks that it is the one in use
-/// (`name`) and that the fixture's logits match PyTorch's golden ones within 1e-4. Call it
-/// first thing in a test binary of its own: the kernel is chosen once per process. Returns
-/// false, having checked nothing, when this CPU cannot run the kernel.
-pub(crate) fn forced_kernel_matches_pytorch(kernel: &str, name: &str) -> bool {
-    use std::sync::Arc;
-
-    use llada_core::ForwardRequest;
-    use llada_ndarray::{Context, Model};
-
-    // SAFETY: set before any thread starts and before the kernel is chosen.
-    unsafe { std::env::set_var("LLADA_KERNEL", kernel) };
-    let model = Arc::new(Model::load(fixture_dir()).unwrap());
-    let mut context = Context::with_threads(model.clone(), 2).unwrap();
-    if llada_ndarray::kernel_name() != name {
-        return false;
-    }
-    let vocab = model.config().embedding_size;
-    for case in golden_cases() {
-        let request = ForwardRequest::new(&case.ids, case.batch, case.seq)
-            .unwrap()
-            .with_attention_mask(&case.mask)
-            .unwrap();
-        let mut logits = vec![0.0; case.batch * case.seq * vocab];
-        context.forward(&request, &mut logits).unwrap();
-        let diff = max_abs_diff(&logits, &case.logits);
-        assert!(diff < 1e-4, "{name} kernel, {}: {diff}", case.name);
-    }
-    true
-}

@@ -1,0 +1,163 @@
+//! Which micro-kernel runs: [`Kernel`], a value the caller may choose, and [`Isa`], a kernel
+//! this CPU is known to run (the only way into the unsafe kernels).
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::LoadError;
+
+/// A family of matrix kernels (and the row operations compiled with them). Contexts pick the
+/// fastest one the CPU has unless told otherwise (`ContextOptions::kernel`, or the
+/// `LLADA_KERNEL` environment variable: `portable`, `avx2`, `avx512`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Kernel {
+    /// Plain Rust, any CPU.
+    Portable,
+    /// x86-64 with AVX2, FMA and F16C: 6 × 16 register tiles (and 1–5 rows for the last
+    /// rows), `A` read in place.
+    Avx2,
+    /// x86-64 with AVX-512F: 12 × 32 register tiles, `A` packed.
+    Avx512,
+}
+
+impl Kernel {
+    /// Every kernel, fastest first.
+    pub const ALL: [Kernel; 3] = [Kernel::Avx512, Kernel::Avx2, Kernel::Portable];
+
+    /// The name `LLADA_KERNEL` and [`FromStr`] take: `portable`, `avx2` or `avx512`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kernel::Portable => "portable",
+            Kernel::Avx2 => "avx2",
+            Kernel::Avx512 => "avx512",
+        }
+    }
+
+    /// Whether this CPU runs the kernel.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Kernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => {
+                use std::arch::is_x86_feature_detected as has;
+                has!("avx2") && has!("fma") && has!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f") && Kernel::Avx2.is_supported()
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The kernels this CPU runs, fastest first (`portable` always last).
+    pub fn supported() -> Vec<Kernel> {
+        Self::ALL.into_iter().filter(|k| k.is_supported()).collect()
+    }
+
+    /// The fastest kernel this CPU runs.
+    pub fn detect() -> Kernel {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.is_supported())
+            .unwrap_or(Kernel::Portable)
+    }
+
+    /// The kernel `LLADA_KERNEL` names, if it is set (and not empty).
+    pub fn from_env() -> Result<Option<Kernel>, LoadError> {
+        match std::env::var("LLADA_KERNEL") {
+            Ok(name) if !name.is_empty() => name.parse().map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl fmt::Display for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Kernel {
+    type Err = LoadError;
+
+    fn from_str(name: &str) -> Result<Self, LoadError> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| LoadError::UnknownKernel {
+                name: name.to_string(),
+            })
+    }
+}
+
+/// A [`Kernel`] this CPU runs: what the matrix product and the row operations dispatch on.
+/// It can only be made by [`Isa::new`], which checks the CPU, so the unsafe kernels behind it
+/// never run where their instructions are missing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Isa(Kernel);
+
+impl Isa {
+    /// `kernel`, if this CPU runs it; otherwise an error naming it.
+    pub(crate) fn new(kernel: Kernel) -> Result<Self, LoadError> {
+        if kernel.is_supported() {
+            Ok(Self(kernel))
+        } else {
+            Err(LoadError::KernelUnsupported {
+                kernel: kernel.name(),
+                supported: Kernel::supported().iter().map(|k| k.name()).collect(),
+            })
+        }
+    }
+
+    /// The kernel asked for, else `LLADA_KERNEL`, else the fastest this CPU runs.
+    pub(crate) fn choose(requested: Option<Kernel>) -> Result<Self, LoadError> {
+        let kernel = match requested {
+            Some(k) => k,
+            None => Kernel::from_env()?.unwrap_or_else(Kernel::detect),
+        };
+        Self::new(kernel)
+    }
+
+    /// The fastest kernel this CPU runs.
+    #[cfg(test)]
+    pub(crate) fn detect() -> Self {
+        Self(Kernel::detect())
+    }
+
+    pub(crate) fn kernel(self) -> Kernel {
+        self.0
+    }
+
+    /// Whether the row operations may be compiled for AVX2 + FMA.
+    pub(crate) fn has_avx2(self) -> bool {
+        matches!(self.0, Kernel::Avx2 | Kernel::Avx512)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_are_errors() {
+        for kernel in Kernel::ALL {
+            assert_eq!(kernel.name().parse::<Kernel>().unwrap(), kernel);
+        }
+        let err = "sse9".parse::<Kernel>().unwrap_err();
+        assert!(err.to_string().contains("sse9"), "{err}");
+    }
+
+    #[test]
+    fn the_portable_kernel_is_always_supported_and_last() {
+        let supported = Kernel::supported();
+        assert_eq!(supported.last(), Some(&Kernel::Portable));
+        assert_eq!(supported[0], Kernel::detect());
+        assert!(Isa::new(Kernel::Portable).is_ok());
+        for kernel in Kernel::ALL {
+            assert_eq!(Isa::new(kernel).is_ok(), kernel.is_supported());
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The AVX-512 kernel: a 12 × 32 tile (24 accumulators, two `B` vectors, one broadcast) over
+//! `A` packed `[kc][12]`. It is written once over [`Vec16`]: with `__m512` it is the real
+//! kernel; with the portable `Lanes16` (tests) it runs anywhere, so its indexing is tested on
+//! machines without AVX-512.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
+#[cfg(test)]
+use half::{bf16, f16};
+
+use super::{BF16, F32, Tile};
+#[cfg(target_arch = "x86_64")]
+use super::{F16, MicroKernel, Panel, Sliver};
+use crate::gemm::NR;
+
+/// The AVX-512 kernel.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Avx512;
+
+#[cfg(target_arch = "x86_64")]
+impl MicroKernel for Avx512 {
+    const MR: usize = 12;
+    const PACKS_A: bool = true;
+    const SHORT_TILES: bool = false;
+    const PAIRS: bool = true;
+
+    unsafe fn run(
+        kc: usize,
+        a: Sliver<'_>,
+        first: Panel<'_>,
+        second: Option<Panel<'_>>,
+        tile: Tile<'_>,
+    ) {
+        let Sliver::Packed(a) = a else {
+            unreachable!("the AVX-512 kernel reads A packed")
+        };
+        assert!(a.len() >= kc * Self::MR, "A sliver out of bounds");
+        let (dtype, p0, len0) = first.parts();
+        assert!(len0 >= kc * NR, "B panel out of bounds");
+        let p1 = second.map(|s| {
+            let (_, p1, len1) = s.parts();
+            assert!(len1 >= kc * NR, "B panel out of bounds");
+            p1
+        });
+        // SAFETY: the CPU has AVX-512F, AVX2, FMA and F16C (the caller's contract); `a` holds
+        // `kc × 12` values and each panel `kc × 16` (asserted).
+        unsafe {
+            match (dtype, p1) {
+                (F32, Some(p1)) => x86::kernel::<F32, 2>(kc, a, [p0, p1], tile),
+                (BF16, Some(p1)) => x86::kernel::<BF16, 2>(kc, a, [p0, p1], tile),
+                (_, Some(p1)) => x86::kernel::<F16, 2>(kc, a, [p0, p1], tile),
+                (F32, None) => x86::kernel::<F32, 1>(kc, a, [p0], tile),
+                (BF16, None) => x86::kernel::<BF16, 1>(kc, a, [p0], tile),
+                (_, None) => x86::kernel::<F16, 1>(kc, a, [p0], tile),
+            }
+        }
+    }
+}
+
+/// The 16-lane vector operations the kernel needs.
+pub(crate) trait Vec16: Copy {
+    unsafe fn zero() -> Self;
+    unsafe fn splat(x: f32) -> Self;
+    /// 16 values of row `kk` of a panel of element type `D`.
+    unsafe fn load_panel<const D: u8>(b: *const u8, kk: usize) -> Self;
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+    /// `*dst = self` or `*dst += self` (16 unaligned values).
+    unsafe fn store(self, dst: *mut f32, add: bool);
+}
+
+/// The portable stand-in of a 512-bit vector.
+#[cfg(test)]
+#[derive(Clone, Copy)]
+pub(crate) struct Lanes16([f32; 16]);
+
+#[cfg(test)]
+impl Vec16 for Lanes16 {
+    unsafe fn zero() -> Self {
+        Lanes16([0.0; 16])
+    }
+    unsafe fn splat(x: f32) -> Self {
+        Lanes16([x; 16])
+    }
+    unsafe fn load_panel<const D: u8>(b: *const u8, kk: usize) -> Self {
+        let mut v = [0.0f32; 16];
+        for (j, v) in v.iter_mut().enumerate() {
+            // SAFETY: the caller guarantees a panel of `kc × 16` elements of type `D`, `kk < kc`.
+            *v = unsafe {
+                match D {
+                    F32 => *b.cast::<f32>().add(kk * NR + j),
+                    BF16 => bf16::from_bits(*b.cast::<u16>().add(kk * NR + j)).to_f32(),
+                    _ => f16::from_bits(*b.cast::<u16>().add(kk * NR + j)).to_f32(),
+                }
+            };
+        }
+        Lanes16(v)
+    }
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        Lanes16(std::array::from_fn(|i| a.0[i].mul_add(b.0[i], c.0[i])))
+    }
+    unsafe fn store(self, dst: *mut f32, add: bool) {
+        for (j, &v) in self.0.iter().enumerate() {
+            // SAFETY: the caller guarantees 16 writable values at `dst`.
+            unsafe { *dst.add(j) = if add { *dst.add(j) + v } else { v } };
+        }
+    }
+}
+
+/// The `12 × 16N` register tile over 16-lane vectors: `12 N` accumulators (24 with two
+/// panels), `N` `B` vectors and one broadcast.
+///
+/// # Safety
+/// `a` holds `kc × 12` values, each `b[n]` a panel of `kc × 16` elements of type `D`, the
+/// tile is owned by the caller; `V`'s instructions are available.
+#[inline(always)]
+pub(crate) unsafe fn kernel_12x16n<V: Vec16, const D: u8, const N: usize>(
+    kc: usize,
+    a: &[f32],
+    b: [*const u8; N],
+    tile: Tile<'_>,
+) {
+    const MR: usize = 12;
+    // SAFETY: (whole body) the function's contract.
+    unsafe {
+        let mut acc = [[V::zero(); N]; MR];
+        let ap = a.as_ptr();
+        for kk in 0..kc {
+            let mut bv = [V::zero(); N];
+            for (v, &p) in bv.iter_mut().zip(&b) {
+                *v = V::load_panel::<D>(p, kk);
+            }
+            let row = ap.add(kk * MR);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = V::splat(*row.add(r));
+                for (acc, &v) in acc.iter_mut().zip(&bv) {
+                    *acc = V::fma(x, v, *acc);
+                }
+            }
+        }
+        if tile.rows == MR && tile.cols == N * NR {
+            for (r, vectors) in acc.iter().enumerate() {
+                let dst = tile.row_ptr(r);
+                for (n, v) in vectors.iter().enumerate() {
+                    v.store(dst.add(n * NR), tile.add);
+                }
+            }
+        } else {
+            let mut out = [0.0f32; MR * 2 * NR];
+            for (r, vectors) in acc.iter().enumerate() {
+                for (n, v) in vectors.iter().enumerate() {
+                    v.store(out.as_mut_ptr().add(r * 2 * NR + n * NR), false);
+                }
+            }
+            tile.store(&out, 2 * NR);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{BF16, F32, NR, Tile, Vec16, kernel_12x16n};
+
+    impl Vec16 for __m512 {
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            // SAFETY: AVX-512F is available (the kernel's contract).
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            // SAFETY: as above.
+            unsafe { _mm512_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load_panel<const D: u8>(b: *const u8, kk: usize) -> Self {
+            // SAFETY: a panel of `kc × 16` elements of type `D`, `kk < kc`; unaligned loads.
+            unsafe {
+                match D {
+                    F32 => _mm512_loadu_ps(b.cast::<f32>().add(kk * NR)),
+                    BF16 => {
+                        let half =
+                            _mm256_loadu_si256(b.cast::<u16>().add(kk * NR).cast::<__m256i>());
+                        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(half)))
+                    }
+                    _ => _mm512_cvtph_ps(_mm256_loadu_si256(
+                        b.cast::<u16>().add(kk * NR).cast::<__m256i>(),
+                    )),
+                }
+            }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            // SAFETY: AVX-512F is available.
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, dst: *mut f32, add: bool) {
+            // SAFETY: 16 writable values at `dst` (the caller's contract).
+            unsafe {
+                if add {
+                    _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), self));
+                } else {
+                    _mm512_storeu_ps(dst, self);
+                }
+            }
+        }
+    }
+
+    /// The AVX-512 kernel (see [`kernel_12x16n`]).
+    ///
+    /// # Safety
+    /// As [`kernel_12x16n`], with AVX-512F, AVX2, FMA and F16C present.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn kernel<const D: u8, const N: usize>(
+        kc: usize,
+        a: &[f32],
+        b: [*const u8; N],
+        tile: Tile<'_>,
+    ) {
+        // SAFETY: the caller's contract, and AVX-512F is enabled here.
+        unsafe { kernel_12x16n::<__m512, D, N>(kc, a, b, tile) }
+    }
+}

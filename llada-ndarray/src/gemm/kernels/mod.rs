@@ -1,0 +1,155 @@
+//! The micro-kernels: each keeps a tile of `C` in registers while it walks `kc` rows of one or
+//! two `B` panels. A new instruction set is one new file here implementing [`MicroKernel`],
+//! one [`Kernel`](crate::Kernel) variant and one arm in [`super::gemm_task`]'s dispatch.
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2;
+pub(crate) mod avx512;
+pub(crate) mod portable;
+
+use half::{bf16, f16};
+
+use super::{NR, Out};
+
+/// What the blocked driver needs to know of a kernel, and the kernel itself.
+pub(crate) trait MicroKernel {
+    /// Rows of the register tile (at most [`MR_MAX`]).
+    const MR: usize;
+    /// Whether the kernel reads `A` packed as `[kc][MR]` (else row-major, in place).
+    const PACKS_A: bool;
+    /// Whether the kernel has tiles of fewer rows for the last rows of `A`, read in place
+    /// (else they are copied and zero-padded to `MR` rows).
+    const SHORT_TILES: bool;
+    /// Whether the kernel takes two panels (32 columns) at once.
+    const PAIRS: bool;
+
+    /// `tile (+)= a · [first | second]` over `kc` values of depth.
+    ///
+    /// # Safety
+    /// The CPU has the kernel's instructions (an [`Isa`](super::isa::Isa) of this kernel was
+    /// made); `a` holds the tile's rows of `kc` values in the layout the constants ask for;
+    /// each panel holds `kc × 16` values; the tile lies inside its output view and no other
+    /// task writes it.
+    unsafe fn run(
+        kc: usize,
+        a: Sliver<'_>,
+        first: Panel<'_>,
+        second: Option<Panel<'_>>,
+        tile: Tile<'_>,
+    );
+}
+
+/// Most rows of any kernel's register tile (the AVX-512 kernel's).
+pub(crate) const MR_MAX: usize = 12;
+
+/// Element type of a panel, as a const parameter of the kernels.
+pub(crate) const F32: u8 = 0;
+pub(crate) const BF16: u8 = 1;
+pub(crate) const F16: u8 = 2;
+
+/// The `A` operand of one micro-kernel call: the tile's rows (at most `MR`) by `kc` columns.
+#[derive(Clone, Copy)]
+pub(crate) enum Sliver<'a> {
+    /// Packed `[kc][mr]` (the AVX-512 kernel's layout).
+    Packed(&'a [f32]),
+    /// Row-major, rows `lda` apart (read in place by the AVX2 and portable kernels).
+    Rows { data: &'a [f32], lda: usize },
+}
+
+impl Sliver<'_> {
+    /// Element (`r`, `kk`), for a kernel of `mr` rows.
+    #[inline(always)]
+    pub(crate) fn at(&self, mr: usize, r: usize, kk: usize) -> f32 {
+        match self {
+            Sliver::Packed(d) => d[kk * mr + r],
+            Sliver::Rows { data, lda } => data[r * lda + kk],
+        }
+    }
+}
+
+/// A `B` panel slice handed to the micro-kernel: `kc × 16` values.
+#[derive(Clone, Copy)]
+pub(crate) enum Panel<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+    F16(&'a [f16]),
+}
+
+impl Panel<'_> {
+    /// The element type (one of [`F32`], [`BF16`], [`F16`]), the data and its length.
+    pub(crate) fn parts(self) -> (u8, *const u8, usize) {
+        match self {
+            Panel::F32(p) => (F32, p.as_ptr().cast(), p.len()),
+            Panel::Bf16(p) => (BF16, p.as_ptr().cast(), p.len()),
+            Panel::F16(p) => (F16, p.as_ptr().cast(), p.len()),
+        }
+    }
+
+    /// Row `kk` of the panel, widened to f32.
+    #[inline(always)]
+    pub(crate) fn row(self, kk: usize, out: &mut [f32; NR]) {
+        let range = kk * NR..(kk + 1) * NR;
+        match self {
+            Panel::F32(p) => out.copy_from_slice(&p[range]),
+            Panel::Bf16(p) => {
+                for (d, s) in out.iter_mut().zip(&p[range]) {
+                    *d = s.to_f32();
+                }
+            }
+            Panel::F16(p) => {
+                for (d, s) in out.iter_mut().zip(&p[range]) {
+                    *d = s.to_f32();
+                }
+            }
+        }
+    }
+}
+
+/// Where a register tile goes: `rows × cols` of `c` at (`row`, `col`), written or added.
+#[derive(Clone, Copy)]
+pub(crate) struct Tile<'a> {
+    pub(crate) c: Out<'a>,
+    pub(crate) row: usize,
+    pub(crate) col: usize,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) add: bool,
+}
+
+impl Tile<'_> {
+    /// A pointer to row `r` of the tile, valid for `self.cols` values.
+    ///
+    /// # Safety
+    /// No other task writes this tile (tasks own disjoint rectangles of `C`).
+    #[inline(always)]
+    pub(crate) unsafe fn row_ptr(&self, r: usize) -> *mut f32 {
+        debug_assert!(r < self.rows);
+        // SAFETY: the caller's contract; bounds are checked by `Out::at`.
+        unsafe { self.c.at(self.row + r, self.col, self.cols) }
+    }
+
+    /// Writes (or adds) `acc` (row-major, rows `ld` apart) to the valid part of the tile.
+    pub(crate) fn store(&self, acc: &[f32], ld: usize) {
+        for r in 0..self.rows {
+            // SAFETY: no other task writes this tile (tasks own disjoint rectangles of C).
+            let dst = unsafe { self.c.row_mut(self.row + r, self.col, self.cols) };
+            let src = &acc[r * ld..r * ld + self.cols];
+            if self.add {
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d += s;
+                }
+            } else {
+                dst.copy_from_slice(src);
+            }
+        }
+    }
+
+    /// The same rows, columns `from..` only.
+    pub(crate) fn columns_from(&self, from: usize) -> Self {
+        Self {
+            col: self.col + from,
+            cols: self.cols.saturating_sub(from),
+            ..*self
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! Single-precision matrix multiplication `C (+)= A · B` for the model's shapes.
+//!
+//! `B` is either a weight, packed once at load time into panels of [`NR`] columns in its own
+//! dtype (f32, bf16 or f16: half-precision weights are widened inside the kernel, so they are
+//! never expanded into an f32 copy), or f32 panels packed on the fly (attention). Blocking:
+//! `KC` deep, a column block of `B` in L2 serving every row of `A`, one `B` panel slice in L1;
+//! the micro-kernel ([`kernels`]) keeps a tile of `C` in registers. Which kernel runs is a
+//! value, an [`Isa`], chosen per context; all packing memory is caller-owned scratch: no
+//! allocation per call.
+
+pub(crate) mod isa;
+pub(crate) mod kernels;
+mod pack;
+#[cfg(test)]
+mod tests;
+
+use half::{bf16, f16};
+
+pub(crate) use isa::Isa;
+use kernels::{MR_MAX, MicroKernel, Sliver, Tile};
+pub(crate) use pack::pack_panels;
+use pack::{copy_rows, pack_a, panel};
+
+use crate::Kernel;
+use crate::parallel::Disjoint;
+use crate::threads::Pool;
+
+/// Columns of a packed panel (the AVX-512 kernel takes two panels at once).
+pub(crate) const NR: usize = 16;
+/// Depth of a block.
+const KC: usize = 256;
+/// Rows of `A` per block (a multiple of every kernel's rows): the size of the packing buffer.
+const MC: usize = 96;
+/// Panels of `B` per column block (128 columns).
+const COLUMN_BLOCK: usize = 8;
+
+/// Element type of a packed weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dtype {
+    F32,
+    Bf16,
+    F16,
+}
+
+/// Storage of a packed weight.
+#[derive(Debug)]
+pub(crate) enum PanelData {
+    F32(Vec<f32>),
+    Bf16(Vec<bf16>),
+    F16(Vec<f16>),
+}
+
+/// A weight `W [n, k]` (`nn.Linear` layout) packed for `x · Wᵀ`: panel `p` holds columns
+/// `16p .. 16p + 16` of `Wᵀ` as `[k][16]`, zero-padded past `n`.
+#[derive(Debug)]
+pub(crate) struct PackedMatrix {
+    pub(crate) k: usize,
+    pub(crate) n: usize,
+    pub(crate) data: PanelData,
+}
+
+/// A read-only strided f32 matrix.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MatRef<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) row_stride: usize,
+    pub(crate) col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major matrix with rows `row_stride` apart.
+    pub(crate) fn rows(data: &'a [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride: 1,
+        }
+    }
+
+    #[inline(always)]
+    fn at(&self, r: usize, c: usize) -> f32 {
+        self.data[r * self.row_stride + c * self.col_stride]
+    }
+
+    fn check(&self) {
+        if self.rows > 0 && self.cols > 0 {
+            let last = (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride;
+            assert!(last < self.data.len(), "matrix view out of bounds");
+        }
+    }
+}
+
+/// The right-hand side `B [k, n]`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Rhs<'a> {
+    /// A packed weight: `B = Wᵀ`.
+    Packed(&'a PackedMatrix),
+    /// f32 panels in the packed layout, `[panels][k][16]` (attention's keys and values, packed
+    /// once per layer and read by many tasks).
+    Panels {
+        /// The panels.
+        data: &'a [f32],
+        /// Rows of `B`.
+        k: usize,
+        /// Columns of `B`.
+        n: usize,
+    },
+}
+
+impl Rhs<'_> {
+    fn dims(&self) -> (usize, usize) {
+        match self {
+            Rhs::Packed(w) => (w.k, w.n),
+            Rhs::Panels { k, n, .. } => (*k, *n),
+        }
+    }
+}
+
+/// The output `C [m, n]`, row-major with rows `row_stride` apart, in a buffer that parallel
+/// tasks write at disjoint tiles.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Out<'a> {
+    data: Disjoint<'a, f32>,
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+}
+
+impl<'a> Out<'a> {
+    pub(crate) fn new(data: &'a mut [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        if rows > 0 && cols > 0 {
+            assert!(
+                (rows - 1) * row_stride + cols <= data.len(),
+                "output view out of bounds"
+            );
+        }
+        Self {
+            data: Disjoint::new(data),
+            offset: 0,
+            rows,
+            cols,
+            row_stride,
+        }
+    }
+
+    /// The `rows × cols` block at (`row`, `col`).
+    pub(crate) fn sub(&self, row: usize, col: usize, rows: usize, cols: usize) -> Self {
+        assert!(
+            row + rows <= self.rows && col + cols <= self.cols,
+            "sub-block out of bounds"
+        );
+        Self {
+            offset: self.offset + row * self.row_stride + col,
+            rows,
+            cols,
+            ..*self
+        }
+    }
+
+    /// Values `col..col + len` of row `row`.
+    ///
+    /// # Safety
+    /// No other task reads or writes them meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn row_mut(&self, row: usize, col: usize, len: usize) -> &'a mut [f32] {
+        debug_assert!(row < self.rows && col + len <= self.cols);
+        let at = self.offset + row * self.row_stride + col;
+        // SAFETY: the caller's contract; `range` checks the bounds.
+        unsafe { self.data.range(at..at + len) }
+    }
+
+    /// A pointer to values `col..col + len` of row `row`, for kernels that store vectors.
+    ///
+    /// # Safety
+    /// As [`row_mut`](Self::row_mut).
+    pub(crate) unsafe fn at(&self, row: usize, col: usize, len: usize) -> *mut f32 {
+        debug_assert!(row < self.rows && col + len <= self.cols);
+        // SAFETY: the caller's contract; `at` checks the bounds.
+        unsafe { self.data.at(self.offset + row * self.row_stride + col, len) }
+    }
+}
+
+/// Per-thread packing memory.
+#[derive(Debug)]
+pub(crate) struct GemmScratch {
+    a: Vec<f32>,
+}
+
+impl GemmScratch {
+    pub(crate) fn new() -> Self {
+        Self {
+            a: vec![0.0; MC.max(MR_MAX) * KC],
+        }
+    }
+}
+
+/// Tasks: `row_chunks × col_chunks` rectangles of `C`.
+struct Plan {
+    row_chunk: usize,
+    col_chunk: usize,
+    row_chunks: usize,
+    col_chunks: usize,
+}
+
+fn plan(m: usize, n: usize, threads: usize) -> Plan {
+    let panels = n.div_ceil(NR);
+    let row_blocks = m.div_ceil(MC);
+    // Prefer splitting columns (weights are read once per thread); split rows when there are
+    // too few panels to keep every thread busy. Column chunks are as small as one block of
+    // the task loop (COLUMN_BLOCK panels: smaller ones would not save reading A again), so
+    // that threads slowed by others on the machine still finish together: with only two
+    // chunks per thread, a thread idled for half a chunk, 10–20% of a product, at the end.
+    let col_chunks = panels
+        .div_ceil(COLUMN_BLOCK)
+        .max(panels.min(threads * 2))
+        .max(1);
+    let row_chunks = if panels >= threads * 2 {
+        1
+    } else {
+        row_blocks.min(threads * 2).max(1)
+    };
+    let col_chunk = panels.div_ceil(col_chunks) * NR;
+    let row_chunk = row_blocks.div_ceil(row_chunks) * MC;
+    Plan {
+        row_chunk,
+        col_chunk,
+        row_chunks: m.div_ceil(row_chunk.max(1)).max(1),
+        col_chunks: n.div_ceil(col_chunk.max(1)).max(1),
+    }
+}
+
+fn check(a: &MatRef<'_>, b: &Rhs<'_>, c: &Out<'_>) {
+    a.check();
+    if let Rhs::Panels { data, k, n } = b {
+        assert!(
+            data.len() >= n.div_ceil(NR) * k * NR,
+            "panels out of bounds"
+        );
+    }
+    let (k, n) = b.dims();
+    assert_eq!(a.cols, k, "inner dimensions differ");
+    assert_eq!((c.rows, c.cols), (a.rows, n), "output shape differs");
+}
+
+/// `C (+)= A · B` on the pool's threads with `isa`'s kernel.
+pub(crate) fn gemm(
+    pool: &Pool<impl AsMut<GemmScratch> + Send>,
+    isa: Isa,
+    a: MatRef<'_>,
+    b: Rhs<'_>,
+    c: Out<'_>,
+    accumulate: bool,
+) {
+    check(&a, &b, &c);
+    let p = plan(c.rows, c.cols, pool.threads());
+    let work = c.rows * c.cols * a.cols;
+    pool.run_sized(p.row_chunks * p.col_chunks, work, &|task, scratch| {
+        let (ri, ci) = (task / p.col_chunks, task % p.col_chunks);
+        let rows = ri * p.row_chunk..((ri + 1) * p.row_chunk).min(c.rows);
+        let cols = ci * p.col_chunk..((ci + 1) * p.col_chunk).min(c.cols);
+        let block = Block {
+            a: &a,
+            b: &b,
+            c,
+            rows,
+            cols,
+            accumulate,
+        };
+        gemm_task(isa, block, scratch.as_mut());
+    });
+}
+
+/// `C (+)= A · B` on the calling thread.
+pub(crate) fn gemm_serial(
+    isa: Isa,
+    a: MatRef<'_>,
+    b: Rhs<'_>,
+    c: Out<'_>,
+    accumulate: bool,
+    scratch: &mut GemmScratch,
+) {
+    check(&a, &b, &c);
+    let block = Block {
+        a: &a,
+        b: &b,
+        c,
+        rows: 0..c.rows,
+        cols: 0..c.cols,
+        accumulate,
+    };
+    gemm_task(isa, block, scratch);
+}
+
+/// One task's rectangle of `C`; `cols` starts on a panel boundary.
+struct Block<'t, 'a> {
+    a: &'t MatRef<'a>,
+    b: &'t Rhs<'a>,
+    c: Out<'t>,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    accumulate: bool,
+}
+
+/// Runs one rectangle with the kernel `isa` names.
+fn gemm_task(isa: Isa, block: Block<'_, '_>, scratch: &mut GemmScratch) {
+    // SAFETY: an `Isa` exists only for kernels this CPU runs.
+    unsafe {
+        match isa.kernel() {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => task::<kernels::avx512::Avx512>(block, scratch),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => task::<kernels::avx2::Avx2>(block, scratch),
+            _ => task::<kernels::portable::Portable>(block, scratch),
+        }
+    }
+}
+
+/// The blocked loops around kernel `K`.
+///
+/// # Safety
+/// The CPU runs `K`.
+unsafe fn task<K: MicroKernel>(block: Block<'_, '_>, scratch: &mut GemmScratch) {
+    let Block {
+        a,
+        b,
+        c,
+        rows,
+        cols,
+        accumulate,
+    } = block;
+    let k = a.cols;
+    if rows.is_empty() || cols.is_empty() {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in rows {
+                // SAFETY: this task owns its rectangle of C.
+                unsafe { c.row_mut(r, cols.start, cols.len()) }.fill(0.0);
+            }
+        }
+        return;
+    }
+    let mr = K::MR;
+    let apack = &mut scratch.a;
+    debug_assert_eq!(
+        cols.start % NR,
+        0,
+        "column chunks start on panel boundaries"
+    );
+    // Loop order (as MLAS does for weights): a block of columns of B (COLUMN_BLOCK panels,
+    // kc deep, about 128 KB: L2) is read from memory once and serves every row of A; the A
+    // sliver (mr rows, kc deep: L1) serves every panel of the block.
+    let mut p0 = cols.start / NR;
+    while p0 * NR < cols.end {
+        let p_end = (p0 + COLUMN_BLOCK).min(cols.end.div_ceil(NR));
+        let mut k0 = 0;
+        while k0 < k {
+            let kc = KC.min(k - k0);
+            let add = accumulate || k0 > 0;
+            let mut row0 = rows.start;
+            while row0 < rows.end {
+                let tile_rows = mr.min(rows.end - row0);
+                let sliver = if K::PACKS_A {
+                    pack_a(a, row0, tile_rows, k0, kc, mr, apack);
+                    Sliver::Packed(&apack[..kc * mr])
+                } else if (tile_rows == mr || K::SHORT_TILES) && a.col_stride == 1 {
+                    // The kernel reads the rows of A where they are (a kernel with short
+                    // tiles reads a short last sliver in place too).
+                    Sliver::Rows {
+                        data: &a.data[row0 * a.row_stride + k0..],
+                        lda: a.row_stride,
+                    }
+                } else {
+                    // A strided A, or a short last sliver for a kernel without short tiles.
+                    copy_rows(a, row0, tile_rows, k0, kc, mr, apack);
+                    Sliver::Rows {
+                        data: &apack[..mr * kc],
+                        lda: kc,
+                    }
+                };
+                let mut p = p0;
+                while p < p_end {
+                    let j0 = p * NR;
+                    let pair = K::PAIRS && p + 1 < p_end;
+                    let nc = (if pair { 2 * NR } else { NR }).min(cols.end - j0);
+                    let first = panel(b, p, k0, kc);
+                    let second = pair.then(|| panel(b, p + 1, k0, kc));
+                    let tile = Tile {
+                        c,
+                        row: row0,
+                        col: j0,
+                        rows: tile_rows,
+                        cols: nc,
+                        add,
+                    };
+                    // SAFETY: the CPU runs K (this function's contract); the sliver and the
+                    // panels hold `kc` rows in K's layout; the tile is inside this task's
+                    // rectangle of C.
+                    unsafe { K::run(kc, sliver, first, second, tile) };
+                    p += if pair { 2 } else { 1 };
+                }
+                row0 += tile_rows;
+            }
+            k0 += kc;
+        }
+        p0 = p_end;
+    }
+}

@@ -1,0 +1,237 @@
+//! The matrix product against an f64 reference, with every kernel this CPU runs.
+
+use super::kernels::avx512::{Lanes16, kernel_12x16n};
+use super::kernels::{BF16, F32};
+use super::*;
+
+/// Every kernel this CPU runs.
+fn isas() -> Vec<Isa> {
+    Kernel::supported()
+        .into_iter()
+        .map(|k| Isa::new(k).unwrap())
+        .collect()
+}
+
+fn reference(a: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut c = vec![0.0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0.0f64;
+            for kk in 0..k {
+                s += f64::from(a[i * k + kk]) * f64::from(w[j * k + kk]);
+            }
+            c[i * n + j] = s as f32;
+        }
+    }
+    c
+}
+
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    (0..len)
+        .map(|i| {
+            ((llada_core::testing::splitmix64(seed ^ i as u64) >> 40) as f32 / (1 << 24) as f32)
+                - 0.5
+        })
+        .collect()
+}
+
+struct S(GemmScratch);
+impl AsMut<GemmScratch> for S {
+    fn as_mut(&mut self) -> &mut GemmScratch {
+        &mut self.0
+    }
+}
+
+#[test]
+fn packed_and_strided_products_match_a_reference_on_awkward_shapes() {
+    let pool = Pool::new((0..3).map(|_| S(GemmScratch::new())).collect()).unwrap();
+    for isa in isas() {
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (7, 300, 33),
+            (100, 17, 5),
+            (13, 513, 64),
+            (200, 64, 130),
+            // With the shapes above (1 and 4 rows left), every short last sliver of the
+            // 6-row AVX2 tile: 3, 5 and 2 rows left.
+            (3, 40, 20),
+            (5, 70, 48),
+            (32, 260, 40),
+        ] {
+            let a = values(m * k, 1);
+            let w = values(n * k, 2);
+            let expected = reference(&a, &w, m, k, n);
+            let packed = PackedMatrix::from_f32(&w, n, k, Dtype::F32);
+            let tol = 1e-4 * (k as f32).sqrt();
+            let mut c = vec![0.0f32; m * n];
+            gemm(
+                &pool,
+                isa,
+                MatRef::rows(&a, m, k, k),
+                Rhs::Packed(&packed),
+                Out::new(&mut c, m, n, n),
+                false,
+            );
+            for (x, y) in c.iter().zip(&expected) {
+                assert!(
+                    (x - y).abs() < tol,
+                    "{isa:?} packed {m}x{k}x{n}: {x} vs {y}"
+                );
+            }
+            // Accumulating adds the product again.
+            gemm(
+                &pool,
+                isa,
+                MatRef::rows(&a, m, k, k),
+                Rhs::Packed(&packed),
+                Out::new(&mut c, m, n, n),
+                true,
+            );
+            for (x, y) in c.iter().zip(&expected) {
+                assert!((x - 2.0 * y).abs() < 2.0 * tol);
+            }
+            // Strided B = Wᵀ (rows of W are columns of B).
+            let bt = MatRef {
+                data: &w,
+                rows: k,
+                cols: n,
+                row_stride: 1,
+                col_stride: k,
+            };
+            // The same B = Wᵀ as a transposed strided view, packed into panels (attention's keys).
+            let mut panels = vec![f32::NAN; n.div_ceil(NR) * k * NR];
+            pack_panels(&bt, &mut panels);
+            let mut c2 = vec![0.0f32; m * n];
+            let mut scratch = GemmScratch::new();
+            gemm_serial(
+                isa,
+                MatRef::rows(&a, m, k, k),
+                Rhs::Panels {
+                    data: &panels,
+                    k,
+                    n,
+                },
+                Out::new(&mut c2, m, n, n),
+                false,
+                &mut scratch,
+            );
+            for (x, y) in c2.iter().zip(&expected) {
+                assert!(
+                    (x - y).abs() < tol,
+                    "{isa:?} panels {m}x{k}x{n}: {x} vs {y}"
+                );
+            }
+        }
+    }
+}
+
+/// The AVX-512 kernel's code, run on 16-lane arrays: the same tiles as the reference.
+#[test]
+fn the_12x32_kernel_logic_matches_a_reference() {
+    let (m, k, n) = (12, 37, 32);
+    let a = values(m * k, 5);
+    let w = values(n * k, 6);
+    let expected = reference(&a, &w, m, k, n);
+    let panels = PackedMatrix::pack(n, k, |r, out: &mut [f32]| {
+        out.copy_from_slice(&w[r * k..(r + 1) * k])
+    });
+    let mut apack = vec![0.0f32; k * 12];
+    pack_a(&MatRef::rows(&a, m, k, k), 0, m, 0, k, 12, &mut apack);
+    for (rows, cols, add) in [
+        (12, 32, false),
+        (7, 32, false),
+        (12, 21, false),
+        (12, 16, true),
+    ] {
+        let mut c = vec![1.0f32; m * n];
+        let tile = Tile {
+            c: Out::new(&mut c, m, n, n),
+            row: 0,
+            col: 0,
+            rows,
+            cols,
+            add,
+        };
+        let b = [
+            panels.as_ptr().cast::<u8>(),
+            panels[k * NR..].as_ptr().cast::<u8>(),
+        ];
+        // SAFETY: the buffers have the kernel's shapes; Lanes16 needs no CPU feature.
+        unsafe {
+            if cols > NR {
+                kernel_12x16n::<Lanes16, F32, 2>(k, &apack, b, tile);
+            } else {
+                kernel_12x16n::<Lanes16, F32, 1>(k, &apack, [b[0]], tile);
+            }
+        }
+        for i in 0..m {
+            for j in 0..n {
+                let got = c[i * n + j];
+                let want = if i < rows && j < cols {
+                    expected[i * n + j] + f32::from(u8::from(add))
+                } else {
+                    1.0
+                };
+                assert!(
+                    (got - want).abs() < 1e-4,
+                    "({i}, {j}) rows {rows} cols {cols}: {got} vs {want}"
+                );
+            }
+        }
+    }
+    // Half-precision panels through the emulated loads.
+    let half = PackedMatrix::pack(n, k, |r, out: &mut [bf16]| {
+        for (o, &v) in out.iter_mut().zip(&w[r * k..]) {
+            *o = bf16::from_f32(v);
+        }
+    });
+    let mut c = vec![0.0f32; m * n];
+    let tile = Tile {
+        c: Out::new(&mut c, m, n, n),
+        row: 0,
+        col: 0,
+        rows: 12,
+        cols: 32,
+        add: false,
+    };
+    let b = [
+        half.as_ptr().cast::<u8>(),
+        half[k * NR..].as_ptr().cast::<u8>(),
+    ];
+    // SAFETY: as above.
+    unsafe { kernel_12x16n::<Lanes16, BF16, 2>(k, &apack, b, tile) };
+    for (x, y) in c.iter().zip(&expected) {
+        assert!((x - y).abs() < 2e-2, "{x} vs {y}");
+    }
+}
+
+#[test]
+fn half_precision_weights_are_widened_in_the_kernel() {
+    let pool = Pool::new(vec![S(GemmScratch::new()), S(GemmScratch::new())]).unwrap();
+    let (m, k, n) = (9, 70, 40);
+    let a = values(m * k, 3);
+    let w: Vec<f32> = values(n * k, 4)
+        .iter()
+        .map(|&v| bf16::from_f32(v).to_f32())
+        .collect();
+    let expected = reference(&a, &w, m, k, n);
+    for (isa, dtype) in isas()
+        .into_iter()
+        .flat_map(|isa| [(isa, Dtype::Bf16), (isa, Dtype::F16)])
+    {
+        let packed = PackedMatrix::from_f32(&w, n, k, dtype);
+        let mut c = vec![0.0f32; m * n];
+        gemm(
+            &pool,
+            isa,
+            MatRef::rows(&a, m, k, k),
+            Rhs::Packed(&packed),
+            Out::new(&mut c, m, n, n),
+            false,
+        );
+        for (x, y) in c.iter().zip(&expected) {
+            // bf16 values are exact in f16 only approximately (f16 has 10 mantissa bits).
+            assert!((x - y).abs() < 2e-3, "{isa:?} {dtype:?}: {x} vs {y}");
+        }
+    }
+}
