@@ -231,13 +231,11 @@ fn time_generation<P: MaskPredictor>(
 where
     P::Error: std::error::Error + Send + Sync + 'static,
 {
-    let params = GenerateParams {
-        steps: gen_length,
-        gen_length,
-        block_length: 32,
-        mask_id,
-        ..GenerateParams::default()
-    };
+    let params = GenerateParams::default()
+        .with_steps(gen_length)
+        .with_gen_length(gen_length)
+        .with_block_length(32)
+        .with_mask_id(mask_id);
     let prompt = random_ids(7, prompt_len, p.vocab_size());
     let mut canvas = vec![0u32; prompt_len + gen_length];
     let mut ws = WorkspaceBuf::new(&WorkspaceSizes::for_generation(
@@ -356,43 +354,29 @@ fn fast_dllm_rows(threads: usize) -> anyhow::Result<(String, Vec<(String, f64, f
     let eval: Eval = serde_json::from_str(&std::fs::read_to_string(dir.join("eval.json"))?)?;
     let model = llada::Model::load(&dir, &llada::BackendChoice::Ndarray)?;
     let mut pipeline = llada::Pipeline::with_threads(model, Some(threads))?;
-    let reference = GenerateParams {
-        steps: eval.steps,
-        gen_length: eval.gen_length,
-        block_length: eval.block_length,
-        ..pipeline.default_params()
-    };
+    let reference = pipeline
+        .default_params()
+        .with_steps(eval.steps)
+        .with_gen_length(eval.gen_length)
+        .with_block_length(eval.block_length);
     let configs = [
         ("reference schedule", reference),
         (
             "threshold 0.9",
-            GenerateParams {
-                commit: CommitRule::Threshold(0.9),
-                ..reference
-            },
+            reference.with_commit(CommitRule::Threshold(0.9)),
         ),
-        (
-            "factor 1.0",
-            GenerateParams {
-                commit: CommitRule::Factor(1.0),
-                ..reference
-            },
-        ),
+        ("factor 1.0", reference.with_commit(CommitRule::Factor(1.0))),
         (
             "threshold 0.9 + prefix cache",
-            GenerateParams {
-                commit: CommitRule::Threshold(0.9),
-                cache: CacheMode::Prefix,
-                ..reference
-            },
+            reference
+                .with_commit(CommitRule::Threshold(0.9))
+                .with_cache(CacheMode::Prefix),
         ),
         (
             "threshold 0.9 + dual cache",
-            GenerateParams {
-                commit: CommitRule::Threshold(0.9),
-                cache: CacheMode::Dual,
-                ..reference
-            },
+            reference
+                .with_commit(CommitRule::Threshold(0.9))
+                .with_cache(CacheMode::Dual),
         ),
     ];
     let about = format!(

@@ -230,12 +230,10 @@ impl Model {
 
     /// The reference's default parameters with this model's mask, EOS and EOT ids.
     pub fn default_params(&self) -> GenerateParams {
-        GenerateParams {
-            mask_id: self.special.mask,
-            eos_id: self.special.eos,
-            eot_id: self.special.eot,
-            ..GenerateParams::default()
-        }
+        GenerateParams::default()
+            .with_mask_id(self.special.mask)
+            .with_eos_id(self.special.eos)
+            .with_eot_id(self.special.eot)
     }
 
     /// Renders `messages` with the model's chat template, ending with the assistant prompt.
@@ -461,12 +459,11 @@ impl Pipeline {
         cfg_scale: f32,
         seed: u64,
     ) -> Result<f64, Error> {
-        let params = LikelihoodParams {
-            mc_samples,
-            batch,
-            cfg_scale,
-            mask_id: self.model.special.mask,
-        };
+        let params = LikelihoodParams::default()
+            .with_mc_samples(mc_samples)
+            .with_batch(batch)
+            .with_cfg_scale(cfg_scale)
+            .with_mask_id(self.model.special.mask);
         let vocab = self.backend.vocab_size();
         self.workspace.ensure(&WorkspaceSizes::for_likelihood(
             prompt.len(),

@@ -33,45 +33,31 @@ fn score(pipeline: &mut Pipeline, params: &GenerateParams) -> (f64, f64) {
 fn threshold_decoding_with_a_dual_cache_keeps_accuracy_with_fewer_passes() {
     let mut pipeline = Pipeline::open(bundled_model(), &BackendChoice::Ndarray).unwrap();
     let eval = eval_set();
-    let reference = GenerateParams {
-        steps: eval.steps,
-        gen_length: eval.gen_length,
-        block_length: eval.block_length,
-        ..pipeline.default_params()
-    };
+    let reference = pipeline
+        .default_params()
+        .with_steps(eval.steps)
+        .with_gen_length(eval.gen_length)
+        .with_block_length(eval.block_length);
     let (ref_accuracy, ref_passes) = score(&mut pipeline, &reference);
     assert_eq!(ref_passes, eval.steps as f64);
     assert!(ref_accuracy >= 0.9, "reference accuracy {ref_accuracy}");
     for (name, params) in [
         (
             "threshold 0.9",
-            GenerateParams {
-                commit: CommitRule::Threshold(0.9),
-                ..reference
-            },
+            reference.with_commit(CommitRule::Threshold(0.9)),
         ),
-        (
-            "factor 1.0",
-            GenerateParams {
-                commit: CommitRule::Factor(1.0),
-                ..reference
-            },
-        ),
+        ("factor 1.0", reference.with_commit(CommitRule::Factor(1.0))),
         (
             "threshold 0.9 + prefix cache",
-            GenerateParams {
-                commit: CommitRule::Threshold(0.9),
-                cache: CacheMode::Prefix,
-                ..reference
-            },
+            reference
+                .with_commit(CommitRule::Threshold(0.9))
+                .with_cache(CacheMode::Prefix),
         ),
         (
             "threshold 0.9 + dual cache",
-            GenerateParams {
-                commit: CommitRule::Threshold(0.9),
-                cache: CacheMode::Dual,
-                ..reference
-            },
+            reference
+                .with_commit(CommitRule::Threshold(0.9))
+                .with_cache(CacheMode::Dual),
         ),
     ] {
         let (accuracy, passes) = score(&mut pipeline, &params);

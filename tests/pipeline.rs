@@ -15,12 +15,11 @@ fn pipeline() -> Pipeline {
 
 fn eval_params(pipeline: &Pipeline) -> GenerateParams {
     let eval = eval_set();
-    GenerateParams {
-        steps: eval.steps,
-        gen_length: eval.gen_length,
-        block_length: eval.block_length,
-        ..pipeline.default_params()
-    }
+    pipeline
+        .default_params()
+        .with_steps(eval.steps)
+        .with_gen_length(eval.gen_length)
+        .with_block_length(eval.block_length)
 }
 
 #[test]
@@ -235,13 +234,7 @@ fn bad_input_names_what_is_wrong() {
         other => panic!("expected PromptTooLong, got {other}"),
     }
     let err = pipeline
-        .generate(
-            "x",
-            &GenerateParams {
-                block_length: 5,
-                ..params
-            },
-        )
+        .generate("x", &params.with_block_length(5))
         .unwrap_err();
     assert!(
         matches!(err, Error::Params(llada::core::Error::BlockLength { .. })),

@@ -118,33 +118,35 @@ pub(crate) struct SamplingArgs {
 
 impl SamplingArgs {
     pub(crate) fn params(&self, pipeline: &Pipeline) -> GenerateParams {
-        GenerateParams {
-            steps: self.steps,
-            gen_length: self.gen_length,
-            block_length: self.block_length,
-            temperature: self.temperature,
-            cfg_scale: self.cfg_scale,
-            remasking: match self.remasking {
-                RemaskingFlag::LowConfidence => Remasking::LowConfidence,
-                RemaskingFlag::Random => Remasking::Random,
-                RemaskingFlag::Margin => Remasking::Margin,
-                RemaskingFlag::Entropy => Remasking::Entropy,
-            },
-            top_k: self.top_k,
-            top_p: self.top_p,
-            seed: self.seed,
-            commit: match (self.threshold, self.factor) {
-                (Some(t), _) => CommitRule::Threshold(t),
-                (None, Some(f)) => CommitRule::Factor(f),
-                (None, None) => CommitRule::Schedule,
-            },
-            cache: match self.cache {
-                CacheFlag::None => CacheMode::None,
-                CacheFlag::Prefix => CacheMode::Prefix,
-                CacheFlag::Dual => CacheMode::Dual,
-            },
-            ..pipeline.default_params()
-        }
+        let remasking = match self.remasking {
+            RemaskingFlag::LowConfidence => Remasking::LowConfidence,
+            RemaskingFlag::Random => Remasking::Random,
+            RemaskingFlag::Margin => Remasking::Margin,
+            RemaskingFlag::Entropy => Remasking::Entropy,
+        };
+        let commit = match (self.threshold, self.factor) {
+            (Some(t), _) => CommitRule::Threshold(t),
+            (None, Some(f)) => CommitRule::Factor(f),
+            (None, None) => CommitRule::Schedule,
+        };
+        let cache = match self.cache {
+            CacheFlag::None => CacheMode::None,
+            CacheFlag::Prefix => CacheMode::Prefix,
+            CacheFlag::Dual => CacheMode::Dual,
+        };
+        pipeline
+            .default_params()
+            .with_steps(self.steps)
+            .with_gen_length(self.gen_length)
+            .with_block_length(self.block_length)
+            .with_temperature(self.temperature)
+            .with_cfg_scale(self.cfg_scale)
+            .with_remasking(remasking)
+            .with_top_k(self.top_k)
+            .with_top_p(self.top_p)
+            .with_seed(self.seed)
+            .with_commit(commit)
+            .with_cache(cache)
     }
 }
 

@@ -51,12 +51,10 @@ fn per_step(c: &mut Criterion, name: &str, params: GenerateParams) {
 }
 
 fn benches(c: &mut Criterion) {
-    let base = GenerateParams {
-        steps: 256,
-        gen_length: 256,
-        block_length: 32,
-        ..GenerateParams::default()
-    };
+    let base = GenerateParams::default()
+        .with_steps(256)
+        .with_gen_length(256)
+        .with_block_length(32);
     per_step(
         c,
         "sampler_step/argmax_low_confidence/vocab126464_block32",
@@ -65,10 +63,7 @@ fn benches(c: &mut Criterion) {
     per_step(
         c,
         "sampler_step/gumbel_t1/vocab126464_block32",
-        GenerateParams {
-            temperature: 1.0,
-            ..base
-        },
+        base.with_temperature(1.0),
     );
 }
 

@@ -102,6 +102,128 @@ impl<'a> Canvas<'a> {
         }
         Ok(())
     }
+
+    /// A canvas of `batch` prompts of one length (`prompts`, `[batch, prompt_len]` row-major),
+    /// each followed by `gen_length` mask ids, written into `tokens` (exactly `batch ×
+    /// (prompt_len + gen_length)` ids). Checks the shapes and that no prompt holds the mask
+    /// id.
+    ///
+    /// ```
+    /// use llada_core::Canvas;
+    ///
+    /// let mut tokens = [0u32; 2 * (3 + 4)];
+    /// let canvas = Canvas::from_prompts(&mut tokens, &[1, 2, 3, 4, 5, 6], 2, 4, 9)?;
+    /// assert_eq!(canvas.prompt_len(), 3);
+    /// assert_eq!(tokens[..7], [1, 2, 3, 9, 9, 9, 9]);
+    /// # Ok::<(), llada_core::Error>(())
+    /// ```
+    pub fn from_prompts(
+        tokens: &'a mut [TokenId],
+        prompts: &[TokenId],
+        batch: usize,
+        gen_length: usize,
+        mask_id: TokenId,
+    ) -> Result<Self, Error> {
+        Self::fill(tokens, prompts, batch, gen_length, mask_id)?;
+        let prompt_len = prompts.len() / batch;
+        check_prompts(prompts.chunks_exact(prompt_len.max(1)), mask_id)?;
+        Ok(Self::new(tokens, batch, prompt_len))
+    }
+
+    /// A canvas of prompts of any lengths: shorter ones are left-padded with `pad_id` to the
+    /// longest, and `attention` (as long as `tokens`) becomes the mask that hides the
+    /// padding (attached only when some prompt is padded). `tokens` must hold exactly
+    /// `prompts.len() × (longest + gen_length)` ids. Checks the shapes and that no prompt
+    /// holds the mask id.
+    ///
+    /// ```
+    /// use llada_core::Canvas;
+    ///
+    /// let (mut tokens, mut attention) = ([0u32; 2 * (3 + 2)], [0u8; 2 * (3 + 2)]);
+    /// let prompts: [&[u32]; 2] = [&[1, 2, 3], &[4]];
+    /// let canvas = Canvas::left_padded(&mut tokens, &mut attention, &prompts, 2, 9, 0)?;
+    /// assert_eq!(canvas.prompt_len(), 3);
+    /// assert_eq!(tokens[5..], [0, 0, 4, 9, 9]);
+    /// assert_eq!(attention[5..], [0, 0, 1, 1, 1]);
+    /// # Ok::<(), llada_core::Error>(())
+    /// ```
+    pub fn left_padded<P: AsRef<[TokenId]>>(
+        tokens: &'a mut [TokenId],
+        attention: &'a mut [u8],
+        prompts: &[P],
+        gen_length: usize,
+        mask_id: TokenId,
+        pad_id: TokenId,
+    ) -> Result<Self, Error> {
+        let batch = prompts.len();
+        if batch == 0 {
+            return Err(Error::Zero { name: "batch" });
+        }
+        check_prompts(prompts.iter().map(AsRef::as_ref), mask_id)?;
+        let prompt_len = prompts.iter().map(|p| p.as_ref().len()).max().unwrap_or(0);
+        let seq = prompt_len
+            .checked_add(gen_length)
+            .and_then(|s| s.checked_mul(batch))
+            .ok_or(ShapeError::Overflow)?;
+        for (what, found) in [
+            ("canvas", tokens.len()),
+            ("attention mask", attention.len()),
+        ] {
+            if found != seq {
+                return Err(ShapeError::Length {
+                    what,
+                    expected: seq,
+                    found,
+                }
+                .into());
+            }
+        }
+        let seq = prompt_len + gen_length;
+        let mut padded = false;
+        for ((prompt, row), mask) in prompts
+            .iter()
+            .zip(tokens.chunks_exact_mut(seq))
+            .zip(attention.chunks_exact_mut(seq))
+        {
+            let prompt = prompt.as_ref();
+            let pad = prompt_len - prompt.len();
+            padded |= pad > 0;
+            row[..pad].fill(pad_id);
+            row[pad..prompt_len].copy_from_slice(prompt);
+            row[prompt_len..].fill(mask_id);
+            mask[..pad].fill(0);
+            mask[pad..].fill(1);
+        }
+        let canvas = Self::new(tokens, batch, prompt_len);
+        Ok(if padded {
+            canvas.with_attention_mask(attention)
+        } else {
+            canvas
+        })
+    }
+
+    /// Rows of the canvas.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Prompt tokens per row (left padding included).
+    pub fn prompt_len(&self) -> usize {
+        self.prompt_len
+    }
+}
+
+/// The first prompt position holding the mask id is an error.
+fn check_prompts<'p>(
+    prompts: impl Iterator<Item = &'p [TokenId]>,
+    mask_id: TokenId,
+) -> Result<(), Error> {
+    for (row, prompt) in prompts.enumerate() {
+        if let Some(position) = prompt.iter().position(|&id| id == mask_id) {
+            return Err(Error::MaskInPrompt { row, position });
+        }
+    }
+    Ok(())
 }
 
 /// A forward pass the state machine asks for: run the predictor on `request` and write the

@@ -35,22 +35,25 @@
 //!     }
 //! }
 //!
-//! let params = GenerateParams { steps: 4, gen_length: 8, block_length: 4, mask_id: 7, ..Default::default() };
-//! let prompt = [1, 2, 3];
-//! let mut canvas = [0u32; 3 + 8];
-//! Canvas::fill(&mut canvas, &prompt, 1, params.gen_length, params.mask_id)?;
+//! let params = GenerateParams::default()
+//!     .with_steps(4)
+//!     .with_gen_length(8)
+//!     .with_block_length(4)
+//!     .with_mask_id(7);
+//! let mut ids = [0u32; 3 + 8];
+//! let canvas = Canvas::from_prompts(&mut ids, &[1, 2, 3], 1, params.gen_length, params.mask_id)?;
 //!
 //! // Scratch memory, sized for these parameters (stack arrays here; any slices will do).
-//! let sizes = WorkspaceSizes::for_generation(&params, 1, prompt.len(), 8)?;
+//! let sizes = WorkspaceSizes::for_generation(&params, 1, canvas.prompt_len(), 8)?;
 //! let (mut logits, mut tokens, mut flags, mut scores) = ([0f32; 64], [0u32; 32], [0u8; 16], [0f64; 8]);
 //! assert!(sizes.logits <= 64 && sizes.tokens <= 32 && sizes.flags <= 16 && sizes.scores <= 8);
 //! let workspace = Workspace::new(&mut logits, &mut tokens, &mut flags, &mut scores);
 //!
 //! let mut steps = 0;
 //! let mut observer = |_: &StepEvent<'_>| { steps += 1; ControlFlow::Continue(()) };
-//! let stats = generate(&mut Modulo, &params, Canvas::new(&mut canvas, 1, 3), workspace, &mut observer)?;
+//! let stats = generate(&mut Modulo, &params, canvas, workspace, &mut observer)?;
 //!
-//! assert_eq!(canvas, [1, 2, 3, 3, 4, 5, 6, 0, 1, 2, 3]);
+//! assert_eq!(ids, [1, 2, 3, 3, 4, 5, 6, 0, 1, 2, 3]);
 //! assert_eq!((stats.forward_passes, steps), (4, 4));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```

@@ -10,8 +10,10 @@ use crate::rng::below;
 use crate::workspace::{Workspace, WorkspaceSizes, take};
 
 /// Parameters of [`log_likelihood`]; the defaults are the reference's (128 samples in
-/// mini-batches of 16, no guidance, LLaDA-8B's mask id).
+/// mini-batches of 16, no guidance, LLaDA-8B's mask id). `#[non_exhaustive]`: start from
+/// [`Default::default()`] and set fields or chain the `with_*` methods.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct LikelihoodParams {
     /// Total masked samples; a positive multiple of `batch`.
     pub mc_samples: usize,
@@ -33,6 +35,13 @@ impl Default for LikelihoodParams {
         }
     }
 }
+
+crate::params::setters!(LikelihoodParams {
+    with_mc_samples => mc_samples: usize,
+    with_batch => batch: usize,
+    with_cfg_scale => cfg_scale: f32,
+    with_mask_id => mask_id: TokenId,
+});
 
 /// Natural log of Σ exp(row), and the cross-entropy of `target` under `row`, in f64.
 pub(crate) fn cross_entropy(row: &[f32], target: usize) -> f64 {

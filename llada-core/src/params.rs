@@ -14,6 +14,7 @@ pub const LLADA_8B_EOT_ID: u32 = 126_348;
 
 /// How the sampler ranks the masked positions of a block to decide which to commit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Remasking {
     /// The softmax probability of the proposed token (the reference default).
     #[default]
@@ -66,6 +67,7 @@ impl FromStr for Remasking {
 
 /// How many masked positions of the current block a step commits.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub enum CommitRule {
     /// The reference schedule: `n / s` per step (plus one in the first `n % s` steps) for `n`
     /// masks in the block at its start and `s` steps per block.
@@ -84,6 +86,7 @@ pub enum CommitRule {
 /// (Fast-dLLM's approximate block-wise cache). Backends without a cache ignore the hint and run
 /// every step in full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum CacheMode {
     /// No cache: every step is a full forward pass (the reference).
     #[default]
@@ -111,7 +114,25 @@ impl CacheMode {
 /// `generate()` (128 steps, 128 tokens, one block, temperature 0, no guidance,
 /// low-confidence remasking) with LLaDA-8B's special token ids; set `mask_id`, `eos_id` and
 /// `eot_id` from the model's files for any other model.
+///
+/// The struct is `#[non_exhaustive]` (later versions add fields): start from
+/// [`Default::default()`] (or a model's defaults) and set fields, or chain the `with_*`
+/// methods:
+///
+/// ```
+/// use llada_core::{CommitRule, GenerateParams};
+///
+/// let params = GenerateParams::default()
+///     .with_gen_length(64)
+///     .with_block_length(32)
+///     .with_steps(64)
+///     .with_commit(CommitRule::Threshold(0.9));
+/// assert_eq!(params.num_blocks(), 2);
+/// params.validate()?;
+/// # Ok::<(), llada_core::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct GenerateParams {
     /// Total number of denoising steps, split evenly over the blocks.
     pub steps: usize,
@@ -171,6 +192,43 @@ impl Default for GenerateParams {
         }
     }
 }
+
+/// Chainable setters, one per field: `with_<field>(value)` returns the parameters with that
+/// field set.
+macro_rules! setters {
+    ($ty:ident { $($setter:ident => $field:ident: $t:ty),* $(,)? }) => {
+        impl $ty {
+            $(
+                #[doc = concat!("These parameters with `", stringify!($field), "` set.")]
+                #[must_use]
+                pub const fn $setter(mut self, $field: $t) -> Self {
+                    self.$field = $field;
+                    self
+                }
+            )*
+        }
+    };
+}
+pub(crate) use setters;
+
+setters!(GenerateParams {
+    with_steps => steps: usize,
+    with_gen_length => gen_length: usize,
+    with_block_length => block_length: usize,
+    with_temperature => temperature: f32,
+    with_cfg_scale => cfg_scale: f32,
+    with_remasking => remasking: Remasking,
+    with_mask_id => mask_id: u32,
+    with_seed => seed: u64,
+    with_logits_eos_inf => logits_eos_inf: bool,
+    with_confidence_eos_eot_inf => confidence_eos_eot_inf: bool,
+    with_eos_id => eos_id: u32,
+    with_eot_id => eot_id: u32,
+    with_top_k => top_k: usize,
+    with_top_p => top_p: f32,
+    with_commit => commit: CommitRule,
+    with_cache => cache: CacheMode,
+});
 
 impl GenerateParams {
     /// Number of semi-autoregressive blocks (valid parameters only).

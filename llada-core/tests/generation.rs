@@ -14,13 +14,11 @@ const VOCAB: usize = 64;
 const MASK: u32 = 63;
 
 fn params() -> GenerateParams {
-    GenerateParams {
-        steps: 8,
-        gen_length: 16,
-        block_length: 8,
-        mask_id: MASK,
-        ..GenerateParams::default()
-    }
+    GenerateParams::default()
+        .with_steps(8)
+        .with_gen_length(16)
+        .with_block_length(8)
+        .with_mask_id(MASK)
 }
 
 /// Block, step and the positions each row committed.
@@ -78,38 +76,29 @@ fn invalid(params: GenerateParams) -> Error {
 #[test]
 fn every_parameter_constraint_is_a_typed_error() {
     let p = params();
+    assert_eq!(invalid(p.with_steps(0)), Error::Zero { name: "steps" });
     assert_eq!(
-        invalid(GenerateParams { steps: 0, ..p }),
-        Error::Zero { name: "steps" }
-    );
-    assert_eq!(
-        invalid(GenerateParams {
-            block_length: 0,
-            ..p
-        }),
+        invalid(p.with_block_length(0)),
         Error::Zero {
             name: "block_length"
         }
     );
     assert_eq!(
-        invalid(GenerateParams {
-            block_length: 5,
-            ..p
-        }),
+        invalid(p.with_block_length(5)),
         Error::BlockLength {
             gen_length: 16,
             block_length: 5
         }
     );
     assert_eq!(
-        invalid(GenerateParams { steps: 7, ..p }),
+        invalid(p.with_steps(7)),
         Error::Steps {
             steps: 7,
             num_blocks: 2
         }
     );
     assert_eq!(
-        invalid(GenerateParams { mask_id: 64, ..p }),
+        invalid(p.with_mask_id(64)),
         Error::TokenOutOfVocab {
             name: "mask_id",
             id: 64,
@@ -117,11 +106,7 @@ fn every_parameter_constraint_is_a_typed_error() {
         }
     );
     assert_eq!(
-        invalid(GenerateParams {
-            logits_eos_inf: true,
-            eos_id: 100,
-            ..p
-        }),
+        invalid(p.with_logits_eos_inf(true).with_eos_id(100)),
         Error::TokenOutOfVocab {
             name: "eos_id",
             id: 100,
@@ -129,39 +114,31 @@ fn every_parameter_constraint_is_a_typed_error() {
         }
     );
     assert!(matches!(
-        invalid(GenerateParams {
-            temperature: -1.0,
-            ..p
-        }),
+        invalid(p.with_temperature(-1.0)),
         Error::NotFiniteNonNegative {
             name: "temperature",
             ..
         }
     ));
     assert!(matches!(
-        invalid(GenerateParams {
-            cfg_scale: f32::NAN,
-            ..p
-        }),
+        invalid(p.with_cfg_scale(f32::NAN)),
         Error::NotFiniteNonNegative {
             name: "cfg_scale",
             ..
         }
     ));
     assert!(matches!(
-        invalid(GenerateParams { top_p: 0.0, ..p }),
+        invalid(p.with_top_p(0.0)),
         Error::OutOfRange { name: "top_p", .. }
     ));
     assert!(matches!(
-        invalid(GenerateParams { top_p: 1.5, ..p }),
+        invalid(p.with_top_p(1.5)),
         Error::OutOfRange { name: "top_p", .. }
     ));
-    let long = GenerateParams {
-        gen_length: 4096,
-        block_length: 4096,
-        steps: 8,
-        ..p
-    };
+    let long = p
+        .with_gen_length(4096)
+        .with_block_length(4096)
+        .with_steps(8);
     assert_eq!(
         invalid(long),
         Error::TooLong {
@@ -276,12 +253,10 @@ fn bad_canvases_and_small_buffers_are_typed_errors() {
 #[test]
 fn the_schedule_commits_the_reference_counts_inside_the_current_block() {
     // 8 steps over 2 blocks of 8: 4 steps per block, 2 tokens each.
-    let p = GenerateParams {
-        steps: 8,
-        gen_length: 16,
-        block_length: 8,
-        ..params()
-    };
+    let p = params()
+        .with_steps(8)
+        .with_gen_length(16)
+        .with_block_length(8);
     let (canvas, events) = run(&p, &[1, 2, 3], 1, None).unwrap();
     assert!(!canvas.contains(&MASK));
     assert_eq!(events.len(), 8);
@@ -301,12 +276,10 @@ fn the_schedule_commits_the_reference_counts_inside_the_current_block() {
     }
 
     // 6 steps per block of 8 masks: 2, 2, 1, 1, 1, 1.
-    let p = GenerateParams {
-        steps: 6,
-        gen_length: 8,
-        block_length: 8,
-        ..params()
-    };
+    let p = params()
+        .with_steps(6)
+        .with_gen_length(8)
+        .with_block_length(8);
     let (_, events) = run(&p, &[1, 2, 3], 1, None).unwrap();
     let counts: Vec<usize> = events.iter().map(|(_, _, c)| c[0].len()).collect();
     assert_eq!(
@@ -319,16 +292,14 @@ fn the_schedule_commits_the_reference_counts_inside_the_current_block() {
 #[test]
 fn steps_with_nothing_to_commit_cost_no_forward_pass() {
     // 16 steps for 8 masks: the last 8 steps commit nothing.
-    let p = GenerateParams {
-        steps: 16,
-        gen_length: 8,
-        block_length: 8,
-        ..params()
-    };
+    let p = params()
+        .with_steps(16)
+        .with_gen_length(8)
+        .with_block_length(8);
     let (canvas, events) = run(&p, &[1, 2, 3], 1, None).unwrap();
     assert_eq!(events.len(), 8);
     // Same tokens as the schedule with steps == masks.
-    let (reference, _) = run(&GenerateParams { steps: 8, ..p }, &[1, 2, 3], 1, None).unwrap();
+    let (reference, _) = run(&p.with_steps(8), &[1, 2, 3], 1, None).unwrap();
     assert_eq!(canvas, reference);
 }
 
@@ -346,10 +317,7 @@ fn rows_of_a_batch_follow_their_own_schedule() {
     let (second, _) = run(&p, &[2, 3, 4], 1, None).unwrap();
     assert_eq!(batched, [first, second].concat());
 
-    let cfg = GenerateParams {
-        cfg_scale: 2.0,
-        ..p
-    };
+    let cfg = p.with_cfg_scale(2.0);
     let (batched, _) = run(&cfg, &[1, 1, 7, 2, 3, 4], 2, None).unwrap();
     let (first, _) = run(&cfg, &[1, 1, 7], 1, None).unwrap();
     let (second, _) = run(&cfg, &[2, 3, 4], 1, None).unwrap();
@@ -395,10 +363,7 @@ fn cancelling_leaves_a_consistent_canvas() {
 /// Drives the state machine by hand, as an async or GPU host would.
 #[test]
 fn the_sans_io_protocol_gives_the_same_tokens_as_generate() {
-    let p = GenerateParams {
-        cfg_scale: 1.0,
-        ..params()
-    };
+    let p = params().with_cfg_scale(1.0);
     let mut predictor = HashPredictor::new(VOCAB, MASK, 9);
     let mut tokens = vec![0; 19];
     Canvas::fill(&mut tokens, &[1, 2, 3], 1, 16, MASK).unwrap();
@@ -435,12 +400,10 @@ fn the_sans_io_protocol_gives_the_same_tokens_as_generate() {
 
 #[test]
 fn infilling_keeps_the_template_and_fills_only_the_holes() {
-    let p = GenerateParams {
-        steps: 4,
-        gen_length: 8,
-        block_length: 4,
-        ..params()
-    };
+    let p = params()
+        .with_steps(4)
+        .with_gen_length(8)
+        .with_block_length(4);
     let mut tokens = vec![1, 2, 3, 10, MASK, 11, MASK, MASK, MASK, 12, 13];
     let template = tokens.clone();
     let mut ws = WorkspaceBuf::new(&WorkspaceSizes::for_generation(&p, 1, 3, VOCAB).unwrap());
@@ -471,13 +434,11 @@ fn infilling_keeps_the_template_and_fills_only_the_holes() {
 
 #[test]
 fn equal_confidences_commit_the_lower_position_first() {
-    let p = GenerateParams {
-        steps: 8,
-        gen_length: 8,
-        block_length: 8,
-        mask_id: 3,
-        ..GenerateParams::default()
-    };
+    let p = GenerateParams::default()
+        .with_steps(8)
+        .with_gen_length(8)
+        .with_block_length(8)
+        .with_mask_id(3);
     let mut predictor = UniformPredictor {
         vocab: 4,
         max_len: 64,
@@ -501,11 +462,7 @@ fn equal_confidences_commit_the_lower_position_first() {
     assert_eq!(order, (2..10).collect::<Vec<u32>>());
     assert_eq!(&tokens[2..], &[0; 8], "argmax ties go to the first id");
 
-    let no_eos = GenerateParams {
-        logits_eos_inf: true,
-        eos_id: 0,
-        ..p
-    };
+    let no_eos = p.with_logits_eos_inf(true).with_eos_id(0);
     Canvas::fill(&mut tokens, &[1, 2], 1, 8, 3).unwrap();
     generate(
         &mut predictor,
@@ -549,23 +506,18 @@ impl MaskPredictor for EosAtEven {
 
 #[test]
 fn eos_and_eot_proposals_are_committed_last_with_confidence_eos_eot_inf() {
-    let base = GenerateParams {
-        steps: 6,
-        gen_length: 6,
-        block_length: 6,
-        mask_id: 3,
-        eos_id: 0,
-        eot_id: 2,
-        ..GenerateParams::default()
-    };
+    let base = GenerateParams::default()
+        .with_steps(6)
+        .with_gen_length(6)
+        .with_block_length(6)
+        .with_mask_id(3)
+        .with_eos_id(0)
+        .with_eot_id(2);
     for (flag, expected) in [
         (false, vec![2u32, 4, 6, 3, 5, 7]),
         (true, vec![3, 5, 7, 2, 4, 6]),
     ] {
-        let p = GenerateParams {
-            confidence_eos_eot_inf: flag,
-            ..base
-        };
+        let p = base.with_confidence_eos_eot_inf(flag);
         let mut tokens = vec![0; 8];
         Canvas::fill(&mut tokens, &[1, 1], 1, 6, 3).unwrap();
         let mut ws = WorkspaceBuf::new(&WorkspaceSizes::for_generation(&p, 1, 2, 4).unwrap());
@@ -589,37 +541,22 @@ fn eos_and_eot_proposals_are_committed_last_with_confidence_eos_eot_inf() {
 
 #[test]
 fn sampling_is_reproducible_from_the_seed() {
-    let p = GenerateParams {
-        temperature: 1.0,
-        top_k: 20,
-        top_p: 0.95,
-        ..params()
-    };
+    let p = params()
+        .with_temperature(1.0)
+        .with_top_k(20)
+        .with_top_p(0.95);
     let (a, _) = run(&p, &[1, 2, 3], 1, None).unwrap();
     let (b, _) = run(&p, &[1, 2, 3], 1, None).unwrap();
     assert_eq!(a, b);
     let outputs: Vec<Vec<u32>> = (0..8)
-        .map(|seed| {
-            run(&GenerateParams { seed, ..p }, &[1, 2, 3], 1, None)
-                .unwrap()
-                .0
-        })
+        .map(|seed| run(&p.with_seed(seed), &[1, 2, 3], 1, None).unwrap().0)
         .collect();
     assert!(
         outputs.iter().any(|o| *o != outputs[0]),
         "different seeds give different samples"
     );
     for strategy in [Remasking::Random, Remasking::Margin, Remasking::Entropy] {
-        let (canvas, events) = run(
-            &GenerateParams {
-                remasking: strategy,
-                ..p
-            },
-            &[1, 2, 3],
-            1,
-            None,
-        )
-        .unwrap();
+        let (canvas, events) = run(&p.with_remasking(strategy), &[1, 2, 3], 1, None).unwrap();
         assert!(!canvas.contains(&MASK), "{strategy} fills every position");
         assert_eq!(events.len(), 8);
     }
@@ -677,20 +614,15 @@ fn run_mostly_sure(params: &GenerateParams) -> (Vec<u32>, Vec<usize>, usize) {
 
 #[test]
 fn threshold_and_factor_rules_commit_confident_tokens_in_parallel() {
-    let base = GenerateParams {
-        steps: 16,
-        gen_length: 16,
-        block_length: 8,
-        mask_id: 7,
-        ..GenerateParams::default()
-    };
+    let base = GenerateParams::default()
+        .with_steps(16)
+        .with_gen_length(16)
+        .with_block_length(8)
+        .with_mask_id(7);
     let (reference, per_step, passes) = run_mostly_sure(&base);
     assert_eq!((passes, per_step.iter().max().copied()), (16, Some(1)));
 
-    let threshold = GenerateParams {
-        commit: llada_core::CommitRule::Threshold(0.9),
-        ..base
-    };
+    let threshold = base.with_commit(llada_core::CommitRule::Threshold(0.9));
     let (tokens, per_step, passes) = run_mostly_sure(&threshold);
     assert_eq!(tokens, reference, "same answer");
     // Per block: the six sure positions in one step, then the two ties one by one.
@@ -698,21 +630,16 @@ fn threshold_and_factor_rules_commit_confident_tokens_in_parallel() {
     assert_eq!(passes, 6);
 
     // The factor rule admits the i-th token while its confidence reaches 1 - f/(i+1).
-    let factor = GenerateParams {
-        commit: llada_core::CommitRule::Factor(1.0),
-        ..base
-    };
+    let factor = base.with_commit(llada_core::CommitRule::Factor(1.0));
     let (tokens, per_step, _) = run_mostly_sure(&factor);
     assert_eq!(tokens, reference);
     assert!(per_step[0] >= 6, "{per_step:?}");
     assert_eq!(per_step.iter().sum::<usize>(), 16);
 
     // `steps` stays an upper bound: with 2 steps per block the quota forces 4 tokens a step.
-    let few = GenerateParams {
-        steps: 4,
-        commit: llada_core::CommitRule::Threshold(0.999),
-        ..base
-    };
+    let few = base
+        .with_steps(4)
+        .with_commit(llada_core::CommitRule::Threshold(0.999));
     let (_, per_step, passes) = run_mostly_sure(&few);
     assert_eq!((per_step, passes), (vec![4, 4, 4, 4], 4));
 
@@ -721,15 +648,7 @@ fn threshold_and_factor_rules_commit_confident_tokens_in_parallel() {
         llada_core::CommitRule::Threshold(1.5),
         llada_core::CommitRule::Factor(-1.0),
     ] {
-        assert!(
-            GenerateParams {
-                commit: bad,
-                ..base
-            }
-            .validate()
-            .is_err(),
-            "{bad:?}"
-        );
+        assert!(base.with_commit(bad).validate().is_err(), "{bad:?}");
     }
 }
 
@@ -756,14 +675,12 @@ impl MaskPredictor for Recorder {
 
 #[test]
 fn cache_hints_mark_the_block_and_its_first_step() {
-    let params = GenerateParams {
-        steps: 8,
-        gen_length: 8,
-        block_length: 4,
-        mask_id: 7,
-        cache: llada_core::CacheMode::Dual,
-        ..GenerateParams::default()
-    };
+    let params = GenerateParams::default()
+        .with_steps(8)
+        .with_gen_length(8)
+        .with_block_length(4)
+        .with_mask_id(7)
+        .with_cache(llada_core::CacheMode::Dual);
     let mut tokens = vec![0; 10];
     Canvas::fill(&mut tokens, &[5, 6], 1, 8, 7).unwrap();
     let mut ws = WorkspaceBuf::new(&WorkspaceSizes::for_generation(&params, 1, 2, 8).unwrap());
@@ -786,10 +703,7 @@ fn cache_hints_mark_the_block_and_its_first_step() {
     // Without a cache mode, no hint.
     let mut recorder = Recorder(Vec::new());
     Canvas::fill(&mut tokens, &[5, 6], 1, 8, 7).unwrap();
-    let plain = GenerateParams {
-        cache: llada_core::CacheMode::None,
-        ..params
-    };
+    let plain = params.with_cache(llada_core::CacheMode::None);
     generate(
         &mut recorder,
         &plain,
@@ -799,4 +713,66 @@ fn cache_hints_mark_the_block_and_its_first_step() {
     )
     .unwrap();
     assert!(recorder.0.iter().all(Option::is_none));
+}
+
+#[test]
+fn canvas_constructors_check_the_prompts_and_pad_on_the_left() {
+    let mut tokens = vec![0; 2 * (3 + 4)];
+    assert_eq!(
+        Canvas::from_prompts(&mut tokens, &[1, 2, 3, 4, MASK, 6], 2, 4, MASK).unwrap_err(),
+        Error::MaskInPrompt {
+            row: 1,
+            position: 1
+        }
+    );
+    assert!(matches!(
+        Canvas::from_prompts(&mut tokens, &[1, 2, 3, 4, 5], 2, 4, MASK),
+        Err(Error::Shape(_))
+    ));
+
+    // Left padding: the mask hides it, and a batch of equal lengths carries no mask at all.
+    let prompts: [&[u32]; 3] = [&[1, 2, 3], &[4], &[5, 6]];
+    let (mut tokens, mut attention) = (vec![0; 3 * 5], vec![9; 3 * 5]);
+    let canvas = Canvas::left_padded(&mut tokens, &mut attention, &prompts, 2, MASK, 0).unwrap();
+    assert_eq!((canvas.batch(), canvas.prompt_len()), (3, 3));
+    assert_eq!(
+        tokens,
+        [1, 2, 3, MASK, MASK, 0, 0, 4, MASK, MASK, 0, 5, 6, MASK, MASK]
+    );
+    assert_eq!(attention, [1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0, 1, 1, 1, 1]);
+    let short = [MASK, 2];
+    let bad: [&[u32]; 2] = [&[1, 2, 3], &short];
+    assert_eq!(
+        Canvas::left_padded(&mut tokens, &mut attention, &bad, 2, MASK, 0).unwrap_err(),
+        Error::MaskInPrompt {
+            row: 1,
+            position: 0
+        }
+    );
+    assert!(matches!(
+        Canvas::left_padded(&mut tokens[..14], &mut attention, &prompts, 2, MASK, 0),
+        Err(Error::Shape(_))
+    ));
+    let none: [&[u32]; 0] = [];
+    assert_eq!(
+        Canvas::left_padded(&mut tokens, &mut attention, &none, 2, MASK, 0).unwrap_err(),
+        Error::Zero { name: "batch" }
+    );
+
+    // The padded canvas generates like the rows alone (the hash predictor sees the padding,
+    // so compare with the same padded rows run through `fill`).
+    let params = params().with_gen_length(2).with_block_length(2).with_steps(2);
+    let sizes = WorkspaceSizes::for_generation(&params, 3, 3, VOCAB).unwrap();
+    let mut workspace = WorkspaceBuf::new(&sizes);
+    let canvas = Canvas::left_padded(&mut tokens, &mut attention, &prompts, 2, MASK, 0).unwrap();
+    generate(
+        &mut HashPredictor::new(VOCAB, MASK, 5),
+        &params,
+        canvas,
+        workspace.as_workspace(),
+        &mut (),
+    )
+    .unwrap();
+    assert!(tokens.iter().all(|&t| t != MASK));
+    assert_eq!(&tokens[5..8], &[0, 0, 4]);
 }

@@ -40,23 +40,22 @@ fn run(case: &Case, scale: f32) -> Vec<Vec<u32>> {
     let batch = case.prompt.len();
     let prompt_len = case.prompt[0].len();
     let seq = prompt_len + case.gen_length;
-    let params = GenerateParams {
-        steps: case.steps,
-        gen_length: case.gen_length,
-        block_length: case.block_length,
-        temperature: case.temperature,
-        cfg_scale: case.cfg_scale,
-        remasking: case
-            .remasking
-            .parse::<Remasking>()
-            .expect("known remasking"),
-        mask_id: case.mask_id,
-        logits_eos_inf: case.logits_eos_inf,
-        confidence_eos_eot_inf: case.confidence_eos_eot_inf,
-        eos_id: 126_081,
-        eot_id: 126_348,
-        ..GenerateParams::default()
-    };
+    let params = GenerateParams::default()
+        .with_steps(case.steps)
+        .with_gen_length(case.gen_length)
+        .with_block_length(case.block_length)
+        .with_temperature(case.temperature)
+        .with_cfg_scale(case.cfg_scale)
+        .with_remasking(
+            case.remasking
+                .parse::<Remasking>()
+                .expect("known remasking"),
+        )
+        .with_mask_id(case.mask_id)
+        .with_logits_eos_inf(case.logits_eos_inf)
+        .with_confidence_eos_eot_inf(case.confidence_eos_eot_inf)
+        .with_eos_id(126_081)
+        .with_eot_id(126_348);
     let prompts: Vec<u32> = case.prompt.concat();
     let mut tokens = vec![0; batch * seq];
     Canvas::fill(&mut tokens, &prompts, batch, case.gen_length, case.mask_id).unwrap();

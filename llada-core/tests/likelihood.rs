@@ -40,12 +40,11 @@ fn a_certain_predictor_has_log_likelihood_zero() {
         sequence: &sequence,
         vocab: 32,
     };
-    let params = LikelihoodParams {
-        mc_samples: 16,
-        batch: 4,
-        cfg_scale: 0.0,
-        mask_id: 31,
-    };
+    let params = LikelihoodParams::default()
+        .with_mc_samples(16)
+        .with_batch(4)
+        .with_cfg_scale(0.0)
+        .with_mask_id(31);
     let ll = estimate(&mut oracle, &sequence[..3], &sequence[3..], &params, 1).unwrap();
     assert_eq!(ll, 0.0);
 }
@@ -61,12 +60,11 @@ fn a_uniform_predictor_gives_minus_l_ln_v() {
         (12, 16, 2.0),
     ] {
         let answer: Vec<u32> = (0..answer_len as u32).collect();
-        let params = LikelihoodParams {
-            mc_samples: batch * 3,
-            batch,
-            cfg_scale: cfg,
-            mask_id: 49,
-        };
+        let params = LikelihoodParams::default()
+            .with_mc_samples(batch * 3)
+            .with_batch(batch)
+            .with_cfg_scale(cfg)
+            .with_mask_id(49);
         let ll = estimate(&mut uniform, &[1, 2], &answer, &params, 7).unwrap();
         let expected = -(answer_len as f64) * (vocab as f64).ln();
         assert!(
@@ -82,12 +80,11 @@ fn the_estimate_spread_shrinks_with_more_samples() {
     let prompt = [1, 2, 3, 4];
     let answer = [10, 20, 30, 40, 50, 60, 5, 15];
     let mut spread = |mc: usize| {
-        let params = LikelihoodParams {
-            mc_samples: mc,
-            batch: 2,
-            cfg_scale: 0.0,
-            mask_id: 63,
-        };
+        let params = LikelihoodParams::default()
+            .with_mc_samples(mc)
+            .with_batch(2)
+            .with_cfg_scale(0.0)
+            .with_mask_id(63);
         let values: Vec<f64> = (0..40)
             .map(|seed| estimate(&mut predictor, &prompt, &answer, &params, seed).unwrap())
             .collect();
@@ -114,12 +111,11 @@ fn likelihood_rejects_bad_input() {
         vocab: 16,
         max_len: 8,
     };
-    let ok = LikelihoodParams {
-        mc_samples: 4,
-        batch: 2,
-        cfg_scale: 0.0,
-        mask_id: 15,
-    };
+    let ok = LikelihoodParams::default()
+        .with_mc_samples(4)
+        .with_batch(2)
+        .with_cfg_scale(0.0)
+        .with_mask_id(15);
     let invalid = |r: Result<f64, GenerateError<_>>| match r {
         Err(GenerateError::Invalid(e)) => e,
         other => panic!("expected an error, got {other:?}"),
@@ -135,10 +131,7 @@ fn likelihood_rejects_bad_input() {
             &mut uniform,
             &[1],
             &[2],
-            &LikelihoodParams {
-                mc_samples: 5,
-                ..ok
-            },
+            &ok.with_mc_samples(5),
             0
         )),
         Error::McSamples {

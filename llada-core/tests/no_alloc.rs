@@ -46,21 +46,19 @@ fn generation_and_likelihood_allocate_nothing() {
     let vocab = 512;
     let mut predictor = HashPredictor::new(vocab, 511, 42);
     // Guidance, batch with padding, several blocks, sampling with top-k/top-p: every path.
-    let params = GenerateParams {
-        steps: 16,
-        gen_length: 32,
-        block_length: 8,
-        temperature: 0.7,
-        cfg_scale: 1.0,
-        remasking: Remasking::LowConfidence,
-        mask_id: 511,
-        top_k: 50,
-        top_p: 0.9,
-        confidence_eos_eot_inf: true,
-        eos_id: 1,
-        eot_id: 2,
-        ..GenerateParams::default()
-    };
+    let params = GenerateParams::default()
+        .with_steps(16)
+        .with_gen_length(32)
+        .with_block_length(8)
+        .with_temperature(0.7)
+        .with_cfg_scale(1.0)
+        .with_remasking(Remasking::LowConfidence)
+        .with_mask_id(511)
+        .with_top_k(50)
+        .with_top_p(0.9)
+        .with_confidence_eos_eot_inf(true)
+        .with_eos_id(1)
+        .with_eot_id(2);
     let prompt_len = 6;
     let batch = 2;
     let seq = prompt_len + params.gen_length;
@@ -102,12 +100,11 @@ fn generation_and_likelihood_allocate_nothing() {
     assert!(!tokens.contains(&params.mask_id));
 
     let mut rng = SamplerRng::seed_from_u64(3);
-    let lp = LikelihoodParams {
-        mc_samples: 8,
-        batch: 4,
-        cfg_scale: 1.0,
-        mask_id: 511,
-    };
+    let lp = LikelihoodParams::default()
+        .with_mc_samples(8)
+        .with_batch(4)
+        .with_cfg_scale(1.0)
+        .with_mask_id(511);
     let count = allocations_during(|| {
         let ll = log_likelihood(
             &mut predictor,

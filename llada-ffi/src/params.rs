@@ -210,24 +210,23 @@ impl LladaGenerateParams {
                 v
             }
         };
-        let params = GenerateParams {
-            steps: self.steps as usize,
-            gen_length: self.gen_length as usize,
-            block_length: self.block_length as usize,
-            temperature: self.temperature,
-            cfg_scale: self.cfg_scale,
-            remasking,
-            mask_id: id(self.mask_id, model.mask_id),
-            seed: self.seed,
-            logits_eos_inf: self.logits_eos_inf,
-            confidence_eos_eot_inf: self.confidence_eos_eot_inf,
-            eos_id: id(self.eos_id, model.eos_id),
-            eot_id: id(self.eot_id, model.eot_id),
-            top_k: self.top_k as usize,
-            top_p: self.top_p,
-            commit,
-            cache,
-        };
+        let params = GenerateParams::default()
+            .with_steps(self.steps as usize)
+            .with_gen_length(self.gen_length as usize)
+            .with_block_length(self.block_length as usize)
+            .with_temperature(self.temperature)
+            .with_cfg_scale(self.cfg_scale)
+            .with_remasking(remasking)
+            .with_mask_id(id(self.mask_id, model.mask_id))
+            .with_seed(self.seed)
+            .with_logits_eos_inf(self.logits_eos_inf)
+            .with_confidence_eos_eot_inf(self.confidence_eos_eot_inf)
+            .with_eos_id(id(self.eos_id, model.eos_id))
+            .with_eot_id(id(self.eot_id, model.eot_id))
+            .with_top_k(self.top_k as usize)
+            .with_top_p(self.top_p)
+            .with_commit(commit)
+            .with_cache(cache);
         params.validate()?;
         Ok(params)
     }

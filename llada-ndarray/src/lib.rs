@@ -14,13 +14,17 @@
 //! let model = Arc::new(Model::load("path/to/LLaDA-8B-Instruct")?);
 //! let mut context = Context::new(model.clone())?;
 //! let mask_id = model.config().mask_token_id.unwrap_or(llada_core::LLADA_8B_MASK_ID);
-//! let params = GenerateParams { steps: 64, gen_length: 64, block_length: 32, mask_id, ..Default::default() };
+//! let params = GenerateParams::default()
+//!     .with_gen_length(64)
+//!     .with_block_length(32)
+//!     .with_steps(64)
+//!     .with_mask_id(mask_id);
 //! let prompt: Vec<u32> = vec![126080, 198, 3219]; // ids from the model's tokenizer
-//! let mut canvas = vec![0; prompt.len() + params.gen_length];
-//! Canvas::fill(&mut canvas, &prompt, 1, params.gen_length, mask_id)?;
+//! let mut tokens = vec![0; prompt.len() + params.gen_length];
+//! let canvas = Canvas::from_prompts(&mut tokens, &prompt, 1, params.gen_length, mask_id)?;
 //! let sizes = WorkspaceSizes::for_generation(&params, 1, prompt.len(), context.vocab_size())?;
 //! let mut workspace = WorkspaceBuf::new(&sizes);
-//! generate(&mut context, &params, Canvas::new(&mut canvas, 1, prompt.len()), workspace.as_workspace(), &mut ())?;
+//! generate(&mut context, &params, canvas, workspace.as_workspace(), &mut ())?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!

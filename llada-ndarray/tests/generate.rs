@@ -17,15 +17,13 @@ fn eval_set_exact_match_and_token_for_token_agreement_with_pytorch() {
     let eval = eval_set();
     let reference = reference_outputs();
     let (eos, eot) = (config.eos_token_id.unwrap(), special_id("<|eot_id|>"));
-    let params = GenerateParams {
-        steps: eval.steps,
-        gen_length: eval.gen_length,
-        block_length: eval.block_length,
-        mask_id: config.mask_token_id.unwrap(),
-        eos_id: eos,
-        eot_id: eot,
-        ..GenerateParams::default()
-    };
+    let params = GenerateParams::default()
+        .with_steps(eval.steps)
+        .with_gen_length(eval.gen_length)
+        .with_block_length(eval.block_length)
+        .with_mask_id(config.mask_token_id.unwrap())
+        .with_eos_id(eos)
+        .with_eot_id(eot);
     assert!(eval.items.len() >= 200);
     let mut workspace = WorkspaceBuf::default();
     let mut correct = 0;

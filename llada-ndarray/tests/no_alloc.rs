@@ -66,13 +66,11 @@ fn warm_forward_passes_and_whole_generations_allocate_nothing() {
 
     // A whole generation over the warm context, with the workspace allocated up front.
     let mask_id = model.config().mask_token_id.unwrap();
-    let params = GenerateParams {
-        steps: 16,
-        gen_length: 16,
-        block_length: 8,
-        mask_id,
-        ..Default::default()
-    };
+    let params = GenerateParams::default()
+        .with_steps(16)
+        .with_gen_length(16)
+        .with_block_length(8)
+        .with_mask_id(mask_id);
     let prompt = &case.ids[..case.seq - 16];
     let mut canvas = vec![0; case.seq];
     let mut ws = WorkspaceBuf::new(
@@ -98,11 +96,9 @@ fn warm_forward_passes_and_whole_generations_allocate_nothing() {
     // Fast-dLLM: threshold decoding over the prefix and dual caches. The first generation of
     // each sizes the cache; the second must allocate nothing.
     for cache in [CacheMode::Prefix, CacheMode::Dual] {
-        let params = GenerateParams {
-            commit: CommitRule::Threshold(0.9),
-            cache,
-            ..params
-        };
+        let params = params
+            .with_commit(CommitRule::Threshold(0.9))
+            .with_cache(cache);
         generation_allocations(&params);
         let allocations = generation_allocations(&params);
         assert_eq!(

@@ -128,13 +128,11 @@ fn generate_gives_identical_tokens_on_both_backends_over_the_eval_set() {
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture().join("config.json")).unwrap())
             .unwrap();
-    let params = GenerateParams {
-        steps: eval.steps,
-        gen_length: eval.gen_length,
-        block_length: eval.block_length,
-        mask_id: config["mask_token_id"].as_u64().unwrap() as u32,
-        ..GenerateParams::default()
-    };
+    let params = GenerateParams::default()
+        .with_steps(eval.steps)
+        .with_gen_length(eval.gen_length)
+        .with_block_length(eval.block_length)
+        .with_mask_id(config["mask_token_id"].as_u64().unwrap() as u32);
     let mut ws = WorkspaceBuf::default();
     let mut run = |p: &mut dyn FnMut(&ForwardRequest<'_>, &mut [f32]), prompt: &[u32]| {
         let mut canvas = vec![0; prompt.len() + params.gen_length];

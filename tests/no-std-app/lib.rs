@@ -15,13 +15,7 @@ fn panic(_: &PanicInfo<'_>) -> ! {
 /// `u32::MAX` on error.
 #[unsafe(no_mangle)]
 pub extern "C" fn llada_no_std_generate() -> u32 {
-    let params = GenerateParams {
-        steps: 8,
-        gen_length: 8,
-        block_length: 4,
-        mask_id: 63,
-        ..GenerateParams::default()
-    };
+    let params = GenerateParams::default().with_steps(8).with_gen_length(8).with_block_length(4).with_mask_id(63);
     let mut canvas = [0u32; 3 + 8];
     let mut logits = [0f32; 4 * 64];
     let mut tokens = [0u32; 32];

@@ -1,6 +1,13 @@
-//! Mock predictors for tests of code built on this crate (feature `testing`): the golden
-//! conformance suite's hash predictor, an oracle that is certain of a known sequence, and a
-//! uniform predictor. They allocate nothing.
+//! Test support for code built on this crate (feature `testing`): mock predictors (the golden
+//! conformance suite's hash predictor, an oracle that is certain of a known sequence, a
+//! uniform predictor), which allocate nothing, and, with `alloc`, [`check_predictor`]: the
+//! conformance suite a backend runs to show it answers the sampler's requests correctly.
+
+#[cfg(feature = "alloc")]
+mod conformance;
+
+#[cfg(feature = "alloc")]
+pub use conformance::{CheckFailure, Expectations, check_predictor};
 
 use crate::error::{ErrorKind, ShapeError};
 use crate::predictor::{ForwardRequest, MaskPredictor, PredictorError, TokenId};
