@@ -11,47 +11,24 @@
 //! The model is generated on first use into `bench-models/` (git-ignored) by
 //! `examples/bench/make_bench_model.py`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use llada::core::rand_core::{Rng, SeedableRng};
 use llada::core::{
-    CacheHint, CacheMode, Canvas, CommitRule, ForwardRequest, GenerateParams, Generation, Limits,
+    CacheHint, CacheMode, Canvas, ForwardRequest, GenerateParams, Generation, Limits,
     MaskPredictor, SamplerRng, WorkspaceBuf, WorkspaceSizes,
 };
+use llada_test_support::CountingAllocator;
 
 /// Counts heap allocations, to report allocations per denoising step.
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// Benchmark the backends side by side on the mid-size model.
 #[derive(Parser, Debug)]
@@ -261,7 +238,7 @@ where
         let mut steady_steps = 0;
         let start = Instant::now();
         while let Some(job) = generation.next_forward() {
-            let before = ALLOCATIONS.load(Ordering::Relaxed);
+            let before = CountingAllocator::allocations();
             let t = Instant::now();
             p.forward(&job.request, job.logits)?;
             forward += t.elapsed().as_secs_f64();
@@ -270,7 +247,7 @@ where
             sampler += t.elapsed().as_secs_f64();
             // Steps after the first block are "warm": every buffer has its size.
             if generation.forward_passes() > 32 {
-                steady_allocations += ALLOCATIONS.load(Ordering::Relaxed) - before;
+                steady_allocations += CountingAllocator::allocations() - before;
                 steady_steps += 1;
             }
         }
@@ -338,47 +315,14 @@ fn time_cached_steps(
 /// was run, and a row per rule of (name, accuracy, forward passes per answer, tokens/s).
 #[allow(clippy::type_complexity)]
 fn fast_dllm_rows(threads: usize) -> anyhow::Result<(String, Vec<(String, f64, f64, f64)>)> {
-    #[derive(serde::Deserialize)]
-    struct Eval {
-        gen_length: usize,
-        block_length: usize,
-        steps: usize,
-        items: Vec<Item>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Item {
-        prompt_ids: Vec<u32>,
-        answer_ids: Vec<u32>,
-    }
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llada");
-    let eval: Eval = serde_json::from_str(&std::fs::read_to_string(dir.join("eval.json"))?)?;
+    let dir = llada_test_support::bundled_model();
+    let eval = llada_test_support::eval_set();
     let model = llada::Model::load(&dir, &llada::BackendChoice::Ndarray)?;
     let mut pipeline = llada::Pipeline::with_threads(model, Some(threads))?;
-    let reference = pipeline
-        .default_params()
-        .with_steps(eval.steps)
-        .with_gen_length(eval.gen_length)
-        .with_block_length(eval.block_length);
-    let configs = [
-        ("reference schedule", reference),
-        (
-            "threshold 0.9",
-            reference.with_commit(CommitRule::Threshold(0.9)),
-        ),
-        ("factor 1.0", reference.with_commit(CommitRule::Factor(1.0))),
-        (
-            "threshold 0.9 + prefix cache",
-            reference
-                .with_commit(CommitRule::Threshold(0.9))
-                .with_cache(CacheMode::Prefix),
-        ),
-        (
-            "threshold 0.9 + dual cache",
-            reference
-                .with_commit(CommitRule::Threshold(0.9))
-                .with_cache(CacheMode::Dual),
-        ),
-    ];
+    let reference = eval.params(pipeline.default_params());
+    let configs: Vec<_> = std::iter::once(("reference schedule", reference))
+        .chain(llada_test_support::fast_dllm_configs(reference))
+        .collect();
     let about = format!(
         "the bundled tiny model's {} held-out prompts (ndarray backend, gen length {}, blocks of {}, at most {} steps per block; each rule warmed up on 4 prompts first)",
         eval.items.len(),

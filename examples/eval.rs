@@ -11,9 +11,9 @@ mod common;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Context as _;
 use clap::Parser;
-use serde::Deserialize;
+use llada::LikelihoodOptions;
+use llada_test_support::EvalSet;
 
 /// Evaluate a LLaDA model on an eval.json set.
 #[derive(Parser, Debug)]
@@ -40,20 +40,6 @@ struct Cli {
     json: bool,
 }
 
-#[derive(Deserialize)]
-struct EvalSet {
-    gen_length: usize,
-    items: Vec<Item>,
-}
-
-#[derive(Deserialize)]
-struct Item {
-    prompt: String,
-    answer: String,
-    prompt_ids: Vec<u32>,
-    answer_ids: Vec<u32>,
-}
-
 fn main() -> anyhow::Result<()> {
     common::init_logging();
     let cli = Cli::parse();
@@ -61,10 +47,7 @@ fn main() -> anyhow::Result<()> {
         .eval
         .clone()
         .unwrap_or_else(|| cli.model.model.join("eval.json"));
-    let set: EvalSet = serde_json::from_str(
-        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
-    )
-    .with_context(|| format!("parsing {}", path.display()))?;
+    let set = EvalSet::load(&path).map_err(anyhow::Error::from_boxed)?;
     let items = &set.items[..cli.limit.unwrap_or(set.items.len()).min(set.items.len())];
     anyhow::ensure!(!items.is_empty(), "{} has no items", path.display());
     let mut pipeline = cli.model.open()?;
@@ -113,14 +96,11 @@ fn main() -> anyhow::Result<()> {
                 if k > 0 && choice == &item.answer_ids {
                     continue;
                 }
-                let ll = pipeline.log_likelihood(
-                    &item.prompt_ids,
-                    choice,
-                    samples,
-                    batch,
-                    0.0,
-                    i as u64,
-                )?;
+                let options = LikelihoodOptions::default()
+                    .with_mc_samples(samples)
+                    .with_batch(batch)
+                    .with_seed(i as u64);
+                let ll = pipeline.log_likelihood(&item.prompt_ids, choice, &options)?;
                 if ll > best.0 {
                     best = (ll, k);
                 }

@@ -57,9 +57,9 @@ fn main() -> anyhow::Result<()> {
     let mut pipeline = cli.model.open()?;
     let params = cli.sampling.params(&pipeline);
     let prompt_ids = if cli.raw {
-        pipeline.tokenizer().encode(&prompt)?
+        pipeline.model().tokenizer().encode(&prompt)?
     } else {
-        pipeline.chat_prompt_ids(&prompt)?
+        pipeline.model().chat_prompt_ids(&prompt)?
     };
     tracing::info!(model = %cli.model.model.display(), backend = ?cli.model.backend, prompt_tokens = prompt_ids.len(), "generating");
 

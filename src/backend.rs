@@ -1,25 +1,33 @@
 //! The backends a [`Pipeline`](crate::Pipeline) can run on, behind one [`MaskPredictor`].
 
-use std::path::Path;
+#[cfg(feature = "ort")]
+use std::path::PathBuf;
+#[cfg(feature = "ndarray")]
 use std::sync::Arc;
+#[cfg(feature = "ort")]
+use std::sync::Mutex;
 
-use llada_core::{ErrorKind, ForwardRequest, MaskPredictor, PredictorError};
+use llada_core::{ForwardRequest, MaskPredictor};
 
-use crate::error::Error;
+use crate::error::{BackendError, Error, Stage};
+#[allow(unused_imports)]
+use crate::files::{ModelFiles, WeightSource};
 
 /// Which backend runs the model.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub enum BackendChoice {
-    /// The pure-Rust backend on `model.safetensors` (feature `ndarray`).
+    /// The pure-Rust backend on safetensors weights (feature `ndarray`).
     #[default]
     Ndarray,
-    /// ONNX Runtime on `model.onnx` (feature `ort`).
+    /// ONNX Runtime on an ONNX export (feature `ort`).
     Ort(OrtOptions),
 }
 
-/// Options of the ONNX Runtime backend.
+/// Options of the ONNX Runtime backend. `#[non_exhaustive]`: start from
+/// [`Default::default()`] and chain the `with_*` methods.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct OrtOptions {
     /// Path of `libonnxruntime`; `None` uses `ORT_DYLIB_PATH`.
     pub library: Option<std::path::PathBuf>,
@@ -27,6 +35,29 @@ pub struct OrtOptions {
     pub cuda: bool,
     /// Intra-op threads; `None` lets ONNX Runtime decide.
     pub threads: Option<usize>,
+}
+
+impl OrtOptions {
+    /// Loads the runtime from `library` (else `ORT_DYLIB_PATH`).
+    #[must_use]
+    pub fn with_library(mut self, library: Option<std::path::PathBuf>) -> Self {
+        self.library = library;
+        self
+    }
+
+    /// Asks for the CUDA execution provider.
+    #[must_use]
+    pub fn with_cuda(mut self, cuda: bool) -> Self {
+        self.cuda = cuda;
+        self
+    }
+
+    /// Intra-op threads.
+    #[must_use]
+    pub fn with_threads(mut self, threads: Option<usize>) -> Self {
+        self.threads = threads;
+        self
+    }
 }
 
 impl BackendChoice {
@@ -39,8 +70,10 @@ impl BackendChoice {
     }
 }
 
-/// A loaded backend.
+/// A loaded backend: one per [`Pipeline`](crate::Pipeline). Its variants depend on cargo
+/// features, which unify across a dependency graph, so match it with a wildcard arm.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Backend {
     /// The ndarray backend.
     #[cfg(feature = "ndarray")]
@@ -48,27 +81,6 @@ pub enum Backend {
     /// The ONNX Runtime backend.
     #[cfg(feature = "ort")]
     Ort(llada_ort::OrtPredictor),
-}
-
-/// A backend's forward-pass error.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct BackendError {
-    message: String,
-    kind: ErrorKind,
-}
-
-impl PredictorError for BackendError {
-    fn kind(&self) -> ErrorKind {
-        self.kind
-    }
-}
-
-fn wrap<E: PredictorError>(e: E) -> BackendError {
-    BackendError {
-        message: e.to_string(),
-        kind: e.kind(),
-    }
 }
 
 impl Backend {
@@ -90,53 +102,98 @@ pub(crate) enum SharedWeights {
     #[cfg(feature = "ndarray")]
     Ndarray(Arc<llada_ndarray::Model>),
     #[cfg(feature = "ort")]
-    Ort {
-        path: std::path::PathBuf,
-        options: OrtOptions,
-        max_len: Option<usize>,
-    },
+    Ort(Box<OrtWeights>),
+}
+
+/// An ONNX model and how to open sessions on it.
+#[cfg(feature = "ort")]
+#[derive(Debug)]
+pub(crate) struct OrtWeights {
+    path: PathBuf,
+    options: OrtOptions,
+    max_len: Option<usize>,
+    /// The session opened at load time (so a bad model or a missing runtime fails there),
+    /// handed to the first pipeline: one session per pipeline, none thrown away.
+    first: Mutex<Option<llada_ort::OrtPredictor>>,
+}
+
+#[cfg(feature = "ort")]
+impl OrtWeights {
+    /// A new session with `threads` intra-op threads.
+    fn session(&self, threads: Option<usize>) -> Result<llada_ort::OrtPredictor, Error> {
+        let mut builder = llada_ort::OrtPredictor::builder(&self.path);
+        if let Some(library) = &self.options.library {
+            builder = builder.library(library);
+        }
+        if let Some(threads) = threads {
+            builder = builder.intra_threads(threads);
+        }
+        if self.options.cuda {
+            builder =
+                builder.execution_provider(llada_ort::ExecutionProvider::Cuda { device_id: 0 });
+        }
+        if let Some(max_len) = self.max_len {
+            builder = builder.max_sequence_length(max_len);
+        }
+        builder
+            .build()
+            .map_err(|e| BackendError::wrap("ort", Stage::Load, e).into())
+    }
+
+    /// The session opened at load time if it fits `threads` and no pipeline took it yet,
+    /// else a new one.
+    fn take_or_open(&self, threads: Option<usize>) -> Result<llada_ort::OrtPredictor, Error> {
+        let threads = threads.or(self.options.threads);
+        if threads == self.options.threads {
+            let spare = self.first.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(session) = spare {
+                return Ok(session);
+            }
+        }
+        self.session(threads)
+    }
 }
 
 impl SharedWeights {
-    /// Loads the weights in `dir` for `choice`.
-    pub(crate) fn load(dir: &Path, choice: &BackendChoice) -> Result<Self, Error> {
+    /// Loads the weights `files` names for `choice`.
+    pub(crate) fn load(files: &ModelFiles, choice: &BackendChoice) -> Result<Self, Error> {
+        let wrong_format = || Error::WeightsFormat {
+            backend: choice.name(),
+            format: files.weights().format(),
+            path: files.weights().path().to_path_buf(),
+        };
         match choice {
             #[cfg(feature = "ndarray")]
             BackendChoice::Ndarray => {
-                let model =
-                    llada_ndarray::Model::load(dir).map_err(|e| Error::Load(Box::new(e)))?;
+                let WeightSource::Safetensors(path) = files.weights() else {
+                    return Err(wrong_format());
+                };
+                let load = || {
+                    let config = llada_ndarray::Config::from_value(files.config().clone())?;
+                    llada_ndarray::Model::from_safetensors(config, path)
+                };
+                let model = load().map_err(|e| BackendError::wrap("ndarray", Stage::Load, e))?;
                 Ok(SharedWeights::Ndarray(Arc::new(model)))
             }
             #[cfg(feature = "ort")]
             BackendChoice::Ort(options) => {
-                let path = dir.join("model.onnx");
-                if !path.is_file() {
-                    return Err(Error::MissingFile {
-                        path,
-                        expected: "the ONNX export of the model (model.onnx)",
-                    });
-                }
-                let max_len = crate::pipeline::read_config(dir)?
-                    .get("max_sequence_length")
-                    .and_then(serde_json::Value::as_u64)
-                    .map(|v| v as usize);
-                let weights = SharedWeights::Ort {
-                    path,
-                    options: options.clone(),
-                    max_len,
+                let WeightSource::Onnx(path) = files.weights() else {
+                    return Err(wrong_format());
                 };
-                // Open one session now, so a bad model or a missing runtime fails at load time.
-                weights.backend(None)?;
-                Ok(weights)
+                let weights = OrtWeights {
+                    path: path.clone(),
+                    options: options.clone(),
+                    max_len: files.max_sequence_length(),
+                    first: Mutex::new(None),
+                };
+                let session = weights.session(options.threads)?;
+                *weights.first.lock().unwrap_or_else(|e| e.into_inner()) = Some(session);
+                Ok(SharedWeights::Ort(Box::new(weights)))
             }
             #[allow(unreachable_patterns)]
-            other => Err(Error::Load(
-                format!(
-                    "backend `{}` was not compiled in (enable its cargo feature)",
-                    other.name()
-                )
-                .into(),
-            )),
+            other => Err(Error::BackendNotCompiled {
+                backend: other.name(),
+            }),
         }
     }
 
@@ -146,37 +203,14 @@ impl SharedWeights {
         match self {
             #[cfg(feature = "ndarray")]
             SharedWeights::Ndarray(model) => {
-                let context = match threads {
-                    Some(n) => llada_ndarray::Context::with_threads(Arc::clone(model), n),
-                    None => llada_ndarray::Context::new(Arc::clone(model)),
-                }
-                .map_err(|e| Error::Load(Box::new(e)))?;
+                let mut options = llada_ndarray::ContextOptions::default();
+                options.threads = threads;
+                let context = llada_ndarray::Context::with_options(Arc::clone(model), options)
+                    .map_err(|e| BackendError::wrap("ndarray", Stage::Load, e))?;
                 Ok(Backend::Ndarray(context))
             }
             #[cfg(feature = "ort")]
-            SharedWeights::Ort {
-                path,
-                options,
-                max_len,
-            } => {
-                let mut builder = llada_ort::OrtPredictor::builder(path);
-                if let Some(library) = &options.library {
-                    builder = builder.library(library);
-                }
-                if let Some(threads) = threads.or(options.threads) {
-                    builder = builder.intra_threads(threads);
-                }
-                if options.cuda {
-                    builder = builder
-                        .execution_provider(llada_ort::ExecutionProvider::Cuda { device_id: 0 });
-                }
-                if let Some(max_len) = max_len {
-                    builder = builder.max_sequence_length(*max_len);
-                }
-                Ok(Backend::Ort(
-                    builder.build().map_err(|e| Error::Load(Box::new(e)))?,
-                ))
-            }
+            SharedWeights::Ort(weights) => Ok(Backend::Ort(weights.take_or_open(threads)?)),
         }
     }
 }
@@ -209,9 +243,12 @@ impl MaskPredictor for Backend {
     ) -> Result<(), BackendError> {
         match self {
             #[cfg(feature = "ndarray")]
-            Backend::Ndarray(b) => MaskPredictor::forward(b, request, logits).map_err(wrap),
+            Backend::Ndarray(b) => MaskPredictor::forward(b, request, logits)
+                .map_err(|e| BackendError::wrap("ndarray", Stage::Run, e)),
             #[cfg(feature = "ort")]
-            Backend::Ort(b) => b.forward(request, logits).map_err(wrap),
+            Backend::Ort(b) => b
+                .forward(request, logits)
+                .map_err(|e| BackendError::wrap("ort", Stage::Run, e)),
         }
     }
 }

@@ -1,7 +1,5 @@
 //! The model's own chat template, rendered the way Hugging Face's `apply_chat_template` does.
 
-use std::path::Path;
-
 use minijinja::{Environment, ErrorKind as TemplateErrorKind, Value, context};
 use serde::{Deserialize, Serialize};
 
@@ -37,7 +35,7 @@ impl Message {
 }
 
 /// The `chat_template` of `tokenizer_config.json` with the special-token strings it may use.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
@@ -69,7 +67,7 @@ impl ChatTemplate {
                 .trim_blocks(true)
                 .lstrip_blocks(true)
                 .build()
-                .map_err(|e| Error::Template(e.to_string()))?,
+                .map_err(Error::Template)?,
         );
         env.add_function(
             "raise_exception",
@@ -81,7 +79,7 @@ impl ChatTemplate {
             },
         );
         env.add_template_owned("chat", source.to_string())
-            .map_err(|e| Error::Template(e.to_string()))?;
+            .map_err(Error::Template)?;
         Ok(Self {
             env,
             bos_token: bos_token.to_string(),
@@ -91,17 +89,9 @@ impl ChatTemplate {
         })
     }
 
-    /// Reads `chat_template`, `bos_token` and `eos_token` from a `tokenizer_config.json`.
-    /// `Ok(None)` when the file has no chat template.
-    pub fn from_tokenizer_config(path: &Path) -> Result<Option<Self>, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+    /// Takes `chat_template`, `bos_token` and `eos_token` from a parsed
+    /// `tokenizer_config.json`. `Ok(None)` when it has no chat template.
+    pub fn from_tokenizer_config(value: &serde_json::Value) -> Result<Option<Self>, Error> {
         let Some(source) = value.get("chat_template").and_then(|t| t.as_str()) else {
             return Ok(None);
         };
@@ -122,10 +112,7 @@ impl ChatTemplate {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String, Error> {
-        let template = self
-            .env
-            .get_template("chat")
-            .map_err(|e| Error::Template(e.to_string()))?;
+        let template = self.env.get_template("chat").map_err(Error::Template)?;
         let messages: Vec<Value> = messages
             .iter()
             .map(|m| {
@@ -141,6 +128,6 @@ impl ChatTemplate {
                 pad_token => &self.pad_token,
                 unk_token => &self.unk_token,
             })
-            .map_err(|e| Error::Template(e.to_string()))
+            .map_err(Error::Template)
     }
 }

@@ -1,16 +1,23 @@
 //! Errors of the text pipeline.
+//!
+//! One rule for messages: an error's `Display` says what failed at its own level and never
+//! repeats its cause; the cause is its [`source`](std::error::Error::source), and
+//! [`report`] (what the examples and `llada_last_error()` print) walks the chain.
 
 use std::path::PathBuf;
 
 use llada_core::{ErrorKind, PredictorError};
 use thiserror::Error;
 
+/// A boxed error from a backend or a parser, kept whole as a source.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Anything that can go wrong between text in and text out.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -34,24 +41,27 @@ pub enum Error {
         expected: &'static str,
     },
     /// A JSON file is malformed.
-    #[error("invalid JSON in {path}: {message}")]
+    #[error("invalid JSON in {path}")]
     Json {
         /// The file.
         path: PathBuf,
-        /// The parser's message.
-        message: String,
+        /// The parser's error.
+        source: serde_json::Error,
     },
-    /// The tokenizer failed.
-    #[error("tokenizer error{}: {message}", path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
+    /// The tokenizer could not be loaded, or failed.
+    #[error("{}", match path {
+        Some(path) => format!("cannot load the tokenizer {}", path.display()),
+        None => "the tokenizer failed".to_string(),
+    })]
     Tokenizer {
         /// The file, when loading.
         path: Option<PathBuf>,
-        /// The tokenizer's message.
-        message: String,
+        /// The tokenizer's error.
+        source: BoxError,
     },
     /// The chat template failed to compile or render.
-    #[error("chat template: {0}")]
-    Template(String),
+    #[error("chat template")]
+    Template(#[source] minijinja::Error),
     /// The model has no chat template but one was needed.
     #[error("the model has no chat_template in tokenizer_config.json; use raw prompts")]
     NoChatTemplate,
@@ -76,22 +86,37 @@ pub enum Error {
     /// An empty batch or an empty prompt.
     #[error("{0}")]
     EmptyInput(&'static str),
-    /// The backend could not load the model.
+    /// The backend asked for is not compiled in (its cargo feature is off).
+    #[error("backend `{backend}` was not compiled in (enable the `{backend}` cargo feature)")]
+    BackendNotCompiled {
+        /// The backend.
+        backend: &'static str,
+    },
+    /// The model's weights are in a format the chosen backend does not run.
+    #[error("the {backend} backend cannot run {format} weights ({path})")]
+    WeightsFormat {
+        /// The backend.
+        backend: &'static str,
+        /// The weights' format.
+        format: &'static str,
+        /// The weights.
+        path: PathBuf,
+    },
+    /// A backend failed to load the model or to run it; its error is the source.
     #[error(transparent)]
-    Load(Box<dyn std::error::Error + Send + Sync>),
+    Backend(#[from] BackendError),
     /// Invalid generation parameters.
     #[error(transparent)]
     Params(#[from] llada_core::Error),
-    /// The backend failed during a forward pass.
-    #[error("backend: {0}")]
-    Backend(String, ErrorKind),
     /// The step callback cancelled the generation.
     #[error("generation cancelled")]
     Cancelled,
 }
 
 impl Error {
-    /// The broad category of this error.
+    /// The broad category of this error: the backend's own for backend errors (a missing
+    /// ONNX Runtime library is [`ErrorKind::Backend`], a malformed checkpoint
+    /// [`ErrorKind::Model`]).
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Io { .. } | Error::MissingDirectory { .. } | Error::MissingFile { .. } => {
@@ -101,23 +126,105 @@ impl Error {
             | Error::Tokenizer { .. }
             | Error::Template(_)
             | Error::MissingSpecialToken { .. } => ErrorKind::Model,
-            Error::NoChatTemplate => ErrorKind::Unsupported,
+            Error::NoChatTemplate
+            | Error::BackendNotCompiled { .. }
+            | Error::WeightsFormat { .. } => ErrorKind::Unsupported,
             Error::PromptTooLong { .. } | Error::EmptyInput(_) => ErrorKind::InvalidInput,
-            Error::Load(_) => ErrorKind::Model,
+            Error::Backend(e) => e.kind,
             Error::Params(e) => e.kind(),
-            Error::Backend(_, kind) => *kind,
             Error::Cancelled => ErrorKind::Cancelled,
         }
     }
 }
 
-impl<E: PredictorError> From<llada_core::GenerateError<E>> for Error {
-    fn from(e: llada_core::GenerateError<E>) -> Self {
+impl From<llada_core::GenerateError<BackendError>> for Error {
+    fn from(e: llada_core::GenerateError<BackendError>) -> Self {
         match e {
             llada_core::GenerateError::Invalid(e) => Error::Params(e),
-            llada_core::GenerateError::Predictor(e) => Error::Backend(e.to_string(), e.kind()),
+            llada_core::GenerateError::Predictor(e) => Error::Backend(e),
             llada_core::GenerateError::Cancelled => Error::Cancelled,
-            _ => Error::Backend(e.to_string(), ErrorKind::Other),
+            other => Error::Backend(BackendError::new(
+                "llada",
+                Stage::Run,
+                ErrorKind::Other,
+                other,
+            )),
         }
     }
+}
+
+/// What a backend was doing when it failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stage {
+    Load,
+    Run,
+}
+
+/// A backend's error, kept whole: the backend's own error type is the
+/// [`source`](std::error::Error::source) and its [`ErrorKind`] is kept.
+#[derive(Debug, Error)]
+#[error("the {backend} backend {}", match stage {
+    Stage::Load => "could not load the model",
+    Stage::Run => "failed in a forward pass",
+})]
+pub struct BackendError {
+    backend: &'static str,
+    stage: Stage,
+    kind: ErrorKind,
+    #[source]
+    source: BoxError,
+}
+
+impl BackendError {
+    pub(crate) fn new(
+        backend: &'static str,
+        stage: Stage,
+        kind: ErrorKind,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Self {
+            backend,
+            stage,
+            kind,
+            source: source.into(),
+        }
+    }
+
+    /// Wraps a backend's own error, keeping its kind.
+    pub(crate) fn wrap<E>(backend: &'static str, stage: Stage, e: E) -> Self
+    where
+        E: PredictorError + Send + Sync + 'static,
+    {
+        Self::new(backend, stage, e.kind(), e)
+    }
+
+    /// `"ndarray"` or `"ort"`.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// The backend's error, to downcast to its own type (`llada_ndarray::LoadError`,
+    /// `llada_ort::OrtError`, ...).
+    pub fn inner(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.source
+    }
+}
+
+impl PredictorError for BackendError {
+    fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+}
+
+/// The whole chain of `error`: its message, then each source's, joined by `": "`. What the
+/// examples print and what the C ABI's `llada_last_error()` returns.
+pub fn report(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }

@@ -1,7 +1,7 @@
 //! Text in, text out: a model directory opened with its tokenizer, chat template and backend.
 
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,37 +14,11 @@ use llada_core::{
 use crate::backend::{Backend, BackendChoice, SharedWeights};
 use crate::chat::{ChatTemplate, Message};
 use crate::error::Error;
+use crate::files::ModelFiles;
 use crate::tokenizer::{SpecialTokens, Tokenizer};
 
 /// What the placeholder of a still-masked position looks like in partial text.
 pub const MASK_PLACEHOLDER: &str = "░";
-
-pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, Error> {
-    if !path.is_file() {
-        return Err(Error::MissingFile {
-            path: path.to_path_buf(),
-            expected: match path.file_name().and_then(|n| n.to_str()) {
-                Some("config.json") => "the model configuration (config.json)",
-                Some("tokenizer_config.json") => {
-                    "the tokenizer configuration (tokenizer_config.json)"
-                }
-                _ => "a JSON file",
-            },
-        });
-    }
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| Error::Json {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
-}
-
-pub(crate) fn read_config(dir: &Path) -> Result<serde_json::Value, Error> {
-    read_json(&dir.join("config.json"))
-}
 
 /// The result of one prompt.
 #[derive(Clone, Debug, PartialEq)]
@@ -171,92 +145,134 @@ impl Conversation {
     }
 }
 
-/// A model directory loaded once and shared (in an [`Arc`]) by any number of [`Pipeline`]s,
-/// one per thread: `config.json`, `tokenizer.json`, `tokenizer_config.json` and the backend's
-/// weights (`model.safetensors` or its index for ndarray, `model.onnx` for ONNX Runtime).
+/// A model loaded once and shared (in an [`Arc`]) by any number of [`Pipeline`]s, one per
+/// thread: its [`ModelFiles`] (tokenizer, chat template, special ids) and the backend's
+/// weights.
 #[derive(Debug)]
 pub struct Model {
-    dir: PathBuf,
-    tokenizer: Tokenizer,
-    template: Option<ChatTemplate>,
-    special: SpecialTokens,
+    files: ModelFiles,
     weights: SharedWeights,
 }
 
 impl Model {
-    /// Loads a model directory for the chosen backend.
+    /// Loads a model directory for the chosen backend: `config.json`, `tokenizer.json`,
+    /// `tokenizer_config.json` and the weights (`model.safetensors` or its shard index for
+    /// ndarray, `model.onnx` for ONNX Runtime), each read once.
     pub fn load(dir: impl AsRef<Path>, backend: &BackendChoice) -> Result<Arc<Self>, Error> {
-        let dir = dir.as_ref();
-        if !dir.is_dir() {
-            return Err(Error::MissingDirectory {
-                path: dir.to_path_buf(),
-            });
-        }
-        let config = read_config(dir)?;
-        let tokenizer_config_path = dir.join("tokenizer_config.json");
-        let tokenizer_config = read_json(&tokenizer_config_path)?;
-        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let template = ChatTemplate::from_tokenizer_config(&tokenizer_config_path)?;
-        let special = SpecialTokens::resolve(&config, &tokenizer_config, &tokenizer)?;
-        let weights = SharedWeights::load(dir, backend)?;
-        Ok(Arc::new(Self {
-            dir: dir.to_path_buf(),
-            tokenizer,
-            template,
-            special,
-            weights,
-        }))
+        Self::from_files(ModelFiles::open(dir, backend)?, backend)
     }
 
-    /// The model directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Loads the weights `files` names with the chosen backend. Nothing but the weights is
+    /// read from disk.
+    pub fn from_files(files: ModelFiles, backend: &BackendChoice) -> Result<Arc<Self>, Error> {
+        let weights = SharedWeights::load(&files, backend)?;
+        Ok(Arc::new(Self { files, weights }))
+    }
+
+    /// The model's sources: configuration, tokenizer, special ids, weights.
+    pub fn files(&self) -> &ModelFiles {
+        &self.files
     }
 
     /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
+        self.files.tokenizer()
     }
 
     /// The special-token ids from the model's files.
     pub fn special_tokens(&self) -> SpecialTokens {
-        self.special
+        self.files.special_tokens()
     }
 
     /// The model's chat template, if it has one.
     pub fn chat_template(&self) -> Option<&ChatTemplate> {
-        self.template.as_ref()
+        self.files.chat_template()
     }
 
     /// The reference's default parameters with this model's mask, EOS and EOT ids.
     pub fn default_params(&self) -> GenerateParams {
-        GenerateParams::default()
-            .with_mask_id(self.special.mask)
-            .with_eos_id(self.special.eos)
-            .with_eot_id(self.special.eot)
+        self.files.default_params()
     }
 
     /// Renders `messages` with the model's chat template, ending with the assistant prompt.
     pub fn format_chat(&self, messages: &[Message]) -> Result<String, Error> {
-        self.template
-            .as_ref()
+        self.chat_template()
             .ok_or(Error::NoChatTemplate)?
             .render(messages, true)
     }
 
     /// Token ids of a one-turn chat prompt.
     pub fn chat_prompt_ids(&self, user: &str) -> Result<Vec<u32>, Error> {
-        self.tokenizer
+        self.tokenizer()
             .encode(&self.format_chat(&[Message::user(user)])?)
     }
 
     /// The generated ids up to the first EOS or EOT.
     pub fn answer_ids<'a>(&self, output: &'a [u32]) -> &'a [u32] {
+        let special = self.special_tokens();
         let end = output
             .iter()
-            .position(|&t| t == self.special.eos || t == self.special.eot)
+            .position(|&t| t == special.eos || t == special.eot)
             .unwrap_or(output.len());
         &output[..end]
+    }
+}
+
+/// How [`Pipeline::log_likelihood`] estimates `log p(answer | prompt)`: the reference's 128
+/// masked samples in mini-batches of 16, no guidance, seed 0. `#[non_exhaustive]`: start from
+/// [`Default::default()`] and chain the `with_*` methods.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct LikelihoodOptions {
+    /// Masked samples in total; a positive multiple of `batch`.
+    pub mc_samples: usize,
+    /// Rows per forward pass.
+    pub batch: usize,
+    /// Classifier-free guidance scale; `0` disables.
+    pub cfg_scale: f32,
+    /// Seed of the masking, for a reproducible estimate.
+    pub seed: u64,
+}
+
+impl Default for LikelihoodOptions {
+    fn default() -> Self {
+        let core = LikelihoodParams::default();
+        Self {
+            mc_samples: core.mc_samples,
+            batch: core.batch,
+            cfg_scale: core.cfg_scale,
+            seed: 0,
+        }
+    }
+}
+
+impl LikelihoodOptions {
+    /// These options with `mc_samples` masked samples.
+    #[must_use]
+    pub fn with_mc_samples(mut self, mc_samples: usize) -> Self {
+        self.mc_samples = mc_samples;
+        self
+    }
+
+    /// These options with mini-batches of `batch` rows.
+    #[must_use]
+    pub fn with_batch(mut self, batch: usize) -> Self {
+        self.batch = batch;
+        self
+    }
+
+    /// These options with guidance scale `cfg_scale`.
+    #[must_use]
+    pub fn with_cfg_scale(mut self, cfg_scale: f32) -> Self {
+        self.cfg_scale = cfg_scale;
+        self
+    }
+
+    /// These options with `seed`.
+    #[must_use]
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
     }
 }
 
@@ -267,14 +283,6 @@ pub struct Pipeline {
     model: Arc<Model>,
     backend: Backend,
     workspace: WorkspaceBuf,
-}
-
-impl std::ops::Deref for Pipeline {
-    type Target = Model;
-
-    fn deref(&self) -> &Model {
-        &self.model
-    }
 }
 
 impl Pipeline {
@@ -298,9 +306,14 @@ impl Pipeline {
         })
     }
 
-    /// The shared model.
+    /// The shared model (tokenizer, chat template, special ids, default parameters).
     pub fn model(&self) -> &Arc<Model> {
         &self.model
+    }
+
+    /// The model's default parameters (shorthand for `model().default_params()`).
+    pub fn default_params(&self) -> GenerateParams {
+        self.model.default_params()
     }
 
     /// The backend (a [`MaskPredictor`]).
@@ -320,7 +333,7 @@ impl Pipeline {
 
     /// Generates an answer to one user message, formatted with the chat template.
     pub fn generate(&mut self, user: &str, params: &GenerateParams) -> Result<Generated, Error> {
-        let ids = self.chat_prompt_ids(user)?;
+        let ids = self.model.chat_prompt_ids(user)?;
         self.generate_ids(&[ids], params, |_| ControlFlow::Continue(()))
             .map(|mut v| v.remove(0))
     }
@@ -331,7 +344,7 @@ impl Pipeline {
         text: &str,
         params: &GenerateParams,
     ) -> Result<Generated, Error> {
-        let ids = self.model.tokenizer.encode(text)?;
+        let ids = self.model.tokenizer().encode(text)?;
         self.generate_ids(&[ids], params, |_| ControlFlow::Continue(()))
             .map(|mut v| v.remove(0))
     }
@@ -362,21 +375,23 @@ impl Pipeline {
             });
         }
         let seq = prompt_len + params.gen_length;
-        let mut canvas = vec![params.mask_id; batch * seq];
-        let mut attention = vec![1u8; batch * seq];
-        let padded = prompts.iter().any(|p| p.len() < prompt_len);
-        for (row, prompt) in prompts.iter().enumerate() {
-            let pad = prompt_len - prompt.len();
-            canvas[row * seq..row * seq + pad].fill(self.model.special.pad);
-            attention[row * seq..row * seq + pad].fill(0);
-            canvas[row * seq + pad..row * seq + prompt_len].copy_from_slice(prompt);
-        }
+        let mut canvas = vec![0; batch * seq];
+        let mut attention = vec![0; batch * seq];
+        let pad = self.model.special_tokens().pad;
+        let c = Canvas::left_padded(
+            &mut canvas,
+            &mut attention,
+            prompts,
+            params.gen_length,
+            params.mask_id,
+            pad,
+        )?;
         let vocab = self.backend.vocab_size();
         self.workspace.ensure(&WorkspaceSizes::for_generation(
             params, batch, prompt_len, vocab,
         )?);
         let start = Instant::now();
-        let tokenizer = &self.model.tokenizer;
+        let tokenizer = self.model.tokenizer();
         let mask = params.mask_id;
         let mut observer = |event: &StepEvent<'_>| {
             on_step(&Progress {
@@ -386,10 +401,6 @@ impl Pipeline {
                 mask,
             })
         };
-        let mut c = Canvas::new(&mut canvas, batch, prompt_len);
-        if padded {
-            c = c.with_attention_mask(&attention);
-        }
         let stats = generate(
             &mut self.backend,
             params,
@@ -403,10 +414,10 @@ impl Pipeline {
             .enumerate()
             .map(|(row, prompt)| {
                 let output_ids = canvas[row * seq + prompt_len..(row + 1) * seq].to_vec();
-                let answer_ids = self.answer_ids(&output_ids).to_vec();
+                let answer_ids = self.model.answer_ids(&output_ids).to_vec();
                 Ok(Generated {
                     prompt_ids: prompt.clone(),
-                    text: self.model.tokenizer.decode(&answer_ids, true)?,
+                    text: self.model.tokenizer().decode(&answer_ids, true)?,
                     output_ids,
                     answer_ids,
                     forward_passes: stats.forward_passes,
@@ -427,11 +438,12 @@ impl Pipeline {
         params: &GenerateParams,
         on_step: impl FnMut(&Progress<'_>) -> ControlFlow<()>,
     ) -> Result<Generated, Error> {
-        let turn = self.chat_prompt_ids(user)?;
+        let turn = self.model.chat_prompt_ids(user)?;
+        let special = self.model.special_tokens();
         let prompt = if conversation.turns == 0 {
             turn
         } else {
-            let bos = self.model.special.bos;
+            let bos = special.bos;
             let skip = usize::from(bos.is_some() && turn.first() == bos.as_ref());
             [conversation.history.as_slice(), &turn[skip..]].concat()
         };
@@ -442,37 +454,34 @@ impl Pipeline {
             .iter()
             .chain(&generated.output_ids)
             .copied()
-            .filter(|&t| t != self.model.special.eos)
+            .filter(|&t| t != special.eos)
             .collect();
         conversation.turns += 1;
         Ok(generated)
     }
 
     /// Monte Carlo estimate of `log p(answer | prompt)` (the paper's multiple-choice score),
-    /// with this model's mask id; reproducible from `seed`.
+    /// with this model's mask id; reproducible from `options.seed`.
     pub fn log_likelihood(
         &mut self,
         prompt: &[u32],
         answer: &[u32],
-        mc_samples: usize,
-        batch: usize,
-        cfg_scale: f32,
-        seed: u64,
+        options: &LikelihoodOptions,
     ) -> Result<f64, Error> {
         let params = LikelihoodParams::default()
-            .with_mc_samples(mc_samples)
-            .with_batch(batch)
-            .with_cfg_scale(cfg_scale)
-            .with_mask_id(self.model.special.mask);
+            .with_mc_samples(options.mc_samples)
+            .with_batch(options.batch)
+            .with_cfg_scale(options.cfg_scale)
+            .with_mask_id(self.model.special_tokens().mask);
         let vocab = self.backend.vocab_size();
         self.workspace.ensure(&WorkspaceSizes::for_likelihood(
             prompt.len(),
             answer.len(),
-            batch,
-            cfg_scale > 0.0,
+            options.batch,
+            options.cfg_scale > 0.0,
             vocab,
         )?);
-        let mut rng = SamplerRng::seed_from_u64(seed);
+        let mut rng = SamplerRng::seed_from_u64(options.seed);
         Ok(log_likelihood(
             &mut self.backend,
             prompt,

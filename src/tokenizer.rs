@@ -6,6 +6,7 @@ use std::path::Path;
 use crate::error::Error;
 
 /// The model's tokenizer (Hugging Face `tokenizers`, no network, pure-Rust regex engine).
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
 }
@@ -27,10 +28,20 @@ impl Tokenizer {
                 expected: "the tokenizer (tokenizer.json)",
             });
         }
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
-            path: Some(path.to_path_buf()),
-            message: e.to_string(),
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
         })?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses the bytes of a `tokenizer.json`; `path` names it in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, Error> {
+        let inner =
+            tokenizers::Tokenizer::from_bytes(bytes).map_err(|source| Error::Tokenizer {
+                path: Some(path.to_path_buf()),
+                source,
+            })?;
         Ok(Self { inner })
     }
 
@@ -41,10 +52,7 @@ impl Tokenizer {
         let encoding = self
             .inner
             .encode(text, true)
-            .map_err(|e| Error::Tokenizer {
-                path: None,
-                message: e.to_string(),
-            })?;
+            .map_err(|source| Error::Tokenizer { path: None, source })?;
         Ok(encoding.get_ids().to_vec())
     }
 
@@ -52,10 +60,7 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, Error> {
         self.inner
             .decode(ids, skip_special_tokens)
-            .map_err(|e| Error::Tokenizer {
-                path: None,
-                message: e.to_string(),
-            })
+            .map_err(|source| Error::Tokenizer { path: None, source })
     }
 
     /// The id of a token, special or not.

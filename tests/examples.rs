@@ -1,12 +1,17 @@
 //! The `generate` example as a user runs it: JSON output on a held-out prompt, raw prompts,
 //! bad flags, and Ctrl-C during a long generation.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eval_set, example, reference_outputs};
+use llada_test_support::{eval_set, held_out_answered, ort_library};
+
+/// Path of an example binary built by `cargo test` next to the test binaries.
+fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    dir.join("examples").join(name)
+}
 
 fn generate() -> Command {
     let path = example("generate");
@@ -23,14 +28,8 @@ fn generate() -> Command {
 #[test]
 fn generate_json_answers_a_held_out_prompt() {
     let eval = eval_set();
-    let reference = reference_outputs();
     // A held-out prompt the reference answers correctly.
-    let (item, expected) = eval
-        .items
-        .iter()
-        .zip(&reference)
-        .find(|(item, out)| common::answer_of(out) == item.answer_ids.as_slice())
-        .expect("the reference answers some prompt");
+    let (item, expected) = held_out_answered();
     let output = generate()
         .args(["--json", "--prompt", &item.prompt])
         .output()
@@ -54,7 +53,7 @@ fn generate_json_answers_a_held_out_prompt() {
         item.prompt
     );
     let ids: Vec<u32> = serde_json::from_value(json["output_ids"].clone()).unwrap();
-    assert_eq!(&ids, expected);
+    assert_eq!(ids, expected);
     assert_eq!(ids.len(), eval.gen_length);
     let prompt_ids: Vec<u32> = serde_json::from_value(json["prompt_ids"].clone()).unwrap();
     assert_eq!(prompt_ids, item.prompt_ids);
@@ -141,7 +140,7 @@ fn the_ort_backend_gives_the_same_answer_as_ndarray() {
     let run = |backend: &str| {
         let output = generate()
             .args(["--json", "--backend", backend, "--prompt", &item.prompt])
-            .env("ORT_DYLIB_PATH", common::ort_library())
+            .env("ORT_DYLIB_PATH", ort_library())
             .output()
             .unwrap();
         assert!(

@@ -1,25 +1,18 @@
 //! Text in, text out on the bundled model: tokenisation, generation, batches, streaming,
 //! cancellation, multi-turn chat and bad input.
 
-mod common;
-
 use std::ops::ControlFlow;
 
-use common::{bundled_model, eval_set, reference_outputs};
-use llada::core::GenerateParams;
-use llada::{BackendChoice, Conversation, Error, Pipeline};
+use llada::core::{ErrorKind, GenerateParams};
+use llada::{BackendChoice, Conversation, Error, Model, ModelFiles, Pipeline, WeightSource};
+use llada_test_support::{bundled_model, eval_set, held_out_answered, reference_outputs};
 
 fn pipeline() -> Pipeline {
     Pipeline::open(bundled_model(), &BackendChoice::Ndarray).unwrap()
 }
 
 fn eval_params(pipeline: &Pipeline) -> GenerateParams {
-    let eval = eval_set();
-    pipeline
-        .default_params()
-        .with_steps(eval.steps)
-        .with_gen_length(eval.gen_length)
-        .with_block_length(eval.block_length)
+    eval_set().params(pipeline.default_params())
 }
 
 #[test]
@@ -28,19 +21,23 @@ fn tokenisation_round_trips_every_eval_prompt_to_its_ids() {
     let eval = eval_set();
     for item in &eval.items {
         assert_eq!(
-            pipeline.chat_prompt_ids(&item.prompt).unwrap(),
+            pipeline.model().chat_prompt_ids(&item.prompt).unwrap(),
             item.prompt_ids,
             "{:?}",
             item.prompt
         );
         assert_eq!(
-            pipeline.tokenizer().encode(&item.answer).unwrap(),
+            pipeline.model().tokenizer().encode(&item.answer).unwrap(),
             item.answer_ids,
             "{:?}",
             item.answer
         );
         assert_eq!(
-            pipeline.tokenizer().decode(&item.answer_ids, true).unwrap(),
+            pipeline
+                .model()
+                .tokenizer()
+                .decode(&item.answer_ids, true)
+                .unwrap(),
             item.answer
         );
     }
@@ -49,7 +46,7 @@ fn tokenisation_round_trips_every_eval_prompt_to_its_ids() {
 #[test]
 fn special_ids_come_from_the_model_files() {
     let pipeline = pipeline();
-    let special = pipeline.special_tokens();
+    let special = pipeline.model().special_tokens();
     let config: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(bundled_model().join("config.json")).unwrap(),
     )
@@ -62,7 +59,7 @@ fn special_ids_come_from_the_model_files() {
         u64::from(special.eos),
         config["eos_token_id"].as_u64().unwrap()
     );
-    let tokenizer = pipeline.tokenizer();
+    let tokenizer = pipeline.model().tokenizer();
     assert_eq!(Some(special.eot), tokenizer.token_to_id("<|eot_id|>"));
     assert_eq!(special.bos, tokenizer.token_to_id("<|startoftext|>"));
     assert_ne!(special.mask, llada::core::LLADA_8B_MASK_ID);
@@ -168,7 +165,7 @@ fn multi_turn_chat_keeps_the_history_like_the_reference_loop() {
     let mut pipeline = pipeline();
     let params = eval_params(&pipeline);
     let eval = eval_set();
-    let special = pipeline.special_tokens();
+    let special = pipeline.model().special_tokens();
     let mut conversation = Conversation::new();
     let first = pipeline
         .chat(&mut conversation, &eval.items[0].prompt, &params, |_| {
@@ -185,7 +182,10 @@ fn multi_turn_chat_keeps_the_history_like_the_reference_loop() {
         })
         .unwrap();
     // The second prompt is the history plus the new turn without its BOS.
-    let turn = pipeline.chat_prompt_ids(&eval.items[1].prompt).unwrap();
+    let turn = pipeline
+        .model()
+        .chat_prompt_ids(&eval.items[1].prompt)
+        .unwrap();
     assert_eq!(second.prompt_ids, [history.as_slice(), &turn[1..]].concat());
     assert_eq!(conversation.turns(), 2);
 }
@@ -218,6 +218,37 @@ fn bad_input_names_what_is_wrong() {
     let err = Pipeline::open(dir.path(), &BackendChoice::Ndarray).unwrap_err();
     assert!(err.to_string().contains("model.safetensors"), "{err}");
 
+    // A truncated checkpoint: the backend's own error is kept as the source, with its kind.
+    let weights = std::fs::read(bundled_model().join("model.safetensors")).unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        &weights[..weights.len() / 2],
+    )
+    .unwrap();
+    let err = Pipeline::open(dir.path(), &BackendChoice::Ndarray).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Model, "{err}");
+    let Error::Backend(backend) = &err else {
+        panic!("expected a backend error, got {err}")
+    };
+    assert_eq!(backend.backend(), "ndarray");
+    assert!(
+        matches!(
+            backend.inner().downcast_ref::<llada::ndarray::LoadError>(),
+            Some(llada::ndarray::LoadError::Safetensors { .. })
+        ),
+        "{backend:?}"
+    );
+    let report = llada::report(&err);
+    assert!(
+        report
+            .starts_with("the ndarray backend could not load the model: invalid safetensors file"),
+        "{report}"
+    );
+    assert!(
+        !err.to_string().contains("safetensors"),
+        "Display does not repeat the source: {err}"
+    );
+
     let mut pipeline = pipeline();
     let max = pipeline.max_sequence_length();
     let long = "copy: pen ".repeat(max);
@@ -240,4 +271,83 @@ fn bad_input_names_what_is_wrong() {
         matches!(err, Error::Params(llada::core::Error::BlockLength { .. })),
         "{err}"
     );
+}
+
+/// The model's files are each read once: after `ModelFiles` has them, the backend needs only
+/// the weights, so deleting the other files before it loads changes nothing.
+#[test]
+fn a_model_is_read_once_whether_from_a_directory_or_from_bytes() {
+    let (item, expected) = held_out_answered();
+    let check = |files: ModelFiles| {
+        let model = Model::from_files(files, &BackendChoice::Ndarray).unwrap();
+        let mut pipeline = Pipeline::new(model).unwrap();
+        let params = eval_params(&pipeline);
+        let out = pipeline.generate(&item.prompt, &params).unwrap();
+        assert_eq!(out.output_ids, expected);
+        assert_eq!(out.text, item.answer);
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    for file in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors",
+    ] {
+        std::fs::copy(bundled_model().join(file), dir.path().join(file)).unwrap();
+    }
+    let files = ModelFiles::open(dir.path(), &BackendChoice::Ndarray).unwrap();
+    assert_eq!(
+        files.weights(),
+        &WeightSource::Safetensors(dir.path().join("model.safetensors"))
+    );
+    for file in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::remove_file(dir.path().join(file)).unwrap();
+    }
+    check(files);
+
+    let read = |file: &str| std::fs::read(bundled_model().join(file)).unwrap();
+    let files = ModelFiles::from_bytes(
+        &read("config.json"),
+        &read("tokenizer.json"),
+        &read("tokenizer_config.json"),
+        WeightSource::Safetensors(dir.path().join("model.safetensors")),
+    )
+    .unwrap();
+    check(files);
+
+    // Bytes that are not JSON name the file they stand for, with the parser's error as source.
+    let err = ModelFiles::from_bytes(
+        b"{not json",
+        &read("tokenizer.json"),
+        &read("tokenizer_config.json"),
+        WeightSource::Safetensors(dir.path().join("model.safetensors")),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::Json { path, .. } if path.ends_with("config.json")),
+        "{err}"
+    );
+    assert!(std::error::Error::source(&err).is_some());
+    // Weights in a format the backend does not run are an error naming both.
+    let files = ModelFiles::from_bytes(
+        &read("config.json"),
+        &read("tokenizer.json"),
+        &read("tokenizer_config.json"),
+        WeightSource::Onnx(bundled_model().join("model.onnx")),
+    )
+    .unwrap();
+    let err = Model::from_files(files, &BackendChoice::Ndarray).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::WeightsFormat {
+                backend: "ndarray",
+                format: "onnx",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.kind(), ErrorKind::Unsupported);
 }

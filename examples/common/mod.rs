@@ -8,14 +8,6 @@ use clap::{Args, ValueEnum};
 use llada::core::{CacheMode, CommitRule, GenerateParams, Remasking};
 use llada::{BackendChoice, OrtOptions, Pipeline};
 
-/// The bundled tiny model, trained on short word and number tasks.
-pub(crate) fn bundled_model() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/tiny-llada"
-    ))
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum BackendFlag {
     /// Pure Rust on model.safetensors.
@@ -46,7 +38,7 @@ pub(crate) enum RemaskingFlag {
 #[derive(Args, Debug)]
 pub(crate) struct ModelArgs {
     /// Model directory (config.json, tokenizer.json, tokenizer_config.json, weights).
-    #[arg(long, default_value_os_t = bundled_model())]
+    #[arg(long, default_value_os_t = llada_test_support::bundled_model())]
     pub(crate) model: PathBuf,
     /// Backend.
     #[arg(long, value_enum, default_value_t = BackendFlag::Ndarray)]
@@ -63,11 +55,11 @@ impl ModelArgs {
     pub(crate) fn open(&self) -> Result<Pipeline, llada::Error> {
         let choice = match self.backend {
             BackendFlag::Ndarray => BackendChoice::Ndarray,
-            BackendFlag::Ort => BackendChoice::Ort(OrtOptions {
-                library: self.ort_lib.clone(),
-                cuda: self.cuda,
-                threads: None,
-            }),
+            BackendFlag::Ort => BackendChoice::Ort(
+                OrtOptions::default()
+                    .with_library(self.ort_lib.clone())
+                    .with_cuda(self.cuda),
+            ),
         };
         Pipeline::open(&self.model, &choice)
     }

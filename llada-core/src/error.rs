@@ -187,9 +187,9 @@ pub enum GenerateError<E> {
     /// The parameters, shapes or buffers are invalid; nothing was run.
     #[error(transparent)]
     Invalid(#[from] Error),
-    /// The predictor failed.
-    #[error("predictor failed: {0}")]
-    Predictor(E),
+    /// The predictor failed; its error is the source.
+    #[error("predictor failed")]
+    Predictor(#[source] E),
     /// The observer stopped the generation; the canvas holds every token committed so far and
     /// mask ids elsewhere.
     #[error("generation cancelled")]

@@ -1,6 +1,5 @@
 //! The backend interface: [`MaskPredictor`] and the [`ForwardRequest`] it answers.
 
-use core::fmt;
 use core::ops::Range;
 
 use crate::error::{ErrorKind, ShapeError};
@@ -9,9 +8,10 @@ use crate::error::{ErrorKind, ShapeError};
 /// runtime wants); every id a caller passes is checked against the predictor's vocabulary.
 pub type TokenId = u32;
 
-/// The error type of a backend: its own type, mapped onto the shared [`ErrorKind`] so generic
+/// The error type of a backend: its own error type (with its own causes as
+/// [`source`](core::error::Error::source)s), mapped onto the shared [`ErrorKind`] so generic
 /// code (the sampler, the C ABI) can act on it without knowing the backend.
-pub trait PredictorError: fmt::Debug + fmt::Display {
+pub trait PredictorError: core::error::Error {
     /// The broad category of this error.
     fn kind(&self) -> ErrorKind;
 }

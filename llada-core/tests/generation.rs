@@ -737,7 +737,9 @@ fn canvas_constructors_check_the_prompts_and_pad_on_the_left() {
     assert_eq!((canvas.batch(), canvas.prompt_len()), (3, 3));
     assert_eq!(
         tokens,
-        [1, 2, 3, MASK, MASK, 0, 0, 4, MASK, MASK, 0, 5, 6, MASK, MASK]
+        [
+            1, 2, 3, MASK, MASK, 0, 0, 4, MASK, MASK, 0, 5, 6, MASK, MASK
+        ]
     );
     assert_eq!(attention, [1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0, 1, 1, 1, 1]);
     let short = [MASK, 2];
@@ -761,7 +763,10 @@ fn canvas_constructors_check_the_prompts_and_pad_on_the_left() {
 
     // The padded canvas generates like the rows alone (the hash predictor sees the padding,
     // so compare with the same padded rows run through `fill`).
-    let params = params().with_gen_length(2).with_block_length(2).with_steps(2);
+    let params = params()
+        .with_gen_length(2)
+        .with_block_length(2)
+        .with_steps(2);
     let sizes = WorkspaceSizes::for_generation(&params, 3, 3, VOCAB).unwrap();
     let mut workspace = WorkspaceBuf::new(&sizes);
     let canvas = Canvas::left_padded(&mut tokens, &mut attention, &prompts, 2, MASK, 0).unwrap();

@@ -14,7 +14,7 @@ use std::ops::ControlFlow;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use llada::{BackendChoice, Message, Model, OrtOptions, Pipeline, Progress};
+use llada::{BackendChoice, LikelihoodOptions, Message, Model, OrtOptions, Pipeline, Progress};
 
 pub use params::*;
 use status::{Failure, guard};
@@ -200,11 +200,7 @@ pub unsafe extern "C" fn llada_model_load(
                 };
                 // SAFETY: caller's contract.
                 let library = unsafe { params::path_arg(params.ort_library, "ort_library") }?;
-                BackendChoice::Ort(OrtOptions {
-                    library,
-                    cuda,
-                    threads: None,
-                })
+                BackendChoice::Ort(OrtOptions::default().with_library(library).with_cuda(cuda))
             }
             other => return Err(Failure::invalid(format!("unknown backend {other}"))),
         };
@@ -551,10 +547,8 @@ pub unsafe extern "C" fn llada_generate_chat(
         if out_size.is_null() {
             return Err(Failure::null("out_size"));
         }
-        let prompt = context
-            .pipeline
-            .tokenizer()
-            .encode(&context.pipeline.format_chat(&messages)?)?;
+        let model = context.pipeline.model();
+        let prompt = model.tokenizer().encode(&model.format_chat(&messages)?)?;
         let generated = run_batch(context, &[prompt], params, callback, user_data)?;
         // SAFETY: caller's contract.
         unsafe { write_text(&generated[0].text, out, capacity, out_size) }
@@ -584,7 +578,7 @@ pub unsafe extern "C" fn llada_generate_text(
         if out_size.is_null() {
             return Err(Failure::null("out_size"));
         }
-        let prompt = context.pipeline.tokenizer().encode(text)?;
+        let prompt = context.pipeline.model().tokenizer().encode(text)?;
         let generated = run_batch(context, &[prompt], params, callback, user_data)?;
         // SAFETY: caller's contract.
         unsafe { write_text(&generated[0].text, out, capacity, out_size) }
@@ -620,14 +614,12 @@ pub unsafe extern "C" fn llada_log_likelihood(
         let p = unsafe { params.as_ref() }
             .copied()
             .unwrap_or_else(|| llada_likelihood_default_params());
-        let value = context.pipeline.log_likelihood(
-            prompt,
-            answer,
-            p.mc_samples as usize,
-            p.batch as usize,
-            p.cfg_scale,
-            p.seed,
-        )?;
+        let options = LikelihoodOptions::default()
+            .with_mc_samples(p.mc_samples as usize)
+            .with_batch(p.batch as usize)
+            .with_cfg_scale(p.cfg_scale)
+            .with_seed(p.seed);
+        let value = context.pipeline.log_likelihood(prompt, answer, &options)?;
         *out = value;
         Ok(())
     })

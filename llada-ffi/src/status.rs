@@ -85,8 +85,9 @@ pub(crate) fn status_of(kind: ErrorKind) -> LladaStatus {
 }
 
 impl From<llada::Error> for Failure {
+    /// The status of the error's kind, and its whole chain of causes as the message.
     fn from(e: llada::Error) -> Self {
-        Self::new(status_of(e.kind()), e.to_string())
+        Self::new(status_of(e.kind()), llada::report(&e))
     }
 }
 

@@ -143,6 +143,12 @@ impl Config {
     pub fn from_json(text: &str) -> Result<Self, LoadError> {
         let value: serde_json::Value = serde_json::from_str(text)
             .map_err(|source| LoadError::ConfigJson { path: None, source })?;
+        Self::from_value(value)
+    }
+
+    /// Checks an already parsed `config.json` (so that a caller that reads the file once for
+    /// other fields hands the same value to the backend).
+    pub fn from_value(value: serde_json::Value) -> Result<Self, LoadError> {
         let object = value
             .as_object()
             .ok_or_else(|| invalid("config", "is not a JSON object".into()))?;

@@ -10,7 +10,7 @@ use thiserror::Error;
 #[non_exhaustive]
 pub enum LoadError {
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -24,7 +24,7 @@ pub enum LoadError {
         dir: PathBuf,
     },
     /// `config.json` is not valid JSON or a field has the wrong type.
-    #[error("invalid config{}: {source}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    #[error("invalid config{}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
     ConfigJson {
         /// The file, when read from disk.
         path: Option<PathBuf>,
@@ -64,12 +64,12 @@ pub enum LoadError {
         reason: String,
     },
     /// A safetensors file is malformed (truncated, corrupted header, offsets out of range).
-    #[error("invalid safetensors file {path}: {reason}")]
+    #[error("invalid safetensors file {path}")]
     Safetensors {
         /// The file.
         path: PathBuf,
-        /// The parser's message.
-        reason: String,
+        /// The parser's error.
+        source: safetensors::SafeTensorError,
     },
     /// The shard index is malformed or names a missing shard.
     #[error("invalid shard index {path}: {reason}")]

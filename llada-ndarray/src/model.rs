@@ -9,7 +9,7 @@ use half::{bf16, f16};
 use crate::config::Config;
 use crate::error::LoadError;
 use crate::gemm::{Dtype, PackedMatrix};
-use crate::weights::{Checkpoint, TensorData};
+use crate::weights::{self, Checkpoint, TensorData};
 
 /// Token embedding rows in the checkpoint's dtype.
 #[derive(Debug)]
@@ -99,7 +99,14 @@ impl Model {
             });
         }
         let config = Config::from_file(dir.join("config.json"))?;
-        let checkpoint = Checkpoint::open(dir)?;
+        Self::from_safetensors(config, weights::find_in(dir)?)
+    }
+
+    /// Loads the weights of `config` from `weights`: a safetensors file, or a shard index
+    /// (`*.index.json`) with its shards beside it. For callers that have read the
+    /// configuration already (the `llada` pipeline reads each of a model's files once).
+    pub fn from_safetensors(config: Config, weights: impl AsRef<Path>) -> Result<Self, LoadError> {
+        let checkpoint = Checkpoint::open(weights.as_ref())?;
         Self::from_checkpoint(config, &checkpoint)
     }
 

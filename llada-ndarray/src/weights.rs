@@ -88,19 +88,33 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
     }
 }
 
+/// The weights file of a checkpoint directory: `model.safetensors`, else
+/// `model.safetensors.index.json`.
+pub(crate) fn find_in(dir: &Path) -> Result<PathBuf, LoadError> {
+    [SINGLE_FILE, INDEX_FILE]
+        .into_iter()
+        .map(|name| dir.join(name))
+        .find(|path| path.is_file())
+        .ok_or_else(|| LoadError::NoWeights {
+            dir: dir.to_path_buf(),
+        })
+}
+
+/// Whether `path` names a shard index (`*.index.json`) rather than a safetensors file.
+fn is_index(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".index.json"))
+}
+
 impl Checkpoint {
-    /// Maps `model.safetensors`, or every shard named by `model.safetensors.index.json`.
-    pub(crate) fn open(dir: &Path) -> Result<Self, LoadError> {
-        let single = dir.join(SINGLE_FILE);
-        let index = dir.join(INDEX_FILE);
-        let files = if single.is_file() {
-            vec![single]
-        } else if index.is_file() {
-            shard_files(dir, &index)?
+    /// Maps a safetensors file, or every shard named by a shard index (`*.index.json`, its
+    /// shards beside it).
+    pub(crate) fn open(path: &Path) -> Result<Self, LoadError> {
+        let files = if is_index(path) {
+            shard_files(path)?
         } else {
-            return Err(LoadError::NoWeights {
-                dir: dir.to_path_buf(),
-            });
+            vec![path.to_path_buf()]
         };
         let mut shards = Vec::with_capacity(files.len());
         let mut entries = HashMap::new();
@@ -110,10 +124,11 @@ impl Checkpoint {
             // while loading could change the values read, but not memory safety of this
             // process beyond what reading a changing file gives.
             let map = unsafe { Mmap::map(&file) }.map_err(io(&path))?;
-            let parsed = SafeTensors::deserialize(&map).map_err(|e| LoadError::Safetensors {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+            let parsed =
+                SafeTensors::deserialize(&map).map_err(|source| LoadError::Safetensors {
+                    path: path.clone(),
+                    source,
+                })?;
             let base = map.as_ptr() as usize;
             for (name, view) in parsed.iter() {
                 let data = view.data();
@@ -260,8 +275,9 @@ fn dtype_of(name: &str, dtype: safetensors::Dtype) -> Result<Dtype, LoadError> {
     }
 }
 
-/// The shard files an index names, each once, in order of first appearance.
-fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, LoadError> {
+/// The shard files an index names (beside it), each once, in order of first appearance.
+fn shard_files(index: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let dir = index.parent().unwrap_or(Path::new("."));
     let text = std::fs::read_to_string(index).map_err(io(index))?;
     let bad = |reason: String| LoadError::ShardIndex {
         path: index.to_path_buf(),

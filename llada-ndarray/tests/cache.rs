@@ -30,7 +30,7 @@ fn logits(
 
 #[test]
 fn cached_passes_agree_with_the_plain_forward() {
-    let model = Arc::new(Model::load(common::fixture_dir()).unwrap());
+    let model = Arc::new(Model::load(llada_test_support::bundled_model()).unwrap());
     let mask = model.config().mask_token_id.unwrap();
     let mut context = Context::with_threads(model, 2).unwrap();
     let mut ids: Vec<u32> = (40..60).collect();
@@ -103,7 +103,7 @@ fn cached_passes_agree_with_the_plain_forward() {
 
 #[test]
 fn a_reuse_without_a_filled_cache_runs_in_full() {
-    let model = Arc::new(Model::load(common::fixture_dir()).unwrap());
+    let model = Arc::new(Model::load(llada_test_support::bundled_model()).unwrap());
     let mut context = Context::with_threads(model, 1).unwrap();
     let ids: Vec<u32> = (40..72).collect();
     let plain = logits(&mut context, &ids, 8..16, None);

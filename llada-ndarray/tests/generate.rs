@@ -1,29 +1,20 @@
 //! End to end: `llada_core::generate` on the ndarray backend solves the fixture's held-out
 //! tasks as well as the PyTorch reference does, token for token.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{answer_of, eval_set, reference_outputs, special_id};
 use llada_core::{Canvas, GenerateParams, MaskPredictor, WorkspaceBuf, WorkspaceSizes, generate};
 use llada_ndarray::{Context, Model};
+use llada_test_support::{answer_of, eval_set, reference_outputs};
 
 #[test]
 fn eval_set_exact_match_and_token_for_token_agreement_with_pytorch() {
-    let model = Arc::new(Model::load(common::fixture_dir()).unwrap());
+    let model = Arc::new(Model::load(llada_test_support::bundled_model()).unwrap());
     let mut context = Context::new(model.clone()).unwrap();
     let config = model.config();
     let eval = eval_set();
     let reference = reference_outputs();
-    let (eos, eot) = (config.eos_token_id.unwrap(), special_id("<|eot_id|>"));
-    let params = GenerateParams::default()
-        .with_steps(eval.steps)
-        .with_gen_length(eval.gen_length)
-        .with_block_length(eval.block_length)
-        .with_mask_id(config.mask_token_id.unwrap())
-        .with_eos_id(eos)
-        .with_eot_id(eot);
+    let params = eval.params(GenerateParams::default().with_mask_id(config.mask_token_id.unwrap()));
     assert!(eval.items.len() >= 200);
     let mut workspace = WorkspaceBuf::default();
     let mut correct = 0;
@@ -31,7 +22,10 @@ fn eval_set_exact_match_and_token_for_token_agreement_with_pytorch() {
     for (i, item) in eval.items.iter().enumerate() {
         let prompt_len = item.prompt_ids.len();
         let mut canvas = vec![0; prompt_len + params.gen_length];
-        Canvas::fill(
+        workspace.ensure(
+            &WorkspaceSizes::for_generation(&params, 1, prompt_len, context.vocab_size()).unwrap(),
+        );
+        let c = Canvas::from_prompts(
             &mut canvas,
             &item.prompt_ids,
             1,
@@ -39,19 +33,9 @@ fn eval_set_exact_match_and_token_for_token_agreement_with_pytorch() {
             params.mask_id,
         )
         .unwrap();
-        workspace.ensure(
-            &WorkspaceSizes::for_generation(&params, 1, prompt_len, context.vocab_size()).unwrap(),
-        );
-        generate(
-            &mut context,
-            &params,
-            Canvas::new(&mut canvas, 1, prompt_len),
-            workspace.as_workspace(),
-            &mut (),
-        )
-        .unwrap();
+        generate(&mut context, &params, c, workspace.as_workspace(), &mut ()).unwrap();
         let generated = &canvas[prompt_len..];
-        if answer_of(generated, eos, eot) == item.answer_ids.as_slice() {
+        if answer_of(generated) == item.answer_ids.as_slice() {
             correct += 1;
         }
         if i < 50 && generated != reference[i].as_slice() {

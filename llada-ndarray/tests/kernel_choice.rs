@@ -9,7 +9,7 @@ use llada_ndarray::{Context, ContextOptions, Kernel, LoadError, Model};
 
 #[test]
 fn unknown_or_unsupported_kernels_are_errors_and_the_environment_is_honoured() {
-    let model = Arc::new(Model::load(common::fixture_dir()).unwrap());
+    let model = Arc::new(Model::load(llada_test_support::bundled_model()).unwrap());
     for kernel in Kernel::ALL {
         let result =
             Context::with_options(model.clone(), ContextOptions::default().with_kernel(kernel));

@@ -5,11 +5,10 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{
-    fixture_dir, fixture_tensors, golden_cases, max_abs_diff, model_dir, to_bf16, write_safetensors,
-};
+use common::{fixture_tensors, golden_cases, max_abs_diff, model_dir, to_bf16, write_safetensors};
 use llada_core::ForwardRequest;
 use llada_ndarray::{Config, Context, LoadError, Model};
+use llada_test_support::{bundled_model, fixture};
 
 /// Largest |logit| difference between a bf16 copy of the fixture and PyTorch's f32 logits,
 /// relative to the largest |logit| of the case. bf16 keeps 8 mantissa bits (relative error up
@@ -63,7 +62,7 @@ fn a_sharded_checkpoint_gives_the_same_logits_as_the_single_file() {
     let tensors = fixture_tensors();
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(
-        fixture_dir().join("config.json"),
+        bundled_model().join("config.json"),
         dir.path().join("config.json"),
     )
     .unwrap();
@@ -95,14 +94,14 @@ fn a_sharded_checkpoint_gives_the_same_logits_as_the_single_file() {
     .unwrap();
 
     let sharded = Arc::new(Model::load(dir.path()).unwrap());
-    let single = Arc::new(Model::load(fixture_dir()).unwrap());
+    let single = Arc::new(Model::load(bundled_model()).unwrap());
     let case = &golden_cases()[1];
     assert_eq!(logits(sharded, case), logits(single, case));
 }
 
 #[test]
 fn the_real_llada_8b_instruct_config_is_accepted() {
-    let config = Config::from_file(fixture_dir().join("../llada-8b-instruct/config.json")).unwrap();
+    let config = Config::from_file(fixture("llada-8b-instruct").join("config.json")).unwrap();
     assert_eq!(
         (
             config.d_model,
@@ -120,10 +119,8 @@ fn the_real_llada_8b_instruct_config_is_accepted() {
     let shapes = config.tensor_shapes();
     // The published index lists exactly these 291 tensors.
     let index: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            fixture_dir().join("../llada-8b-instruct/model.safetensors.index.json"),
-        )
-        .unwrap(),
+        &std::fs::read_to_string(fixture("llada-8b-instruct").join("model.safetensors.index.json"))
+            .unwrap(),
     )
     .unwrap();
     let mut published: Vec<&str> = index["weight_map"]
@@ -142,7 +139,7 @@ fn the_real_llada_8b_instruct_config_is_accepted() {
 }
 
 fn config_error(edit: impl FnOnce(&mut serde_json::Value)) -> LoadError {
-    let text = std::fs::read_to_string(fixture_dir().join("config.json")).unwrap();
+    let text = std::fs::read_to_string(bundled_model().join("config.json")).unwrap();
     let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
     edit(&mut value);
     Config::from_json(&value.to_string()).unwrap_err()

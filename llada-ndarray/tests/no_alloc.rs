@@ -4,44 +4,21 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use llada_core::{
     CacheMode, Canvas, CommitRule, ForwardRequest, GenerateParams, WorkspaceBuf, WorkspaceSizes,
     generate,
 };
 use llada_ndarray::{Context, Model};
-
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use llada_test_support::CountingAllocator;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 #[test]
 fn warm_forward_passes_and_whole_generations_allocate_nothing() {
-    let model = Arc::new(Model::load(common::fixture_dir()).unwrap());
+    let model = Arc::new(Model::load(llada_test_support::bundled_model()).unwrap());
     let mut context = Context::with_threads(model.clone(), 2).unwrap();
     let vocab = model.config().embedding_size;
     let case = &common::golden_cases()[1];
@@ -54,11 +31,11 @@ fn warm_forward_passes_and_whole_generations_allocate_nothing() {
     let mut logits = vec![0.0; request.logits_len(vocab)];
     context.forward(&request, &mut logits).unwrap(); // warm-up: buffers grow here
 
-    let before = ALLOCATIONS.load(Ordering::SeqCst);
-    for _ in 0..5 {
-        context.forward(&request, &mut logits).unwrap();
-    }
-    let forward_allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
+    let ((), forward_allocations) = CountingAllocator::during(|| {
+        for _ in 0..5 {
+            context.forward(&request, &mut logits).unwrap();
+        }
+    });
     assert_eq!(
         forward_allocations, 0,
         "warm forward passes allocated {forward_allocations} times"
@@ -78,17 +55,12 @@ fn warm_forward_passes_and_whole_generations_allocate_nothing() {
     );
     // Allocations during one whole generation from a freshly masked canvas.
     let mut generation_allocations = |params: &GenerateParams| {
-        Canvas::fill(&mut canvas, prompt, 1, 16, mask_id).unwrap();
-        let before = ALLOCATIONS.load(Ordering::SeqCst);
-        generate(
-            &mut context,
-            params,
-            Canvas::new(&mut canvas, 1, prompt.len()),
-            ws.as_workspace(),
-            &mut (),
-        )
-        .unwrap();
-        ALLOCATIONS.load(Ordering::SeqCst) - before
+        let c = Canvas::from_prompts(&mut canvas, prompt, 1, 16, mask_id).unwrap();
+        let (result, allocations) = CountingAllocator::during(|| {
+            generate(&mut context, params, c, ws.as_workspace(), &mut ())
+        });
+        result.unwrap();
+        allocations
     };
     let allocations = generation_allocations(&params);
     assert_eq!(allocations, 0, "a generation allocated {allocations} times");

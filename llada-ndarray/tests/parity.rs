@@ -1,12 +1,15 @@
-//! The ndarray backend against the fixture's golden PyTorch logits, in f32 and bf16.
+//! The ndarray backend against the fixture's golden PyTorch logits, in f32 and bf16, and
+//! through the `MaskPredictor` conformance suite, with every kernel this CPU runs.
 
 mod common;
 
 use std::sync::Arc;
 
-use common::{fixture_dir, golden_cases, max_abs_diff};
+use common::{golden_cases, max_abs_diff};
 use llada_core::ForwardRequest;
+use llada_core::testing::{Expectations, check_predictor};
 use llada_ndarray::{Context, ContextOptions, Kernel, Model};
+use llada_test_support::bundled_model;
 
 /// Runs every golden case through `context` with the logits window `window(seq)`.
 fn run(
@@ -28,7 +31,7 @@ fn run(
 
 #[test]
 fn f32_logits_match_pytorch_within_1e4() {
-    let model = Arc::new(Model::load(fixture_dir()).unwrap());
+    let model = Arc::new(Model::load(bundled_model()).unwrap());
     let mut context = Context::new(model.clone()).unwrap();
     let cases = golden_cases();
     assert!(cases.len() >= 3);
@@ -48,7 +51,7 @@ fn f32_logits_match_pytorch_within_1e4() {
 
 #[test]
 fn a_logits_window_is_the_same_rows_of_the_full_output() {
-    let model = Arc::new(Model::load(fixture_dir()).unwrap());
+    let model = Arc::new(Model::load(bundled_model()).unwrap());
     let vocab = model.config().embedding_size;
     let mut context = Context::with_threads(model, 2).unwrap();
     for case in golden_cases() {
@@ -65,7 +68,7 @@ fn a_logits_window_is_the_same_rows_of_the_full_output() {
 
 #[test]
 fn thread_count_does_not_change_the_result() {
-    let model = Arc::new(Model::load(fixture_dir()).unwrap());
+    let model = Arc::new(Model::load(bundled_model()).unwrap());
     let case = &golden_cases()[1];
     let one = run(
         &mut Context::with_threads(model.clone(), 1).unwrap(),
@@ -82,7 +85,7 @@ fn thread_count_does_not_change_the_result() {
 
 #[test]
 fn every_kernel_this_cpu_runs_matches_pytorch() {
-    let model = Arc::new(Model::load(fixture_dir()).unwrap());
+    let model = Arc::new(Model::load(bundled_model()).unwrap());
     let supported = Kernel::supported();
     assert_eq!(supported.last(), Some(&Kernel::Portable));
     eprintln!("kernels on this CPU: {supported:?}");
@@ -97,5 +100,7 @@ fn every_kernel_this_cpu_runs_matches_pytorch() {
             let diff = max_abs_diff(&logits, &case.logits);
             assert!(diff < 1e-4, "{kernel} kernel, {}: {diff}", case.name);
         }
+        check_predictor(&mut context, &Expectations::default())
+            .unwrap_or_else(|e| panic!("{kernel} kernel: {e}"));
     }
 }

@@ -41,8 +41,8 @@ pub enum OrtError {
         requested: PathBuf,
     },
     /// ONNX Runtime's environment could not be created.
-    #[error("cannot create the ONNX Runtime environment: {0}")]
-    Environment(String),
+    #[error("cannot create the ONNX Runtime environment")]
+    Environment(#[source] ort::Error),
     /// The model file is missing.
     #[error("model file {path} does not exist")]
     ModelNotFound {
@@ -50,12 +50,12 @@ pub enum OrtError {
         path: PathBuf,
     },
     /// ONNX Runtime refused the model file (not an ONNX model, corrupted, unsupported ops).
-    #[error("cannot load ONNX model {path}: {message}")]
+    #[error("cannot load ONNX model {path}")]
     Model {
         /// The file.
         path: PathBuf,
-        /// ONNX Runtime's message.
-        message: String,
+        /// ONNX Runtime's error.
+        source: ort::Error,
     },
     /// The model's inputs or output do not fit a mask predictor.
     #[error("ONNX model {path} does not fit: {reason}")]
@@ -97,9 +97,12 @@ pub enum OrtError {
         /// The maximum.
         max: usize,
     },
-    /// The session failed to run, or returned logits of the wrong shape.
-    #[error("ONNX Runtime run failed: {0}")]
-    Run(String),
+    /// The session failed to run.
+    #[error("ONNX Runtime run failed")]
+    Run(#[source] ort::Error),
+    /// The session returned no logits, or logits of the wrong shape.
+    #[error("the session's output does not fit: {0}")]
+    Output(String),
 }
 
 impl PredictorError for OrtError {
@@ -109,7 +112,8 @@ impl PredictorError for OrtError {
             | OrtError::RuntimeConflict { .. }
             | OrtError::Environment(_)
             | OrtError::Provider { .. }
-            | OrtError::Run(_) => ErrorKind::Backend,
+            | OrtError::Run(_)
+            | OrtError::Output(_) => ErrorKind::Backend,
             OrtError::ModelNotFound { .. } => ErrorKind::Io,
             OrtError::Model { .. } | OrtError::Signature { .. } => ErrorKind::Model,
             OrtError::ProviderNotCompiled(_) => ErrorKind::Unsupported,

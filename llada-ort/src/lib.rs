@@ -28,5 +28,7 @@ mod predictor;
 mod runtime;
 
 pub use error::{OrtError, RUNTIME_HINT};
-pub use predictor::{ExecutionProvider, GraphOptimization, OrtPredictor, OrtPredictorBuilder};
+pub use predictor::{
+    ExecutionProvider, GraphOptimization, OrtPredictor, OrtPredictorBuilder, sessions_created,
+};
 pub use runtime::loaded_library;

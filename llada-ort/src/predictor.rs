@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use llada_core::{ForwardRequest, MaskPredictor};
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
@@ -130,8 +131,8 @@ impl OrtPredictorBuilder {
         self
     }
 
-    /// Longest sequence to accept (default: `max_sequence_length` of a `config.json` next to
-    /// the model, else unlimited).
+    /// Longest sequence to accept (default: unlimited; the `llada` pipeline passes the
+    /// model's `max_sequence_length`).
     pub fn max_sequence_length(mut self, len: usize) -> Self {
         self.max_sequence_length = Some(len);
         self
@@ -151,11 +152,11 @@ impl OrtPredictorBuilder {
             return Err(OrtError::ModelNotFound { path });
         }
         let environment = runtime::environment(self.library.as_deref())?;
-        let model_error = |message: String| OrtError::Model {
+        let model_error = |source: ort::Error| OrtError::Model {
             path: path.clone(),
-            message,
+            source,
         };
-        let mut builder = Session::builder(&environment).map_err(|e| model_error(e.to_string()))?;
+        let mut builder = Session::builder(&environment).map_err(model_error)?;
         builder = builder
             .with_optimization_level(match self.optimization {
                 GraphOptimization::Disable => GraphOptimizationLevel::Disable,
@@ -163,11 +164,11 @@ impl OrtPredictorBuilder {
                 GraphOptimization::Extended => GraphOptimizationLevel::Level2,
                 GraphOptimization::All => GraphOptimizationLevel::All,
             })
-            .map_err(|e| model_error(e.to_string()))?;
+            .map_err(|e| model_error(e.into()))?;
         if let Some(threads) = self.intra_threads {
             builder = builder
                 .with_intra_threads(threads)
-                .map_err(|e| model_error(e.to_string()))?;
+                .map_err(|e| model_error(e.into()))?;
         }
         let mut providers = Vec::new();
         for provider in &self.providers {
@@ -178,13 +179,9 @@ impl OrtPredictorBuilder {
             }
         }
         providers.push("cpu");
-        let session = builder
-            .commit_from_file(&path)
-            .map_err(|e| model_error(e.to_string()))?;
-        let max_len = self
-            .max_sequence_length
-            .or_else(|| config_max_len(&path))
-            .unwrap_or(usize::MAX);
+        let session = builder.commit_from_file(&path).map_err(model_error)?;
+        SESSIONS.fetch_add(1, Ordering::Relaxed);
+        let max_len = self.max_sequence_length.unwrap_or(usize::MAX);
         OrtPredictor::from_session(session, path, &self, providers, max_len)
     }
 }
@@ -237,14 +234,14 @@ fn register(
     }
 }
 
-/// `max_sequence_length` of a `config.json` beside the model, if any.
-fn config_max_len(model: &Path) -> Option<usize> {
-    let text = std::fs::read_to_string(model.parent()?.join("config.json")).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    value
-        .get("max_sequence_length")?
-        .as_u64()
-        .map(|v| v as usize)
+/// Sessions created in this process.
+static SESSIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many ONNX Runtime sessions this process has created (each holds its own copy of the
+/// optimised graph and its buffers): for hosts and tests that check a model is not opened
+/// more often than they expect.
+pub fn sessions_created() -> usize {
+    SESSIONS.load(Ordering::Relaxed)
 }
 
 /// Integer inputs in the type the model declares.
@@ -529,7 +526,7 @@ impl OrtPredictor {
             });
         }
         self.ids.fill(request.ids().iter().map(|&id| i64::from(id)));
-        let run_error = |e: ort::Error| OrtError::Run(e.to_string());
+        let run_error = OrtError::Run;
         let Self {
             session,
             ids,
@@ -558,10 +555,10 @@ impl OrtPredictor {
         let outputs = session.run(inputs).map_err(run_error)?;
         let value = outputs
             .get(logits_name.as_str())
-            .ok_or_else(|| OrtError::Run(format!("the session returned no `{logits_name}`")))?;
+            .ok_or_else(|| OrtError::Output(format!("the session returned no `{logits_name}`")))?;
         let (shape, data) = value.try_extract_tensor::<f32>().map_err(run_error)?;
         if **shape != [batch as i64, seq as i64, *vocab as i64] {
-            return Err(OrtError::Run(format!(
+            return Err(OrtError::Output(format!(
                 "`{logits_name}` has shape {shape:?}, expected [{batch}, {seq}, {vocab}]"
             )));
         }

@@ -72,7 +72,7 @@ pub(crate) fn environment(library: Option<&Path>) -> Result<Environment, OrtErro
                 let environment = builder
                     .with_name("llada")
                     .build()
-                    .map_err(|e| OrtError::Environment(e.to_string()))?;
+                    .map_err(OrtError::Environment)?;
                 tracing::info!(library = %path.display(), "loaded ONNX Runtime");
                 *runtime = Some(Loaded {
                     path,

@@ -4,28 +4,23 @@
 //! These tests need `libonnxruntime` through `ORT_DYLIB_PATH` (the test command installs
 //! `onnxruntime==1.31.1` from PyPI into `.venv` and sets it); without it they fail, loudly.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use llada_core::testing::{Expectations, check_predictor};
 use llada_core::{
     Canvas, ForwardRequest, GenerateParams, MaskPredictor, WorkspaceBuf, WorkspaceSizes, generate,
 };
 use llada_ort::{OrtError, OrtPredictor};
+use llada_test_support::{bundled_mask_id, bundled_model as fixture, eval_set, ort_library};
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-llada")
-}
-
-fn library() -> PathBuf {
-    std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).expect(
-        "ORT_DYLIB_PATH is not set: run the tests through ./.ci/test, which installs onnxruntime==1.31.1 into .venv",
-    )
-}
+/// The bundled model's `max_sequence_length` (its config.json).
+const MAX_LEN: usize = 256;
 
 fn ort() -> OrtPredictor {
     OrtPredictor::builder(fixture().join("model.onnx"))
-        .library(library())
+        .library(ort_library())
         .intra_threads(2)
+        .max_sequence_length(MAX_LEN)
         .build()
         .unwrap()
 }
@@ -106,37 +101,14 @@ fn ort_and_ndarray_logits_agree_within_1e4_with_and_without_padding() {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct Eval {
-    gen_length: usize,
-    block_length: usize,
-    steps: usize,
-    items: Vec<Item>,
-}
-
-#[derive(serde::Deserialize)]
-struct Item {
-    prompt_ids: Vec<u32>,
-}
-
 #[test]
 fn generate_gives_identical_tokens_on_both_backends_over_the_eval_set() {
     let (mut ort, mut nd) = (ort(), ndarray());
-    let eval: Eval =
-        serde_json::from_str(&std::fs::read_to_string(fixture().join("eval.json")).unwrap())
-            .unwrap();
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture().join("config.json")).unwrap())
-            .unwrap();
-    let params = GenerateParams::default()
-        .with_steps(eval.steps)
-        .with_gen_length(eval.gen_length)
-        .with_block_length(eval.block_length)
-        .with_mask_id(config["mask_token_id"].as_u64().unwrap() as u32);
+    let eval = eval_set();
+    let params = eval.params(GenerateParams::default().with_mask_id(bundled_mask_id()));
     let mut ws = WorkspaceBuf::default();
     let mut run = |p: &mut dyn FnMut(&ForwardRequest<'_>, &mut [f32]), prompt: &[u32]| {
         let mut canvas = vec![0; prompt.len() + params.gen_length];
-        Canvas::fill(&mut canvas, prompt, 1, params.gen_length, params.mask_id).unwrap();
         ws.ensure(
             &WorkspaceSizes::for_generation(
                 &params,
@@ -146,15 +118,10 @@ fn generate_gives_identical_tokens_on_both_backends_over_the_eval_set() {
             )
             .unwrap(),
         );
-        let mut predictor = FnPredictor(p, 640, 256);
-        generate(
-            &mut predictor,
-            &params,
-            Canvas::new(&mut canvas, 1, prompt.len()),
-            ws.as_workspace(),
-            &mut (),
-        )
-        .unwrap();
+        let mut predictor = FnPredictor(p, 640, MAX_LEN);
+        let c = Canvas::from_prompts(&mut canvas, prompt, 1, params.gen_length, params.mask_id)
+            .unwrap();
+        generate(&mut predictor, &params, c, ws.as_workspace(), &mut ()).unwrap();
         canvas
     };
     let mut differ = 0;
@@ -208,17 +175,20 @@ fn random_bytes_wrong_inputs_and_missing_files_are_typed_errors() {
     )
     .unwrap();
     let err = OrtPredictor::builder(&junk)
-        .library(library())
+        .library(ort_library())
         .build()
         .unwrap_err();
     assert!(
         matches!(&err, OrtError::Model { path, .. } if *path == junk),
         "{err}"
     );
+    // ONNX Runtime's own error is the source, not repeated in the message.
+    let source = std::error::Error::source(&err).expect("ONNX Runtime's error");
+    assert!(!err.to_string().contains(&source.to_string()), "{err}");
 
     let wrong = fixture().join("../onnx/wrong_inputs.onnx");
     let err = OrtPredictor::builder(&wrong)
-        .library(library())
+        .library(ort_library())
         .build()
         .unwrap_err();
     let message = err.to_string();
@@ -226,7 +196,7 @@ fn random_bytes_wrong_inputs_and_missing_files_are_typed_errors() {
     assert!(message.contains("tokens"), "names the input: {message}");
 
     let err = OrtPredictor::builder(&wrong)
-        .library(library())
+        .library(ort_library())
         .input_ids_name("tokens")
         .build()
         .unwrap_err();
@@ -236,7 +206,7 @@ fn random_bytes_wrong_inputs_and_missing_files_are_typed_errors() {
     );
 
     let err = OrtPredictor::builder(dir.path().join("absent.onnx"))
-        .library(library())
+        .library(ort_library())
         .build()
         .unwrap_err();
     assert!(matches!(err, OrtError::ModelNotFound { .. }), "{err}");
@@ -254,4 +224,9 @@ fn random_bytes_wrong_inputs_and_missing_files_are_typed_errors() {
         ort.forward(&request, &mut out),
         Err(OrtError::TokenOutOfVocab { id: 100_000, .. })
     ));
+}
+
+#[test]
+fn the_backend_passes_the_conformance_suite() {
+    check_predictor(&mut ort(), &Expectations::default()).unwrap();
 }

@@ -2,14 +2,10 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use llada_test_support::bundled_model;
 use safetensors::SafeTensors;
-
-/// The bundled tiny LLaDA model.
-pub(crate) fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-llada")
-}
 
 /// One golden forward pass of the fixture: inputs and the PyTorch logits.
 pub(crate) struct GoldenCase {
@@ -33,7 +29,7 @@ fn i64s(st: &SafeTensors<'_>, name: &str) -> (Vec<usize>, Vec<i64>) {
 
 pub(crate) fn golden_cases() -> Vec<GoldenCase> {
     let bytes =
-        std::fs::read(fixture_dir().join("golden_logits.safetensors")).expect("golden logits");
+        std::fs::read(bundled_model().join("golden_logits.safetensors")).expect("golden logits");
     let st = SafeTensors::deserialize(&bytes).expect("golden logits parse");
     let mut names: Vec<String> = st
         .names()
@@ -76,7 +72,7 @@ pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 pub(crate) type Tensors = Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>;
 
 pub(crate) fn fixture_tensors() -> Tensors {
-    let bytes = std::fs::read(fixture_dir().join("model.safetensors")).unwrap();
+    let bytes = std::fs::read(bundled_model().join("model.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let mut out: Tensors = st
         .iter()
@@ -118,65 +114,10 @@ pub(crate) fn write_safetensors(path: &Path, tensors: &Tensors) {
 pub(crate) fn model_dir(tensors: &Tensors) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(
-        fixture_dir().join("config.json"),
+        bundled_model().join("config.json"),
         dir.path().join("config.json"),
     )
     .unwrap();
     write_safetensors(&dir.path().join("model.safetensors"), tensors);
     dir
-}
-
-/// The fixture's held-out evaluation set (`eval.json`).
-#[derive(serde::Deserialize)]
-pub(crate) struct Eval {
-    pub(crate) gen_length: usize,
-    pub(crate) block_length: usize,
-    pub(crate) steps: usize,
-    pub(crate) items: Vec<EvalItem>,
-}
-
-#[derive(serde::Deserialize)]
-pub(crate) struct EvalItem {
-    pub(crate) prompt: String,
-    pub(crate) answer: String,
-    pub(crate) prompt_ids: Vec<u32>,
-    pub(crate) answer_ids: Vec<u32>,
-}
-
-pub(crate) fn eval_set() -> Eval {
-    serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("eval.json")).unwrap())
-        .unwrap()
-}
-
-/// The PyTorch sampler's generated ids for every eval item.
-pub(crate) fn reference_outputs() -> Vec<Vec<u32>> {
-    let value: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture_dir().join("reference_outputs.json")).unwrap(),
-    )
-    .unwrap();
-    serde_json::from_value(value["outputs"].clone()).unwrap()
-}
-
-/// The id of a special token, from `tokenizer_config.json`.
-pub(crate) fn special_id(content: &str) -> u32 {
-    let value: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture_dir().join("tokenizer_config.json")).unwrap(),
-    )
-    .unwrap();
-    let (id, _) = value["added_tokens_decoder"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .find(|(_, t)| t["content"] == content)
-        .unwrap_or_else(|| panic!("{content} not in tokenizer_config.json"));
-    id.parse().unwrap()
-}
-
-/// The generated ids up to the first EOS or EOT.
-pub(crate) fn answer_of(generated: &[u32], eos: u32, eot: u32) -> &[u32] {
-    let end = generated
-        .iter()
-        .position(|&t| t == eos || t == eot)
-        .unwrap_or(generated.len());
-    &generated[..end]
 }

@@ -1,0 +1,205 @@
+//! [`ModelFiles`]: everything that describes a model, read once and handed to the backends.
+
+use std::path::{Path, PathBuf};
+
+use llada_core::GenerateParams;
+
+use crate::backend::BackendChoice;
+use crate::chat::ChatTemplate;
+use crate::error::Error;
+use crate::tokenizer::{SpecialTokens, Tokenizer};
+
+/// Where a model's weights are. A path to a file, never a directory: a single GGUF file will
+/// be a whole model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WeightSource {
+    /// A safetensors file (`model.safetensors`), or a shard index
+    /// (`model.safetensors.index.json`) with its shards beside it: for the ndarray backend.
+    Safetensors(PathBuf),
+    /// An ONNX export (`model.onnx`, external data beside it): for ONNX Runtime.
+    Onnx(PathBuf),
+}
+
+impl WeightSource {
+    /// The file.
+    pub fn path(&self) -> &Path {
+        match self {
+            WeightSource::Safetensors(p) | WeightSource::Onnx(p) => p,
+        }
+    }
+
+    /// `"safetensors"` or `"onnx"`.
+    pub fn format(&self) -> &'static str {
+        match self {
+            WeightSource::Safetensors(_) => "safetensors",
+            WeightSource::Onnx(_) => "onnx",
+        }
+    }
+
+    /// The weights a model directory holds for `backend`: `model.safetensors` (else
+    /// `model.safetensors.index.json`) for ndarray, `model.onnx` for ONNX Runtime.
+    pub fn in_dir(dir: &Path, backend: &BackendChoice) -> Result<Self, Error> {
+        match backend {
+            BackendChoice::Ort(_) => {
+                let path = dir.join("model.onnx");
+                if path.is_file() {
+                    Ok(WeightSource::Onnx(path))
+                } else {
+                    Err(Error::MissingFile {
+                        path,
+                        expected: "the ONNX export of the model (model.onnx)",
+                    })
+                }
+            }
+            _ => ["model.safetensors", "model.safetensors.index.json"]
+                .into_iter()
+                .map(|name| dir.join(name))
+                .find(|path| path.is_file())
+                .map(WeightSource::Safetensors)
+                .ok_or_else(|| Error::MissingFile {
+                    path: dir.join("model.safetensors"),
+                    expected: "the weights (model.safetensors, or model.safetensors.index.json and its shards)",
+                }),
+        }
+    }
+}
+
+/// A model's sources, each read and parsed once: `config.json`, the tokenizer
+/// (`tokenizer.json`), `tokenizer_config.json` (special tokens and the chat template), the
+/// special ids resolved from them, the default generation parameters they imply, and where the
+/// weights are. [`Model::from_files`](crate::Model::from_files) hands it to a backend, which
+/// reads only the weights.
+///
+/// Built from a model directory ([`ModelFiles::open`]) or from bytes
+/// ([`ModelFiles::from_bytes`], for hosts that ship the files inside their own bundle).
+#[derive(Clone, Debug)]
+pub struct ModelFiles {
+    config: serde_json::Value,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    special: SpecialTokens,
+    weights: WeightSource,
+}
+
+impl ModelFiles {
+    /// Reads a model directory for `backend`: `config.json`, `tokenizer.json`,
+    /// `tokenizer_config.json`, and the weights the backend runs (see
+    /// [`WeightSource::in_dir`]).
+    pub fn open(dir: impl AsRef<Path>, backend: &BackendChoice) -> Result<Self, Error> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(Error::MissingDirectory {
+                path: dir.to_path_buf(),
+            });
+        }
+        let read = |name: &str, expected: &'static str| -> Result<(PathBuf, Vec<u8>), Error> {
+            let path = dir.join(name);
+            if !path.is_file() {
+                return Err(Error::MissingFile { path, expected });
+            }
+            let bytes = std::fs::read(&path).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+            Ok((path, bytes))
+        };
+        let (config_path, config) = read("config.json", "the model configuration (config.json)")?;
+        let (tokenizer_path, tokenizer) = read("tokenizer.json", "the tokenizer (tokenizer.json)")?;
+        let (tc_path, tokenizer_config) = read(
+            "tokenizer_config.json",
+            "the tokenizer configuration (tokenizer_config.json)",
+        )?;
+        let weights = WeightSource::in_dir(dir, backend)?;
+        Self::parse(
+            (&config_path, &config),
+            (&tokenizer_path, &tokenizer),
+            (&tc_path, &tokenizer_config),
+            weights,
+        )
+    }
+
+    /// The same from the files' bytes: `config.json`, `tokenizer.json` and
+    /// `tokenizer_config.json`, with the weights at `weights`. Errors name the files by
+    /// these names.
+    pub fn from_bytes(
+        config: &[u8],
+        tokenizer: &[u8],
+        tokenizer_config: &[u8],
+        weights: WeightSource,
+    ) -> Result<Self, Error> {
+        Self::parse(
+            (Path::new("config.json"), config),
+            (Path::new("tokenizer.json"), tokenizer),
+            (Path::new("tokenizer_config.json"), tokenizer_config),
+            weights,
+        )
+    }
+
+    fn parse(
+        (config_path, config): (&Path, &[u8]),
+        (tokenizer_path, tokenizer): (&Path, &[u8]),
+        (tc_path, tokenizer_config): (&Path, &[u8]),
+        weights: WeightSource,
+    ) -> Result<Self, Error> {
+        let json = |path: &Path, bytes: &[u8]| -> Result<serde_json::Value, Error> {
+            serde_json::from_slice(bytes).map_err(|source| Error::Json {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let config = json(config_path, config)?;
+        let tokenizer_config = json(tc_path, tokenizer_config)?;
+        let tokenizer = Tokenizer::from_bytes(tokenizer, tokenizer_path)?;
+        let template = ChatTemplate::from_tokenizer_config(&tokenizer_config)?;
+        let special = SpecialTokens::resolve(&config, &tokenizer_config, &tokenizer)?;
+        Ok(Self {
+            config,
+            tokenizer,
+            template,
+            special,
+            weights,
+        })
+    }
+
+    /// `config.json`, parsed.
+    pub fn config(&self) -> &serde_json::Value {
+        &self.config
+    }
+
+    /// `max_sequence_length` of `config.json`, if it has one.
+    pub fn max_sequence_length(&self) -> Option<usize> {
+        self.config
+            .get("max_sequence_length")
+            .and_then(serde_json::Value::as_u64)
+            .map(|v| v as usize)
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The chat template of `tokenizer_config.json`, if it has one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.template.as_ref()
+    }
+
+    /// The special-token ids.
+    pub fn special_tokens(&self) -> SpecialTokens {
+        self.special
+    }
+
+    /// Where the weights are.
+    pub fn weights(&self) -> &WeightSource {
+        &self.weights
+    }
+
+    /// The reference's default parameters with this model's mask, EOS and EOT ids.
+    pub fn default_params(&self) -> GenerateParams {
+        GenerateParams::default()
+            .with_mask_id(self.special.mask)
+            .with_eos_id(self.special.eos)
+            .with_eot_id(self.special.eot)
+    }
+}

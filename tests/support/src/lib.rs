@@ -1,0 +1,161 @@
+//! Test support shared by every crate's tests, the examples and the benchmark: the bundled
+//! fixtures and their paths, the `eval.json` schema, the PyTorch reference outputs, a counting
+//! global allocator and the Fast-dLLM configurations. Each of these is declared here once.
+
+mod alloc;
+
+use std::path::{Path, PathBuf};
+
+use llada_core::{CacheMode, CommitRule, GenerateParams};
+use serde::Deserialize;
+
+pub use alloc::CountingAllocator;
+
+/// `tests/fixtures/<name>` of the workspace.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
+        .join(name)
+}
+
+/// The bundled tiny LLaDA model (`tests/fixtures/tiny-llada`).
+pub fn bundled_model() -> PathBuf {
+    fixture("tiny-llada")
+}
+
+/// An `eval.json` set: prompts with their answers and token ids, and the generation lengths
+/// the model was trained for.
+#[derive(Clone, Debug, Deserialize)]
+pub struct EvalSet {
+    /// Tokens to generate.
+    pub gen_length: usize,
+    /// Block length.
+    pub block_length: usize,
+    /// Denoising steps.
+    pub steps: usize,
+    /// The items.
+    pub items: Vec<EvalItem>,
+}
+
+/// One held-out prompt.
+#[derive(Clone, Debug, Deserialize)]
+pub struct EvalItem {
+    /// The user's message.
+    pub prompt: String,
+    /// The expected answer.
+    pub answer: String,
+    /// The chat-formatted prompt's ids.
+    pub prompt_ids: Vec<u32>,
+    /// The answer's ids (without end-of-text).
+    pub answer_ids: Vec<u32>,
+}
+
+impl EvalSet {
+    /// Reads an `eval.json`.
+    pub fn load(path: &Path) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Ok(serde_json::from_str(&text)
+            .map_err(|e| format!("invalid eval set {}: {e}", path.display()))?)
+    }
+
+    /// The reference schedule these lengths imply, on top of `base` (a model's defaults).
+    pub fn params(&self, base: GenerateParams) -> GenerateParams {
+        base.with_steps(self.steps)
+            .with_gen_length(self.gen_length)
+            .with_block_length(self.block_length)
+    }
+}
+
+/// The bundled model's held-out set.
+///
+/// # Panics
+/// If the fixture is missing or malformed.
+pub fn eval_set() -> EvalSet {
+    EvalSet::load(&bundled_model().join("eval.json")).expect("the bundled eval set")
+}
+
+/// The PyTorch sampler's generated ids for every item of the bundled eval set.
+///
+/// # Panics
+/// If the fixture is missing or malformed.
+pub fn reference_outputs() -> Vec<Vec<u32>> {
+    let text = std::fs::read_to_string(bundled_model().join("reference_outputs.json"))
+        .expect("the bundled reference outputs");
+    let value: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    serde_json::from_value(value["outputs"].clone()).expect("a list of id lists")
+}
+
+/// The id of a special token of the bundled model, from its `tokenizer_config.json`.
+///
+/// # Panics
+/// If the model has no such token.
+pub fn special_id(content: &str) -> u32 {
+    let text = std::fs::read_to_string(bundled_model().join("tokenizer_config.json"))
+        .expect("the bundled tokenizer_config.json");
+    let value: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let (id, _) = value["added_tokens_decoder"]
+        .as_object()
+        .expect("added_tokens_decoder")
+        .iter()
+        .find(|(_, t)| t["content"] == content)
+        .unwrap_or_else(|| panic!("{content} is not a special token of the bundled model"));
+    id.parse().expect("a numeric id")
+}
+
+/// The bundled model's mask id (`mask_token_id` of its `config.json`).
+pub fn bundled_mask_id() -> u32 {
+    special_id("<|mdm_mask|>")
+}
+
+/// Generated ids up to the first EOS or EOT of the bundled model.
+pub fn answer_of(output: &[u32]) -> &[u32] {
+    let (eos, eot) = (special_id("<|endoftext|>"), special_id("<|eot_id|>"));
+    let end = output
+        .iter()
+        .position(|&t| t == eos || t == eot)
+        .unwrap_or(output.len());
+    &output[..end]
+}
+
+/// `ORT_DYLIB_PATH`, which the test command sets.
+///
+/// # Panics
+/// If it is not set: the ONNX Runtime tests must fail loudly, not pass silently.
+pub fn ort_library() -> PathBuf {
+    std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).expect(
+        "ORT_DYLIB_PATH is not set: run the tests through ./.ci/test, which installs onnxruntime==1.31.1 into .venv",
+    )
+}
+
+/// Fast-dLLM's decoding configurations on top of `reference` (the reference schedule), as
+/// the tests and the benchmark compare them: name and parameters.
+pub fn fast_dllm_configs(reference: GenerateParams) -> Vec<(&'static str, GenerateParams)> {
+    let threshold = reference.with_commit(CommitRule::Threshold(0.9));
+    vec![
+        ("threshold 0.9", threshold),
+        ("factor 1.0", reference.with_commit(CommitRule::Factor(1.0))),
+        (
+            "threshold 0.9 + prefix cache",
+            threshold.with_cache(CacheMode::Prefix),
+        ),
+        (
+            "threshold 0.9 + dual cache",
+            threshold.with_cache(CacheMode::Dual),
+        ),
+    ]
+}
+
+/// The first held-out item of the bundled set that the PyTorch reference answers correctly,
+/// with the reference's generated ids.
+///
+/// # Panics
+/// If the reference answers none.
+pub fn held_out_answered() -> (EvalItem, Vec<u32>) {
+    eval_set()
+        .items
+        .into_iter()
+        .zip(reference_outputs())
+        .find(|(item, out)| answer_of(out) == item.answer_ids.as_slice())
+        .expect("the reference answers some held-out prompt")
+}
