@@ -7,7 +7,13 @@
  * Conventions:
  * - Every fallible function returns an llada_status; LLADA_STATUS_OK (0) is success. The
  *   numeric values are fixed and never reused. llada_status_str() names a status and
- *   llada_last_error() gives the detail message of the last failure on the calling thread.
+ *   llada_last_error() gives the detail message of the last failure on the calling thread:
+ *   what failed, then each of its causes, joined by ": ".
+ * - ABI: check once at start-up that llada_abi_version() == LLADA_ABI_VERSION, i.e. that the
+ *   library loaded at run time implements the structs and functions of the header the host
+ *   was compiled with. The version changes whenever a struct gains a field or a signature
+ *   changes (until 1.0 this may happen in a minor release); on a mismatch, rebuild against
+ *   the header of the library you ship.
  * - Outputs are written only on success. Functions that fill a caller buffer take its
  *   capacity; on LLADA_STATUS_BUFFER_TOO_SMALL they write the size needed and nothing else.
  * - Objects are opaque handles created by llada_model_load and llada_context_new through an
@@ -32,7 +38,8 @@
 // Patch version of the library.
 #define LLADA_VERSION_PATCH 0
 
-// Version of the C ABI: incremented on every incompatible change of this header.
+// Version of the C ABI: incremented on every incompatible change of this header (a field added
+// to a struct, a signature changed). Compare with llada_abi_version() at start-up.
 #define LLADA_ABI_VERSION 1
 
 // Backend: the pure-Rust one on `model.safetensors`.
@@ -233,12 +240,21 @@ extern "C" {
 // The library's version, e.g. "0.1.0" (static string).
 const char *llada_version(void);
 
-// The ABI version this library implements (compare with LLADA_ABI_VERSION).
+// The ABI version this library implements. A host checks once, at start-up, that it equals
+// the LLADA_ABI_VERSION of the header it was compiled with, and refuses to run otherwise:
+//
+// ```c
+// if (llada_abi_version() != LLADA_ABI_VERSION) { /* rebuild against the matching llada.h */ }
+// ```
 uint32_t llada_abi_version(void);
 
-// Loads a model directory (config.json, tokenizer.json, tokenizer_config.json and
-// model.safetensors for ndarray or model.onnx for ORT). `params` may be NULL for the defaults.
-// On success `*out_model` receives the model; free it with llada_model_free.
+// Loads a model directory: config.json, tokenizer.json, tokenizer_config.json and the weights
+// (model.safetensors or model.safetensors.index.json with its shards for ndarray,
+// model.onnx for ORT), each read once. `params` may be NULL for the defaults. On success
+// `*out_model` receives the model (free it with llada_model_free); on failure `*out_model`
+// is left untouched and llada_last_error() names what failed (the file, tensor or runtime
+// library) with its causes. A missing or unloadable ONNX Runtime is
+// LLADA_STATUS_BACKEND; a malformed model file LLADA_STATUS_MODEL.
 //
 // # Safety
 // `dir` must be a NUL-terminated string, `params` NULL or valid, `out_model` valid.

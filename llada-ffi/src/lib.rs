@@ -26,7 +26,8 @@ pub const LLADA_VERSION_MAJOR: u32 = 0;
 pub const LLADA_VERSION_MINOR: u32 = 1;
 /// Patch version of the library.
 pub const LLADA_VERSION_PATCH: u32 = 0;
-/// Version of the C ABI: incremented on every incompatible change of this header.
+/// Version of the C ABI: incremented on every incompatible change of this header (a field added
+/// to a struct, a signature changed). Compare with llada_abi_version() at start-up.
 pub const LLADA_ABI_VERSION: u32 = 1;
 
 /// A loaded model: tokenizer, chat template, special ids and weights. Shared by contexts;
@@ -76,7 +77,12 @@ pub extern "C" fn llada_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
 }
 
-/// The ABI version this library implements (compare with LLADA_ABI_VERSION).
+/// The ABI version this library implements. A host checks once, at start-up, that it equals
+/// the LLADA_ABI_VERSION of the header it was compiled with, and refuses to run otherwise:
+///
+/// ```c
+/// if (llada_abi_version() != LLADA_ABI_VERSION) { /* rebuild against the matching llada.h */ }
+/// ```
 #[unsafe(no_mangle)]
 pub extern "C" fn llada_abi_version() -> u32 {
     LLADA_ABI_VERSION
@@ -165,9 +171,13 @@ unsafe fn write_text(
     Ok(())
 }
 
-/// Loads a model directory (config.json, tokenizer.json, tokenizer_config.json and
-/// model.safetensors for ndarray or model.onnx for ORT). `params` may be NULL for the defaults.
-/// On success `*out_model` receives the model; free it with llada_model_free.
+/// Loads a model directory: config.json, tokenizer.json, tokenizer_config.json and the weights
+/// (model.safetensors or model.safetensors.index.json with its shards for ndarray,
+/// model.onnx for ORT), each read once. `params` may be NULL for the defaults. On success
+/// `*out_model` receives the model (free it with llada_model_free); on failure `*out_model`
+/// is left untouched and llada_last_error() names what failed (the file, tensor or runtime
+/// library) with its causes. A missing or unloadable ONNX Runtime is
+/// LLADA_STATUS_BACKEND; a malformed model file LLADA_STATUS_MODEL.
 ///
 /// # Safety
 /// `dir` must be a NUL-terminated string, `params` NULL or valid, `out_model` valid.

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use llada_test_support::{bundled_model, held_out_answered};
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -93,34 +95,10 @@ fn c_test(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn bundled_model() -> PathBuf {
-    root().join("tests/fixtures/tiny-llada")
-}
-
 /// A held-out prompt the reference sampler answers correctly, and that answer.
 fn held_out() -> (String, String) {
-    let dir = bundled_model();
-    let eval: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("eval.json")).unwrap()).unwrap();
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference_outputs.json")).unwrap())
-            .unwrap();
-    for (item, out) in eval["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(reference["outputs"].as_array().unwrap())
-    {
-        let answer: Vec<u64> = serde_json::from_value(item["answer_ids"].clone()).unwrap();
-        let out: Vec<u64> = serde_json::from_value(out.clone()).unwrap();
-        if out.len() > answer.len() && out[..answer.len()] == answer[..] {
-            return (
-                item["prompt"].as_str().unwrap().into(),
-                item["answer"].as_str().unwrap().into(),
-            );
-        }
-    }
-    panic!("the reference answers no held-out prompt");
+    let (item, _) = held_out_answered();
+    (item.prompt, item.answer)
 }
 
 const SANITIZE: &[&str] = &["-fsanitize=address", "-fno-omit-frame-pointer", "-g"];
@@ -180,7 +158,12 @@ fn bad_input_returns_the_documented_statuses_without_errors_or_leaks() {
     let exe = dir.path().join("bad_input");
     let flags = [&["-std=c99", "-Wall", "-Wextra", "-Werror"], SANITIZE].concat();
     compile("gcc", &flags, &[c_test("bad_input.c")], &exe);
-    let out = run(sanitized(Command::new(&exe).arg(bundled_model())));
+    // Without ORT_DYLIB_PATH, so that a missing runtime library is seen as missing.
+    let out = run(sanitized(
+        Command::new(&exe)
+            .arg(bundled_model())
+            .env_remove("ORT_DYLIB_PATH"),
+    ));
     assert!(String::from_utf8_lossy(&out.stdout).contains("all bad-input checks passed"));
 }
 
