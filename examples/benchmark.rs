@@ -517,8 +517,9 @@ fn main() -> anyhow::Result<()> {
         writeln!(
             md,
             "- {versions}; ONNX Runtime (Rust) through `ort` 2.0.0-rc.15, library {}",
+            // The file name only: a report names no paths of the machine that wrote it.
             llada::ort::loaded_library()
-                .map(|p| p.display().to_string())
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
                 .unwrap_or_default()
         )?;
     }

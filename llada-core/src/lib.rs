@@ -65,7 +65,8 @@
 //! # Features
 //! - `alloc`: [`WorkspaceBuf`], an owned workspace.
 //! - `std`: implies `alloc`.
-//! - `testing`: mock predictors in [`testing`] (the golden hash predictor among them).
+//! - `testing`: mock predictors in [`testing`] (the golden hash predictor among them) and, with
+//!   `alloc`, [`testing::check_predictor`], the conformance suite for backend authors.
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(clippy::std_instead_of_core, clippy::alloc_instead_of_core)]
