@@ -8,9 +8,14 @@ static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 /// The system allocator, counting allocations and reallocations. Install it in a test binary
 /// of its own (the count is per process):
 ///
-/// ```ignore
+/// ```
+/// use llada_test_support::CountingAllocator;
+///
 /// #[global_allocator]
-/// static GLOBAL: llada_test_support::CountingAllocator = llada_test_support::CountingAllocator;
+/// static GLOBAL: CountingAllocator = CountingAllocator;
+///
+/// let (sum, allocations) = CountingAllocator::during(|| (1..=4).sum::<u32>());
+/// assert_eq!((sum, allocations), (10, 0));
 /// ```
 pub struct CountingAllocator;
 
