@@ -21,7 +21,7 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use llada::core::rand_core::{Rng, SeedableRng};
 use llada::core::{
-    CacheHint, CacheMode, Canvas, ForwardRequest, GenerateParams, Generation, Limits,
+    CacheHint, CacheMode, Canvas, CommitRule, ForwardRequest, GenerateParams, Generation, Limits,
     MaskPredictor, SamplerRng, WorkspaceBuf, WorkspaceSizes,
 };
 use llada_test_support::CountingAllocator;
@@ -311,56 +311,120 @@ fn time_cached_steps(
     Ok((median(&mut full), median(&mut dual), median(&mut prefix)))
 }
 
-/// Fast-dLLM's decoding rules on the bundled model's held-out set (ndarray backend): what
-/// was run, and a row per rule of (name, accuracy, forward passes per answer, tokens/s).
-#[allow(clippy::type_complexity)]
-fn fast_dllm_rows(threads: usize) -> anyhow::Result<(String, Vec<(String, f64, f64, f64)>)> {
-    let dir = llada_test_support::bundled_model();
-    let eval = llada_test_support::eval_set();
-    let model = llada::Model::load(&dir, &llada::BackendChoice::Ndarray)?;
-    let mut pipeline = llada::Pipeline::with_threads(model, Some(threads))?;
-    let reference = eval.params(pipeline.default_params());
-    let configs: Vec<_> = std::iter::once(("reference schedule", reference))
-        .chain(llada_test_support::fast_dllm_configs(reference))
-        .collect();
-    let about = format!(
-        "the bundled tiny model's {} held-out prompts (ndarray backend, gen length {}, blocks of {}, at most {} steps per block; each rule warmed up on 4 prompts first)",
-        eval.items.len(),
-        eval.gen_length,
-        eval.block_length,
-        eval.steps * eval.block_length / eval.gen_length.max(1),
-    );
-    // Warm-up: the first row would otherwise pay for growing the buffers.
-    for (_, params) in &configs {
-        for item in eval.items.iter().take(4) {
-            pipeline.generate_ids(std::slice::from_ref(&item.prompt_ids), params, |_| {
+/// Exact match, forward passes per answer and tokens/s of one decoding configuration.
+#[derive(Clone, Copy)]
+struct Score {
+    accuracy: f64,
+    passes: f64,
+    tokens_per_s: f64,
+}
+
+/// Fast-dLLM and the other decoding rules on the bundled model's held-out set.
+struct FastDllm {
+    about: String,
+    /// (rule, cache, [Fast-dLLM's recipe, steps = gen_length]).
+    rules: Vec<(&'static str, &'static str, [Score; 2])>,
+    /// Stop at end of text at a longer gen length: (rule, cache, without, with).
+    stop: Vec<(&'static str, &'static str, Score, Score)>,
+    stop_about: String,
+}
+
+/// Runs every held-out prompt alone (as a user counts passes) after a warm-up of 4.
+fn score(
+    pipeline: &mut llada::Pipeline,
+    items: &[llada_test_support::EvalItem],
+    params: &GenerateParams,
+) -> anyhow::Result<Score> {
+    let mut run = |item: &llada_test_support::EvalItem| {
+        pipeline
+            .generate_ids(std::slice::from_ref(&item.prompt_ids), params, |_| {
                 std::ops::ControlFlow::Continue(())
-            })?;
+            })
+            .map(|mut out| out.remove(0))
+    };
+    for item in items.iter().take(4) {
+        run(item)?;
+    }
+    let (mut correct, mut passes) = (0usize, 0usize);
+    let start = Instant::now();
+    for item in items {
+        let out = run(item)?;
+        correct += usize::from(out.answer_ids == item.answer_ids);
+        passes += out.forward_passes;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let n = items.len() as f64;
+    Ok(Score {
+        accuracy: correct as f64 / n,
+        passes: passes as f64 / n,
+        tokens_per_s: n * params.gen_length as f64 / elapsed,
+    })
+}
+
+/// The decoding rules compared: the reference schedule, Fast-dLLM's threshold and factor
+/// rules, and the entropy-bounded sampler at two gammas (this model is very sure of itself:
+/// larger gammas commit whole blocks at once, like the threshold).
+const RULES: [(&str, CommitRule); 5] = [
+    ("reference schedule", CommitRule::Schedule),
+    ("threshold 0.9", CommitRule::Threshold(0.9)),
+    ("factor 1.0", CommitRule::Factor(1.0)),
+    ("EB, gamma 0.001", CommitRule::EntropyBounded(0.001)),
+    ("EB, gamma 0.01", CommitRule::EntropyBounded(0.01)),
+];
+
+const CACHES: [(&str, CacheMode); 3] = [
+    ("none", CacheMode::None),
+    ("prefix", CacheMode::Prefix),
+    ("dual", CacheMode::Dual),
+];
+
+fn fast_dllm_rows(threads: usize) -> anyhow::Result<FastDllm> {
+    let eval = llada_test_support::eval_set();
+    let model = llada::Model::load(
+        llada_test_support::bundled_model(),
+        &llada::BackendChoice::Ndarray,
+    )?;
+    let mut pipeline = llada::Pipeline::with_threads(model, Some(threads))?;
+    let base = eval.params(pipeline.default_params());
+    let recipes = [eval.gen_length / eval.block_length, eval.gen_length];
+    let mut rules = Vec::new();
+    for (rule_name, rule) in RULES {
+        for (cache_name, cache) in CACHES {
+            let mut scores = [None; 2];
+            for (slot, steps) in scores.iter_mut().zip(recipes) {
+                let params = base.with_steps(steps).with_commit(rule).with_cache(cache);
+                *slot = Some(score(&mut pipeline, &eval.items, &params)?);
+            }
+            rules.push((rule_name, cache_name, scores.map(|s| s.expect("scored"))));
         }
     }
-    let mut rows = Vec::new();
-    for (name, params) in configs {
-        let (mut correct, mut passes) = (0usize, 0usize);
-        let start = Instant::now();
-        for item in &eval.items {
-            let out = pipeline
-                .generate_ids(std::slice::from_ref(&item.prompt_ids), &params, |_| {
-                    std::ops::ControlFlow::Continue(())
-                })?
-                .remove(0);
-            correct += usize::from(out.answer_ids == item.answer_ids);
-            passes += out.forward_passes;
-        }
-        let elapsed = start.elapsed().as_secs_f64();
-        let n = eval.items.len() as f64;
-        rows.push((
-            name.to_string(),
-            correct as f64 / n,
-            passes as f64 / n,
-            n * eval.gen_length as f64 / elapsed,
-        ));
+    let long = base.with_gen_length(32).with_steps(32);
+    let mut stop = Vec::new();
+    for (rule_name, rule, cache_name, cache) in [
+        (RULES[0].0, RULES[0].1, CACHES[0].0, CACHES[0].1),
+        (RULES[1].0, RULES[1].1, CACHES[0].0, CACHES[0].1),
+        (RULES[1].0, RULES[1].1, CACHES[2].0, CACHES[2].1),
+        (RULES[4].0, RULES[4].1, CACHES[2].0, CACHES[2].1),
+    ] {
+        let params = long.with_commit(rule).with_cache(cache);
+        let without = score(&mut pipeline, &eval.items, &params)?;
+        let with = score(&mut pipeline, &eval.items, &params.with_stop_at_eos(true))?;
+        stop.push((rule_name, cache_name, without, with));
     }
-    Ok((about, rows))
+    Ok(FastDllm {
+        about: format!(
+            "the bundled tiny model's {} held-out prompts, one at a time (ndarray backend, gen length {}, blocks of {}; each configuration warmed up on 4 prompts first)",
+            eval.items.len(),
+            eval.gen_length,
+            eval.block_length,
+        ),
+        rules,
+        stop,
+        stop_about: format!(
+            "gen length {}, blocks of {}, steps {} (the model was trained on 16-token answers, so its exact match is lower at 32)",
+            long.gen_length, long.block_length, long.steps
+        ),
+    })
 }
 
 #[derive(serde::Deserialize)]
@@ -486,7 +550,7 @@ fn main() -> anyhow::Result<()> {
         ));
     }
     eprintln!("Fast-dLLM decoding on the bundled model");
-    let (fast_about, fast) = fast_dllm_rows(cli.threads)?;
+    let fast = fast_dllm_rows(cli.threads)?;
     let (_, peak) = rss_mib();
 
     // The report.
@@ -579,19 +643,48 @@ fn main() -> anyhow::Result<()> {
         )?;
     }
     writeln!(md, "\n## Fast-dLLM\n")?;
-    writeln!(md, "Decoding rules on {fast_about}:\n")?;
     writeln!(
         md,
-        "| decoding | exact match | forward passes per answer | tokens/s | speed-up |"
+        "Decoding rules on {}. With a rule other than the reference schedule a block runs until it is filled and `steps` plays no part, so both recipes give the same tokens; tokens/s is the same run's speed, compare rows within one run:\n",
+        fast.about
     )?;
-    writeln!(md, "|---|---:|---:|---:|---:|")?;
-    let base_tps = fast.first().map_or(f64::NAN, |r| r.3);
-    for (name, accuracy, passes, tps) in &fast {
+    writeln!(
+        md,
+        "| decoding | cache | exact match | passes per answer (steps = gen/block) | tokens/s (steps = gen/block) | exact match (steps = gen) | passes per answer (steps = gen) | tokens/s (steps = gen) |"
+    )?;
+    writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|")?;
+    for (rule, cache, [recipe, per_token]) in &fast.rules {
         writeln!(
             md,
-            "| {name} | {:.1}% | {passes:.2} | {tps:.0} | {:.1}x |",
-            100.0 * accuracy,
-            tps / base_tps
+            "| {rule} | {cache} | {:.1}% | {:.2} | {:.0} | {:.1}% | {:.2} | {:.0} |",
+            100.0 * recipe.accuracy,
+            recipe.passes,
+            recipe.tokens_per_s,
+            100.0 * per_token.accuracy,
+            per_token.passes,
+            per_token.tokens_per_s
+        )?;
+    }
+    writeln!(
+        md,
+        "\nStop at end of text (`--stop-at-eos`) at {}: the answer up to the first EOS/EOT cannot change, the passes after it are saved:\n",
+        fast.stop_about
+    )?;
+    writeln!(
+        md,
+        "| decoding | cache | exact match | passes per answer | with --stop-at-eos: exact match | passes per answer | passes saved | tokens/s speed-up |"
+    )?;
+    writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|")?;
+    for (rule, cache, without, with) in &fast.stop {
+        writeln!(
+            md,
+            "| {rule} | {cache} | {:.1}% | {:.2} | {:.1}% | {:.2} | {:.0}% | {:.1}x |",
+            100.0 * without.accuracy,
+            without.passes,
+            100.0 * with.accuracy,
+            with.passes,
+            100.0 * (1.0 - with.passes / without.passes),
+            with.tokens_per_s / without.tokens_per_s
         )?;
     }
     writeln!(

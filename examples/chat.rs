@@ -36,9 +36,10 @@ fn main() -> anyhow::Result<()> {
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
     eprintln!(
-        "chatting with {} ({} backend); /reset, /quit",
+        "chatting with {} ({} backend; {}); /reset, /quit",
         cli.model.model.display(),
-        pipeline.backend_name()
+        pipeline.backend_name(),
+        cli.sampling.describe(&pipeline, &params)
     );
     loop {
         write!(stdout, "> ")?;

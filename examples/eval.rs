@@ -128,9 +128,10 @@ fn main() -> anyhow::Result<()> {
             100.0 * accuracy
         );
         println!(
-            "generation: {tokens_per_s:.1} tokens/s ({:.2} s for {} answers)",
+            "generation: {tokens_per_s:.1} tokens/s ({:.2} s for {} answers), {:.2} forward passes per answer",
             elapsed,
-            items.len()
+            items.len(),
+            forward_passes as f64 * cli.batch.max(1) as f64 / items.len() as f64
         );
         if cli.mc_samples > 0 {
             println!(

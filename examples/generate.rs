@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         pipeline.model().chat_prompt_ids(&prompt)?
     };
-    tracing::info!(model = %cli.model.model.display(), backend = ?cli.model.backend, prompt_tokens = prompt_ids.len(), "generating");
+    tracing::info!(model = %cli.model.model.display(), backend = ?cli.model.backend, prompt_tokens = prompt_ids.len(), lengths = %cli.sampling.describe(&pipeline, &params), "generating");
 
     let stop = Arc::new(AtomicBool::new(false));
     {

@@ -40,7 +40,7 @@
 
 // Version of the C ABI: incremented on every incompatible change of this header (a field added
 // to a struct, a signature changed). Compare with llada_abi_version() at start-up.
-#define LLADA_ABI_VERSION 1
+#define LLADA_ABI_VERSION 2
 
 // Backend: the pure-Rust one on `model.safetensors`.
 #define LLADA_BACKEND_NDARRAY 0
@@ -69,11 +69,15 @@
 // Commit rule: the reference schedule (`commit_value` unused).
 #define LLADA_COMMIT_SCHEDULE 0
 
-// Commit rule: Fast-dLLM's confidence threshold (`commit_value`, e.g. 0.9).
+// Commit rule: Fast-dLLM's confidence threshold (`commit_value`, e.g. 0.9); `steps` unused.
 #define LLADA_COMMIT_THRESHOLD 1
 
-// Commit rule: Fast-dLLM's factor rule (`commit_value`, e.g. 1.0).
+// Commit rule: Fast-dLLM's factor rule (`commit_value`, e.g. 1.0); `steps` unused.
 #define LLADA_COMMIT_FACTOR 2
+
+// Commit rule: the entropy-bounded sampler (`commit_value` is gamma, e.g. 0.1); `steps`
+// unused.
+#define LLADA_COMMIT_ENTROPY_BOUNDED 3
 
 // Key/value cache: none (every step a full forward pass).
 #define LLADA_CACHE_NONE 0
@@ -148,17 +152,10 @@ typedef struct llada_context_params {
   uint32_t threads;
 } llada_context_params;
 
-// One chat message.
-typedef struct llada_chat_message {
-  // "system", "user" or "assistant" (UTF-8, NUL-terminated).
-  const char *role;
-  // The text (UTF-8, NUL-terminated).
-  const char *content;
-} llada_chat_message;
-
 // Generation parameters, named as in LLaDA's reference `generate()`.
 typedef struct llada_generate_params {
-  // Total denoising steps (a multiple of gen_length / block_length).
+  // Total denoising steps (a multiple of gen_length / block_length); used by the
+  // LLADA_COMMIT_SCHEDULE rule only.
   uint32_t steps;
   // Tokens to generate.
   uint32_t gen_length;
@@ -186,13 +183,27 @@ typedef struct llada_generate_params {
   float cfg_scale;
   // Nucleus sampling threshold in (0, 1]; 1 disables.
   float top_p;
-  // The threshold or factor of the commit rule.
-  float commit_value;
+  // The threshold, factor or gamma of the commit rule.
+  double commit_value;
+  // With an adaptive commit rule, the most forward passes per block (the last commits what
+  // is left); 0 sets no cap.
+  uint32_t max_passes_per_block;
   // Forbid end-of-text (its logit is set to -infinity).
   bool logits_eos_inf;
   // Leave EOS and EOT out of the confidence softmax (committed last).
   bool confidence_eos_eot_inf;
+  // Stop at end of text: once a completed block holds EOS or EOT, fill the rest with EOS
+  // without running its blocks (the answer up to EOS/EOT is the same).
+  bool stop_at_eos;
 } llada_generate_params;
+
+// One chat message.
+typedef struct llada_chat_message {
+  // "system", "user" or "assistant" (UTF-8, NUL-terminated).
+  const char *role;
+  // The text (UTF-8, NUL-terminated).
+  const char *content;
+} llada_chat_message;
 
 // What a step callback sees.
 typedef struct llada_step_event {
@@ -293,6 +304,15 @@ llada_status llada_model_special_tokens(const struct llada_model *model,
                                         uint32_t *eot_id,
                                         uint32_t *bos_id,
                                         uint32_t *pad_id);
+
+// The generation parameters that fit `model`: the lengths it declares (its
+// generation_config.json `llada_decoding`), else the reference chat settings (gen_length 128,
+// steps 128, blocks of 32), with its special ids; the rest as llada_generate_default_params.
+//
+// # Safety
+// `model` must be a live model, `out` valid.
+llada_status llada_model_default_generate_params(const struct llada_model *model,
+                                                 struct llada_generate_params *out);
 
 // Token ids of `text` (UTF-8). On success `*out_len` ids were written to `out`; on
 // LLADA_STATUS_BUFFER_TOO_SMALL `*out_len` is the count needed.
@@ -420,8 +440,9 @@ struct llada_model_params llada_model_default_params(void);
 // Defaults: every core.
 struct llada_context_params llada_context_default_params(void);
 
-// The reference's defaults (128 steps, 128 tokens, one block of 128, temperature 0,
-// low-confidence remasking) with the model's own special token ids.
+// The reference sampler's defaults, whatever the model (128 steps, 128 tokens, one block of
+// 128, temperature 0, low-confidence remasking) with the model's own special token ids. For
+// the defaults a loaded model declares, use llada_model_default_generate_params.
 struct llada_generate_params llada_generate_default_params(void);
 
 // The reference's defaults: 128 samples in mini-batches of 16, no guidance.

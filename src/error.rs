@@ -86,6 +86,16 @@ pub enum Error {
     /// An empty batch or an empty prompt.
     #[error("{0}")]
     EmptyInput(&'static str),
+    /// A model's declaration (its decoding lengths) is malformed.
+    #[error("{path}: `{key}` is invalid: {reason}")]
+    Declaration {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
     /// The backend asked for is not compiled in (its cargo feature is off).
     #[error("backend `{backend}` was not compiled in (enable the `{backend}` cargo feature)")]
     BackendNotCompiled {
@@ -125,6 +135,7 @@ impl Error {
             Error::Json { .. }
             | Error::Tokenizer { .. }
             | Error::Template(_)
+            | Error::Declaration { .. }
             | Error::MissingSpecialToken { .. } => ErrorKind::Model,
             Error::NoChatTemplate
             | Error::BackendNotCompiled { .. }

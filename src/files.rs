@@ -65,6 +65,89 @@ impl WeightSource {
     }
 }
 
+/// The key of `generation_config.json` under which a model declares its decoding lengths:
+/// `{"llada_decoding": {"gen_length": 128, "steps": 128, "block_length": 32}}`.
+pub const DECODING_KEY: &str = "llada_decoding";
+
+/// The decoding lengths that fit a model: the ones it declares ([`DECODING_KEY`]), else the
+/// reference chat settings (LLaDA's `chat.py`: 128 tokens, 128 steps, blocks of 32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DecodingDefaults {
+    /// Tokens to generate.
+    pub gen_length: usize,
+    /// Denoising steps (the reference schedule's).
+    pub steps: usize,
+    /// Semi-autoregressive block length.
+    pub block_length: usize,
+    /// Whether the model declared them (else they are the reference chat settings).
+    pub declared: bool,
+}
+
+impl Default for DecodingDefaults {
+    /// The reference chat settings: 128 tokens, 128 steps, blocks of 32.
+    fn default() -> Self {
+        Self {
+            gen_length: 128,
+            steps: 128,
+            block_length: 32,
+            declared: false,
+        }
+    }
+}
+
+impl DecodingDefaults {
+    /// The lengths `generation_config` declares under [`DECODING_KEY`], if it does; `path`
+    /// names the file in errors.
+    fn declared_in(
+        generation_config: &serde_json::Value,
+        path: &Path,
+    ) -> Result<Option<Self>, Error> {
+        let Some(declared) = generation_config.get(DECODING_KEY) else {
+            return Ok(None);
+        };
+        let bad = |reason: String| Error::Declaration {
+            path: path.to_path_buf(),
+            key: DECODING_KEY,
+            reason,
+        };
+        let field = |name: &str| -> Result<usize, Error> {
+            match declared.get(name).and_then(serde_json::Value::as_u64) {
+                Some(v) if v > 0 => Ok(v as usize),
+                _ => Err(bad(format!("`{name}` must be a positive integer"))),
+            }
+        };
+        let defaults = Self {
+            gen_length: field("gen_length")?,
+            steps: field("steps")?,
+            block_length: field("block_length")?,
+            declared: true,
+        };
+        defaults
+            .apply(GenerateParams::default())
+            .validate()
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(Some(defaults))
+    }
+
+    /// `params` with these lengths.
+    pub fn apply(&self, params: GenerateParams) -> GenerateParams {
+        params
+            .with_gen_length(self.gen_length)
+            .with_steps(self.steps)
+            .with_block_length(self.block_length)
+    }
+
+    /// Where they come from, for help texts and logs.
+    pub fn source(&self) -> &'static str {
+        if self.declared {
+            "the model's generation_config.json `llada_decoding`"
+        } else {
+            "the reference chat settings; the model declares none"
+        }
+    }
+}
+
 /// A model's sources, each read and parsed once: `config.json`, the tokenizer
 /// (`tokenizer.json`), `tokenizer_config.json` (special tokens and the chat template), the
 /// special ids resolved from them, the default generation parameters they imply, and where the
@@ -79,12 +162,14 @@ pub struct ModelFiles {
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     special: SpecialTokens,
+    decoding: DecodingDefaults,
     weights: WeightSource,
 }
 
 impl ModelFiles {
     /// Reads a model directory for `backend`: `config.json`, `tokenizer.json`,
-    /// `tokenizer_config.json`, and the weights the backend runs (see
+    /// `tokenizer_config.json`, `generation_config.json` when there is one (for the decoding
+    /// lengths the model declares), and the weights the backend runs (see
     /// [`WeightSource::in_dir`]).
     pub fn open(dir: impl AsRef<Path>, backend: &BackendChoice) -> Result<Self, Error> {
         let dir = dir.as_ref();
@@ -111,12 +196,35 @@ impl ModelFiles {
             "the tokenizer configuration (tokenizer_config.json)",
         )?;
         let weights = WeightSource::in_dir(dir, backend)?;
-        Self::parse(
+        let files = Self::parse(
             (&config_path, &config),
             (&tokenizer_path, &tokenizer),
             (&tc_path, &tokenizer_config),
             weights,
-        )
+        )?;
+        let generation = dir.join("generation_config.json");
+        if !generation.is_file() {
+            return Ok(files);
+        }
+        let bytes = std::fs::read(&generation).map_err(|source| Error::Io {
+            path: generation.clone(),
+            source,
+        })?;
+        files.with_generation_config(&bytes, &generation)
+    }
+
+    /// These files with the decoding lengths a `generation_config.json` (its bytes; `path`
+    /// names it in errors) declares under [`DECODING_KEY`], if it does.
+    pub fn with_generation_config(mut self, bytes: &[u8], path: &Path) -> Result<Self, Error> {
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|source| Error::Json {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if let Some(declared) = DecodingDefaults::declared_in(&value, path)? {
+            self.decoding = declared;
+        }
+        Ok(self)
     }
 
     /// The same from the files' bytes: `config.json`, `tokenizer.json` and
@@ -158,6 +266,7 @@ impl ModelFiles {
             tokenizer,
             template,
             special,
+            decoding: DecodingDefaults::default(),
             weights,
         })
     }
@@ -195,11 +304,19 @@ impl ModelFiles {
         &self.weights
     }
 
-    /// The reference's default parameters with this model's mask, EOS and EOT ids.
+    /// The decoding lengths that fit the model (declared, else the reference chat ones).
+    pub fn decoding_defaults(&self) -> DecodingDefaults {
+        self.decoding
+    }
+
+    /// The parameters that fit the model: its decoding lengths and its mask, EOS and EOT
+    /// ids; the reference sampler's for everything else.
     pub fn default_params(&self) -> GenerateParams {
-        GenerateParams::default()
-            .with_mask_id(self.special.mask)
-            .with_eos_id(self.special.eos)
-            .with_eot_id(self.special.eot)
+        self.decoding.apply(
+            GenerateParams::default()
+                .with_mask_id(self.special.mask)
+                .with_eos_id(self.special.eos)
+                .with_eot_id(self.special.eot),
+        )
     }
 }

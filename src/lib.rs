@@ -39,7 +39,7 @@ mod tokenizer;
 pub use backend::{Backend, BackendChoice, OrtOptions};
 pub use chat::{ChatTemplate, Message};
 pub use error::{BackendError, Error, report};
-pub use files::{ModelFiles, WeightSource};
+pub use files::{DECODING_KEY, DecodingDefaults, ModelFiles, WeightSource};
 pub use llada_core as core;
 #[cfg(feature = "ndarray")]
 pub use llada_ndarray as ndarray;

@@ -189,7 +189,8 @@ impl Model {
         self.files.chat_template()
     }
 
-    /// The reference's default parameters with this model's mask, EOS and EOT ids.
+    /// The parameters that fit the model: the decoding lengths it declares (else the
+    /// reference chat settings, 128 tokens, 128 steps, blocks of 32) and its special ids.
     pub fn default_params(&self) -> GenerateParams {
         self.files.default_params()
     }

@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use llada_test_support::{eval_set, held_out_answered, ort_library};
+use llada_test_support::{bundled_model, eval_set, held_out_answered, ort_library};
 
 /// Path of an example binary built by `cargo test` next to the test binaries.
 fn example(name: &str) -> std::path::PathBuf {
@@ -152,4 +152,72 @@ fn the_ort_backend_gives_the_same_answer_as_ndarray() {
         json["output_ids"].clone()
     };
     assert_eq!(run("ort"), run("ndarray"));
+}
+
+fn chat() -> Command {
+    let mut command = Command::new(example("chat"));
+    command.env_remove("RUST_LOG");
+    command
+}
+
+/// The lengths a chat session reports on stderr, for a model directory.
+fn chat_lengths(model: &std::path::Path) -> String {
+    let output = chat()
+        .arg("--model")
+        .arg(model)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn the_lengths_default_to_the_models_declaration_else_the_reference_chat_settings() {
+    // The bundled model declares 16 tokens, 16 steps, blocks of 8.
+    let stderr = chat_lengths(&bundled_model());
+    assert!(
+        stderr.contains("gen_length 16, steps 16, blocks of 8 (the model's generation_config.json `llada_decoding`)"),
+        "{stderr}"
+    );
+
+    // A copy without the declaration gets LLaDA's chat settings: 128 tokens, 128 steps,
+    // blocks of 32, in chat and in generate.
+    let dir = tempfile::tempdir().unwrap();
+    for file in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors",
+    ] {
+        std::fs::copy(bundled_model().join(file), dir.path().join(file)).unwrap();
+    }
+    let stderr = chat_lengths(dir.path());
+    assert!(
+        stderr.contains("gen_length 128, steps 128, blocks of 32 (the reference chat settings"),
+        "{stderr}"
+    );
+    let output = generate()
+        .arg("--model")
+        .arg(dir.path())
+        .args(["--json", "--prompt", "copy:pen,frog"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["output_ids"].as_array().unwrap().len(), 128);
+    assert_eq!(json["forward_passes"], 128);
+
+    // A flag overrides the declaration; --gen-length alone keeps one step per token.
+    let output = generate()
+        .args(["--json", "--prompt", "copy:pen,frog", "--gen-length", "32"])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["output_ids"].as_array().unwrap().len(), 32);
+    assert_eq!(json["forward_passes"], 32);
 }

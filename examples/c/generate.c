@@ -46,11 +46,15 @@ int main(int argc, char **argv) {
         return fail("llada_context_new", status);
     }
 
-    /* The bundled model answers in at most 16 tokens: 16 steps, blocks of 8. */
-    llada_generate_params params = llada_generate_default_params();
-    params.steps = 16;
-    params.gen_length = 16;
-    params.block_length = 8;
+    /* The lengths the model declares (the bundled one: 16 tokens, 16 steps, blocks of 8),
+     * else LLaDA's chat settings; set any field to override. */
+    llada_generate_params params;
+    status = llada_model_default_generate_params(model, &params);
+    if (status != LLADA_STATUS_OK) {
+        llada_context_free(context);
+        llada_model_free(model);
+        return fail("llada_model_default_generate_params", status);
+    }
 
     llada_chat_message message = {"user", argv[2]};
     char answer[1024];

@@ -65,19 +65,22 @@ impl ModelArgs {
     }
 }
 
-/// Sampling flags; the defaults fit the bundled model (answers of at most 16 tokens: 16 steps,
-/// blocks of 8).
+/// Sampling flags. The lengths default to what the model declares (`llada_decoding` in its
+/// generation_config.json; the bundled model declares 16 tokens, 16 steps, blocks of 8), else
+/// to the reference chat settings (128 tokens, 128 steps, blocks of 32).
 #[derive(Args, Debug)]
 pub(crate) struct SamplingArgs {
-    /// Denoising steps in total.
-    #[arg(long, default_value_t = 16)]
-    pub(crate) steps: usize,
-    /// Tokens to generate.
-    #[arg(long, default_value_t = 16)]
-    pub(crate) gen_length: usize,
-    /// Semi-autoregressive block length.
-    #[arg(long, default_value_t = 8)]
-    pub(crate) block_length: usize,
+    /// Tokens to generate [default: the model's generation_config.json `llada_decoding`, else
+    /// 128].
+    #[arg(long)]
+    pub(crate) gen_length: Option<usize>,
+    /// Denoising steps in total, for the reference schedule [default: the model's
+    /// `llada_decoding`, else 128; with --gen-length alone, as many per token as the model's].
+    #[arg(long)]
+    pub(crate) steps: Option<usize>,
+    /// Semi-autoregressive block length [default: the model's `llada_decoding`, else 32].
+    #[arg(long)]
+    pub(crate) block_length: Option<usize>,
     /// Sampling temperature (0 = argmax).
     #[arg(long, default_value_t = 0.0)]
     pub(crate) temperature: f32,
@@ -96,41 +99,70 @@ pub(crate) struct SamplingArgs {
     /// Random seed (temperature > 0, random remasking).
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
-    /// Fast-dLLM parallel decoding: also commit every masked token whose confidence reaches
-    /// this threshold (e.g. 0.9); `--steps` becomes an upper bound per block.
-    #[arg(long, conflicts_with = "factor")]
-    pub(crate) threshold: Option<f32>,
-    /// Fast-dLLM's factor rule instead of a threshold (e.g. 1.0).
+    /// Fast-dLLM's threshold rule: each pass commits the most confident masked token and
+    /// every other whose confidence reaches this (e.g. 0.9), until the block is filled;
+    /// --steps plays no part.
+    #[arg(long, conflicts_with_all = ["factor", "eb_gamma"])]
+    pub(crate) threshold: Option<f64>,
+    /// Fast-dLLM's factor rule (its paper's): the n most confident while (n+1)(1-c_n) <
+    /// factor (e.g. 1.0).
+    #[arg(long, conflicts_with = "eb_gamma")]
+    pub(crate) factor: Option<f64>,
+    /// The entropy-bounded sampler: the lowest-entropy masked tokens whose summed entropy,
+    /// less the largest, stays within gamma (e.g. 0.1).
     #[arg(long)]
-    pub(crate) factor: Option<f32>,
+    pub(crate) eb_gamma: Option<f64>,
+    /// With --threshold, --factor or --eb-gamma: at most this many passes per block, the last
+    /// committing what is left (0 = no cap).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) max_passes_per_block: usize,
     /// Block-wise key/value cache (approximate; ndarray backend).
     #[arg(long, value_enum, default_value_t = CacheFlag::None)]
     pub(crate) cache: CacheFlag,
+    /// Stop once a finished block holds end of text (EOS or EOT): the rest is filled with EOS
+    /// without running its blocks. The answer up to EOS/EOT is the same; the tokens after it
+    /// can differ.
+    #[arg(long)]
+    pub(crate) stop_at_eos: bool,
+    /// Forbid end of text (EOS's logit set to -infinity).
+    #[arg(long)]
+    pub(crate) logits_eos_inf: bool,
+    /// Leave EOS and EOT out of the confidence softmax, so they are committed last (at every
+    /// temperature; upstream's does so for EOS only at temperature 0).
+    #[arg(long)]
+    pub(crate) confidence_eos_eot_inf: bool,
 }
 
 impl SamplingArgs {
+    /// The parameters: the model's defaults, then the flags given.
     pub(crate) fn params(&self, pipeline: &Pipeline) -> GenerateParams {
+        let defaults = pipeline.default_params();
+        let gen_length = self.gen_length.unwrap_or(defaults.gen_length);
+        // With only --gen-length, keep the model's steps per token (one, for the reference).
+        let steps = self
+            .steps
+            .unwrap_or(gen_length * defaults.steps / defaults.gen_length.max(1));
         let remasking = match self.remasking {
             RemaskingFlag::LowConfidence => Remasking::LowConfidence,
             RemaskingFlag::Random => Remasking::Random,
             RemaskingFlag::Margin => Remasking::Margin,
             RemaskingFlag::Entropy => Remasking::Entropy,
         };
-        let commit = match (self.threshold, self.factor) {
-            (Some(t), _) => CommitRule::Threshold(t),
-            (None, Some(f)) => CommitRule::Factor(f),
-            (None, None) => CommitRule::Schedule,
+        let commit = match (self.threshold, self.factor, self.eb_gamma) {
+            (Some(t), _, _) => CommitRule::Threshold(t),
+            (_, Some(f), _) => CommitRule::Factor(f),
+            (_, _, Some(g)) => CommitRule::EntropyBounded(g),
+            _ => CommitRule::Schedule,
         };
         let cache = match self.cache {
             CacheFlag::None => CacheMode::None,
             CacheFlag::Prefix => CacheMode::Prefix,
             CacheFlag::Dual => CacheMode::Dual,
         };
-        pipeline
-            .default_params()
-            .with_steps(self.steps)
-            .with_gen_length(self.gen_length)
-            .with_block_length(self.block_length)
+        defaults
+            .with_gen_length(gen_length)
+            .with_steps(steps)
+            .with_block_length(self.block_length.unwrap_or(defaults.block_length))
             .with_temperature(self.temperature)
             .with_cfg_scale(self.cfg_scale)
             .with_remasking(remasking)
@@ -138,7 +170,29 @@ impl SamplingArgs {
             .with_top_p(self.top_p)
             .with_seed(self.seed)
             .with_commit(commit)
+            .with_max_passes_per_block(self.max_passes_per_block)
             .with_cache(cache)
+            .with_stop_at_eos(self.stop_at_eos)
+            .with_logits_eos_inf(self.logits_eos_inf)
+            .with_confidence_eos_eot_inf(self.confidence_eos_eot_inf)
+    }
+
+    /// One line saying which lengths run and where they come from.
+    pub(crate) fn describe(&self, pipeline: &Pipeline, params: &GenerateParams) -> String {
+        let defaults = pipeline.model().files().decoding_defaults();
+        let given =
+            self.gen_length.is_some() || self.steps.is_some() || self.block_length.is_some();
+        format!(
+            "gen_length {}, steps {}, blocks of {} ({})",
+            params.gen_length,
+            params.steps,
+            params.block_length,
+            if given {
+                "from the flags"
+            } else {
+                defaults.source()
+            }
+        )
     }
 }
 

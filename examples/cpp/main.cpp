@@ -58,10 +58,10 @@ int main(int argc, char **argv) {
         check(llada_context_new(model.get(), nullptr, &raw_context), "llada_context_new");
         Context context(raw_context);
 
-        llada_generate_params params = llada_generate_default_params();
-        params.steps = 16;
-        params.gen_length = 16;
-        params.block_length = 8;
+        // The lengths the model declares, else LLaDA's chat settings.
+        llada_generate_params params;
+        check(llada_model_default_generate_params(model.get(), &params),
+              "llada_model_default_generate_params");
         std::printf("%s\n", answer(context.get(), argv[2], params).c_str());
         std::fprintf(stderr, "llada %s (ABI %u)\n", llada_version(), llada_abi_version());
     } catch (const std::exception &e) {

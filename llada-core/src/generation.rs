@@ -213,6 +213,11 @@ impl<'a> Canvas<'a> {
     }
 }
 
+/// Mask ids in `ids`.
+fn masks_in(ids: &[TokenId], mask_id: TokenId) -> usize {
+    ids.iter().filter(|&&id| id == mask_id).count()
+}
+
 /// The first prompt position holding the mask id is an error.
 fn check_prompts<'p>(
     prompts: impl Iterator<Item = &'p [TokenId]>,
@@ -269,7 +274,8 @@ impl<'a> StepEvent<'a> {
         self.step
     }
 
-    /// Steps per block.
+    /// Steps per block: the schedule's, or with an adaptive [`CommitRule`] the most a block
+    /// may take (`max_passes_per_block`, else the block length; most blocks take fewer).
     pub fn steps_per_block(&self) -> usize {
         self.steps_per_block
     }
@@ -352,7 +358,9 @@ pub struct GenerationStats {
 /// block, each step committing the most confident masked positions of the block, as many as
 /// `n / s` (plus one in the first `n % s` steps) for `n` masks in the block at its start. Ties
 /// between equal confidences go to the lower position. Steps in which no row has anything to
-/// commit are skipped without a forward pass; they cannot change the result.
+/// commit are skipped without a forward pass; they cannot change the result. With an adaptive
+/// [`CommitRule`] a block instead takes passes until no row has a mask left in it, each
+/// committing the top-1 of every row and what the rule admits.
 #[derive(Debug)]
 pub struct Generation<'a> {
     params: GenerateParams,
@@ -529,14 +537,8 @@ impl<'a> Generation<'a> {
 
     fn start_block(&mut self) {
         self.block_forwards = 0;
-        let span = self.block_span();
         for row in 0..self.batch {
-            let base = row * self.seq_len;
-            let masks = self.canvas[base + span.start..base + span.end]
-                .iter()
-                .filter(|&&id| id == self.params.mask_id)
-                .count();
-            self.block_masks[row] = masks as u32;
+            self.block_masks[row] = self.remaining_masks(row) as u32;
         }
     }
 
@@ -544,34 +546,76 @@ impl<'a> Generation<'a> {
     fn remaining_masks(&self, row: usize) -> usize {
         let span = self.block_span();
         let base = row * self.seq_len;
-        self.canvas[base + span.start..base + span.end]
-            .iter()
-            .filter(|&&id| id == self.params.mask_id)
-            .count()
+        masks_in(
+            &self.canvas[base + span.start..base + span.end],
+            self.params.mask_id,
+        )
     }
 
-    fn row_has_work(&self, row: usize) -> bool {
-        match self.params.commit {
-            CommitRule::Schedule => {
-                tokens_to_commit(
-                    self.block_masks[row] as usize,
-                    self.schedule.steps_per_block,
-                    self.step,
-                ) > 0
-            }
-            // Rules commit at least one token per step: work remains while masks do.
-            _ => self.remaining_masks(row) > 0,
+    /// Steps (forward passes) a block may take: the schedule's, or with an adaptive rule its
+    /// cap (every pass commits at least one mask, so never more than the block's length).
+    fn steps_per_block(&self) -> usize {
+        if !self.params.commit.is_adaptive() {
+            return self.schedule.steps_per_block;
+        }
+        match self.params.max_passes_per_block {
+            0 => self.params.block_length,
+            cap => cap.min(self.params.block_length),
         }
     }
 
-    /// Moves past steps in which no row commits anything, and past the end.
+    /// Whether `row` commits anything at the current step.
+    fn row_has_work(&self, row: usize) -> bool {
+        if self.params.commit.is_adaptive() {
+            // Rules commit at least one token per pass: work remains while masks do.
+            self.remaining_masks(row) > 0
+        } else {
+            tokens_to_commit(
+                self.block_masks[row] as usize,
+                self.schedule.steps_per_block,
+                self.step,
+            ) > 0
+        }
+    }
+
+    /// Whether the current block is done: its steps are spent (schedule), or no row has a
+    /// mask left in it (adaptive rules).
+    fn block_done(&self) -> bool {
+        if self.params.commit.is_adaptive() {
+            (0..self.batch).all(|row| self.remaining_masks(row) == 0)
+        } else {
+            self.step == self.schedule.steps_per_block
+        }
+    }
+
+    /// With `stop_at_eos`: every row whose just completed block holds EOS or EOT gets its
+    /// later masked positions filled with EOS.
+    fn stop_rows_at_eos(&mut self) {
+        let span = self.block_span();
+        let (eos, eot, mask) = (self.params.eos_id, self.params.eot_id, self.params.mask_id);
+        for row in self.canvas.chunks_exact_mut(self.seq_len) {
+            if row[span.clone()].iter().any(|&id| id == eos || id == eot) {
+                for id in &mut row[span.end..] {
+                    if *id == mask {
+                        *id = eos;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves past steps in which no row commits anything, past finished blocks, and past the
+    /// end.
     fn skip_idle_steps(&mut self) {
         loop {
             if self.block == self.schedule.num_blocks {
                 self.finished = true;
                 return;
             }
-            if self.step == self.schedule.steps_per_block {
+            if self.block_done() {
+                if self.params.stop_at_eos {
+                    self.stop_rows_at_eos();
+                }
                 self.block += 1;
                 self.step = 0;
                 if self.block < self.schedule.num_blocks {
@@ -648,25 +692,28 @@ impl<'a> Generation<'a> {
         let (cond, uncond) = self.logits.split_at_mut(self.batch * block * vocab);
 
         let rule = self.params.commit;
+        // The last pass an adaptive rule may take in this block commits every mask left.
+        let last_pass = rule.is_adaptive()
+            && self.params.max_passes_per_block > 0
+            && self.step + 1 >= self.params.max_passes_per_block;
         for row in 0..self.batch {
-            let mut k = tokens_to_commit(
-                self.block_masks[row] as usize,
-                self.schedule.steps_per_block,
-                self.step,
-            );
             self.committed_len[row] = 0;
-            if rule != CommitRule::Schedule {
-                // The schedule's count is the floor (so `steps` bounds the block), at least one.
-                let base = row * self.seq_len;
-                let remaining = self.canvas[base + span.start..base + span.end]
-                    .iter()
-                    .filter(|&&id| id == mask_id)
-                    .count();
-                if remaining == 0 {
-                    continue;
+            // How many to commit whatever the rule says: the schedule's count, or the top-1
+            // (all that is left on the last pass) for a rule.
+            let base = row * self.seq_len;
+            let k = if rule.is_adaptive() {
+                match masks_in(&self.canvas[base + span.start..base + span.end], mask_id) {
+                    0 => continue,
+                    left if last_pass => left,
+                    _ => 1,
                 }
-                k = k.clamp(1, remaining);
-            }
+            } else {
+                tokens_to_commit(
+                    self.block_masks[row] as usize,
+                    self.schedule.steps_per_block,
+                    self.step,
+                )
+            };
             if k == 0 {
                 continue;
             }
@@ -698,8 +745,10 @@ impl<'a> Generation<'a> {
             }
             let committed = &mut self.committed[row * block..(row + 1) * block];
             let mut count = 0;
-            // Most confident first (lower position on ties): the schedule's `k`, then whatever
-            // the rule admits; confidences only fall along the way, so the first refusal ends it.
+            // Entropy of the positions committed so far (the entropy-bounded rule's sum).
+            let mut entropy = 0.0f64;
+            // Most confident first (lower position on ties): `k`, then whatever the rule
+            // admits; confidences only fall along the way, so the first refusal ends it.
             loop {
                 let mut best: Option<usize> = None;
                 for j in 0..block {
@@ -712,17 +761,21 @@ impl<'a> Generation<'a> {
                     }
                 }
                 let Some(j) = best else { break };
+                let c = confidence[j];
                 let admitted = count < k
                     || match rule {
-                        CommitRule::Schedule => false,
-                        CommitRule::Threshold(t) => confidence[j] >= f64::from(t),
-                        CommitRule::Factor(f) => {
-                            confidence[j] >= 1.0 - f64::from(f) / (count + 2) as f64
-                        }
+                        CommitRule::Threshold(t) => c >= t,
+                        // This candidate would be the n-th: (n + 1)(1 − c₍ₙ₎) < factor.
+                        CommitRule::Factor(f) => (count + 2) as f64 * (1.0 - c) < f,
+                        // The prefix's entropy minus its largest (this candidate's) ≤ γ.
+                        CommitRule::EntropyBounded(gamma) => entropy <= gamma,
+                        _ => false,
                     };
                 if !admitted {
                     break;
                 }
+                // With the entropy-bounded rule the score is minus the entropy.
+                entropy -= c;
                 confidence[j] = f64::NEG_INFINITY;
                 canvas_row[span.start + j] = proposals[j];
                 committed[count] = (span.start + j) as u32;
@@ -739,7 +792,7 @@ impl<'a> Generation<'a> {
             block: block_index,
             num_blocks: self.schedule.num_blocks,
             step: step_index,
-            steps_per_block: self.schedule.steps_per_block,
+            steps_per_block: self.steps_per_block(),
             forward_passes: self.forward_passes,
             block_span: span,
             batch: self.batch,

@@ -65,7 +65,13 @@ impl FromStr for Remasking {
     }
 }
 
-/// How many masked positions of the current block a step commits.
+/// How many masked positions of the current block a step (a forward pass) commits.
+///
+/// With [`Schedule`](CommitRule::Schedule) a block takes `steps / num_blocks` steps. With any
+/// other rule `steps` plays no part: every pass commits the most confident masked position of
+/// the block and then every other one the rule admits, most confident first, and the block
+/// takes as many passes as it needs until it has no mask left (at most `block_length`, or
+/// [`GenerateParams::max_passes_per_block`] when set).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub enum CommitRule {
@@ -73,13 +79,28 @@ pub enum CommitRule {
     /// masks in the block at its start and `s` steps per block.
     #[default]
     Schedule,
-    /// Fast-dLLM's confidence-aware parallel decoding: every masked position whose confidence is
-    /// at least `threshold`, and always at least the schedule's count (so `steps` stays an upper
-    /// bound per block) and at least one.
-    Threshold(f32),
-    /// Fast-dLLM's factor rule: the `n` most confident positions while the `i`-th of them has
-    /// confidence at least `1 − factor / (i + 1)`; at least the schedule's count and at least one.
-    Factor(f32),
+    /// Fast-dLLM's threshold rule (NVlabs/Fast-dLLM `llada/generate.py`,
+    /// `get_transfer_index`): the top-1, then every masked position whose confidence is at
+    /// least `threshold`. Confidence is the [`Remasking`] score (the softmax probability of the
+    /// proposed token for the default low-confidence remasking).
+    Threshold(f64),
+    /// Fast-dLLM's factor rule, as its paper states it (Wu et al. 2025, arXiv 2505.22618,
+    /// "factor-based parallel decoding"; the released code has only the threshold rule): the
+    /// `n` most confident positions for the largest `n` with `(n + 1)(1 − c₍ₙ₎) < factor`,
+    /// `c₍ₙ₎` the `n`-th highest confidence; at least one.
+    Factor(f64),
+    /// The entropy-bounded sampler (EB-Sampler, Ben-Hamu et al. 2025, arXiv 2505.24857): the
+    /// block's masked positions sorted by the entropy of their predicted distribution, lowest
+    /// first, and the largest prefix whose summed entropy minus its largest entropy is at most
+    /// `gamma` (so at least one). Ranks by entropy whatever [`Remasking`] says.
+    EntropyBounded(f64),
+}
+
+impl CommitRule {
+    /// Whether a block runs until it has no mask left (every rule but the schedule).
+    pub const fn is_adaptive(self) -> bool {
+        !matches!(self, CommitRule::Schedule)
+    }
 }
 
 /// Which key/value cache the sampler asks a backend to keep between the steps of a block
@@ -153,7 +174,11 @@ pub struct GenerateParams {
     /// Forbid end-of-text: its logit is set to negative infinity.
     pub logits_eos_inf: bool,
     /// Leave the EOS and EOT logits out of the confidence softmax, so positions proposing EOS
-    /// or EOT get confidence 0 and are committed after the others.
+    /// or EOT get confidence 0 and are committed after the others. This is applied at every
+    /// temperature. Upstream's `confidence_eos_eot_inf` differs: it is a chained assignment
+    /// made after the argmax, so at temperature 0 both EOS and EOT get zero confidence, but at
+    /// temperature > 0 only EOT does (it also leaves the softmax) while EOS keeps its
+    /// probability.
     pub confidence_eos_eot_inf: bool,
     /// The end-of-text id used by `logits_eos_inf` and `confidence_eos_eot_inf`.
     pub eos_id: u32,
@@ -168,6 +193,16 @@ pub struct GenerateParams {
     pub commit: CommitRule,
     /// The key/value cache asked of the backend (none by default).
     pub cache: CacheMode,
+    /// With an adaptive [`CommitRule`], the most passes a block may take: the last one commits
+    /// every mask left. `0` (the default) sets no cap. Ignored by the schedule.
+    pub max_passes_per_block: usize,
+    /// Stop at end of text: once a completed block of a row holds `eos_id` or `eot_id`, that
+    /// row's later masked positions are filled with `eos_id` without running their blocks, and
+    /// the generation ends when every row has stopped. Committed tokens are final, so the
+    /// answer up to the first EOS/EOT is the same either way; what changes is the rest of the
+    /// canvas (EOS where the model might have written something after its end of text, which a
+    /// multi-turn chat history keeps). Off by default, for exactness with the reference.
+    pub stop_at_eos: bool,
 }
 
 impl Default for GenerateParams {
@@ -189,6 +224,8 @@ impl Default for GenerateParams {
             top_p: 1.0,
             commit: CommitRule::Schedule,
             cache: CacheMode::None,
+            max_passes_per_block: 0,
+            stop_at_eos: false,
         }
     }
 }
@@ -228,6 +265,8 @@ setters!(GenerateParams {
     with_top_p => top_p: f32,
     with_commit => commit: CommitRule,
     with_cache => cache: CacheMode,
+    with_max_passes_per_block => max_passes_per_block: usize,
+    with_stop_at_eos => stop_at_eos: bool,
 });
 
 impl GenerateParams {
@@ -292,7 +331,7 @@ impl GenerateParams {
                 return Err(Error::OutOfRange {
                     name: "threshold",
                     range: "(0, 1]",
-                    value: f64::from(t),
+                    value: t,
                 });
             }
             CommitRule::Factor(f) if f.is_finite() && f > 0.0 => {}
@@ -300,7 +339,15 @@ impl GenerateParams {
                 return Err(Error::OutOfRange {
                     name: "factor",
                     range: "(0, inf)",
-                    value: f64::from(f),
+                    value: f,
+                });
+            }
+            CommitRule::EntropyBounded(g) if g.is_finite() && g >= 0.0 => {}
+            CommitRule::EntropyBounded(g) => {
+                return Err(Error::OutOfRange {
+                    name: "gamma",
+                    range: "[0, inf)",
+                    value: g,
                 });
             }
         }

@@ -6,7 +6,7 @@ use core::cmp::Ordering;
 use rand_core::Rng;
 
 pub(crate) use crate::math::{LANES, exp_f32, max_value};
-use crate::params::{GenerateParams, Remasking};
+use crate::params::{CommitRule, GenerateParams, Remasking};
 use crate::rng::{open01, unit};
 
 /// Index of the first maximum (`torch.argmax` semantics for ties). NaN never wins; a row with
@@ -114,7 +114,12 @@ pub(crate) fn propose<R: Rng + ?Sized>(
         let max = max_value(row);
         (row.iter().position(|&v| v == max).unwrap_or(0), max)
     };
-    let strategy = params.remasking;
+    // The entropy-bounded rule ranks and counts by entropy, whatever the remasking.
+    let strategy = if matches!(params.commit, CommitRule::EntropyBounded(_)) {
+        Remasking::Entropy
+    } else {
+        params.remasking
+    };
     if strategy == Remasking::Random {
         return (token as u32, unit(rng));
     }

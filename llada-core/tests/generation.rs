@@ -629,24 +629,46 @@ fn threshold_and_factor_rules_commit_confident_tokens_in_parallel() {
     assert_eq!(per_step, [6, 1, 1, 6, 1, 1]);
     assert_eq!(passes, 6);
 
-    // The factor rule admits the i-th token while its confidence reaches 1 - f/(i+1).
+    // The factor rule admits the n-th token while (n + 1)(1 - c) < f: the six sure positions
+    // (c = 0.9977), not the ties (c = 0.4995).
     let factor = base.with_commit(llada_core::CommitRule::Factor(1.0));
-    let (tokens, per_step, _) = run_mostly_sure(&factor);
+    let (tokens, per_step, passes) = run_mostly_sure(&factor);
     assert_eq!(tokens, reference);
-    assert!(per_step[0] >= 6, "{per_step:?}");
-    assert_eq!(per_step.iter().sum::<usize>(), 16);
+    assert_eq!((per_step, passes), (vec![6, 1, 1, 6, 1, 1], 6));
 
-    // `steps` stays an upper bound: with 2 steps per block the quota forces 4 tokens a step.
-    let few = base
+    // The entropy-bounded rule: a prefix (lowest entropy first) whose entropy minus its
+    // largest stays within gamma. Sure positions have entropy 0.0211, ties 0.7022: with
+    // gamma 0.5 the six sure ones and one tie (0.1265 before it), not the second (0.8287).
+    let eb = base.with_commit(llada_core::CommitRule::EntropyBounded(0.5));
+    let (tokens, per_step, passes) = run_mostly_sure(&eb);
+    assert_eq!(tokens, reference);
+    assert_eq!((per_step, passes), (vec![7, 1, 7, 1], 4));
+    // Gamma 0 commits one token a pass, as the reference schedule with steps = gen_length.
+    let (tokens, per_step, _) =
+        run_mostly_sure(&base.with_commit(llada_core::CommitRule::EntropyBounded(0.0)));
+    assert_eq!((tokens, per_step), (reference.clone(), vec![1; 16]));
+
+    // `steps` plays no part for a rule: with 2 steps per block, a threshold no position
+    // reaches still commits one token a pass, 8 passes a block...
+    let strict = base
         .with_steps(4)
         .with_commit(llada_core::CommitRule::Threshold(0.999));
-    let (_, per_step, passes) = run_mostly_sure(&few);
-    assert_eq!((per_step, passes), (vec![4, 4, 4, 4], 4));
+    let (tokens, per_step, passes) = run_mostly_sure(&strict);
+    assert_eq!(
+        (tokens, per_step, passes),
+        (reference.clone(), vec![1; 16], 16)
+    );
+    // ...unless the passes are capped: the last pass commits what is left.
+    let capped = strict.with_max_passes_per_block(2);
+    let (_, per_step, passes) = run_mostly_sure(&capped);
+    assert_eq!((per_step, passes), (vec![1, 7, 1, 7], 4));
 
     for bad in [
         llada_core::CommitRule::Threshold(0.0),
         llada_core::CommitRule::Threshold(1.5),
         llada_core::CommitRule::Factor(-1.0),
+        llada_core::CommitRule::EntropyBounded(-0.1),
+        llada_core::CommitRule::EntropyBounded(f64::NAN),
     ] {
         assert!(base.with_commit(bad).validate().is_err(), "{bad:?}");
     }
@@ -780,4 +802,75 @@ fn canvas_constructors_check_the_prompts_and_pad_on_the_left() {
     .unwrap();
     assert!(tokens.iter().all(|&t| t != MASK));
     assert_eq!(&tokens[5..8], &[0, 0, 4]);
+}
+
+/// Certain of `position % 5` until the end of text, then of EOS (id 5): the end comes at
+/// canvas position 4 × (the row's first prompt id) + 3, so the row's first id picks the block
+/// that first holds EOS.
+struct EndsEarly;
+
+impl MaskPredictor for EndsEarly {
+    type Error = core::convert::Infallible;
+    fn vocab_size(&self) -> usize {
+        8
+    }
+    fn max_sequence_length(&self) -> usize {
+        128
+    }
+    fn forward(
+        &mut self,
+        request: &ForwardRequest<'_>,
+        logits: &mut [f32],
+    ) -> Result<(), Self::Error> {
+        let window = request.window();
+        let per_row = window.len() * 8;
+        for (r, rows) in logits.chunks_exact_mut(per_row).enumerate() {
+            let end = 4 * request.row(r)[0] as usize + 3;
+            for (position, row) in window.clone().zip(rows.chunks_exact_mut(8)) {
+                row.fill(0.0);
+                row[if position >= end { 5 } else { position % 5 }] = 9.0;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn stop_at_eos_fills_the_rest_and_skips_its_blocks_row_by_row() {
+    // Two rows, prompt length 2, blocks of 4 at canvas positions 2..6, 6..10, 10..14, 14..18.
+    // Row 0 ends at position 7 (block 1), row 1 at position 11 (block 2).
+    let params = GenerateParams::default()
+        .with_steps(16)
+        .with_gen_length(16)
+        .with_block_length(4)
+        .with_mask_id(7)
+        .with_eos_id(5)
+        .with_eot_id(6);
+    let run = |params: &GenerateParams| {
+        let mut tokens = vec![0; 2 * 18];
+        let canvas = Canvas::from_prompts(&mut tokens, &[1, 0, 2, 0], 2, 16, 7).unwrap();
+        let sizes = WorkspaceSizes::for_generation(params, 2, 2, 8).unwrap();
+        let mut ws = WorkspaceBuf::new(&sizes);
+        let stats = generate(&mut EndsEarly, params, canvas, ws.as_workspace(), &mut ()).unwrap();
+        (tokens, stats.forward_passes)
+    };
+    let (full, full_passes) = run(&params);
+    let (stopped, passes) = run(&params.with_stop_at_eos(true));
+    assert_eq!(full_passes, 16);
+    // Blocks 0-2 run (row 1 needs block 2), block 3 does not: 12 passes.
+    assert_eq!(passes, 12);
+    // This predictor writes EOS after its end anyway, so the canvases agree.
+    assert_eq!(stopped, full);
+    assert!(stopped[7..18].iter().all(|&t| t == 5));
+
+    // An adaptive rule stops the same way, and EOT counts as end of text too.
+    let threshold = params
+        .with_commit(llada_core::CommitRule::Threshold(0.9))
+        .with_stop_at_eos(true);
+    let (tokens, passes) = run(&threshold);
+    assert_eq!((tokens, passes), (full.clone(), 3));
+    let eot = params.with_eos_id(1).with_eot_id(5).with_stop_at_eos(true);
+    let (tokens, _) = run(&eot);
+    // Filled with the EOS id (1 here) after the block that held EOT.
+    assert!(tokens[10..18].iter().all(|&t| t == 1), "{tokens:?}");
 }

@@ -28,7 +28,7 @@ pub const LLADA_VERSION_MINOR: u32 = 1;
 pub const LLADA_VERSION_PATCH: u32 = 0;
 /// Version of the C ABI: incremented on every incompatible change of this header (a field added
 /// to a struct, a signature changed). Compare with llada_abi_version() at start-up.
-pub const LLADA_ABI_VERSION: u32 = 1;
+pub const LLADA_ABI_VERSION: u32 = 2;
 
 /// A loaded model: tokenizer, chat template, special ids and weights. Shared by contexts;
 /// thread-safe.
@@ -296,6 +296,36 @@ pub unsafe extern "C" fn llada_model_special_tokens(
                 *out = value;
             }
         }
+        Ok(())
+    })
+}
+
+/// The generation parameters that fit `model`: the lengths it declares (its
+/// generation_config.json `llada_decoding`), else the reference chat settings (gen_length 128,
+/// steps 128, blocks of 32), with its special ids; the rest as llada_generate_default_params.
+///
+/// # Safety
+/// `model` must be a live model, `out` valid.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn llada_model_default_generate_params(
+    model: *const LladaModel,
+    out: *mut LladaGenerateParams,
+) -> LladaStatus {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let model = unsafe { non_null(model, "model") }?;
+        // SAFETY: caller's contract.
+        let out = unsafe { non_null_mut(out, "out") }?;
+        let defaults = model.inner.default_params();
+        *out = LladaGenerateParams {
+            steps: defaults.steps as u32,
+            gen_length: defaults.gen_length as u32,
+            block_length: defaults.block_length as u32,
+            mask_id: defaults.mask_id,
+            eos_id: defaults.eos_id,
+            eot_id: defaults.eot_id,
+            ..llada_generate_default_params()
+        };
         Ok(())
     })
 }

@@ -28,10 +28,13 @@ pub const LLADA_REMASKING_ENTROPY: u32 = 3;
 
 /// Commit rule: the reference schedule (`commit_value` unused).
 pub const LLADA_COMMIT_SCHEDULE: u32 = 0;
-/// Commit rule: Fast-dLLM's confidence threshold (`commit_value`, e.g. 0.9).
+/// Commit rule: Fast-dLLM's confidence threshold (`commit_value`, e.g. 0.9); `steps` unused.
 pub const LLADA_COMMIT_THRESHOLD: u32 = 1;
-/// Commit rule: Fast-dLLM's factor rule (`commit_value`, e.g. 1.0).
+/// Commit rule: Fast-dLLM's factor rule (`commit_value`, e.g. 1.0); `steps` unused.
 pub const LLADA_COMMIT_FACTOR: u32 = 2;
+/// Commit rule: the entropy-bounded sampler (`commit_value` is gamma, e.g. 0.1); `steps`
+/// unused.
+pub const LLADA_COMMIT_ENTROPY_BOUNDED: u32 = 3;
 
 /// Key/value cache: none (every step a full forward pass).
 pub const LLADA_CACHE_NONE: u32 = 0;
@@ -68,7 +71,8 @@ pub struct LladaContextParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct LladaGenerateParams {
-    /// Total denoising steps (a multiple of gen_length / block_length).
+    /// Total denoising steps (a multiple of gen_length / block_length); used by the
+    /// LLADA_COMMIT_SCHEDULE rule only.
     pub steps: u32,
     /// Tokens to generate.
     pub gen_length: u32,
@@ -96,12 +100,18 @@ pub struct LladaGenerateParams {
     pub cfg_scale: f32,
     /// Nucleus sampling threshold in (0, 1]; 1 disables.
     pub top_p: f32,
-    /// The threshold or factor of the commit rule.
-    pub commit_value: f32,
+    /// The threshold, factor or gamma of the commit rule.
+    pub commit_value: f64,
+    /// With an adaptive commit rule, the most forward passes per block (the last commits what
+    /// is left); 0 sets no cap.
+    pub max_passes_per_block: u32,
     /// Forbid end-of-text (its logit is set to -infinity).
     pub logits_eos_inf: bool,
     /// Leave EOS and EOT out of the confidence softmax (committed last).
     pub confidence_eos_eot_inf: bool,
+    /// Stop at end of text: once a completed block holds EOS or EOT, fill the rest with EOS
+    /// without running its blocks (the answer up to EOS/EOT is the same).
+    pub stop_at_eos: bool,
 }
 
 /// Monte Carlo log-likelihood parameters.
@@ -144,8 +154,9 @@ pub extern "C" fn llada_context_default_params() -> LladaContextParams {
     LladaContextParams { threads: 0 }
 }
 
-/// The reference's defaults (128 steps, 128 tokens, one block of 128, temperature 0,
-/// low-confidence remasking) with the model's own special token ids.
+/// The reference sampler's defaults, whatever the model (128 steps, 128 tokens, one block of
+/// 128, temperature 0, low-confidence remasking) with the model's own special token ids. For
+/// the defaults a loaded model declares, use llada_model_default_generate_params.
 #[unsafe(no_mangle)]
 pub extern "C" fn llada_generate_default_params() -> LladaGenerateParams {
     let d = GenerateParams::default();
@@ -165,8 +176,10 @@ pub extern "C" fn llada_generate_default_params() -> LladaGenerateParams {
         cfg_scale: d.cfg_scale,
         top_p: d.top_p,
         commit_value: 0.0,
+        max_passes_per_block: 0,
         logits_eos_inf: false,
         confidence_eos_eot_inf: false,
+        stop_at_eos: false,
     }
 }
 
@@ -195,6 +208,7 @@ impl LladaGenerateParams {
             LLADA_COMMIT_SCHEDULE => CommitRule::Schedule,
             LLADA_COMMIT_THRESHOLD => CommitRule::Threshold(self.commit_value),
             LLADA_COMMIT_FACTOR => CommitRule::Factor(self.commit_value),
+            LLADA_COMMIT_ENTROPY_BOUNDED => CommitRule::EntropyBounded(self.commit_value),
             other => return Err(Failure::invalid(format!("unknown commit rule {other}"))),
         };
         let cache = match self.cache {
@@ -226,7 +240,9 @@ impl LladaGenerateParams {
             .with_top_k(self.top_k as usize)
             .with_top_p(self.top_p)
             .with_commit(commit)
-            .with_cache(cache);
+            .with_cache(cache)
+            .with_max_passes_per_block(self.max_passes_per_block as usize)
+            .with_stop_at_eos(self.stop_at_eos);
         params.validate()?;
         Ok(params)
     }

@@ -81,6 +81,15 @@ pub enum OrtError {
     /// A request does not fit.
     #[error(transparent)]
     Shape(#[from] ShapeError),
+    /// The request hides left padding behind an attention mask, but the model has no
+    /// attention-mask input to pass it to (its logits would see the padding).
+    #[error(
+        "ONNX model {path} has no attention-mask input, so it cannot run a left-padded request; export it with `attention_mask`, or run the prompts one at a time"
+    )]
+    NoAttentionMask {
+        /// The model file.
+        path: PathBuf,
+    },
     /// An input id is outside the vocabulary.
     #[error("input id {id} is outside the vocabulary of {vocab}")]
     TokenOutOfVocab {
@@ -116,7 +125,9 @@ impl PredictorError for OrtError {
             | OrtError::Output(_) => ErrorKind::Backend,
             OrtError::ModelNotFound { .. } => ErrorKind::Io,
             OrtError::Model { .. } | OrtError::Signature { .. } => ErrorKind::Model,
-            OrtError::ProviderNotCompiled(_) => ErrorKind::Unsupported,
+            OrtError::ProviderNotCompiled(_) | OrtError::NoAttentionMask { .. } => {
+                ErrorKind::Unsupported
+            }
             OrtError::Shape(_) | OrtError::TokenOutOfVocab { .. } | OrtError::TooLong { .. } => {
                 ErrorKind::InvalidInput
             }

@@ -525,6 +525,12 @@ impl OrtPredictor {
                 vocab: self.vocab,
             });
         }
+        let hides_padding = request.attention_mask().is_some_and(|m| m.contains(&0));
+        if self.mask_name.is_none() && hides_padding {
+            return Err(OrtError::NoAttentionMask {
+                path: self.path.clone(),
+            });
+        }
         self.ids.fill(request.ids().iter().map(|&id| i64::from(id)));
         let run_error = OrtError::Run;
         let Self {

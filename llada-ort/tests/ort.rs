@@ -230,3 +230,35 @@ fn random_bytes_wrong_inputs_and_missing_files_are_typed_errors() {
 fn the_backend_passes_the_conformance_suite() {
     check_predictor(&mut ort(), &Expectations::default()).unwrap();
 }
+
+#[test]
+fn a_graph_without_an_attention_mask_refuses_a_padded_request() {
+    let path = llada_test_support::fixture("onnx/no_mask.onnx");
+    let mut ort = OrtPredictor::builder(&path)
+        .library(ort_library())
+        .build()
+        .unwrap();
+    assert_eq!(ort.attention_mask_name(), None);
+    assert_eq!(ort.vocab_size(), 8);
+    // Unpadded rows run, with or without an all-ones mask.
+    let ids = [1, 2, 3, 4, 5, 6];
+    let plain = logits(&mut ort, &ids, 2, None, 0..3);
+    assert_eq!(logits(&mut ort, &ids, 2, Some(&[1; 6]), 0..3), plain);
+    // A mask that hides padding cannot be honoured: a typed error naming the model.
+    let mask = [0, 1, 1, 1, 1, 1];
+    let request = ForwardRequest::new(&ids, 2, 3)
+        .unwrap()
+        .with_attention_mask(&mask)
+        .unwrap();
+    let mut out = vec![f32::NAN; request.logits_len(8)];
+    let err = ort.forward(&request, &mut out).unwrap_err();
+    assert!(
+        matches!(&err, OrtError::NoAttentionMask { path: p } if *p == path),
+        "{err}"
+    );
+    assert_eq!(
+        llada_core::PredictorError::kind(&err),
+        llada_core::ErrorKind::Unsupported
+    );
+    assert!(out.iter().all(|v| v.is_nan()), "nothing written on error");
+}

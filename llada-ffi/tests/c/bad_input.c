@@ -110,6 +110,17 @@ int main(int argc, char **argv) {
     EXPECT(llada_detokenize(model, enough, count, text, sizeof text, &size, true) == LLADA_STATUS_BUFFER_TOO_SMALL);
     EXPECT(size > sizeof text && text[0] == 'z');
 
+    /* The model's own lengths (the bundled model declares 16/16/8), its special ids. */
+    llada_generate_params declared;
+    EXPECT(llada_model_default_generate_params(NULL, &declared) == LLADA_STATUS_NULL_ARG);
+    EXPECT(llada_model_default_generate_params(model, NULL) == LLADA_STATUS_NULL_ARG);
+    EXPECT(llada_model_default_generate_params(model, &declared) == LLADA_STATUS_OK);
+    EXPECT(declared.gen_length == 16 && declared.steps == 16 && declared.block_length == 8);
+    uint32_t mask_id = 0;
+    EXPECT(llada_model_special_tokens(model, &mask_id, NULL, NULL, NULL, NULL) == LLADA_STATUS_OK);
+    EXPECT(declared.mask_id == mask_id);
+    EXPECT(declared.commit_rule == LLADA_COMMIT_SCHEDULE && !declared.stop_at_eos);
+
     /* Invalid generation parameters. */
     uint32_t out[64];
     size_t out_len = 777;
@@ -126,6 +137,13 @@ int main(int argc, char **argv) {
     gp.top_p = 0.0f;
     EXPECT(llada_generate_ids(context, enough, count, &gp, NULL, NULL, out, 64, &out_len) == LLADA_STATUS_INVALID_ARG);
     gp.top_p = 1.0f;
+    gp.commit_rule = LLADA_COMMIT_ENTROPY_BOUNDED;
+    gp.commit_value = -1.0;
+    EXPECT(llada_generate_ids(context, enough, count, &gp, NULL, NULL, out, 64, &out_len) == LLADA_STATUS_INVALID_ARG);
+    EXPECT(strstr(llada_last_error(), "gamma") != NULL);
+    gp.commit_rule = 99;
+    EXPECT(llada_generate_ids(context, enough, count, &gp, NULL, NULL, out, 64, &out_len) == LLADA_STATUS_INVALID_ARG);
+    gp.commit_rule = LLADA_COMMIT_SCHEDULE;
     gp.gen_length = 4096;
     gp.block_length = 4096;
     EXPECT(llada_generate_ids(context, enough, count, &gp, NULL, NULL, out, 64, &out_len) == LLADA_STATUS_INVALID_ARG);

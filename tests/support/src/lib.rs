@@ -13,9 +13,10 @@ pub use alloc::CountingAllocator;
 
 /// `tests/fixtures/<name>` of the workspace.
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures")
-        .join(name)
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/support is inside tests/");
+    tests.join("fixtures").join(name)
 }
 
 /// The bundled tiny LLaDA model (`tests/fixtures/tiny-llada`).
