@@ -165,14 +165,17 @@ impl SharedWeights {
         match choice {
             #[cfg(feature = "ndarray")]
             BackendChoice::Ndarray => {
-                let WeightSource::Safetensors(path) = files.weights() else {
-                    return Err(wrong_format());
+                let load = || match files.weights() {
+                    WeightSource::Safetensors(path) => {
+                        let config = llada_ndarray::Config::from_value(files.config().clone())?;
+                        llada_ndarray::Model::from_safetensors(config, path).map(Some)
+                    }
+                    WeightSource::Gguf(path) => llada_ndarray::Model::from_gguf(path).map(Some),
+                    _ => Ok(None),
                 };
-                let load = || {
-                    let config = llada_ndarray::Config::from_value(files.config().clone())?;
-                    llada_ndarray::Model::from_safetensors(config, path)
-                };
-                let model = load().map_err(|e| BackendError::wrap("ndarray", Stage::Load, e))?;
+                let model = load()
+                    .map_err(|e| BackendError::wrap("ndarray", Stage::Load, e))?
+                    .ok_or_else(wrong_format)?;
                 Ok(SharedWeights::Ndarray(Arc::new(model)))
             }
             #[cfg(feature = "ort")]

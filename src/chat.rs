@@ -34,6 +34,14 @@ impl Message {
     }
 }
 
+/// Template instructions one rendering may execute: LLaDA's template spends about twenty per
+/// message, so a conversation of thousands of turns fits; a template that loops for ever
+/// runs out.
+const TEMPLATE_FUEL: u64 = 5_000_000;
+
+/// Nesting depth of macro calls and includes a rendering may reach.
+const TEMPLATE_RECURSION: usize = 64;
+
 /// The `chat_template` of `tokenizer_config.json` with the special-token strings it may use.
 #[derive(Clone, Debug)]
 pub struct ChatTemplate {
@@ -78,6 +86,9 @@ impl ChatTemplate {
                 ))
             },
         );
+        // A template comes from a model file: a hostile one must end in an error, not a hang.
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        env.set_recursion_limit(TEMPLATE_RECURSION);
         env.add_template_owned("chat", source.to_string())
             .map_err(Error::Template)?;
         Ok(Self {

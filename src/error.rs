@@ -86,6 +86,14 @@ pub enum Error {
     /// An empty batch or an empty prompt.
     #[error("{0}")]
     EmptyInput(&'static str),
+    /// A GGUF file's tokenizer metadata cannot be turned into a tokenizer.
+    #[error("GGUF file {path}: {reason}")]
+    GgufTokenizer {
+        /// The file.
+        path: PathBuf,
+        /// What is missing or not supported.
+        reason: String,
+    },
     /// A model's declaration (its decoding lengths) is malformed.
     #[error("{path}: `{key}` is invalid: {reason}")]
     Declaration {
@@ -139,6 +147,7 @@ impl Error {
             | Error::MissingSpecialToken { .. } => ErrorKind::Model,
             Error::NoChatTemplate
             | Error::BackendNotCompiled { .. }
+            | Error::GgufTokenizer { .. }
             | Error::WeightsFormat { .. } => ErrorKind::Unsupported,
             Error::PromptTooLong { .. } | Error::EmptyInput(_) => ErrorKind::InvalidInput,
             Error::Backend(e) => e.kind,

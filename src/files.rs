@@ -19,21 +19,24 @@ pub enum WeightSource {
     Safetensors(PathBuf),
     /// An ONNX export (`model.onnx`, external data beside it): for ONNX Runtime.
     Onnx(PathBuf),
+    /// A GGUF file (llama.cpp's format, architecture `llada`): for the ndarray backend.
+    Gguf(PathBuf),
 }
 
 impl WeightSource {
     /// The file.
     pub fn path(&self) -> &Path {
         match self {
-            WeightSource::Safetensors(p) | WeightSource::Onnx(p) => p,
+            WeightSource::Safetensors(p) | WeightSource::Onnx(p) | WeightSource::Gguf(p) => p,
         }
     }
 
-    /// `"safetensors"` or `"onnx"`.
+    /// `"safetensors"`, `"onnx"` or `"gguf"`.
     pub fn format(&self) -> &'static str {
         match self {
             WeightSource::Safetensors(_) => "safetensors",
             WeightSource::Onnx(_) => "onnx",
+            WeightSource::Gguf(_) => "gguf",
         }
     }
 
@@ -103,12 +106,22 @@ impl DecodingDefaults {
         generation_config: &serde_json::Value,
         path: &Path,
     ) -> Result<Option<Self>, Error> {
-        let Some(declared) = generation_config.get(DECODING_KEY) else {
-            return Ok(None);
-        };
+        match generation_config.get(DECODING_KEY) {
+            Some(declared) => Self::from_declaration(declared, path, DECODING_KEY),
+            None => Ok(None),
+        }
+    }
+
+    /// The lengths of a declaration `{"gen_length", "steps", "block_length"}`, checked;
+    /// `path` and `key` name it in errors.
+    pub(crate) fn from_declaration(
+        declared: &serde_json::Value,
+        path: &Path,
+        key: &'static str,
+    ) -> Result<Option<Self>, Error> {
         let bad = |reason: String| Error::Declaration {
             path: path.to_path_buf(),
-            key: DECODING_KEY,
+            key,
             reason,
         };
         let field = |name: &str| -> Result<usize, Error> {
@@ -167,12 +180,18 @@ pub struct ModelFiles {
 }
 
 impl ModelFiles {
-    /// Reads a model directory for `backend`: `config.json`, `tokenizer.json`,
+    /// Reads a model for `backend`. A directory: `config.json`, `tokenizer.json`,
     /// `tokenizer_config.json`, `generation_config.json` when there is one (for the decoding
     /// lengths the model declares), and the weights the backend runs (see
-    /// [`WeightSource::in_dir`]).
+    /// [`WeightSource::in_dir`]). A GGUF file (recognised by its magic): the whole model, its
+    /// tokenizer, special ids, chat template and decoding lengths from its metadata unless a
+    /// `tokenizer.json` (with a `tokenizer_config.json`) is beside it; the ndarray backend runs
+    /// its weights.
     pub fn open(dir: impl AsRef<Path>, backend: &BackendChoice) -> Result<Self, Error> {
         let dir = dir.as_ref();
+        if dir.is_file() {
+            return Self::open_file(dir, backend);
+        }
         if !dir.is_dir() {
             return Err(Error::MissingDirectory {
                 path: dir.to_path_buf(),
@@ -211,6 +230,62 @@ impl ModelFiles {
             source,
         })?;
         files.with_generation_config(&bytes, &generation)
+    }
+
+    /// A single file: a GGUF model.
+    fn open_file(path: &Path, backend: &BackendChoice) -> Result<Self, Error> {
+        #[cfg(feature = "ndarray")]
+        if llada_ndarray::gguf::is_gguf(path) {
+            if !matches!(backend, BackendChoice::Ndarray) {
+                return Err(Error::WeightsFormat {
+                    backend: backend.name(),
+                    format: "gguf",
+                    path: path.to_path_buf(),
+                });
+            }
+            return Self::open_gguf(path);
+        }
+        let _ = backend;
+        Err(Error::MissingDirectory {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// A GGUF file, with the tokenizer files beside it when there are any.
+    #[cfg(feature = "ndarray")]
+    fn open_gguf(path: &Path) -> Result<Self, Error> {
+        let file = crate::gguf::open(path)?;
+        let config = crate::gguf::config(&file)?;
+        let beside = |name: &str| path.parent().map(|d| d.join(name)).filter(|p| p.is_file());
+        let (tokenizer, tokenizer_config) =
+            match (beside("tokenizer.json"), beside("tokenizer_config.json")) {
+                (Some(tokenizer), Some(tokenizer_config)) => {
+                    let text = std::fs::read(&tokenizer_config).map_err(|source| Error::Io {
+                        path: tokenizer_config.clone(),
+                        source,
+                    })?;
+                    let value = serde_json::from_slice(&text).map_err(|source| Error::Json {
+                        path: tokenizer_config,
+                        source,
+                    })?;
+                    (Tokenizer::from_file(&tokenizer)?, value)
+                }
+                _ => {
+                    let tokenizer = crate::gguf::tokenizer(&file)?;
+                    let tokenizer_config = crate::gguf::tokenizer_config(&file, &tokenizer);
+                    (tokenizer, tokenizer_config)
+                }
+            };
+        let template = ChatTemplate::from_tokenizer_config(&tokenizer_config)?;
+        let special = SpecialTokens::resolve(&config, &tokenizer_config, &tokenizer)?;
+        Ok(Self {
+            config,
+            tokenizer,
+            template,
+            special,
+            decoding: crate::gguf::decoding(&file)?.unwrap_or_default(),
+            weights: WeightSource::Gguf(path.to_path_buf()),
+        })
     }
 
     /// These files with the decoding lengths a `generation_config.json` (its bytes; `path`

@@ -33,6 +33,8 @@ mod backend;
 mod chat;
 mod error;
 mod files;
+#[cfg(feature = "ndarray")]
+mod gguf;
 mod pipeline;
 mod tokenizer;
 

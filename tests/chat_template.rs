@@ -68,3 +68,19 @@ fn a_broken_template_is_an_error_not_a_panic() {
     let report = llada::report(&err);
     assert!(report.contains("roles must alternate"), "{report}");
 }
+
+#[test]
+fn a_hostile_template_from_a_model_file_is_an_error_not_a_hang() {
+    let start = std::time::Instant::now();
+    for source in [
+        // Loops that would run for hours.
+        "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+        // Unbounded recursion.
+        "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+    ] {
+        let template = ChatTemplate::new(source, "", "").unwrap();
+        let err = template.render(&[Message::user("x")], true).unwrap_err();
+        assert!(matches!(err, llada::Error::Template(_)), "{err}");
+    }
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+}

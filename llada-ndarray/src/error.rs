@@ -98,12 +98,23 @@ pub enum LoadError {
         found: Vec<usize>,
     },
     /// A tensor has a dtype this backend does not read.
-    #[error("tensor {name} has dtype {dtype}; supported: F32, BF16, F16")]
+    #[error(
+        "tensor {name} has type {dtype}; supported: F32, BF16, F16 (and in GGUF files Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)"
+    )]
     Dtype {
         /// The tensor name.
         name: String,
         /// The dtype in the file.
         dtype: String,
+    },
+    /// A GGUF file is malformed (bad magic or version, truncated, impossible counts, a tensor
+    /// past the end or misaligned).
+    #[error("invalid GGUF file {path}")]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: crate::gguf::GgufError,
     },
     /// Could not start the worker threads.
     #[error("cannot start worker threads")]

@@ -40,10 +40,12 @@ mod config;
 mod context;
 mod error;
 mod gemm;
+pub mod gguf;
 mod kv_cache;
 mod model;
 mod ops;
 mod parallel;
+mod quant;
 mod threads;
 mod weights;
 

@@ -9,6 +9,7 @@ use half::{bf16, f16};
 use crate::config::Config;
 use crate::error::LoadError;
 use crate::gemm::{Dtype, PackedMatrix};
+use crate::quant::{QuantType, dequantize_row};
 use crate::weights::{self, Checkpoint, TensorData};
 
 /// Token embedding rows in the checkpoint's dtype.
@@ -17,6 +18,11 @@ pub(crate) enum Table {
     F32(Vec<f32>),
     Bf16(Vec<bf16>),
     F16(Vec<f16>),
+    /// Rows of ggml blocks (a GGUF file's quantized `token_embd`).
+    Quant {
+        ty: QuantType,
+        data: Vec<u8>,
+    },
 }
 
 impl Table {
@@ -42,6 +48,10 @@ impl Table {
                 .iter_mut()
                 .zip(&t[range])
                 .for_each(|(o, v)| *o = v.to_f32()),
+            Table::Quant { ty, data } => {
+                let bytes = ty.row_bytes(d);
+                dequantize_row(*ty, &data[id * bytes..(id + 1) * bytes], out);
+            }
         }
     }
 
@@ -50,6 +60,7 @@ impl Table {
             Table::F32(t) => t.len() * 4,
             Table::Bf16(t) => t.len() * 2,
             Table::F16(t) => t.len() * 2,
+            Table::Quant { data, .. } => data.len(),
         }
     }
 }
@@ -136,13 +147,28 @@ impl Model {
             });
         }
         let ln_f = norm(t("ln_f"))?;
+        Ok(Self::assemble(
+            config,
+            embedding,
+            blocks,
+            ln_f,
+            head,
+            ckpt.file_bytes(),
+        ))
+    }
+
+    /// A model from its parts, loaded from files of `checkpoint_bytes` bytes.
+    pub(crate) fn assemble(
+        config: Config,
+        embedding: Table,
+        blocks: Vec<Block>,
+        ln_f: Vec<f32>,
+        head: PackedMatrix,
+        checkpoint_bytes: usize,
+    ) -> Self {
         let (rope_cos, rope_sin) = rope_tables(&config);
-        let weights_dtype = match &head.data {
-            crate::gemm::PanelData::F32(_) => "f32",
-            crate::gemm::PanelData::Bf16(_) => "bf16",
-            crate::gemm::PanelData::F16(_) => "f16",
-        };
-        Ok(Self {
+        let weights_dtype = head.type_name();
+        Self {
             config,
             embedding,
             blocks,
@@ -150,9 +176,25 @@ impl Model {
             head,
             rope_cos,
             rope_sin,
-            checkpoint_bytes: ckpt.file_bytes(),
+            checkpoint_bytes,
             weights_dtype,
-        })
+        }
+    }
+
+    /// Loads a GGUF file written by llama.cpp's converter for LLaDA (architecture `llada`):
+    /// one file is the whole model. F32, F16 and BF16 tensors are kept in their type, the
+    /// block-quantized ones (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) in their blocks,
+    /// widened inside the matrix kernel; any other type is [`LoadError::Dtype`] naming the
+    /// tensor. The file's map is released once the weights are packed.
+    pub fn from_gguf(path: impl AsRef<Path>) -> Result<Self, LoadError> {
+        let file = crate::gguf::GgufFile::open(path)?;
+        Self::from_gguf_file(&file)
+    }
+
+    /// [`from_gguf`](Self::from_gguf) for a file already opened (for the metadata).
+    pub fn from_gguf_file(file: &crate::gguf::GgufFile) -> Result<Self, LoadError> {
+        let config = Config::from_value(crate::gguf::config_json(file)?)?;
+        crate::gguf::load_model(file, config)
     }
 
     /// The model's configuration.
@@ -181,7 +223,8 @@ impl Model {
         self.checkpoint_bytes
     }
 
-    /// The dtype the linear layers are stored and read in: `"f32"`, `"bf16"` or `"f16"`.
+    /// The type the LM head (and, in files made by one tool, the other linear layers) is
+    /// stored in: `"f32"`, `"bf16"`, `"f16"`, a ggml format (`"Q8_0"`, ...) or `"mixed"`.
     pub fn weights_dtype(&self) -> &'static str {
         self.weights_dtype
     }

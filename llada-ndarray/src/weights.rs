@@ -259,7 +259,7 @@ impl Checkpoint {
         for name in names {
             self.release(name);
         }
-        Ok(PackedMatrix { k, n, data })
+        Ok(PackedMatrix::single(k, n, data))
     }
 }
 

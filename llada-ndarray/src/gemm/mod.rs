@@ -16,6 +16,7 @@ mod tests;
 
 use half::{bf16, f16};
 
+use crate::quant::QuantType;
 pub(crate) use isa::Isa;
 use kernels::{MR_MAX, MicroKernel, Sliver, Tile};
 pub(crate) use pack::pack_panels;
@@ -28,7 +29,7 @@ use crate::threads::Pool;
 /// Columns of a packed panel (the AVX-512 kernel takes two panels at once).
 pub(crate) const NR: usize = 16;
 /// Depth of a block.
-const KC: usize = 256;
+pub(crate) const KC: usize = 256;
 /// Rows of `A` per block (a multiple of every kernel's rows): the size of the packing buffer.
 const MC: usize = 96;
 /// Panels of `B` per column block (128 columns).
@@ -42,21 +43,89 @@ pub(crate) enum Dtype {
     F16,
 }
 
-/// Storage of a packed weight.
+/// Storage of packed panels.
 #[derive(Debug)]
 pub(crate) enum PanelData {
+    /// `[panels][k][16]` values.
     F32(Vec<f32>),
+    /// As `F32`, in bf16.
     Bf16(Vec<bf16>),
+    /// As `F32`, in f16.
     F16(Vec<f16>),
+    /// ggml blocks, kept as the file has them: for each panel and each run of
+    /// `ty.block_len()` values along `k`, the 16 rows' blocks one after the other (zero
+    /// blocks past `n`). Widened a panel slice at a time inside the product.
+    Quant { ty: QuantType, data: Vec<u8> },
+}
+
+impl PanelData {
+    /// The element type's name: `"f32"`, `"bf16"`, `"f16"` or the ggml format's.
+    pub(crate) fn type_name(&self) -> &'static str {
+        match self {
+            PanelData::F32(_) => "f32",
+            PanelData::Bf16(_) => "bf16",
+            PanelData::F16(_) => "f16",
+            PanelData::Quant { ty, .. } => ty.name(),
+        }
+    }
+
+    /// Bytes of weight data.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            PanelData::F32(v) => v.len() * 4,
+            PanelData::Bf16(v) => v.len() * 2,
+            PanelData::F16(v) => v.len() * 2,
+            PanelData::Quant { data, .. } => data.len(),
+        }
+    }
+}
+
+/// Consecutive panels of a weight stored alike.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    /// The panels (indices into the whole matrix).
+    pub(crate) panels: std::ops::Range<usize>,
+    pub(crate) data: PanelData,
 }
 
 /// A weight `W [n, k]` (`nn.Linear` layout) packed for `x · Wᵀ`: panel `p` holds columns
-/// `16p .. 16p + 16` of `Wᵀ` as `[k][16]`, zero-padded past `n`.
+/// `16p .. 16p + 16` of `Wᵀ` (rows of `W`), zero-padded past `n`. Its panels are stored in one
+/// segment, or, for weights stacked from parts stored differently (a GGUF file's q, k and v in
+/// two quantized formats), one segment per part.
 #[derive(Debug)]
 pub(crate) struct PackedMatrix {
     pub(crate) k: usize,
     pub(crate) n: usize,
-    pub(crate) data: PanelData,
+    pub(crate) segments: Vec<Segment>,
+}
+
+impl PackedMatrix {
+    /// A matrix stored in one segment.
+    pub(crate) fn single(k: usize, n: usize, data: PanelData) -> Self {
+        Self {
+            k,
+            n,
+            segments: vec![Segment {
+                panels: 0..n.div_ceil(NR),
+                data,
+            }],
+        }
+    }
+
+    /// The stored type's name when every segment shares it, else `"mixed"`.
+    pub(crate) fn type_name(&self) -> &'static str {
+        let first = self.segments[0].data.type_name();
+        if self.segments.iter().all(|s| s.data.type_name() == first) {
+            first
+        } else {
+            "mixed"
+        }
+    }
+
+    /// Bytes of weight data.
+    pub(crate) fn bytes(&self) -> usize {
+        self.segments.iter().map(|s| s.data.bytes()).sum()
+    }
 }
 
 /// A read-only strided f32 matrix.
@@ -189,12 +258,15 @@ impl<'a> Out<'a> {
 #[derive(Debug)]
 pub(crate) struct GemmScratch {
     a: Vec<f32>,
+    /// Quantized panels of a column block, widened (grown on the first quantized product).
+    b: Vec<f32>,
 }
 
 impl GemmScratch {
     pub(crate) fn new() -> Self {
         Self {
             a: vec![0.0; MC.max(MR_MAX) * KC],
+            b: Vec::new(),
         }
     }
 }
@@ -347,7 +419,13 @@ unsafe fn task<K: MicroKernel>(block: Block<'_, '_>, scratch: &mut GemmScratch) 
         return;
     }
     let mr = K::MR;
-    let apack = &mut scratch.a;
+    let GemmScratch {
+        a: apack,
+        b: widened,
+    } = scratch;
+    if pack::has_quantized(b) && widened.len() < COLUMN_BLOCK * KC * NR {
+        widened.resize(COLUMN_BLOCK * KC * NR, 0.0);
+    }
     debug_assert_eq!(
         cols.start % NR,
         0,
@@ -363,6 +441,9 @@ unsafe fn task<K: MicroKernel>(block: Block<'_, '_>, scratch: &mut GemmScratch) 
         while k0 < k {
             let kc = KC.min(k - k0);
             let add = accumulate || k0 > 0;
+            // Quantized panels of this block are widened once, for every row tile.
+            pack::widen_quantized(b, p0..p_end, k0, kc, widened);
+            let widened: &[f32] = widened;
             let mut row0 = rows.start;
             while row0 < rows.end {
                 let tile_rows = mr.min(rows.end - row0);
@@ -389,8 +470,8 @@ unsafe fn task<K: MicroKernel>(block: Block<'_, '_>, scratch: &mut GemmScratch) 
                     let j0 = p * NR;
                     let pair = K::PAIRS && p + 1 < p_end;
                     let nc = (if pair { 2 * NR } else { NR }).min(cols.end - j0);
-                    let first = panel(b, p, k0, kc);
-                    let second = pair.then(|| panel(b, p + 1, k0, kc));
+                    let first = panel(b, p, k0, kc, widened, p - p0);
+                    let second = pair.then(|| panel(b, p + 1, k0, kc, widened, p + 1 - p0));
                     let tile = Tile {
                         c,
                         row: row0,

@@ -4,7 +4,8 @@
 use half::{bf16, f16};
 
 use super::kernels::Panel;
-use super::{Dtype, MatRef, NR, PackedMatrix, PanelData, Rhs};
+use super::{Dtype, KC, MatRef, NR, PackedMatrix, PanelData, Rhs, Segment};
+use crate::quant::{QuantType, dequantize_block};
 
 impl PackedMatrix {
     /// Packs row-major `[n, k]` weights given row by row: `rows(r, out)` writes row `r`.
@@ -44,28 +45,101 @@ impl PackedMatrix {
                 }
             })),
         };
-        Self { k, n, data }
+        Self::single(k, n, data)
     }
 
-    /// Bytes of weight data.
-    pub(crate) fn bytes(&self) -> usize {
-        match &self.data {
-            PanelData::F32(v) => v.len() * 4,
-            PanelData::Bf16(v) => v.len() * 2,
-            PanelData::F16(v) => v.len() * 2,
+    /// Packs `[n, k]` weights whose rows are runs of `ty` blocks (`rows(r)` gives row `r`'s
+    /// `ty.row_bytes(k)` bytes) into quantized panels; rows past `n` are zero blocks.
+    pub(crate) fn pack_quantized<'r>(
+        n: usize,
+        k: usize,
+        ty: QuantType,
+        rows: impl Fn(usize) -> &'r [u8],
+    ) -> PanelData {
+        let (len, bytes) = (ty.block_len(), ty.block_bytes());
+        let blocks = k / len;
+        let mut data = vec![0u8; n.div_ceil(NR) * blocks * NR * bytes];
+        for r in 0..n {
+            let row = rows(r);
+            let (p, col) = (r / NR, r % NR);
+            for kb in 0..blocks {
+                let at = ((p * blocks + kb) * NR + col) * bytes;
+                data[at..at + bytes].copy_from_slice(&row[kb * bytes..(kb + 1) * bytes]);
+            }
+        }
+        PanelData::Quant { ty, data }
+    }
+
+    /// The segment holding panel `p`, and `p`'s index within it.
+    fn segment(&self, p: usize) -> (&Segment, usize) {
+        let segment = self
+            .segments
+            .iter()
+            .find(|s| s.panels.contains(&p))
+            .expect("every panel lies in a segment");
+        (segment, p - segment.panels.start)
+    }
+}
+
+/// Whether `b` holds quantized panels (that need widening).
+pub(super) fn has_quantized(b: &Rhs<'_>) -> bool {
+    let Rhs::Packed(w) = b else { return false };
+    w.segments
+        .iter()
+        .any(|s| matches!(s.data, PanelData::Quant { .. }))
+}
+
+/// Widens rows `k0..k0 + kc` of the quantized ones among panels `panels` of `b` into `out`,
+/// panel `p` at `(p - panels.start) · KC · 16`, as `[kc][16]` f32.
+pub(super) fn widen_quantized(
+    b: &Rhs<'_>,
+    panels: std::ops::Range<usize>,
+    k0: usize,
+    kc: usize,
+    out: &mut [f32],
+) {
+    let Rhs::Packed(w) = b else { return };
+    let mut block = [0.0f32; 256];
+    for p in panels.clone() {
+        let (segment, q) = w.segment(p);
+        let PanelData::Quant { ty, data } = &segment.data else {
+            continue;
+        };
+        let (len, bytes) = (ty.block_len(), ty.block_bytes());
+        let blocks = w.k / len;
+        let dst = &mut out[(p - panels.start) * KC * NR..][..kc * NR];
+        for kb in k0 / len..(k0 + kc) / len {
+            let base = (q * blocks + kb) * NR * bytes;
+            for col in 0..NR {
+                let at = base + col * bytes;
+                dequantize_block(*ty, &data[at..at + bytes], &mut block[..len]);
+                for (i, &v) in block[..len].iter().enumerate() {
+                    dst[(kb * len - k0 + i) * NR + col] = v;
+                }
+            }
         }
     }
 }
 
-/// Rows `k0..k0 + kc` of panel `p` of `B`.
-pub(super) fn panel<'s>(b: &'s Rhs<'_>, p: usize, k0: usize, kc: usize) -> Panel<'s> {
+/// Rows `k0..k0 + kc` of panel `p` of `B`; a quantized panel's are slot `slot` of `widened`
+/// (see [`widen_quantized`]).
+pub(super) fn panel<'s>(
+    b: &'s Rhs<'_>,
+    p: usize,
+    k0: usize,
+    kc: usize,
+    widened: &'s [f32],
+    slot: usize,
+) -> Panel<'s> {
     match b {
         Rhs::Packed(w) => {
-            let at = (p * w.k + k0) * NR;
-            match &w.data {
+            let (segment, q) = w.segment(p);
+            let at = (q * w.k + k0) * NR;
+            match &segment.data {
                 PanelData::F32(d) => Panel::F32(&d[at..at + kc * NR]),
                 PanelData::Bf16(d) => Panel::Bf16(&d[at..at + kc * NR]),
                 PanelData::F16(d) => Panel::F16(&d[at..at + kc * NR]),
+                PanelData::Quant { .. } => Panel::F32(&widened[slot * KC * NR..][..kc * NR]),
             }
         }
         Rhs::Panels { data, k, .. } => {

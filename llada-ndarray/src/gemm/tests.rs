@@ -3,6 +3,7 @@
 use super::kernels::avx512::{Lanes16, kernel_12x16n};
 use super::kernels::{BF16, F32};
 use super::*;
+use crate::quant::QuantType;
 
 /// Every kernel this CPU runs.
 fn isas() -> Vec<Isa> {
@@ -232,6 +233,87 @@ fn half_precision_weights_are_widened_in_the_kernel() {
         for (x, y) in c.iter().zip(&expected) {
             // bf16 values are exact in f16 only approximately (f16 has 10 mantissa bits).
             assert!((x - y).abs() < 2e-3, "{isa:?} {dtype:?}: {x} vs {y}");
+        }
+    }
+}
+
+/// `count` random blocks of `ty` with finite, modest f16 scales.
+fn random_blocks(ty: QuantType, count: usize, seed: u64) -> Vec<u8> {
+    let bytes = ty.block_bytes();
+    let mut data: Vec<u8> = (0..count * bytes)
+        .map(|i| (llada_core::testing::splitmix64(seed ^ i as u64) >> 56) as u8)
+        .collect();
+    let scale_offsets: &[usize] = match ty {
+        QuantType::Q6_K => &[208],
+        QuantType::Q4_1 | QuantType::Q5_1 | QuantType::Q4_K | QuantType::Q5_K => &[0, 2],
+        _ => &[0],
+    };
+    for (b, block) in data.chunks_exact_mut(bytes).enumerate() {
+        for (j, &at) in scale_offsets.iter().enumerate() {
+            let v = 0.002 + 0.01 * ((b * 7 + j * 3) % 11) as f32 / 11.0;
+            block[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+        }
+    }
+    data
+}
+
+#[test]
+fn quantized_weights_are_widened_inside_the_product_even_mixed_across_parts() {
+    let pool = Pool::new(vec![S(GemmScratch::new()), S(GemmScratch::new())]).unwrap();
+    let (m, k) = (13, 512);
+    let a = values(m * k, 9);
+    for types in [
+        vec![QuantType::Q8_0],
+        vec![QuantType::Q4_0],
+        vec![QuantType::Q4_1, QuantType::Q5_0, QuantType::Q5_1],
+        vec![QuantType::Q4_K, QuantType::Q6_K],
+        vec![QuantType::Q5_K],
+    ] {
+        // Parts of 48, 16, ... rows, each in its own format: one segment per part.
+        let mut segments = Vec::new();
+        let mut dense = Vec::new();
+        let mut n = 0;
+        for (i, &ty) in types.iter().enumerate() {
+            let rows = 16 * (3 - i.min(2));
+            let blocks = random_blocks(ty, rows * k / ty.block_len(), 40 + i as u64);
+            let row_bytes = ty.row_bytes(k);
+            let mut row = vec![0.0f32; k];
+            for r in 0..rows {
+                crate::quant::dequantize_row(
+                    ty,
+                    &blocks[r * row_bytes..(r + 1) * row_bytes],
+                    &mut row,
+                );
+                dense.extend_from_slice(&row);
+            }
+            let data = PackedMatrix::pack_quantized(rows, k, ty, |r| {
+                &blocks[r * row_bytes..(r + 1) * row_bytes]
+            });
+            segments.push(Segment {
+                panels: n / NR..(n + rows) / NR,
+                data,
+            });
+            n += rows;
+        }
+        let packed = PackedMatrix { k, n, segments };
+        let expected = reference(&a, &dense, m, k, n);
+        for isa in isas() {
+            let mut c = vec![0.0f32; m * n];
+            gemm(
+                &pool,
+                isa,
+                MatRef::rows(&a, m, k, k),
+                Rhs::Packed(&packed),
+                Out::new(&mut c, m, n, n),
+                false,
+            );
+            let scale = expected.iter().fold(0.0f32, |s, v| s.max(v.abs()));
+            for (x, y) in c.iter().zip(&expected) {
+                assert!(
+                    (x - y).abs() <= 1e-5 * scale.max(1.0),
+                    "{isa:?} {types:?}: {x} vs {y}"
+                );
+            }
         }
     }
 }

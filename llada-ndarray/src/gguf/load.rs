@@ -1,0 +1,394 @@
+//! A LLaDA model from a GGUF file written by llama.cpp's converter (architecture `llada`):
+//! hyper-parameters from the `llada.*` metadata, tensors by llama.cpp's names, the rows of
+//! `attn_q` / `attn_k` put back in the checkpoint's order, quantized weights kept quantized.
+
+use half::{bf16, f16};
+
+use super::{GgufFile, TensorInfo, TensorType, Value};
+use crate::config::Config;
+use crate::error::LoadError;
+use crate::gemm::{NR, PackedMatrix, PanelData, Segment};
+use crate::model::{Block, Model, Table};
+use crate::quant::{QuantType, dequantize_row};
+
+/// The architecture name llama.cpp's converter writes for LLaDA.
+const ARCHITECTURE: &str = "llada";
+
+/// The quantized formats this backend runs, by ggml type code.
+fn quant_type(ty: TensorType) -> Option<QuantType> {
+    Some(match ty.0 {
+        2 => QuantType::Q4_0,
+        3 => QuantType::Q4_1,
+        6 => QuantType::Q5_0,
+        7 => QuantType::Q5_1,
+        8 => QuantType::Q8_0,
+        12 => QuantType::Q4_K,
+        13 => QuantType::Q5_K,
+        14 => QuantType::Q6_K,
+        _ => return None,
+    })
+}
+
+fn meta<'a>(file: &'a GgufFile, key: &'static str) -> Result<&'a Value, LoadError> {
+    file.get(key).ok_or(LoadError::MissingField { field: key })
+}
+
+fn meta_u64(file: &GgufFile, key: &'static str) -> Result<u64, LoadError> {
+    meta(file, key)?
+        .as_u64()
+        .ok_or_else(|| LoadError::ConfigField {
+            field: key.to_string(),
+            reason: "expected an unsigned integer".into(),
+        })
+}
+
+fn meta_f64(file: &GgufFile, key: &'static str) -> Result<f64, LoadError> {
+    meta(file, key)?
+        .as_f64()
+        .ok_or_else(|| LoadError::ConfigField {
+            field: key.to_string(),
+            reason: "expected a number".into(),
+        })
+}
+
+/// The `config.json` a LLaDA checkpoint with this file's hyper-parameters would have: what
+/// [`Config::from_value`] and the `llada` pipeline read, so a GGUF file and a checkpoint
+/// directory describe a model the same way. Special ids come from the `tokenizer.ggml.*` ids
+/// when the file has them.
+pub fn config_json(file: &GgufFile) -> Result<serde_json::Value, LoadError> {
+    let arch = meta(file, "general.architecture")?
+        .as_str()
+        .unwrap_or_default();
+    if arch != ARCHITECTURE {
+        return Err(LoadError::Unsupported {
+            field: "general.architecture",
+            value: arch.to_string(),
+            reason: "only LLaDA files (architecture \"llada\") are implemented",
+        });
+    }
+    let embedding = file
+        .tensor("token_embd.weight")
+        .ok_or_else(|| LoadError::MissingTensor {
+            name: "token_embd.weight".into(),
+            expected: Vec::new(),
+        })?;
+    let embedding_size = embedding.dims.get(1).copied().unwrap_or(0);
+    let vocab_size = file
+        .get("tokenizer.ggml.tokens")
+        .and_then(Value::as_array)
+        .map_or(embedding_size, |t| t.len() as u64);
+    let n_heads = meta_u64(file, "llada.attention.head_count")?;
+    let mut config = serde_json::json!({
+        "d_model": meta_u64(file, "llada.embedding_length")?,
+        "n_heads": n_heads,
+        "n_kv_heads": file.get("llada.attention.head_count_kv").and_then(Value::as_u64).unwrap_or(n_heads),
+        "n_layers": meta_u64(file, "llada.block_count")?,
+        "mlp_hidden_size": meta_u64(file, "llada.feed_forward_length")?,
+        "vocab_size": vocab_size,
+        "embedding_size": embedding_size,
+        "rope_theta": meta_f64(file, "llada.rope.freq_base")?,
+        "rms_norm_eps": meta_f64(file, "llada.attention.layer_norm_rms_epsilon")?,
+        "max_sequence_length": meta_u64(file, "llada.context_length")?,
+        "block_type": "llama",
+        "activation_type": "silu",
+        "layer_norm_type": "rms",
+        "weight_tying": file.tensor("output.weight").is_none(),
+    });
+    for (field, key) in [
+        ("mask_token_id", "tokenizer.ggml.mask_token_id"),
+        ("eos_token_id", "tokenizer.ggml.eos_token_id"),
+        ("pad_token_id", "tokenizer.ggml.padding_token_id"),
+    ] {
+        if let Some(id) = file.get(key).and_then(Value::as_u64) {
+            config[field] = id.into();
+        }
+    }
+    Ok(config)
+}
+
+/// A tensor the model needs, checked: present, of its shape (checkpoint order `[rows, cols]`)
+/// and of a type this backend reads.
+struct Weight<'f> {
+    info: &'f TensorInfo,
+    rows: usize,
+    cols: usize,
+}
+
+fn weight<'f>(file: &'f GgufFile, name: &str, shape: &[usize]) -> Result<Weight<'f>, LoadError> {
+    let info = file.tensor(name).ok_or_else(|| LoadError::MissingTensor {
+        name: name.to_string(),
+        expected: shape.to_vec(),
+    })?;
+    // GGUF lists the fastest-varying dimension first.
+    let found: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
+    if found != shape {
+        return Err(LoadError::TensorShape {
+            name: name.to_string(),
+            expected: shape.to_vec(),
+            found,
+        });
+    }
+    let known = matches!(
+        info.ty,
+        TensorType::F32 | TensorType::F16 | TensorType::BF16
+    ) || quant_type(info.ty).is_some();
+    if !known {
+        return Err(LoadError::Dtype {
+            name: name.to_string(),
+            dtype: info.ty.name(),
+        });
+    }
+    let (rows, cols) = match *shape {
+        [cols] => (1, cols),
+        [rows, cols] => (rows, cols),
+        _ => unreachable!("vectors and matrices only"),
+    };
+    Ok(Weight { info, rows, cols })
+}
+
+impl Weight<'_> {
+    /// Row `r` widened into `out` (`cols` values).
+    fn row_f32(&self, file: &GgufFile, r: usize, out: &mut [f32]) {
+        let data = file.data(self.info);
+        match self.info.ty {
+            TensorType::F32 => {
+                for (o, b) in out
+                    .iter_mut()
+                    .zip(data[r * self.cols * 4..].chunks_exact(4))
+                {
+                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            TensorType::F16 | TensorType::BF16 => {
+                let bf = self.info.ty == TensorType::BF16;
+                for (o, b) in out
+                    .iter_mut()
+                    .zip(data[r * self.cols * 2..].chunks_exact(2))
+                {
+                    let bits = u16::from_le_bytes([b[0], b[1]]);
+                    *o = if bf {
+                        bf16::from_bits(bits).to_f32()
+                    } else {
+                        f16::from_bits(bits).to_f32()
+                    };
+                }
+            }
+            ty => {
+                let q = quant_type(ty).expect("checked in `weight`");
+                let bytes = q.row_bytes(self.cols);
+                dequantize_row(q, &data[r * bytes..(r + 1) * bytes], out);
+            }
+        }
+    }
+
+    fn to_f32_vec(&self, file: &GgufFile) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        for (r, row) in out.chunks_exact_mut(self.cols).enumerate() {
+            self.row_f32(file, r, row);
+        }
+        out
+    }
+}
+
+/// Row `r` of the checkpoint's `q_proj` / `k_proj` is row `source(r)` of llama.cpp's
+/// `attn_q` / `attn_k`: its converter interleaves the two halves of every head (for its
+/// rotary layout), row `h·hd + t·hd/2 + i` going to `h·hd + 2i + t`.
+fn unpermute(r: usize, head_dim: usize) -> usize {
+    let (head, j) = (r / head_dim, r % head_dim);
+    let half = head_dim / 2;
+    head * head_dim + 2 * (j % half) + j / half
+}
+
+/// A stacked weight: `parts` (each `[rows_i, k]`, rows mapped through `order`) one after the
+/// other. Float parts of one dtype make one panel segment in that dtype; quantized parts keep
+/// their blocks, one segment per part (panels never straddle parts when each part's rows are
+/// a multiple of 16; otherwise everything is widened to f32).
+fn stack(
+    file: &GgufFile,
+    parts: &[(Weight<'_>, Option<usize>)],
+) -> Result<PackedMatrix, LoadError> {
+    let k = parts[0].0.cols;
+    let n: usize = parts.iter().map(|p| p.0.rows).sum();
+    let source = |part: &(Weight<'_>, Option<usize>), r: usize| match part.1 {
+        Some(head_dim) => unpermute(r, head_dim),
+        None => r,
+    };
+    let quantized: Vec<Option<QuantType>> = parts.iter().map(|p| quant_type(p.0.info.ty)).collect();
+    let aligned = parts.len() == 1 || parts.iter().all(|p| p.0.rows % NR == 0);
+    if quantized.iter().any(Option::is_some) && aligned {
+        let mut segments = Vec::with_capacity(parts.len());
+        let mut first_panel = 0;
+        for (part, q) in parts.iter().zip(&quantized) {
+            let rows = part.0.rows;
+            let data = match q {
+                Some(q) => {
+                    let bytes = q.row_bytes(k);
+                    let raw = file.data(part.0.info);
+                    PackedMatrix::pack_quantized(rows, k, *q, |r| {
+                        let s = source(part, r);
+                        &raw[s * bytes..(s + 1) * bytes]
+                    })
+                }
+                None => PanelData::F32(PackedMatrix::pack(rows, k, |r, out: &mut [f32]| {
+                    part.0.row_f32(file, source(part, r), out)
+                })),
+            };
+            let panels = rows.div_ceil(NR);
+            segments.push(Segment {
+                panels: first_panel..first_panel + panels,
+                data,
+            });
+            first_panel += panels;
+        }
+        return Ok(PackedMatrix { k, n, segments });
+    }
+    // Row r of the stack: (part, row within it).
+    let locate = |mut r: usize| {
+        for part in parts {
+            if r < part.0.rows {
+                return (part, source(part, r));
+            }
+            r -= part.0.rows;
+        }
+        unreachable!("row inside the stack")
+    };
+    let same = |ty| parts.iter().all(|p| p.0.info.ty == ty);
+    let data = if same(TensorType::F16) || same(TensorType::BF16) {
+        let bf = same(TensorType::BF16);
+        let bits = |r: usize, j: usize| {
+            let (part, s) = locate(r);
+            let data = file.data(part.0.info);
+            let at = (s * k + j) * 2;
+            u16::from_le_bytes([data[at], data[at + 1]])
+        };
+        if bf {
+            PanelData::Bf16(PackedMatrix::pack(n, k, |r, out: &mut [bf16]| {
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = bf16::from_bits(bits(r, j));
+                }
+            }))
+        } else {
+            PanelData::F16(PackedMatrix::pack(n, k, |r, out: &mut [f16]| {
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = f16::from_bits(bits(r, j));
+                }
+            }))
+        }
+    } else {
+        PanelData::F32(PackedMatrix::pack(n, k, |r, out: &mut [f32]| {
+            let (part, s) = locate(r);
+            part.0.row_f32(file, s, out);
+        }))
+    };
+    Ok(PackedMatrix::single(k, n, data))
+}
+
+/// The token embedding, kept in the file's type.
+fn table(file: &GgufFile, w: &Weight<'_>) -> Table {
+    let data = file.data(w.info);
+    match w.info.ty {
+        TensorType::F16 => Table::F16(
+            data.chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]))
+                .collect(),
+        ),
+        TensorType::BF16 => Table::Bf16(
+            data.chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]))
+                .collect(),
+        ),
+        ty => match quant_type(ty) {
+            Some(q) => Table::Quant {
+                ty: q,
+                data: data.to_vec(),
+            },
+            None => Table::F32(w.to_f32_vec(file)),
+        },
+    }
+}
+
+/// Loads the model a LLaDA GGUF file holds, with `config` (from [`config_json`]).
+pub(crate) fn load_model(file: &GgufFile, config: Config) -> Result<Model, LoadError> {
+    let c = &config;
+    let (d, kv, mlp) = (c.d_model, c.n_kv_heads * c.head_dim, c.mlp_hidden_size);
+    // Check every tensor before packing any.
+    let embedding = weight(file, "token_embd.weight", &[c.embedding_size, d])?;
+    let head = if c.weight_tying {
+        None
+    } else {
+        Some(weight(file, "output.weight", &[c.embedding_size, d])?)
+    };
+    let ln_f = weight(file, "output_norm.weight", &[d])?;
+    let mut layers = Vec::with_capacity(c.n_layers);
+    for i in 0..c.n_layers {
+        let w =
+            |name: &str, shape: &[usize]| weight(file, &format!("blk.{i}.{name}.weight"), shape);
+        layers.push([
+            w("attn_norm", &[d])?,
+            w("attn_q", &[d, d])?,
+            w("attn_k", &[kv, d])?,
+            w("attn_v", &[kv, d])?,
+            w("attn_output", &[d, d])?,
+            w("ffn_norm", &[d])?,
+            w("ffn_gate", &[mlp, d])?,
+            w("ffn_up", &[mlp, d])?,
+            w("ffn_down", &[d, mlp])?,
+        ]);
+    }
+    let hd = c.head_dim;
+    let mut blocks = Vec::with_capacity(c.n_layers);
+    for [attn_norm, q, k, v, out, ff_norm, gate, up, down] in layers {
+        blocks.push(Block {
+            attn_norm: attn_norm.to_f32_vec(file),
+            qkv: stack(file, &[(q, Some(hd)), (k, Some(hd)), (v, None)])?,
+            attn_out: stack(file, &[(out, None)])?,
+            ff_norm: ff_norm.to_f32_vec(file),
+            gate_up: stack(file, &[(gate, None), (up, None)])?,
+            ff_out: stack(file, &[(down, None)])?,
+        });
+    }
+    let head = match head {
+        Some(h) => stack(file, &[(h, None)])?,
+        None => stack(
+            file,
+            &[(
+                weight(file, "token_embd.weight", &[c.embedding_size, d])?,
+                None,
+            )],
+        )?,
+    };
+    let embedding = table(file, &embedding);
+    let ln_f = ln_f.to_f32_vec(file);
+    Ok(Model::assemble(
+        config,
+        embedding,
+        blocks,
+        ln_f,
+        head,
+        file.file_bytes(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_inverts_llama_cpps_head_interleaving() {
+        // llama.cpp's permute: w.reshape(heads, 2, hd / 2, k).swapaxes(1, 2).reshape(w.shape),
+        // i.e. permuted[h][i][t] = original[h][t][i]. Simulate it on row indices.
+        let (hd, heads) = (8, 3);
+        let half = hd / 2;
+        let mut permuted = Vec::new();
+        for h in 0..heads {
+            for i in 0..half {
+                for t in 0..2 {
+                    permuted.push(h * hd + t * half + i);
+                }
+            }
+        }
+        for r in 0..hd * heads {
+            assert_eq!(permuted[unpermute(r, hd)], r, "checkpoint row {r}");
+        }
+    }
+}
