@@ -39,6 +39,11 @@ struct Cli {
     /// Directory of its bf16 copy, for the memory check (created if missing).
     #[arg(long, default_value = "bench-models/mid-bf16")]
     model_bf16: PathBuf,
+    /// Directory of the benchmark model's GGUF files, made by llama.cpp's converter and
+    /// `llama-quantize` (`tests/fixtures/make_gguf.py`): mid-{f32,q8_0,q4_0,q4_k_m}.gguf;
+    /// those present are measured (memory, and a forward pass beside the f32 one).
+    #[arg(long, default_value = "bench-models/gguf")]
+    gguf_dir: PathBuf,
     /// Threads for every engine.
     #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, usize::from))]
     threads: usize,
@@ -452,14 +457,28 @@ fn main() -> anyhow::Result<()> {
     let kernel = llada::ndarray::Kernel::from_env()?.unwrap_or_else(llada::ndarray::Kernel::detect);
     eprintln!("{cpu}, {} threads, kernel {}", cli.threads, kernel);
 
-    // Memory of the weights, f32 and bf16.
+    // Memory of the weights: the f32 and bf16 checkpoints, and the GGUF files present.
+    let gguf_files: Vec<(String, PathBuf)> = ["f32", "q8_0", "q4_0", "q4_k_m"]
+        .iter()
+        .map(|ty| {
+            (
+                format!("GGUF {}", ty.to_uppercase()),
+                cli.gguf_dir.join(format!("mid-{ty}.gguf")),
+            )
+        })
+        .filter(|(_, path)| path.is_file())
+        .collect();
     let mut memory = Vec::new();
-    for dir in [&cli.model, &cli.model_bf16] {
+    let sources = [
+        (String::from("safetensors f32"), cli.model.clone()),
+        (String::from("safetensors bf16"), cli.model_bf16.clone()),
+    ];
+    for (label, path) in sources.iter().chain(&gguf_files) {
         let (before, _) = rss_mib();
-        let model = llada::ndarray::Model::load(dir)?;
+        let model = llada::ndarray::Model::load(path)?;
         let (after, _) = rss_mib();
         memory.push((
-            model.weights_dtype(),
+            label.clone(),
             model.checkpoint_bytes() as f64 / (1 << 20) as f64,
             model.weights_bytes() as f64 / (1 << 20) as f64,
             after - before,
@@ -482,6 +501,17 @@ fn main() -> anyhow::Result<()> {
         let (nd, ox) = time_forward_pair(&mut ndarray, &mut ort, len, cli.repeats)?;
         rows.push(("llada ndarray".into(), len, nd));
         rows.push(("llada ort (CPU)".into(), len, ox));
+    }
+    // GGUF weights against the f32 checkpoint, side by side: (label, tokens, gguf s, f32 s).
+    let mut gguf_rows: Vec<(String, usize, f64, f64)> = Vec::new();
+    for (label, path) in &gguf_files {
+        let model = Arc::new(llada::ndarray::Model::load(path)?);
+        let mut context = llada::ndarray::Context::with_threads(model, cli.threads)?;
+        for len in [32, 256] {
+            eprintln!("forward, {label}, {len} tokens");
+            let (g, f) = time_forward_pair(&mut context, &mut ndarray, len, cli.repeats)?;
+            gguf_rows.push((label.clone(), len, g, f));
+        }
     }
 
     // Forward passes, Python engines, in a child process of this one.
@@ -704,6 +734,21 @@ fn main() -> anyhow::Result<()> {
             full / dual,
             full / prefix
         )?;
+    }
+    if !gguf_rows.is_empty() {
+        writeln!(
+            md,
+            "\n## GGUF weights (ndarray backend)\n\nThe same model converted by llama.cpp's `convert_hf_to_gguf.py` and quantized by its `llama-quantize` (`tests/fixtures/make_gguf.py`); quantized blocks are widened inside the matrix kernel (integer kernels are a later step). One forward pass, median of {} runs, side by side with the f32 safetensors checkpoint:\n",
+            cli.repeats
+        )?;
+        writeln!(
+            md,
+            "| weights | tokens | GGUF (s) | f32 safetensors (s) | ratio |"
+        )?;
+        writeln!(md, "|---|---:|---:|---:|---:|")?;
+        for (label, len, g, f) in &gguf_rows {
+            writeln!(md, "| {label} | {len} | {g:.4} | {f:.4} | {:.2}x |", g / f)?;
+        }
     }
     writeln!(md, "\n## Memory (ndarray backend)\n")?;
     writeln!(

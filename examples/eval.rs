@@ -23,7 +23,7 @@ struct Cli {
     model: common::ModelArgs,
     #[command(flatten)]
     sampling: common::SamplingArgs,
-    /// The set (default: eval.json in the model directory).
+    /// The set (default: eval.json in the model directory, or beside a GGUF file).
     #[arg(long)]
     eval: Option<PathBuf>,
     /// Evaluate only the first N items.
@@ -43,10 +43,15 @@ struct Cli {
 fn main() -> anyhow::Result<()> {
     common::init_logging();
     let cli = Cli::parse();
-    let path = cli
-        .eval
-        .clone()
-        .unwrap_or_else(|| cli.model.model.join("eval.json"));
+    let path = cli.eval.clone().unwrap_or_else(|| {
+        let model = &cli.model.model;
+        let dir = if model.is_file() {
+            model.parent().unwrap_or(model)
+        } else {
+            model
+        };
+        dir.join("eval.json")
+    });
     let set = EvalSet::load(&path).map_err(anyhow::Error::from_boxed)?;
     let items = &set.items[..cli.limit.unwrap_or(set.items.len()).min(set.items.len())];
     anyhow::ensure!(!items.is_empty(), "{} has no items", path.display());

@@ -37,7 +37,8 @@ pub(crate) enum RemaskingFlag {
 /// Where the model is and what runs it.
 #[derive(Args, Debug)]
 pub(crate) struct ModelArgs {
-    /// Model directory (config.json, tokenizer.json, tokenizer_config.json, weights).
+    /// Model directory (config.json, tokenizer.json, tokenizer_config.json, weights), or a
+    /// GGUF file (llama.cpp's format: the whole model in one file; ndarray backend).
     #[arg(long, default_value_os_t = llada_test_support::bundled_model())]
     pub(crate) model: PathBuf,
     /// Backend.

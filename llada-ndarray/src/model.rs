@@ -96,10 +96,14 @@ pub struct Model {
 
 impl Model {
     /// Loads a checkpoint directory: `config.json` and `model.safetensors` (or
-    /// `model.safetensors.index.json` and its shards), f32, bf16 or f16. Every tensor's name,
-    /// shape and dtype is checked against the configuration before anything is packed.
+    /// `model.safetensors.index.json` and its shards), f32, bf16 or f16; or a GGUF file (see
+    /// [`from_gguf`](Self::from_gguf)). Every tensor's name, shape and dtype is checked against
+    /// the configuration before anything is packed.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self, LoadError> {
         let dir = dir.as_ref();
+        if dir.is_file() && crate::gguf::is_gguf(dir) {
+            return Self::from_gguf(dir);
+        }
         if !dir.is_dir() {
             return Err(LoadError::Io {
                 path: dir.to_path_buf(),
