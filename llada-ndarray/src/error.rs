@@ -125,6 +125,12 @@ pub enum LoadError {
         /// The name given.
         name: String,
     },
+    /// A quantization format name that is not one of `q8_0`, `q4_0`, `q4_k`, `q6_k`.
+    #[error("unknown quantization {name:?}; expected q8_0, q4_0, q4_k or q6_k")]
+    UnknownQuantization {
+        /// The name given.
+        name: String,
+    },
     /// The kernel asked for needs instructions this CPU lacks.
     #[error("this CPU cannot run the {kernel} kernel; it runs {supported:?}")]
     KernelUnsupported {
@@ -143,7 +149,9 @@ impl LoadError {
             LoadError::Unsupported { .. }
             | LoadError::Dtype { .. }
             | LoadError::KernelUnsupported { .. } => ErrorKind::Unsupported,
-            LoadError::UnknownKernel { .. } => ErrorKind::InvalidInput,
+            LoadError::UnknownKernel { .. } | LoadError::UnknownQuantization { .. } => {
+                ErrorKind::InvalidInput
+            }
             LoadError::Threads(_) => ErrorKind::Backend,
             _ => ErrorKind::Model,
         }

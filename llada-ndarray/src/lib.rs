@@ -53,4 +53,4 @@ pub use config::Config;
 pub use context::{Context, ContextOptions};
 pub use error::{ForwardError, LoadError};
 pub use gemm::isa::Kernel;
-pub use model::Model;
+pub use model::{LoadOptions, Model, Quantization};

@@ -9,7 +9,26 @@ use half::{bf16, f16};
 use crate::config::Config;
 use crate::error::LoadError;
 use crate::gemm::{Dtype, PackedMatrix};
-use crate::quant::{QuantType, dequantize_row};
+pub use crate::quant::Quantization;
+use crate::quant::{QuantType, dequantize_row, format_for, quantize_row};
+
+/// How to load a model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoadOptions {
+    /// Quantize the linear layers and the token embedding while loading (`None`: keep the
+    /// checkpoint's types).
+    pub quantize: Option<Quantization>,
+}
+
+impl LoadOptions {
+    /// These options with `quantize`.
+    #[must_use]
+    pub fn with_quantize(mut self, quantize: Option<Quantization>) -> Self {
+        self.quantize = quantize;
+        self
+    }
+}
 use crate::weights::{self, Checkpoint, TensorData};
 
 /// Token embedding rows in the checkpoint's dtype.
@@ -26,12 +45,27 @@ pub(crate) enum Table {
 }
 
 impl Table {
-    fn load(data: TensorData<'_>) -> Self {
+    /// `rows` rows of `d` values, quantized to `quantize` when asked (and the rows fit a
+    /// format), else in the checkpoint's dtype.
+    fn load(data: TensorData<'_>, d: usize, quantize: Option<QuantType>) -> Self {
+        if let Some(ty) = quantize.and_then(|q| format_for(q, d)) {
+            return Self::quantized(ty, d, data.to_f32_vec());
+        }
         match data.dtype {
             Dtype::F32 => Table::F32(data.to_f32_vec()),
             Dtype::Bf16 => Table::Bf16(data.bits().map(bf16::from_bits).collect()),
             Dtype::F16 => Table::F16(data.bits().map(f16::from_bits).collect()),
         }
+    }
+
+    /// Rows of `d` values of `values`, quantized to `ty`.
+    pub(crate) fn quantized(ty: QuantType, d: usize, values: Vec<f32>) -> Self {
+        let bytes = ty.row_bytes(d);
+        let mut data = vec![0u8; values.len() / d * bytes];
+        for (row, out) in values.chunks_exact(d).zip(data.chunks_exact_mut(bytes)) {
+            quantize_row(ty, row, out);
+        }
+        Table::Quant { ty, data }
     }
 
     /// Writes row `id` (of width `out.len()`) into `out`.
@@ -100,9 +134,15 @@ impl Model {
     /// [`from_gguf`](Self::from_gguf)). Every tensor's name, shape and dtype is checked against
     /// the configuration before anything is packed.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self, LoadError> {
+        Self::load_with(dir, &LoadOptions::default())
+    }
+
+    /// [`load`](Self::load) with options (quantizing while loading).
+    pub fn load_with(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Self, LoadError> {
         let dir = dir.as_ref();
         if dir.is_file() && crate::gguf::is_gguf(dir) {
-            return Self::from_gguf(dir);
+            let file = crate::gguf::GgufFile::open(dir)?;
+            return Self::from_gguf_file_with(&file, options);
         }
         if !dir.is_dir() {
             return Err(LoadError::Io {
@@ -114,40 +154,58 @@ impl Model {
             });
         }
         let config = Config::from_file(dir.join("config.json"))?;
-        Self::from_safetensors(config, weights::find_in(dir)?)
+        Self::from_safetensors_with(config, weights::find_in(dir)?, options)
     }
 
     /// Loads the weights of `config` from `weights`: a safetensors file, or a shard index
     /// (`*.index.json`) with its shards beside it. For callers that have read the
     /// configuration already (the `llada` pipeline reads each of a model's files once).
     pub fn from_safetensors(config: Config, weights: impl AsRef<Path>) -> Result<Self, LoadError> {
-        let checkpoint = Checkpoint::open(weights.as_ref())?;
-        Self::from_checkpoint(config, &checkpoint)
+        Self::from_safetensors_with(config, weights, &LoadOptions::default())
     }
 
-    fn from_checkpoint(config: Config, ckpt: &Checkpoint) -> Result<Self, LoadError> {
+    /// [`from_safetensors`](Self::from_safetensors) with options.
+    pub fn from_safetensors_with(
+        config: Config,
+        weights: impl AsRef<Path>,
+        options: &LoadOptions,
+    ) -> Result<Self, LoadError> {
+        let checkpoint = Checkpoint::open(weights.as_ref())?;
+        Self::from_checkpoint(
+            config,
+            &checkpoint,
+            options.quantize.map(Quantization::quant_type),
+        )
+    }
+
+    fn from_checkpoint(
+        config: Config,
+        ckpt: &Checkpoint,
+        quantize: Option<QuantType>,
+    ) -> Result<Self, LoadError> {
         ckpt.check(&config)?;
         let t = |name: &str| format!("model.transformer.{name}.weight");
         let norm =
             |name: String| -> Result<Vec<f32>, LoadError> { Ok(ckpt.tensor(&name)?.to_f32_vec()) };
         let wte_name = t("wte");
         let wte = ckpt.tensor(&wte_name)?;
-        let embedding = Table::load(wte);
+        let embedding = Table::load(wte, config.d_model, quantize);
+        let q = quantize;
         let head = if config.weight_tying {
-            ckpt.pack(&[wte_name])?
+            ckpt.pack(&[wte_name], q)?
         } else {
-            ckpt.pack(&[t("ff_out")])?
+            ckpt.pack(&[t("ff_out")], q)?
         };
         let mut blocks = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
             let b = |name: &str| format!("model.transformer.blocks.{i}.{name}.weight");
             blocks.push(Block {
                 attn_norm: norm(b("attn_norm"))?,
-                qkv: ckpt.pack(&[b("q_proj"), b("k_proj"), b("v_proj")])?,
-                attn_out: ckpt.pack(&[b("attn_out")])?,
+                qkv: ckpt.pack(&[b("q_proj"), b("k_proj"), b("v_proj")], q)?,
+                attn_out: ckpt.pack(&[b("attn_out")], q)?,
                 ff_norm: norm(b("ff_norm"))?,
-                gate_up: ckpt.pack(&[b("ff_proj"), b("up_proj")])?,
-                ff_out: ckpt.pack(&[b("ff_out")])?,
+                gate_up: ckpt.pack(&[b("ff_proj"), b("up_proj")], q)?,
+                ff_out: ckpt.pack(&[b("ff_out")], q)?,
             });
         }
         let ln_f = norm(t("ln_f"))?;
@@ -192,13 +250,17 @@ impl Model {
     /// tensor. The file's map is released once the weights are packed.
     pub fn from_gguf(path: impl AsRef<Path>) -> Result<Self, LoadError> {
         let file = crate::gguf::GgufFile::open(path)?;
-        Self::from_gguf_file(&file)
+        Self::from_gguf_file_with(&file, &LoadOptions::default())
     }
 
-    /// [`from_gguf`](Self::from_gguf) for a file already opened (for the metadata).
-    pub fn from_gguf_file(file: &crate::gguf::GgufFile) -> Result<Self, LoadError> {
+    /// [`from_gguf`](Self::from_gguf) for a file already opened (for the metadata), with
+    /// options: quantizing its float tensors while loading.
+    pub fn from_gguf_file_with(
+        file: &crate::gguf::GgufFile,
+        options: &LoadOptions,
+    ) -> Result<Self, LoadError> {
         let config = Config::from_value(crate::gguf::config_json(file)?)?;
-        crate::gguf::load_model(file, config)
+        crate::gguf::load_model(file, config, options.quantize.map(Quantization::quant_type))
     }
 
     /// The model's configuration.

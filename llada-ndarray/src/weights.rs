@@ -11,6 +11,7 @@ use safetensors::SafeTensors;
 use crate::config::Config;
 use crate::error::LoadError;
 use crate::gemm::{Dtype, PackedMatrix, PanelData};
+use crate::quant::{QuantType, format_for};
 
 /// The file names a checkpoint directory uses.
 pub(crate) const SINGLE_FILE: &str = "model.safetensors";
@@ -214,8 +215,13 @@ impl Checkpoint {
     }
 
     /// Packs the row-wise concatenation of `names` (each `[n_i, k]`) for `x · Wᵀ`, keeping the
-    /// checkpoint's dtype when all parts share it.
-    pub(crate) fn pack(&self, names: &[String]) -> Result<PackedMatrix, LoadError> {
+    /// checkpoint's dtype when all parts share it, or quantized to `quantize` (see
+    /// [`crate::Quantization`] for the fallbacks).
+    pub(crate) fn pack(
+        &self,
+        names: &[String],
+        quantize: Option<QuantType>,
+    ) -> Result<PackedMatrix, LoadError> {
         let mut parts = Vec::with_capacity(names.len());
         for name in names {
             let entry = &self.entries[name.as_str()];
@@ -238,6 +244,16 @@ impl Checkpoint {
             }
             unreachable!("row inside the concatenation")
         };
+        if let Some(q) = quantize.and_then(|q| format_for(q, k)) {
+            let data = PackedMatrix::quantize_rows(n, k, q, |r, out| {
+                let (i, row) = locate(r);
+                parts[i].0.read_f32(row * k, out);
+            });
+            for name in names {
+                self.release(name);
+            }
+            return Ok(PackedMatrix::single(k, n, data));
+        }
         let data = match dtype {
             Dtype::F32 => PanelData::F32(PackedMatrix::pack(n, k, |r, out: &mut [f32]| {
                 let (i, row) = locate(r);

@@ -5,7 +5,7 @@ use half::{bf16, f16};
 
 use super::kernels::Panel;
 use super::{Dtype, KC, MatRef, NR, PackedMatrix, PanelData, Rhs, Segment};
-use crate::quant::{QuantType, dequantize_block};
+use crate::quant::{QuantType, dequantize_block, quantize_row};
 
 impl PackedMatrix {
     /// Packs row-major `[n, k]` weights given row by row: `rows(r, out)` writes row `r`.
@@ -48,19 +48,20 @@ impl PackedMatrix {
         Self::single(k, n, data)
     }
 
-    /// Packs `[n, k]` weights whose rows are runs of `ty` blocks (`rows(r)` gives row `r`'s
-    /// `ty.row_bytes(k)` bytes) into quantized panels; rows past `n` are zero blocks.
-    pub(crate) fn pack_quantized<'r>(
+    /// Packs `[n, k]` weights whose rows are runs of `ty` blocks into quantized panels:
+    /// `rows(r, out)` writes row `r`'s `ty.row_bytes(k)` bytes; rows past `n` are zero blocks.
+    pub(crate) fn pack_quantized(
         n: usize,
         k: usize,
         ty: QuantType,
-        rows: impl Fn(usize) -> &'r [u8],
+        mut rows: impl FnMut(usize, &mut [u8]),
     ) -> PanelData {
         let (len, bytes) = (ty.block_len(), ty.block_bytes());
         let blocks = k / len;
         let mut data = vec![0u8; n.div_ceil(NR) * blocks * NR * bytes];
+        let mut row = vec![0u8; ty.row_bytes(k)];
         for r in 0..n {
-            let row = rows(r);
+            rows(r, &mut row);
             let (p, col) = (r / NR, r % NR);
             for kb in 0..blocks {
                 let at = ((p * blocks + kb) * NR + col) * bytes;
@@ -68,6 +69,21 @@ impl PackedMatrix {
             }
         }
         PanelData::Quant { ty, data }
+    }
+
+    /// Quantizes `[n, k]` f32 weights (`rows(r, out)` writes row `r`) into `ty`'s blocks with
+    /// ggml's reference quantization, packed as [`pack_quantized`](Self::pack_quantized).
+    pub(crate) fn quantize_rows(
+        n: usize,
+        k: usize,
+        ty: QuantType,
+        mut rows: impl FnMut(usize, &mut [f32]),
+    ) -> PanelData {
+        let mut values = vec![0.0f32; k];
+        Self::pack_quantized(n, k, ty, |r, out| {
+            rows(r, &mut values);
+            quantize_row(ty, &values, out);
+        })
     }
 
     /// The segment holding panel `p`, and `p`'s index within it.

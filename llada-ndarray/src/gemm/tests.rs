@@ -286,8 +286,8 @@ fn quantized_weights_are_widened_inside_the_product_even_mixed_across_parts() {
                 );
                 dense.extend_from_slice(&row);
             }
-            let data = PackedMatrix::pack_quantized(rows, k, ty, |r| {
-                &blocks[r * row_bytes..(r + 1) * row_bytes]
+            let data = PackedMatrix::pack_quantized(rows, k, ty, |r, out| {
+                out.copy_from_slice(&blocks[r * row_bytes..(r + 1) * row_bytes])
             });
             segments.push(Segment {
                 panels: n / NR..(n + rows) / NR,

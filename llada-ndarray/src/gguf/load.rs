@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::error::LoadError;
 use crate::gemm::{NR, PackedMatrix, PanelData, Segment};
 use crate::model::{Block, Model, Table};
-use crate::quant::{QuantType, dequantize_row};
+use crate::quant::{QuantType, dequantize_row, format_for};
 
 /// The architecture name llama.cpp's converter writes for LLaDA.
 const ARCHITECTURE: &str = "llada";
@@ -206,6 +206,7 @@ fn unpermute(r: usize, head_dim: usize) -> usize {
 fn stack(
     file: &GgufFile,
     parts: &[(Weight<'_>, Option<usize>)],
+    quantize: Option<QuantType>,
 ) -> Result<PackedMatrix, LoadError> {
     let k = parts[0].0.cols;
     let n: usize = parts.iter().map(|p| p.0.rows).sum();
@@ -213,22 +214,31 @@ fn stack(
         Some(head_dim) => unpermute(r, head_dim),
         None => r,
     };
-    let quantized: Vec<Option<QuantType>> = parts.iter().map(|p| quant_type(p.0.info.ty)).collect();
+    // Each part's blocks: the file's, or, for a float part, the format asked for.
+    let target = quantize.and_then(|q| format_for(q, k));
+    let quantized: Vec<Option<QuantType>> = parts
+        .iter()
+        .map(|p| quant_type(p.0.info.ty).or(target))
+        .collect();
     let aligned = parts.len() == 1 || parts.iter().all(|p| p.0.rows % NR == 0);
     if quantized.iter().any(Option::is_some) && aligned {
         let mut segments = Vec::with_capacity(parts.len());
         let mut first_panel = 0;
         for (part, q) in parts.iter().zip(&quantized) {
             let rows = part.0.rows;
+            let native = quant_type(part.0.info.ty).is_some();
             let data = match q {
-                Some(q) => {
+                Some(q) if native => {
                     let bytes = q.row_bytes(k);
                     let raw = file.data(part.0.info);
-                    PackedMatrix::pack_quantized(rows, k, *q, |r| {
+                    PackedMatrix::pack_quantized(rows, k, *q, |r, out| {
                         let s = source(part, r);
-                        &raw[s * bytes..(s + 1) * bytes]
+                        out.copy_from_slice(&raw[s * bytes..(s + 1) * bytes]);
                     })
                 }
+                Some(q) => PackedMatrix::quantize_rows(rows, k, *q, |r, out| {
+                    part.0.row_f32(file, source(part, r), out)
+                }),
                 None => PanelData::F32(PackedMatrix::pack(rows, k, |r, out: &mut [f32]| {
                     part.0.row_f32(file, source(part, r), out)
                 })),
@@ -283,9 +293,19 @@ fn stack(
     Ok(PackedMatrix::single(k, n, data))
 }
 
-/// The token embedding, kept in the file's type.
-fn table(file: &GgufFile, w: &Weight<'_>) -> Table {
+/// The token embedding, kept in the file's type (or quantized to `quantize` if it is floats).
+fn table(file: &GgufFile, w: &Weight<'_>, quantize: Option<QuantType>) -> Table {
     let data = file.data(w.info);
+    let float = matches!(
+        w.info.ty,
+        TensorType::F32 | TensorType::F16 | TensorType::BF16
+    );
+    if let Some(ty) = quantize
+        .and_then(|q| format_for(q, w.cols))
+        .filter(|_| float)
+    {
+        return Table::quantized(ty, w.cols, w.to_f32_vec(file));
+    }
     match w.info.ty {
         TensorType::F16 => Table::F16(
             data.chunks_exact(2)
@@ -308,7 +328,12 @@ fn table(file: &GgufFile, w: &Weight<'_>) -> Table {
 }
 
 /// Loads the model a LLaDA GGUF file holds, with `config` (from [`config_json`]).
-pub(crate) fn load_model(file: &GgufFile, config: Config) -> Result<Model, LoadError> {
+pub(crate) fn load_model(
+    file: &GgufFile,
+    config: Config,
+    quantize: Option<QuantType>,
+) -> Result<Model, LoadError> {
+    let q = quantize;
     let c = &config;
     let (d, kv, mlp) = (c.d_model, c.n_kv_heads * c.head_dim, c.mlp_hidden_size);
     // Check every tensor before packing any.
@@ -337,27 +362,28 @@ pub(crate) fn load_model(file: &GgufFile, config: Config) -> Result<Model, LoadE
     }
     let hd = c.head_dim;
     let mut blocks = Vec::with_capacity(c.n_layers);
-    for [attn_norm, q, k, v, out, ff_norm, gate, up, down] in layers {
+    for [attn_norm, wq, k, v, out, ff_norm, gate, up, down] in layers {
         blocks.push(Block {
             attn_norm: attn_norm.to_f32_vec(file),
-            qkv: stack(file, &[(q, Some(hd)), (k, Some(hd)), (v, None)])?,
-            attn_out: stack(file, &[(out, None)])?,
+            qkv: stack(file, &[(wq, Some(hd)), (k, Some(hd)), (v, None)], q)?,
+            attn_out: stack(file, &[(out, None)], q)?,
             ff_norm: ff_norm.to_f32_vec(file),
-            gate_up: stack(file, &[(gate, None), (up, None)])?,
-            ff_out: stack(file, &[(down, None)])?,
+            gate_up: stack(file, &[(gate, None), (up, None)], q)?,
+            ff_out: stack(file, &[(down, None)], q)?,
         });
     }
     let head = match head {
-        Some(h) => stack(file, &[(h, None)])?,
+        Some(h) => stack(file, &[(h, None)], q)?,
         None => stack(
             file,
             &[(
                 weight(file, "token_embd.weight", &[c.embedding_size, d])?,
                 None,
             )],
+            q,
         )?,
     };
-    let embedding = table(file, &embedding);
+    let embedding = table(file, &embedding, q);
     let ln_f = ln_f.to_f32_vec(file);
     Ok(Model::assemble(
         config,

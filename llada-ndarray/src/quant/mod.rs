@@ -3,7 +3,79 @@
 //! of one weight row in [`QuantType::block_bytes`] bytes; the matrix kernel keeps weights in
 //! these blocks and widens a slice at a time.
 
+mod quantize;
+
 use half::f16;
+
+pub(crate) use quantize::{format_for, quantize_row};
+
+use crate::error::LoadError;
+
+/// A format to quantize a checkpoint's linear layers and token embedding into while it loads
+/// (ggml's formats with ggml's reference quantization, as `llama-quantize` writes them).
+/// Matrices whose rows are not a multiple of the format's block fall back as llama.cpp does
+/// (Q4_K to Q5_0, Q6_K to Q8_0), or stay in floats when not even that fits; weights that are
+/// already quantized keep their format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Quantization {
+    /// 8-bit, blocks of 32 (about 8.5 bits per weight).
+    Q8_0,
+    /// 4-bit, blocks of 32 (4.5 bits per weight).
+    Q4_0,
+    /// 4-bit K-quant, super-blocks of 256 (4.5 bits per weight, smaller error than Q4_0).
+    Q4K,
+    /// 6-bit K-quant, super-blocks of 256 (about 6.6 bits per weight).
+    Q6K,
+}
+
+impl Quantization {
+    /// Every format.
+    pub const ALL: [Quantization; 4] = [
+        Quantization::Q8_0,
+        Quantization::Q4_0,
+        Quantization::Q4K,
+        Quantization::Q6K,
+    ];
+
+    /// The name the CLI takes: `q8_0`, `q4_0`, `q4_k` or `q6_k`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Quantization::Q8_0 => "q8_0",
+            Quantization::Q4_0 => "q4_0",
+            Quantization::Q4K => "q4_k",
+            Quantization::Q6K => "q6_k",
+        }
+    }
+
+    pub(crate) const fn quant_type(self) -> QuantType {
+        match self {
+            Quantization::Q8_0 => QuantType::Q8_0,
+            Quantization::Q4_0 => QuantType::Q4_0,
+            Quantization::Q4K => QuantType::Q4_K,
+            Quantization::Q6K => QuantType::Q6_K,
+        }
+    }
+}
+
+impl std::fmt::Display for Quantization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Quantization {
+    type Err = LoadError;
+
+    fn from_str(name: &str) -> Result<Self, LoadError> {
+        Self::ALL
+            .into_iter()
+            .find(|q| q.name() == name.to_ascii_lowercase())
+            .ok_or_else(|| LoadError::UnknownQuantization {
+                name: name.to_string(),
+            })
+    }
+}
 
 /// A block-quantized format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -197,7 +269,7 @@ pub(crate) fn dequantize_block(ty: QuantType, block: &[u8], out: &mut [f32]) {
 }
 
 /// The 6-bit scale and minimum of sub-block `j` (0..8) of a Q4_K / Q5_K super-block.
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
