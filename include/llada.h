@@ -48,6 +48,21 @@
 // Backend: ONNX Runtime on `model.onnx`.
 #define LLADA_BACKEND_ORT 1
 
+// Keep the weights' types.
+#define LLADA_QUANTIZE_NONE 0
+
+// Quantize the weights to Q8_0 while loading (8-bit blocks of 32).
+#define LLADA_QUANTIZE_Q8_0 1
+
+// Quantize the weights to Q4_0 while loading (4-bit blocks of 32).
+#define LLADA_QUANTIZE_Q4_0 2
+
+// Quantize the weights to Q4_K while loading (4-bit super-blocks of 256).
+#define LLADA_QUANTIZE_Q4_K 3
+
+// Quantize the weights to Q6_K while loading (6-bit super-blocks of 256).
+#define LLADA_QUANTIZE_Q6_K 4
+
 // ONNX Runtime execution provider: CPU.
 #define LLADA_PROVIDER_CPU 0
 
@@ -143,6 +158,8 @@ typedef struct llada_model_params {
   uint32_t execution_provider;
   // Path of libonnxruntime (ORT only); NULL uses the ORT_DYLIB_PATH environment variable.
   const char *ort_library;
+  // One of LLADA_QUANTIZE_*: quantize the weights while loading (ndarray only).
+  uint32_t quantize;
 } llada_model_params;
 
 // Per-context settings.
@@ -261,7 +278,8 @@ uint32_t llada_abi_version(void);
 
 // Loads a model directory: config.json, tokenizer.json, tokenizer_config.json and the weights
 // (model.safetensors or model.safetensors.index.json with its shards for ndarray,
-// model.onnx for ORT), each read once. `params` may be NULL for the defaults. On success
+// model.onnx for ORT), each read once; or a GGUF file (ndarray), the whole model in one file.
+// `params->quantize` quantizes the weights while loading. `params` may be NULL for the defaults. On success
 // `*out_model` receives the model (free it with llada_model_free); on failure `*out_model`
 // is left untouched and llada_last_error() names what failed (the file, tensor or runtime
 // library) with its causes. A missing or unloadable ONNX Runtime is

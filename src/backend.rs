@@ -12,6 +12,7 @@ use llada_core::{ForwardRequest, MaskPredictor};
 use crate::error::{BackendError, Error, Stage};
 #[allow(unused_imports)]
 use crate::files::{ModelFiles, WeightSource};
+use crate::pipeline::LoadOptions;
 
 /// Which backend runs the model.
 #[derive(Clone, Debug, Default)]
@@ -156,7 +157,11 @@ impl OrtWeights {
 
 impl SharedWeights {
     /// Loads the weights `files` names for `choice`.
-    pub(crate) fn load(files: &ModelFiles, choice: &BackendChoice) -> Result<Self, Error> {
+    pub(crate) fn load(
+        files: &ModelFiles,
+        choice: &BackendChoice,
+        load: &LoadOptions,
+    ) -> Result<Self, Error> {
         let wrong_format = || Error::WeightsFormat {
             backend: choice.name(),
             format: files.weights().format(),
@@ -165,15 +170,20 @@ impl SharedWeights {
         match choice {
             #[cfg(feature = "ndarray")]
             BackendChoice::Ndarray => {
-                let load = || match files.weights() {
+                let ndarray_options =
+                    llada_ndarray::LoadOptions::default().with_quantize(load.quantize);
+                let open = || match files.weights() {
                     WeightSource::Safetensors(path) => {
                         let config = llada_ndarray::Config::from_value(files.config().clone())?;
-                        llada_ndarray::Model::from_safetensors(config, path).map(Some)
+                        llada_ndarray::Model::from_safetensors_with(config, path, &ndarray_options)
+                            .map(Some)
                     }
-                    WeightSource::Gguf(path) => llada_ndarray::Model::from_gguf(path).map(Some),
+                    WeightSource::Gguf(path) => {
+                        llada_ndarray::Model::load_with(path, &ndarray_options).map(Some)
+                    }
                     _ => Ok(None),
                 };
-                let model = load()
+                let model = open()
                     .map_err(|e| BackendError::wrap("ndarray", Stage::Load, e))?
                     .ok_or_else(wrong_format)?;
                 Ok(SharedWeights::Ndarray(Arc::new(model)))
@@ -183,6 +193,12 @@ impl SharedWeights {
                 let WeightSource::Onnx(path) = files.weights() else {
                     return Err(wrong_format());
                 };
+                if load.changes_weights() {
+                    return Err(Error::OptionUnsupported {
+                        backend: "ort",
+                        option: "quantize",
+                    });
+                }
                 let weights = OrtWeights {
                     path: path.clone(),
                     options: options.clone(),

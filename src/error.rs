@@ -120,6 +120,14 @@ pub enum Error {
         /// The weights.
         path: PathBuf,
     },
+    /// A load option the chosen backend does not offer.
+    #[error("the {backend} backend has no `{option}` option")]
+    OptionUnsupported {
+        /// The backend.
+        backend: &'static str,
+        /// The option.
+        option: &'static str,
+    },
     /// A backend failed to load the model or to run it; its error is the source.
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -148,6 +156,7 @@ impl Error {
             Error::NoChatTemplate
             | Error::BackendNotCompiled { .. }
             | Error::GgufTokenizer { .. }
+            | Error::OptionUnsupported { .. }
             | Error::WeightsFormat { .. } => ErrorKind::Unsupported,
             Error::PromptTooLong { .. } | Error::EmptyInput(_) => ErrorKind::InvalidInput,
             Error::Backend(e) => e.kind,

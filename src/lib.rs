@@ -48,6 +48,7 @@ pub use llada_ndarray as ndarray;
 #[cfg(feature = "ort")]
 pub use llada_ort as ort;
 pub use pipeline::{
-    Conversation, Generated, LikelihoodOptions, MASK_PLACEHOLDER, Model, Pipeline, Progress,
+    Conversation, Generated, LikelihoodOptions, LoadOptions, MASK_PLACEHOLDER, Model, Pipeline,
+    Progress,
 };
 pub use tokenizer::{SpecialTokens, Tokenizer};

@@ -159,13 +159,31 @@ impl Model {
     /// `tokenizer_config.json` and the weights (`model.safetensors` or its shard index for
     /// ndarray, `model.onnx` for ONNX Runtime), each read once.
     pub fn load(dir: impl AsRef<Path>, backend: &BackendChoice) -> Result<Arc<Self>, Error> {
-        Self::from_files(ModelFiles::open(dir, backend)?, backend)
+        Self::load_with(dir, backend, &LoadOptions::default())
+    }
+
+    /// [`load`](Self::load) with options (quantizing while loading).
+    pub fn load_with(
+        dir: impl AsRef<Path>,
+        backend: &BackendChoice,
+        options: &LoadOptions,
+    ) -> Result<Arc<Self>, Error> {
+        Self::from_files_with(ModelFiles::open(dir, backend)?, backend, options)
     }
 
     /// Loads the weights `files` names with the chosen backend. Nothing but the weights is
     /// read from disk.
     pub fn from_files(files: ModelFiles, backend: &BackendChoice) -> Result<Arc<Self>, Error> {
-        let weights = SharedWeights::load(&files, backend)?;
+        Self::from_files_with(files, backend, &LoadOptions::default())
+    }
+
+    /// [`from_files`](Self::from_files) with options.
+    pub fn from_files_with(
+        files: ModelFiles,
+        backend: &BackendChoice,
+        options: &LoadOptions,
+    ) -> Result<Arc<Self>, Error> {
+        let weights = SharedWeights::load(&files, backend, options)?;
         Ok(Arc::new(Self { files, weights }))
     }
 
@@ -216,6 +234,36 @@ impl Model {
             .position(|&t| t == special.eos || t == special.eot)
             .unwrap_or(output.len());
         &output[..end]
+    }
+}
+
+/// How a [`Model`] loads its weights. `#[non_exhaustive]`: start from [`Default::default()`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoadOptions {
+    /// Quantize the linear layers and the embedding while loading (ndarray backend; see
+    /// [`llada_ndarray::Quantization`]): a safetensors checkpoint runs in Q8_0, Q4_0, Q4_K or
+    /// Q6_K with no other tool.
+    #[cfg(feature = "ndarray")]
+    pub quantize: Option<llada_ndarray::Quantization>,
+}
+
+impl LoadOptions {
+    /// These options with `quantize`.
+    #[cfg(feature = "ndarray")]
+    #[must_use]
+    pub fn with_quantize(mut self, quantize: Option<llada_ndarray::Quantization>) -> Self {
+        self.quantize = quantize;
+        self
+    }
+
+    /// Whether any option asks the backend to change the weights.
+    pub(crate) fn changes_weights(&self) -> bool {
+        #[cfg(feature = "ndarray")]
+        if self.quantize.is_some() {
+            return true;
+        }
+        false
     }
 }
 

@@ -154,6 +154,30 @@ fn the_ort_backend_gives_the_same_answer_as_ndarray() {
     assert_eq!(run("ort"), run("ndarray"));
 }
 
+#[test]
+fn a_checkpoint_quantized_while_loading_answers_from_the_cli() {
+    let (item, _) = held_out_answered();
+    for quantize in ["q8_0", "q4_0"] {
+        let output = generate()
+            .args(["--json", "--quantize", quantize, "--prompt", &item.prompt])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(json["text"], item.answer.as_str(), "{quantize}");
+    }
+    let output = generate()
+        .args(["--quantize", "q3_k", "--prompt", "x"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("q3_k"));
+}
+
 fn chat() -> Command {
     let mut command = Command::new(example("chat"));
     command.env_remove("RUST_LOG");

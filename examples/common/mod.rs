@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use llada::core::{CacheMode, CommitRule, GenerateParams, Remasking};
-use llada::{BackendChoice, OrtOptions, Pipeline};
+use llada::ndarray::Quantization;
+use llada::{BackendChoice, LoadOptions, Model, OrtOptions, Pipeline};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum BackendFlag {
@@ -50,6 +51,10 @@ pub(crate) struct ModelArgs {
     /// Use ONNX Runtime's CUDA execution provider (falls back to CPU).
     #[arg(long)]
     pub(crate) cuda: bool,
+    /// Quantize the weights while loading (ndarray backend): q8_0, q4_0, q4_k or q6_k, as
+    /// llama-quantize would, with no other tool.
+    #[arg(long)]
+    pub(crate) quantize: Option<Quantization>,
 }
 
 impl ModelArgs {
@@ -62,7 +67,8 @@ impl ModelArgs {
                     .with_cuda(self.cuda),
             ),
         };
-        Pipeline::open(&self.model, &choice)
+        let options = LoadOptions::default().with_quantize(self.quantize);
+        Pipeline::new(Model::load_with(&self.model, &choice, &options)?)
     }
 }
 

@@ -14,7 +14,10 @@ use std::ops::ControlFlow;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use llada::{BackendChoice, LikelihoodOptions, Message, Model, OrtOptions, Pipeline, Progress};
+use llada::ndarray::Quantization;
+use llada::{
+    BackendChoice, LikelihoodOptions, LoadOptions, Message, Model, OrtOptions, Pipeline, Progress,
+};
 
 pub use params::*;
 use status::{Failure, guard};
@@ -173,7 +176,8 @@ unsafe fn write_text(
 
 /// Loads a model directory: config.json, tokenizer.json, tokenizer_config.json and the weights
 /// (model.safetensors or model.safetensors.index.json with its shards for ndarray,
-/// model.onnx for ORT), each read once. `params` may be NULL for the defaults. On success
+/// model.onnx for ORT), each read once; or a GGUF file (ndarray), the whole model in one file.
+/// `params->quantize` quantizes the weights while loading. `params` may be NULL for the defaults. On success
 /// `*out_model` receives the model (free it with llada_model_free); on failure `*out_model`
 /// is left untouched and llada_last_error() names what failed (the file, tensor or runtime
 /// library) with its causes. A missing or unloadable ONNX Runtime is
@@ -214,7 +218,16 @@ pub unsafe extern "C" fn llada_model_load(
             }
             other => return Err(Failure::invalid(format!("unknown backend {other}"))),
         };
-        let model = Model::load(dir, &choice)?;
+        let quantize = match params.quantize {
+            LLADA_QUANTIZE_NONE => None,
+            LLADA_QUANTIZE_Q8_0 => Some(Quantization::Q8_0),
+            LLADA_QUANTIZE_Q4_0 => Some(Quantization::Q4_0),
+            LLADA_QUANTIZE_Q4_K => Some(Quantization::Q4K),
+            LLADA_QUANTIZE_Q6_K => Some(Quantization::Q6K),
+            other => return Err(Failure::invalid(format!("unknown quantization {other}"))),
+        };
+        let options = LoadOptions::default().with_quantize(quantize);
+        let model = Model::load_with(dir, &choice, &options)?;
         *out_model = Box::into_raw(Box::new(LladaModel { inner: model }));
         Ok(())
     })

@@ -12,6 +12,17 @@ pub const LLADA_BACKEND_NDARRAY: u32 = 0;
 /// Backend: ONNX Runtime on `model.onnx`.
 pub const LLADA_BACKEND_ORT: u32 = 1;
 
+/// Keep the weights' types.
+pub const LLADA_QUANTIZE_NONE: u32 = 0;
+/// Quantize the weights to Q8_0 while loading (8-bit blocks of 32).
+pub const LLADA_QUANTIZE_Q8_0: u32 = 1;
+/// Quantize the weights to Q4_0 while loading (4-bit blocks of 32).
+pub const LLADA_QUANTIZE_Q4_0: u32 = 2;
+/// Quantize the weights to Q4_K while loading (4-bit super-blocks of 256).
+pub const LLADA_QUANTIZE_Q4_K: u32 = 3;
+/// Quantize the weights to Q6_K while loading (6-bit super-blocks of 256).
+pub const LLADA_QUANTIZE_Q6_K: u32 = 4;
+
 /// ONNX Runtime execution provider: CPU.
 pub const LLADA_PROVIDER_CPU: u32 = 0;
 /// ONNX Runtime execution provider: CUDA (falls back to CPU when it cannot start).
@@ -56,6 +67,8 @@ pub struct LladaModelParams {
     pub execution_provider: u32,
     /// Path of libonnxruntime (ORT only); NULL uses the ORT_DYLIB_PATH environment variable.
     pub ort_library: *const c_char,
+    /// One of LLADA_QUANTIZE_*: quantize the weights while loading (ndarray only).
+    pub quantize: u32,
 }
 
 /// Per-context settings.
@@ -145,6 +158,7 @@ pub extern "C" fn llada_model_default_params() -> LladaModelParams {
         backend: LLADA_BACKEND_NDARRAY,
         execution_provider: LLADA_PROVIDER_CPU,
         ort_library: std::ptr::null(),
+        quantize: LLADA_QUANTIZE_NONE,
     }
 }
 

@@ -50,6 +50,17 @@ int main(int argc, char **argv) {
     llada_model_params mp = llada_model_default_params();
     mp.backend = 7;
     EXPECT(llada_model_load(dir, &mp, &model) == LLADA_STATUS_INVALID_ARG);
+    mp = llada_model_default_params();
+    mp.quantize = 99;
+    EXPECT(llada_model_load(dir, &mp, &model) == LLADA_STATUS_INVALID_ARG);
+    EXPECT(strstr(llada_last_error(), "quantization") != NULL);
+
+    /* Quantized while loading: a model that loads and tokenizes like the other. */
+    mp = llada_model_default_params();
+    mp.quantize = LLADA_QUANTIZE_Q8_0;
+    llada_model *quantized = NULL;
+    EXPECT(llada_model_load(dir, &mp, &quantized) == LLADA_STATUS_OK);
+    llada_model_free(quantized);
 
     /* The ORT backend with a runtime that does not exist (the test runs this program without
      * ORT_DYLIB_PATH): a backend failure, not a model one, naming the path tried and how to
