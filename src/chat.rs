@@ -46,6 +46,7 @@ const TEMPLATE_RECURSION: usize = 64;
 #[derive(Clone, Debug)]
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
     bos_token: String,
     eos_token: String,
     pad_token: String,
@@ -93,11 +94,17 @@ impl ChatTemplate {
             .map_err(Error::Template)?;
         Ok(Self {
             env,
+            source: source.to_string(),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
             pad_token: String::new(),
             unk_token: String::new(),
         })
+    }
+
+    /// The template's text.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Takes `chat_template`, `bos_token` and `eos_token` from a parsed

@@ -120,6 +120,16 @@ pub enum Error {
         /// The weights.
         path: PathBuf,
     },
+    /// A GGUF file is written from a safetensors checkpoint; these weights are not one.
+    #[error(
+        "cannot write {format} weights ({path}) as GGUF; the writer reads safetensors checkpoints"
+    )]
+    ExportSource {
+        /// The weights' format.
+        format: &'static str,
+        /// The weights.
+        path: PathBuf,
+    },
     /// A load option the chosen backend does not offer.
     #[error("the {backend} backend has no `{option}` option")]
     OptionUnsupported {
@@ -157,7 +167,8 @@ impl Error {
             | Error::BackendNotCompiled { .. }
             | Error::GgufTokenizer { .. }
             | Error::OptionUnsupported { .. }
-            | Error::WeightsFormat { .. } => ErrorKind::Unsupported,
+            | Error::WeightsFormat { .. }
+            | Error::ExportSource { .. } => ErrorKind::Unsupported,
             Error::PromptTooLong { .. } | Error::EmptyInput(_) => ErrorKind::InvalidInput,
             Error::Backend(e) => e.kind,
             Error::Params(e) => e.kind(),
@@ -187,6 +198,7 @@ impl From<llada_core::GenerateError<BackendError>> for Error {
 pub(crate) enum Stage {
     Load,
     Run,
+    Write,
 }
 
 /// A backend's error, kept whole: the backend's own error type is the
@@ -195,6 +207,7 @@ pub(crate) enum Stage {
 #[error("the {backend} backend {}", match stage {
     Stage::Load => "could not load the model",
     Stage::Run => "failed in a forward pass",
+    Stage::Write => "could not write the GGUF file",
 })]
 pub struct BackendError {
     backend: &'static str,

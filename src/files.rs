@@ -384,6 +384,22 @@ impl ModelFiles {
         self.decoding
     }
 
+    /// Writes the model as one GGUF file at `out` that llama.cpp runs and [`ModelFiles::open`]
+    /// reads back whole: the safetensors checkpoint in `file_type`'s tensor types, with
+    /// llama.cpp's `llada` metadata, tensor names and row order, the tokenizer, special ids
+    /// and chat template, and the decoding lengths the model declares. The file appears whole
+    /// or not at all. Only safetensors weights can be written
+    /// ([`Error::ExportSource`] otherwise); a tokenizer that is not a byte-level BPE with a
+    /// pre-tokenizer llama.cpp names is [`Error::GgufTokenizer`].
+    #[cfg(feature = "ndarray")]
+    pub fn write_gguf(
+        &self,
+        out: impl AsRef<Path>,
+        file_type: llada_ndarray::gguf::FileType,
+    ) -> Result<llada_ndarray::gguf::Written, Error> {
+        crate::gguf::write(self, out.as_ref(), file_type)
+    }
+
     /// The parameters that fit the model: its decoding lengths and its mask, EOS and EOT
     /// ids; the reference sampler's for everything else.
     pub fn default_params(&self) -> GenerateParams {

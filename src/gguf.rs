@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use llada_ndarray::gguf::{GgufFile, Value};
+use llada_ndarray::gguf::{FileType, GgufFile, Value, Written};
 
 use crate::error::{BackendError, Error, Stage};
 use crate::files::DecodingDefaults;
@@ -170,4 +170,207 @@ pub(crate) fn decoding(file: &GgufFile) -> Result<Option<DecodingDefaults>, Erro
         "gen_length": values[0], "steps": values[1], "block_length": values[2],
     });
     DecodingDefaults::from_declaration(&declared, file.path(), "llada.decoding")
+}
+
+/// llama.cpp's token types.
+const NORMAL: i64 = 1;
+const CONTROL: i64 = 3;
+const USER_DEFINED: i64 = 4;
+const UNUSED: i64 = 5;
+
+/// The `tokenizer.ggml.pre` name of a `tokenizer.json` pre-tokenizer, if it is one of those
+/// [`pre_tokenizer`] knows.
+fn pre_tokenizer_name(pre: &serde_json::Value) -> Option<&'static str> {
+    let same = |a: &serde_json::Value, b: &serde_json::Value| {
+        a.get("type") == b.get("type")
+            && a.get("use_regex") == b.get("use_regex")
+            && a.get("pattern") == b.get("pattern")
+            && a.get("pretokenizers").map(|p| p.as_array().map(Vec::len))
+                == b.get("pretokenizers").map(|p| p.as_array().map(Vec::len))
+    };
+    ["gpt-2", "llama-bpe"].into_iter().find(|name| {
+        let known = pre_tokenizer(name).expect("a supported name");
+        match (
+            pre.get("pretokenizers").and_then(|p| p.as_array()),
+            known.get("pretokenizers").and_then(|p| p.as_array()),
+        ) {
+            (Some(a), Some(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y)),
+            (None, None) => same(pre, &known),
+            _ => false,
+        }
+    })
+}
+
+/// The `tokenizer.*` metadata of a model's tokenizer and chat template, as llama.cpp's
+/// converter writes them for LLaDA (`gpt2` byte-level BPE, every id up to `vocab_size`, the
+/// control tokens marked, `add_bos_token`), plus its decoding lengths.
+pub(crate) fn tokenizer_metadata(
+    files: &crate::ModelFiles,
+    out: &Path,
+) -> Result<Vec<(String, Value)>, Error> {
+    let bad = |reason: String| Error::GgufTokenizer {
+        path: out.to_path_buf(),
+        reason,
+    };
+    let json: serde_json::Value = serde_json::from_str(
+        &files
+            .tokenizer()
+            .inner()
+            .to_string(false)
+            .map_err(|e| bad(format!("cannot serialize the tokenizer: {e}")))?,
+    )
+    .map_err(|e| bad(format!("cannot serialize the tokenizer: {e}")))?;
+    let model = &json["model"];
+    if model["type"] != "BPE" {
+        return Err(bad(format!(
+            "a {} tokenizer cannot be written; GGUF's `gpt2` tokenizer is a byte-level BPE",
+            model["type"]
+        )));
+    }
+    let pre = pre_tokenizer_name(&json["pre_tokenizer"]).ok_or_else(|| {
+        bad(format!(
+            "pre-tokenizer {} has no llama.cpp name here (gpt-2 and llama-bpe do)",
+            json["pre_tokenizer"]
+        ))
+    })?;
+    let vocab_size = files
+        .config()
+        .get("vocab_size")
+        .and_then(serde_json::Value::as_u64)
+        .map_or(files.tokenizer().vocab_size(), |v| v as usize);
+    let mut tokens: Vec<Option<(String, i64)>> = vec![None; vocab_size];
+    let mut place = |id: u64, text: &str, ty: i64| -> Result<(), Error> {
+        let slot = tokens.get_mut(id as usize).ok_or_else(|| {
+            bad(format!(
+                "token {text:?} has id {id}, past the vocabulary size {vocab_size}"
+            ))
+        })?;
+        *slot = Some((text.to_string(), ty));
+        Ok(())
+    };
+    for (text, id) in model["vocab"].as_object().into_iter().flatten() {
+        place(id.as_u64().unwrap_or(u64::MAX), text, NORMAL)?;
+    }
+    for added in json["added_tokens"].as_array().into_iter().flatten() {
+        let ty = if added["special"] == true {
+            CONTROL
+        } else {
+            USER_DEFINED
+        };
+        place(
+            added["id"].as_u64().unwrap_or(u64::MAX),
+            added["content"].as_str().unwrap_or_default(),
+            ty,
+        )?;
+    }
+    let (texts, types): (Vec<Value>, Vec<Value>) = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(id, t)| match t {
+            Some((text, ty)) => (Value::String(text), Value::Int(ty)),
+            None => (Value::String(format!("[PAD{id}]")), Value::Int(UNUSED)),
+        })
+        .unzip();
+    let merges = model["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| match m {
+            serde_json::Value::String(s) => Ok(Value::String(s.clone())),
+            serde_json::Value::Array(pair) if pair.len() == 2 => Ok(Value::String(format!(
+                "{} {}",
+                pair[0].as_str().unwrap_or_default(),
+                pair[1].as_str().unwrap_or_default()
+            ))),
+            other => Err(bad(format!("merge {other} is not a pair"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let special = files.special_tokens();
+    let mut out = vec![
+        (
+            "tokenizer.ggml.model".to_string(),
+            Value::String("gpt2".into()),
+        ),
+        ("tokenizer.ggml.pre".to_string(), Value::String(pre.into())),
+        ("tokenizer.ggml.tokens".to_string(), Value::Array(texts)),
+        ("tokenizer.ggml.token_type".to_string(), Value::Array(types)),
+        ("tokenizer.ggml.merges".to_string(), Value::Array(merges)),
+        (
+            "tokenizer.ggml.add_bos_token".to_string(),
+            Value::Bool(true),
+        ),
+        (
+            "tokenizer.ggml.add_eos_token".to_string(),
+            Value::Bool(false),
+        ),
+    ];
+    if let Some(bos) = special.bos {
+        out.push((
+            "tokenizer.ggml.bos_token_id".to_string(),
+            Value::Uint(bos.into()),
+        ));
+    }
+    if special.eot != special.eos {
+        out.push((
+            "tokenizer.ggml.eot_token_id".to_string(),
+            Value::Uint(special.eot.into()),
+        ));
+    }
+    if let Some(template) = files.chat_template() {
+        out.push((
+            "tokenizer.chat_template".to_string(),
+            Value::String(template.source().to_string()),
+        ));
+    }
+    let decoding = files.decoding_defaults();
+    if decoding.declared {
+        for (key, v) in
+            DECODING_KEYS
+                .iter()
+                .zip([decoding.gen_length, decoding.steps, decoding.block_length])
+        {
+            out.push((key.to_string(), Value::Uint(v as u64)));
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `files`' safetensors checkpoint as one GGUF file at `out` (see
+/// [`ModelFiles::write_gguf`](crate::ModelFiles::write_gguf)).
+pub(crate) fn write(
+    files: &crate::ModelFiles,
+    out: &Path,
+    file_type: FileType,
+) -> Result<Written, Error> {
+    let weights = match files.weights() {
+        crate::WeightSource::Safetensors(path) => path,
+        other => {
+            return Err(Error::ExportSource {
+                format: other.format(),
+                path: other.path().to_path_buf(),
+            });
+        }
+    };
+    let load = |e| Error::from(BackendError::wrap("ndarray", Stage::Load, e));
+    let config = llada_ndarray::Config::from_value(files.config().clone()).map_err(load)?;
+    let mut extra = tokenizer_metadata(files, out)?;
+    let special = files.special_tokens();
+    for (key, id) in [
+        ("tokenizer.ggml.mask_token_id", special.mask),
+        ("tokenizer.ggml.eos_token_id", special.eos),
+        ("tokenizer.ggml.padding_token_id", special.pad),
+    ] {
+        extra.push((key.to_string(), Value::Uint(id.into())));
+    }
+    if let Some(name) = out.file_stem().and_then(|s| s.to_str()) {
+        extra.push(("general.name".to_string(), Value::String(name.to_string())));
+    }
+    llada_ndarray::gguf::write_checkpoint(&config, weights, file_type, &extra, out).map_err(|e| {
+        let stage = if matches!(e, llada_ndarray::LoadError::Write { .. }) {
+            Stage::Write
+        } else {
+            Stage::Load
+        };
+        BackendError::wrap("ndarray", stage, e).into()
+    })
 }

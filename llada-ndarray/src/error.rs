@@ -131,6 +131,20 @@ pub enum LoadError {
         /// The name given.
         name: String,
     },
+    /// A GGUF file type name that is not one of `f32`, `f16`, `q8_0`, `q4_0`, `q4_k_m`, `q6_k`.
+    #[error("unknown GGUF file type {name:?}; expected f32, f16, q8_0, q4_0, q4_k_m or q6_k")]
+    UnknownFileType {
+        /// The name given.
+        name: String,
+    },
+    /// A file could not be written (nothing is left at its path).
+    #[error("cannot write {path}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
     /// The kernel asked for needs instructions this CPU lacks.
     #[error("this CPU cannot run the {kernel} kernel; it runs {supported:?}")]
     KernelUnsupported {
@@ -145,13 +159,13 @@ impl LoadError {
     /// The broad category of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            LoadError::Io { .. } => ErrorKind::Io,
+            LoadError::Io { .. } | LoadError::Write { .. } => ErrorKind::Io,
             LoadError::Unsupported { .. }
             | LoadError::Dtype { .. }
             | LoadError::KernelUnsupported { .. } => ErrorKind::Unsupported,
-            LoadError::UnknownKernel { .. } | LoadError::UnknownQuantization { .. } => {
-                ErrorKind::InvalidInput
-            }
+            LoadError::UnknownKernel { .. }
+            | LoadError::UnknownQuantization { .. }
+            | LoadError::UnknownFileType { .. } => ErrorKind::InvalidInput,
             LoadError::Threads(_) => ErrorKind::Backend,
             _ => ErrorKind::Model,
         }

@@ -193,7 +193,7 @@ impl Weight<'_> {
 /// Row `r` of the checkpoint's `q_proj` / `k_proj` is row `source(r)` of llama.cpp's
 /// `attn_q` / `attn_k`: its converter interleaves the two halves of every head (for its
 /// rotary layout), row `h·hd + t·hd/2 + i` going to `h·hd + 2i + t`.
-fn unpermute(r: usize, head_dim: usize) -> usize {
+pub(super) fn unpermute(r: usize, head_dim: usize) -> usize {
     let (head, j) = (r / head_dim, r % head_dim);
     let half = head_dim / 2;
     head * head_dim + 2 * (j % half) + j / half

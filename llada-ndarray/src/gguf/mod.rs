@@ -4,6 +4,7 @@
 //! allocated or read, so a hostile file is a [`GgufError`], never a panic or an allocation it
 //! asks for.
 
+mod export;
 mod load;
 mod write;
 
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use thiserror::Error;
 
+pub use export::{FileType, Written, WrittenTensor, write_checkpoint};
 pub use load::config_json;
 pub(crate) use load::load_model;
 pub use write::GgufWriter;

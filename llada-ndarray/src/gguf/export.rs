@@ -1,0 +1,498 @@
+//! Writing a LLaDA checkpoint as a GGUF file that llama.cpp runs: architecture `llada`, its
+//! hyper-parameter keys, llama.cpp's tensor names with the rows of `attn_q` / `attn_k`
+//! interleaved for its rotary layout, and each matrix in the type llama.cpp's converter
+//! (`f32`, `f16`) or `llama-quantize` (`q8_0`, `q4_0`, `q4_k_m`, `q6_k`) would give it.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use half::f16;
+
+use super::{GgufWriter, TensorType, Value};
+use crate::config::Config;
+use crate::error::LoadError;
+use crate::quant::{QuantType, quantize_row};
+use crate::weights::Checkpoint;
+
+/// What a written file's matrices are stored as; norms always stay f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FileType {
+    /// Every tensor f32 (the converter's `--outtype f32`).
+    F32,
+    /// Matrices f16 (the converter's `--outtype f16`).
+    F16,
+    /// Matrices Q8_0 (`llama-quantize … Q8_0`).
+    Q8_0,
+    /// Matrices Q4_0, the output layer Q6_K (`llama-quantize … Q4_0`).
+    Q4_0,
+    /// llama.cpp's Q4_K_M mix: Q4_K, with Q6_K for the output layer and for `attn_v` and
+    /// `ffn_down` in the layers llama.cpp gives more bits (`llama-quantize … Q4_K_M`).
+    Q4KM,
+    /// Matrices Q6_K (`llama-quantize … Q6_K`).
+    Q6K,
+}
+
+impl FileType {
+    /// Every file type.
+    pub const ALL: [FileType; 6] = [
+        FileType::F32,
+        FileType::F16,
+        FileType::Q8_0,
+        FileType::Q4_0,
+        FileType::Q4KM,
+        FileType::Q6K,
+    ];
+
+    /// The name the command line takes: `f32`, `f16`, `q8_0`, `q4_0`, `q4_k_m` or `q6_k`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            FileType::F32 => "f32",
+            FileType::F16 => "f16",
+            FileType::Q8_0 => "q8_0",
+            FileType::Q4_0 => "q4_0",
+            FileType::Q4KM => "q4_k_m",
+            FileType::Q6K => "q6_k",
+        }
+    }
+
+    /// llama.cpp's `llama_ftype` code, written as `general.file_type`.
+    const fn code(self) -> u64 {
+        match self {
+            FileType::F32 => 0,
+            FileType::F16 => 1,
+            FileType::Q4_0 => 2,
+            FileType::Q8_0 => 7,
+            FileType::Q4KM => 15,
+            FileType::Q6K => 18,
+        }
+    }
+}
+
+impl std::fmt::Display for FileType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for FileType {
+    type Err = LoadError;
+
+    fn from_str(name: &str) -> Result<Self, LoadError> {
+        let lower = name.to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name() == lower)
+            .ok_or_else(|| LoadError::UnknownFileType {
+                name: name.to_string(),
+            })
+    }
+}
+
+/// What a matrix is in the model, for the choice of its type.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Norm,
+    /// The output layer, or the token embedding when it is also the output layer.
+    Output,
+    Embedding,
+    /// `attn_v` and `ffn_down`: the matrices Q4_K_M gives more bits in some layers.
+    MoreBits,
+    Other,
+}
+
+/// Whether Q4_K_M gives layer `i` of `n` more bits (llama.cpp's `use_more_bits`: the first
+/// and last eighth, and every third layer between).
+fn use_more_bits(i: usize, n: usize) -> bool {
+    let (i, n) = (i as i64, n as i64);
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
+}
+
+fn tensor_type(q: QuantType) -> TensorType {
+    TensorType(match q {
+        QuantType::Q4_0 => 2,
+        QuantType::Q4_1 => 3,
+        QuantType::Q5_0 => 6,
+        QuantType::Q5_1 => 7,
+        QuantType::Q8_0 => 8,
+        QuantType::Q4_K => 12,
+        QuantType::Q5_K => 13,
+        QuantType::Q6_K => 14,
+    })
+}
+
+/// The type llama.cpp gives a `[rows, cols]` tensor of `role` in layer `layer` of
+/// `n_layers`: the file type's choice, then its fallback when `cols` is not whole blocks (Q4_K
+/// to Q5_0, Q6_K to Q8_0), then f16 when not even that fits.
+fn choose(
+    file_type: FileType,
+    role: Role,
+    layer: usize,
+    n_layers: usize,
+    cols: usize,
+) -> TensorType {
+    if role == Role::Norm || file_type == FileType::F32 {
+        return TensorType::F32;
+    }
+    let wanted = match file_type {
+        FileType::F32 | FileType::F16 => return TensorType::F16,
+        FileType::Q8_0 => QuantType::Q8_0,
+        // The output layer: Q6_K, or Q8_0 when its rows are not whole super-blocks.
+        FileType::Q4_0 | FileType::Q4KM | FileType::Q6K if role == Role::Output => {
+            if cols.is_multiple_of(256) {
+                QuantType::Q6_K
+            } else {
+                QuantType::Q8_0
+            }
+        }
+        FileType::Q4_0 => QuantType::Q4_0,
+        FileType::Q4KM if role == Role::MoreBits && use_more_bits(layer, n_layers) => {
+            QuantType::Q6_K
+        }
+        FileType::Q4KM => QuantType::Q4_K,
+        FileType::Q6K => QuantType::Q6_K,
+    };
+    let fallback = match wanted {
+        QuantType::Q4_K => QuantType::Q5_0,
+        QuantType::Q6_K => QuantType::Q8_0,
+        other => other,
+    };
+    [wanted, fallback]
+        .into_iter()
+        .find(|t| cols.is_multiple_of(t.block_len()))
+        .map_or(TensorType::F16, tensor_type)
+}
+
+fn quant_type(ty: TensorType) -> Option<QuantType> {
+    [
+        QuantType::Q4_0,
+        QuantType::Q5_0,
+        QuantType::Q8_0,
+        QuantType::Q4_K,
+        QuantType::Q6_K,
+    ]
+    .into_iter()
+    .find(|&q| tensor_type(q) == ty)
+}
+
+/// One tensor to write: its checkpoint source and its GGUF form.
+struct Planned {
+    source: String,
+    name: String,
+    rows: usize,
+    cols: usize,
+    ty: TensorType,
+    /// `Some(head_dim)` for `attn_q` / `attn_k`, whose rows llama.cpp interleaves.
+    interleave: Option<usize>,
+}
+
+/// The tensors of `config`'s checkpoint, in file order, with llama.cpp's names and the types
+/// `file_type` gives them.
+fn plan(config: &Config, file_type: FileType) -> Vec<Planned> {
+    let n = config.n_layers;
+    let mut out = Vec::new();
+    for (source, shape) in config.tensor_shapes() {
+        let (rows, cols) = match shape[..] {
+            [cols] => (1, cols),
+            [rows, cols] => (rows, cols),
+            _ => unreachable!("the configuration has vectors and matrices only"),
+        };
+        let rest = source
+            .strip_prefix("model.transformer.")
+            .and_then(|s| s.strip_suffix(".weight"))
+            .expect("checkpoint tensors are model.transformer.*.weight");
+        let (name, role, layer, interleave) = match rest.split_once('.') {
+            None => match rest {
+                "wte" if config.weight_tying => ("token_embd".to_string(), Role::Output, 0, None),
+                "wte" => ("token_embd".to_string(), Role::Embedding, 0, None),
+                "ln_f" => ("output_norm".to_string(), Role::Norm, 0, None),
+                "ff_out" => ("output".to_string(), Role::Output, 0, None),
+                other => unreachable!("unexpected tensor {other}"),
+            },
+            Some((_blocks, layer_part)) => {
+                let (layer, part) = layer_part.split_once('.').expect("blocks.N.part");
+                let i: usize = layer.parse().expect("a layer number");
+                let (gguf, role, interleave) = match part {
+                    "attn_norm" => ("attn_norm", Role::Norm, None),
+                    "q_proj" => ("attn_q", Role::Other, Some(config.head_dim)),
+                    "k_proj" => ("attn_k", Role::Other, Some(config.head_dim)),
+                    "v_proj" => ("attn_v", Role::MoreBits, None),
+                    "attn_out" => ("attn_output", Role::Other, None),
+                    "ff_norm" => ("ffn_norm", Role::Norm, None),
+                    "ff_proj" => ("ffn_gate", Role::Other, None),
+                    "up_proj" => ("ffn_up", Role::Other, None),
+                    "ff_out" => ("ffn_down", Role::MoreBits, None),
+                    other => unreachable!("unexpected block tensor {other}"),
+                };
+                (format!("blk.{i}.{gguf}"), role, i, interleave)
+            }
+        };
+        // A token embedding that is not the output layer is quantized like any matrix.
+        let role = if role == Role::Embedding {
+            Role::Other
+        } else {
+            role
+        };
+        out.push(Planned {
+            ty: choose(file_type, role, layer, n, cols),
+            source,
+            name: format!("{name}.weight"),
+            rows,
+            cols,
+            interleave,
+        });
+    }
+    out
+}
+
+/// Row `g` of llama.cpp's `attn_q` / `attn_k` is row `checkpoint_row(g)` of the checkpoint's
+/// `q_proj` / `k_proj`: within each head, llama.cpp puts the two rotary halves side by side
+/// (row `h·hd + 2i + t` holds checkpoint row `h·hd + t·hd/2 + i`).
+fn checkpoint_row(g: usize, head_dim: usize) -> usize {
+    let (head, j) = (g / head_dim, g % head_dim);
+    head * head_dim + (j % 2) * (head_dim / 2) + j / 2
+}
+
+/// One written tensor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrittenTensor {
+    /// Its name in the file (`blk.0.attn_q.weight`).
+    pub name: String,
+    /// Its type.
+    pub ty: TensorType,
+    /// Its dimensions, fastest-varying first.
+    pub dims: Vec<u64>,
+}
+
+/// What [`write_checkpoint`] wrote.
+#[derive(Clone, Debug)]
+pub struct Written {
+    /// The file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Its tensors, in file order.
+    pub tensors: Vec<WrittenTensor>,
+}
+
+/// Writes the checkpoint `weights` (a safetensors file or shard index) of `config` as a GGUF
+/// file at `out` with `file_type`'s tensor types and llama.cpp's `llada` metadata, plus
+/// `extra` metadata (the tokenizer, chat template, name: whatever the caller has). Rows are
+/// converted a slice at a time on all cores, so the file is never held in memory. The file
+/// appears whole or not at all: it is written beside `out` under a temporary name and
+/// renamed at the end.
+pub fn write_checkpoint(
+    config: &Config,
+    weights: &Path,
+    file_type: FileType,
+    extra: &[(String, Value)],
+    out: &Path,
+) -> Result<Written, LoadError> {
+    let checkpoint = Checkpoint::open(weights)?;
+    checkpoint.check(config)?;
+    let planned = plan(config, file_type);
+
+    let mut writer = GgufWriter::new();
+    for (key, value) in metadata(config, file_type) {
+        writer.metadata(key, value);
+    }
+    for (key, value) in extra {
+        writer.metadata(key.clone(), value.clone());
+    }
+    let declared: Vec<(String, Vec<u64>, TensorType)> = planned
+        .iter()
+        .map(|p| (p.name.clone(), dims(p), p.ty))
+        .collect();
+
+    let partial = partial_path(out);
+    let write_err = |source: std::io::Error| LoadError::Write {
+        path: out.to_path_buf(),
+        source,
+    };
+    let result = (|| {
+        let file = File::create(&partial).map_err(write_err)?;
+        let mut sink = BufWriter::with_capacity(1 << 20, file);
+        writer
+            .write_streaming(&mut sink, &declared, |i, sink| {
+                write_tensor(&checkpoint, &planned[i], sink)
+            })
+            .map_err(|e| match e {
+                Failure::Read(e) => e,
+                Failure::Write(e) => write_err(e),
+            })?;
+        let file = sink.into_inner().map_err(|e| write_err(e.into_error()))?;
+        file.sync_all().map_err(write_err)?;
+        std::fs::rename(&partial, out).map_err(write_err)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    let bytes = std::fs::metadata(out).map_err(write_err)?.len();
+    Ok(Written {
+        path: out.to_path_buf(),
+        bytes,
+        tensors: planned
+            .iter()
+            .map(|p| WrittenTensor {
+                name: p.name.clone(),
+                ty: p.ty,
+                dims: dims(p),
+            })
+            .collect(),
+    })
+}
+
+fn dims(p: &Planned) -> Vec<u64> {
+    if p.rows == 1 && p.name.ends_with("norm.weight") {
+        vec![p.cols as u64]
+    } else {
+        vec![p.cols as u64, p.rows as u64]
+    }
+}
+
+/// `out` with `.partial` appended to its file name.
+fn partial_path(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    out.with_file_name(name)
+}
+
+/// llama.cpp's `llada` hyper-parameters for `config`, as its converter writes them.
+fn metadata(config: &Config, file_type: FileType) -> Vec<(String, Value)> {
+    let u = |v: usize| Value::Uint(v as u64);
+    let mut out = vec![
+        ("general.architecture", Value::String("llada".into())),
+        ("general.type", Value::String("model".into())),
+        ("general.file_type", Value::Uint(file_type.code())),
+        ("general.quantization_version", Value::Uint(2)),
+        ("llada.vocab_size", u(config.vocab_size)),
+        ("llada.context_length", u(config.max_sequence_length)),
+        ("llada.embedding_length", u(config.d_model)),
+        ("llada.feed_forward_length", u(config.mlp_hidden_size)),
+        ("llada.block_count", u(config.n_layers)),
+        ("llada.attention.head_count", u(config.n_heads)),
+        ("llada.attention.head_count_kv", u(config.n_kv_heads)),
+        ("llada.rope.freq_base", Value::Float(config.rope_theta)),
+        ("llada.rope.dimension_count", u(config.head_dim)),
+        (
+            "llada.attention.layer_norm_rms_epsilon",
+            Value::Float(config.rms_norm_eps),
+        ),
+        ("llada.attention.causal", Value::Bool(false)),
+        ("diffusion.shift_logits", Value::Bool(false)),
+    ];
+    for (key, id) in [
+        ("tokenizer.ggml.mask_token_id", config.mask_token_id),
+        ("tokenizer.ggml.eos_token_id", config.eos_token_id),
+        ("tokenizer.ggml.padding_token_id", config.pad_token_id),
+    ] {
+        if let Some(id) = id {
+            out.push((key, Value::Uint(id.into())));
+        }
+    }
+    out.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// Why a tensor could not be written: its source, or the destination.
+enum Failure {
+    Read(LoadError),
+    Write(std::io::Error),
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Write(e)
+    }
+}
+
+/// Rows converted per slice: bounded memory whatever the tensor's size.
+const SLICE_ROWS: usize = 256;
+
+/// Converts `p`'s rows into its type, a slice at a time, and writes them.
+fn write_tensor(checkpoint: &Checkpoint, p: &Planned, sink: &mut dyn Write) -> Result<(), Failure> {
+    let data = checkpoint.tensor(&p.source).map_err(Failure::Read)?;
+    let row_bytes = match p.ty {
+        TensorType::F32 => p.cols * 4,
+        TensorType::F16 => p.cols * 2,
+        ty => quant_type(ty).expect("planned types").row_bytes(p.cols),
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut bytes = vec![0u8; SLICE_ROWS.min(p.rows) * row_bytes];
+    for first in (0..p.rows).step_by(SLICE_ROWS) {
+        let rows = SLICE_ROWS.min(p.rows - first);
+        let slice = &mut bytes[..rows * row_bytes];
+        let per_thread = rows.div_ceil(threads).max(1);
+        std::thread::scope(|s| {
+            for (t, chunk) in slice.chunks_mut(per_thread * row_bytes).enumerate() {
+                let data = &data;
+                s.spawn(move || {
+                    let mut row = vec![0.0f32; p.cols];
+                    for (j, out) in chunk.chunks_exact_mut(row_bytes).enumerate() {
+                        let g = first + t * per_thread + j;
+                        let r = p.interleave.map_or(g, |hd| checkpoint_row(g, hd));
+                        data.read_f32(r * p.cols, &mut row);
+                        convert(&row, p.ty, out);
+                    }
+                });
+            }
+        });
+        sink.write_all(slice)?;
+    }
+    checkpoint.release(&p.source);
+    Ok(())
+}
+
+/// One row in `ty`.
+fn convert(row: &[f32], ty: TensorType, out: &mut [u8]) {
+    match ty {
+        TensorType::F32 => {
+            for (o, v) in out.chunks_exact_mut(4).zip(row) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        TensorType::F16 => {
+            for (o, v) in out.chunks_exact_mut(2).zip(row) {
+                o.copy_from_slice(&f16::from_f32(*v).to_le_bytes());
+            }
+        }
+        ty => quantize_row(quant_type(ty).expect("planned types"), row, out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interleaving_is_the_inverse_of_the_loaders() {
+        let hd = 8;
+        for g in 0..3 * hd {
+            assert_eq!(super::super::load::unpermute(checkpoint_row(g, hd), hd), g);
+        }
+    }
+
+    #[test]
+    fn q4_k_m_gives_llama_cpps_layers_more_bits() {
+        // llama.cpp's choice for 32 layers (LLaDA-8B): layers 0-3, 28-31 and every third
+        // between, starting at 6.
+        let more: Vec<usize> = (0..32).filter(|&i| use_more_bits(i, 32)).collect();
+        assert_eq!(
+            more,
+            [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
+        );
+        let t = |role, layer, cols| choose(FileType::Q4KM, role, layer, 32, cols);
+        assert_eq!(t(Role::MoreBits, 0, 4096), TensorType(14));
+        assert_eq!(t(Role::MoreBits, 4, 4096), TensorType(12));
+        assert_eq!(t(Role::Other, 0, 4096), TensorType(12));
+        assert_eq!(t(Role::Output, 0, 4096), TensorType(14));
+        assert_eq!(t(Role::Norm, 0, 4096), TensorType::F32);
+        // Rows that are not whole super-blocks fall back: Q4_K to Q5_0, Q6_K to Q8_0, and a
+        // row not even of 32 to f16.
+        assert_eq!(t(Role::Other, 4, 128), TensorType(6));
+        assert_eq!(t(Role::MoreBits, 0, 128), TensorType(8));
+        assert_eq!(t(Role::Output, 0, 128), TensorType(8));
+        assert_eq!(t(Role::Other, 4, 48), TensorType::F16);
+    }
+}

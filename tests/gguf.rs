@@ -1,0 +1,206 @@
+//! GGUF files as whole models: the files llama.cpp's own converter and `llama-quantize` made
+//! from the bundled model (tests/fixtures/tiny-llada/gguf, see make_gguf.py), and the files
+//! this library writes. One file, nothing beside it: tokenizer, special ids, chat template and
+//! decoding lengths come from its metadata.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use llada::core::ErrorKind;
+use llada::ndarray::gguf::{FileType, GgufFile, TensorType};
+use llada::{BackendChoice, Error, Model, ModelFiles, Pipeline};
+use llada_test_support::{bundled_model, eval_set, fixture};
+
+/// The committed llama.cpp files, by type.
+const LLAMA_CPP_TYPES: [&str; 4] = ["f32", "f16", "q8_0", "q4_0"];
+
+fn llama_cpp_file(ty: &str) -> PathBuf {
+    fixture(&format!("tiny-llada/gguf/tiny-llada-{ty}.gguf"))
+}
+
+/// `file` copied alone into a fresh directory, so that nothing beside it can be read.
+fn alone(file: &Path) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(file.file_name().unwrap());
+    std::fs::copy(file, &path).unwrap();
+    (dir, path)
+}
+
+fn directory_model() -> Arc<Model> {
+    Model::load(bundled_model(), &BackendChoice::Ndarray).unwrap()
+}
+
+/// What a user sees of a model's text side must not depend on the file it came from.
+fn assert_same_text_side(gguf: &Model, dir: &Model, what: &str) {
+    assert_eq!(gguf.special_tokens(), dir.special_tokens(), "{what}");
+    assert_eq!(
+        gguf.default_params(),
+        dir.default_params(),
+        "{what}: decoding lengths and special ids"
+    );
+    assert_eq!(
+        gguf.chat_template().map(|t| t.source()),
+        dir.chat_template().map(|t| t.source()),
+        "{what}"
+    );
+    for item in &eval_set().items {
+        assert_eq!(
+            gguf.chat_prompt_ids(&item.prompt).unwrap(),
+            item.prompt_ids,
+            "{what}: {:?}",
+            item.prompt
+        );
+        assert_eq!(
+            gguf.tokenizer().encode(&item.answer).unwrap(),
+            item.answer_ids,
+            "{what}: {:?}",
+            item.answer
+        );
+        assert_eq!(
+            gguf.tokenizer().decode(&item.answer_ids, true).unwrap(),
+            item.answer,
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn llama_cpps_files_carry_the_tokenizer_and_chat_template() {
+    let dir = directory_model();
+    for ty in LLAMA_CPP_TYPES {
+        let (_keep, path) = alone(&llama_cpp_file(ty));
+        let model = Model::load(&path, &BackendChoice::Ndarray).unwrap();
+        // llama.cpp's converter writes no decoding lengths: the reference chat settings apply.
+        assert!(!model.files().decoding_defaults().declared, "{ty}");
+        let same_lengths = llada::DecodingDefaults::default().apply(dir.default_params());
+        assert_eq!(model.default_params(), same_lengths, "{ty}");
+        assert_eq!(model.special_tokens(), dir.special_tokens(), "{ty}");
+        for item in &eval_set().items {
+            assert_eq!(
+                model.chat_prompt_ids(&item.prompt).unwrap(),
+                item.prompt_ids,
+                "{ty}: {:?}",
+                item.prompt
+            );
+        }
+    }
+}
+
+fn write(files: &ModelFiles, dir: &Path, file_type: FileType) -> PathBuf {
+    let out = dir.join(format!("tiny-{file_type}.gguf"));
+    let written = files.write_gguf(&out, file_type).unwrap();
+    assert_eq!(written.path, out);
+    assert_eq!(written.bytes, std::fs::metadata(&out).unwrap().len());
+    out
+}
+
+#[test]
+fn a_written_f32_file_is_the_same_model_as_its_directory() {
+    let files = ModelFiles::open(bundled_model(), &BackendChoice::Ndarray).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&files, dir.path(), FileType::F32);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    let gguf = Model::load(&path, &BackendChoice::Ndarray).unwrap();
+    let reference = directory_model();
+    assert_same_text_side(&gguf, &reference, "f32");
+    // The same weights, in the same order after llama.cpp's row interleaving is undone: the
+    // same answers, token for token.
+    let mut a = Pipeline::new(gguf).unwrap();
+    let mut b = Pipeline::new(reference).unwrap();
+    let eval = eval_set();
+    let params = eval.params(b.default_params());
+    for item in eval.items.iter().take(16) {
+        let x = a.generate(&item.prompt, &params).unwrap();
+        let y = b.generate(&item.prompt, &params).unwrap();
+        assert_eq!(x.output_ids, y.output_ids, "{:?}", item.prompt);
+    }
+}
+
+#[test]
+fn every_file_type_gets_llama_cpps_tensor_types_and_answers() {
+    let files = ModelFiles::open(bundled_model(), &BackendChoice::Ndarray).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let eval = eval_set();
+    let (q8_0, q5_0, q6_k, q4_k) = (TensorType(8), TensorType(6), TensorType(14), TensorType(12));
+    for file_type in FileType::ALL {
+        let path = write(&files, dir.path(), file_type);
+        let file = GgufFile::open(&path).unwrap();
+        let ty = |name: &str| file.tensor(name).unwrap().ty;
+        // Norms stay f32 in every file.
+        assert_eq!(ty("blk.0.attn_norm.weight"), TensorType::F32);
+        assert_eq!(ty("output_norm.weight"), TensorType::F32);
+        // The bundled model is 128 wide: no row is whole 256-value super-blocks, so the
+        // K-quants fall back as llama-quantize does (Q4_K to Q5_0, Q6_K to Q8_0).
+        let (matrix, output) = match file_type {
+            FileType::F32 => (TensorType::F32, TensorType::F32),
+            FileType::F16 => (TensorType::F16, TensorType::F16),
+            FileType::Q8_0 => (q8_0, q8_0),
+            FileType::Q4_0 => (TensorType(2), q8_0),
+            FileType::Q4KM => (q5_0, q8_0),
+            FileType::Q6K => (q8_0, q8_0),
+            other => panic!("untested file type {other}"),
+        };
+        assert_eq!(ty("blk.1.attn_q.weight"), matrix, "{file_type}");
+        assert_eq!(ty("blk.2.ffn_up.weight"), matrix, "{file_type}");
+        assert_eq!(ty("output.weight"), output, "{file_type}");
+        assert_ne!(ty("blk.1.attn_q.weight"), q4_k);
+        if file_type == FileType::Q4KM {
+            // Q4_K_M's extra bits for attn_v and ffn_down go to layers 2 and 3 of 4
+            // (llama.cpp's `use_more_bits`; Q6_K, falling back to Q8_0 here).
+            assert_eq!(ty("blk.2.attn_v.weight"), q8_0);
+            assert_eq!(ty("blk.3.ffn_down.weight"), q8_0);
+            assert_eq!(ty("blk.1.ffn_down.weight"), q5_0);
+            assert_eq!(ty("blk.1.attn_v.weight"), q5_0);
+            assert_ne!(ty("blk.3.ffn_down.weight"), q6_k);
+        }
+        drop(file);
+
+        let (_keep, alone) = alone(&path);
+        let model = Model::load(&alone, &BackendChoice::Ndarray).unwrap();
+        assert_eq!(
+            model.files().decoding_defaults().gen_length,
+            eval.gen_length
+        );
+        let mut pipeline = Pipeline::new(model).unwrap();
+        let params = eval.params(pipeline.default_params());
+        let correct = eval
+            .items
+            .iter()
+            .take(40)
+            .filter(|item| pipeline.generate(&item.prompt, &params).unwrap().text == item.answer)
+            .count();
+        // The model answers 247 of 250 in f32; 4-bit weights cost it a few at most.
+        assert!(correct >= 36, "{file_type}: {correct}/40");
+    }
+}
+
+#[test]
+fn what_cannot_be_written_is_a_typed_error_and_leaves_no_file() {
+    let files = ModelFiles::open(bundled_model(), &BackendChoice::Ndarray).unwrap();
+    // Into a directory that does not exist.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("missing").join("model.gguf");
+    let err = files.write_gguf(&out, FileType::Q8_0).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    assert!(
+        llada::report(&err).contains("model.gguf"),
+        "{}",
+        llada::report(&err)
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    // A GGUF model is not a checkpoint to convert.
+    let gguf = ModelFiles::open(llama_cpp_file("q8_0"), &BackendChoice::Ndarray).unwrap();
+    let err = gguf
+        .write_gguf(dir.path().join("again.gguf"), FileType::Q4_0)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ExportSource { format: "gguf", .. }),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    // A file type by a name the writer does not know.
+    let err = "q3_k_s".parse::<FileType>().unwrap_err();
+    assert!(err.to_string().contains("q3_k_s"), "{err}");
+}
