@@ -332,4 +332,73 @@ mod tests {
         }
         assert_eq!(QuantType::Q4_K.row_bytes(4096), 16 * 144);
     }
+
+    /// ggml's block formats as llama.cpp's `gguf` Python package reads and writes them
+    /// (tests/fixtures/make_quant_blocks.py): random blocks of every type, and the reference
+    /// quantizer's blocks for the same rows.
+    fn reference() -> Vec<u8> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/quant/blocks.safetensors"
+        );
+        std::fs::read(path).expect("tests/fixtures/quant/blocks.safetensors")
+    }
+
+    fn floats(bytes: &[u8]) -> Vec<f32> {
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    }
+
+    #[test]
+    fn every_format_dequantizes_as_gguf_py_does() {
+        let bytes = reference();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for ty in [
+            QuantType::Q4_0,
+            QuantType::Q4_1,
+            QuantType::Q5_0,
+            QuantType::Q5_1,
+            QuantType::Q8_0,
+            QuantType::Q4_K,
+            QuantType::Q5_K,
+            QuantType::Q6_K,
+        ] {
+            let blocks = st.tensor(&format!("{}.blocks", ty.name())).unwrap();
+            let want = floats(
+                st.tensor(&format!("{}.dequantized", ty.name()))
+                    .unwrap()
+                    .data(),
+            );
+            let mut got = vec![f32::NAN; want.len()];
+            dequantize_row(ty, blocks.data(), &mut got);
+            // Bit for bit: the same f16 scales times the same small integers.
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    g.to_bits(),
+                    w.to_bits(),
+                    "{} value {i}: {g} vs {w}",
+                    ty.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_32_value_formats_quantize_as_gguf_py_does() {
+        let bytes = reference();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let rows = floats(st.tensor("rows").unwrap().data());
+        for ty in [QuantType::Q4_0, QuantType::Q5_0, QuantType::Q8_0] {
+            let want = st.tensor(&format!("{}.quantized", ty.name())).unwrap();
+            let mut got = Vec::new();
+            for row in rows.chunks_exact(512) {
+                let mut out = vec![0u8; ty.row_bytes(512)];
+                quantize_row(ty, row, &mut out);
+                got.extend(out);
+            }
+            assert_eq!(got, want.data(), "{}", ty.name());
+        }
+    }
 }
