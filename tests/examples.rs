@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use llada_test_support::{bundled_model, eval_set, held_out_answered, ort_library};
+use llada_test_support::{bundled_model, eval_set, fixture, held_out_answered, ort_library};
 
 /// Path of an example binary built by `cargo test` next to the test binaries.
 fn example(name: &str) -> std::path::PathBuf {
@@ -176,6 +176,67 @@ fn a_checkpoint_quantized_while_loading_answers_from_the_cli() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("q3_k"));
+}
+
+#[test]
+fn a_llama_cpp_gguf_file_alone_answers_from_the_cli() {
+    let (item, _) = held_out_answered();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny-llada-q4_0.gguf");
+    std::fs::copy(fixture("tiny-llada/gguf/tiny-llada-q4_0.gguf"), &model).unwrap();
+    // llama.cpp's converter declares no decoding lengths: give the bundled model's.
+    let output = generate()
+        .arg("--model")
+        .arg(&model)
+        .args(["--gen-length", "16", "--steps", "16", "--block-length", "8"])
+        .args(["--json", "--prompt", &item.prompt])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["text"], item.answer.as_str());
+}
+
+#[test]
+fn the_gguf_example_writes_a_file_the_cli_runs() {
+    let (item, _) = held_out_answered();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny-q4_k_m.gguf");
+    let output = Command::new(example("gguf"))
+        .args(["--type", "q4_k_m", "--out"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("39 tensors"));
+    // The written file declares the bundled model's decoding lengths.
+    let output = generate()
+        .arg("--model")
+        .arg(&model)
+        .args(["--json", "--prompt", &item.prompt])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["text"], item.answer.as_str());
+    assert_eq!(json["forward_passes"], 16);
+    // A type it does not write is an error naming it; nothing is written.
+    let output = Command::new(example("gguf"))
+        .args(["--type", "q2_k", "--out"])
+        .arg(dir.path().join("x.gguf"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("q2_k"));
+    assert!(!dir.path().join("x.gguf").exists());
 }
 
 fn chat() -> Command {

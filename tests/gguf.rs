@@ -86,6 +86,73 @@ fn llama_cpps_files_carry_the_tokenizer_and_chat_template() {
     }
 }
 
+/// llama.cpp's answers on its own files (tests/fixtures/make_gguf.py runs
+/// `llama-diffusion-cli` on every eval prompt): per file type, each item's block length and
+/// answer text.
+fn llama_cpp_answers(ty: &str) -> (Vec<usize>, Vec<String>) {
+    let path = fixture("tiny-llada/gguf/llama_cpp_answers.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let file = &json["files"][ty];
+    let blocks = file["block_length"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_u64().unwrap() as usize)
+        .collect();
+    let answers = file["answers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    (blocks, answers)
+}
+
+/// Same file, same schedule: llama.cpp counts blocks from the prompt's end over the whole
+/// canvas, so with 16 answer tokens, blocks of 2 after an even-length prompt and of 1 after an
+/// odd one, and one token per step, both engines denoise the same positions in the same
+/// blocks with the same number of steps. They still differ in one rule: with `--top-k 1`
+/// llama.cpp's confidence is 1 for every position and its ties go left, so inside a block of
+/// 2 it commits the left token first where LLaDA's low-confidence remasking commits the more
+/// probable one.
+#[test]
+fn answers_match_llama_diffusion_cli_on_the_same_files() {
+    let eval = eval_set();
+    for ty in ["f32", "q8_0"] {
+        let (blocks, answers) = llama_cpp_answers(ty);
+        assert_eq!(answers.len(), eval.items.len());
+        let (_keep, path) = alone(&llama_cpp_file(ty));
+        let model = Model::load(&path, &BackendChoice::Ndarray).unwrap();
+        let mut pipeline = Pipeline::new(model.clone()).unwrap();
+        let (mut same, mut exact) = (0, 0);
+        for ((item, &block), theirs) in eval.items.iter().zip(&blocks).zip(&answers) {
+            assert_eq!(block, if item.prompt_ids.len() % 2 == 0 { 2 } else { 1 });
+            let params = pipeline
+                .default_params()
+                .with_gen_length(16)
+                .with_steps(16)
+                .with_block_length(block);
+            let out = pipeline
+                .generate_ids(std::slice::from_ref(&item.prompt_ids), &params, |_| {
+                    std::ops::ControlFlow::Continue(())
+                })
+                .unwrap()
+                .remove(0);
+            // llama.cpp prints every non-special token of the answer positions.
+            let ours = model.tokenizer().decode(&out.output_ids, true).unwrap();
+            same += usize::from(&ours == theirs);
+            exact += usize::from(out.text == item.answer);
+        }
+        let n = eval.items.len();
+        eprintln!("{ty}: same answer as llama.cpp {same}/{n}, exact match {exact}/{n}");
+        assert!(
+            same * 100 >= 95 * n,
+            "{ty}: {same}/{n} answers equal llama.cpp's"
+        );
+    }
+}
+
 fn write(files: &ModelFiles, dir: &Path, file_type: FileType) -> PathBuf {
     let out = dir.join(format!("tiny-{file_type}.gguf"));
     let written = files.write_gguf(&out, file_type).unwrap();

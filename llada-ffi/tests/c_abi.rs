@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use llada_test_support::{bundled_model, held_out_answered};
+use llada_test_support::{bundled_model, fixture, held_out_answered};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -150,6 +150,24 @@ fn the_c_example_answers_a_held_out_prompt_under_addresssanitizer() {
         "prompt {prompt:?}"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("16 steps"));
+}
+
+#[test]
+fn a_llama_cpp_gguf_file_alone_answers_through_the_c_abi() {
+    let dir = scratch();
+    let exe = dir.path().join("gguf");
+    let flags = [&["-std=c99", "-Wall", "-Wextra", "-Werror"], SANITIZE].concat();
+    compile("gcc", &flags, &[c_test("gguf.c")], &exe);
+    // The file alone in a directory: nothing beside it to read.
+    let model = dir.path().join("tiny-llada-q8_0.gguf");
+    std::fs::copy(fixture("tiny-llada/gguf/tiny-llada-q8_0.gguf"), &model).unwrap();
+    let (prompt, answer) = held_out();
+    let out = run(sanitized(Command::new(&exe).arg(&model).arg(&prompt)));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        answer,
+        "prompt {prompt:?}"
+    );
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The hot kernels of the ndarray backend at the shapes of the mid-size benchmark model
 //! (d_model 1024, mlp 2816, vocab 32000): the matrix products of a block and of the LM head,
-//! single- and two-threaded, f32 and bf16 weights; RMSNorm + rotary embedding and attention
-//! at 256 and 1024 tokens; and a whole forward pass of the bundled tiny model. The sampler's
+//! single- and two-threaded, f32 and bf16 weights, and two-threaded with block-quantized
+//! weights; RMSNorm + rotary embedding and attention at 256 and 1024 tokens; and a whole forward pass of the bundled tiny model. The sampler's
 //! softmax/argmax over a 126,464-wide vocabulary is in `llada-core`'s `sampler` bench.
 
 use std::sync::Arc;
@@ -9,7 +9,8 @@ use std::sync::Arc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use llada_core::ForwardRequest;
 use llada_ndarray::Config;
-use llada_ndarray::bench::{Layer, matmul, pack, threads};
+use llada_ndarray::Quantization;
+use llada_ndarray::bench::{Layer, matmul, pack, pack_quantized, threads};
 
 fn values(len: usize) -> Vec<f32> {
     (0..len)
@@ -47,6 +48,31 @@ fn matmuls(c: &mut Criterion) {
                 );
                 group.bench_function(id, |b| b.iter(|| matmul(&pool, &a, m, &w, &mut out)));
             }
+        }
+    }
+    group.finish();
+}
+
+/// The same products with block-quantized weights (widened inside the kernel), two threads:
+/// a block's 256 tokens and a 32-token window of the LM head.
+fn quantized_matmuls(c: &mut Criterion) {
+    let shapes = [
+        ("gate_up", 256, 5632, 1024),
+        ("ff_out", 256, 1024, 2816),
+        ("lm_head_window32", 32, 32000, 1024),
+    ];
+    let mut group = c.benchmark_group("matmul_quantized");
+    group.sample_size(10);
+    let pool = threads(2);
+    for (name, m, n, k) in shapes {
+        let a = values(m * k);
+        let w = values(n * k);
+        let mut out = vec![0.0; m * n];
+        for format in Quantization::ALL {
+            let packed = pack_quantized(&w, n, k, format);
+            group.throughput(Throughput::Elements((2 * m * n * k) as u64));
+            let id = format!("{name}/{m}x{k}x{n}/{format}/2t");
+            group.bench_function(id, |b| b.iter(|| matmul(&pool, &a, m, &packed, &mut out)));
         }
     }
     group.finish();
@@ -117,5 +143,11 @@ fn tiny_forward(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, matmuls, layer_kernels, tiny_forward);
+criterion_group!(
+    benches,
+    matmuls,
+    quantized_matmuls,
+    layer_kernels,
+    tiny_forward
+);
 criterion_main!(benches);

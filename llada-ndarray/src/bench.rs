@@ -49,6 +49,20 @@ pub fn pack(w: &[f32], n: usize, k: usize, bf16: bool) -> Weight {
     Weight(PackedMatrix::from_f32(w, n, k, dtype))
 }
 
+/// Packs `w` (`[n, k]`, row-major) quantized to `format` with ggml's reference quantizer, as
+/// [`LoadOptions::with_quantize`](crate::LoadOptions::with_quantize) does.
+///
+/// # Panics
+/// If `k` is not a multiple of the format's block.
+pub fn pack_quantized(w: &[f32], n: usize, k: usize, format: crate::Quantization) -> Weight {
+    let ty = format.quant_type();
+    assert!(k.is_multiple_of(ty.block_len()), "k must be whole blocks");
+    let data = PackedMatrix::quantize_rows(n, k, ty, |r, out| {
+        out.copy_from_slice(&w[r * k..(r + 1) * k]);
+    });
+    Weight(PackedMatrix::single(k, n, data))
+}
+
 /// `out [m, n] = a [m, k] · wᵀ` on the pool.
 pub fn matmul(threads: &Threads, a: &[f32], m: usize, w: &Weight, out: &mut [f32]) {
     let (k, n) = (w.0.k, w.0.n);

@@ -205,6 +205,38 @@ fn a_gguf_in_llama_cpps_layout_gives_the_safetensors_models_logits() {
     assert!(ratio <= 1.05, "weights take {ratio:.3} x the file");
 }
 
+/// The files llama.cpp's converter and `llama-quantize` made from the bundled model
+/// (tests/fixtures/make_gguf.py), each against PyTorch logits of the weights the `gguf` Python
+/// package dequantizes from the same file: the kernels widen the blocks inside the matrix
+/// product, so they compute with exactly those weights.
+#[test]
+fn llama_cpps_files_give_the_logits_of_their_weights() {
+    let dir = llada_test_support::fixture("tiny-llada/gguf");
+    let bytes = std::fs::read(dir.join("reference_logits.safetensors")).unwrap();
+    let reference = SafeTensors::deserialize(&bytes).unwrap();
+    let cases = golden_cases();
+    for ty in ["f32", "f16", "q8_0", "q4_0"] {
+        let path = dir.join(format!("tiny-llada-{ty}.gguf"));
+        let model = Arc::new(Model::from_gguf(&path).unwrap());
+        for (i, got) in logits(model.clone()).iter().enumerate() {
+            let view = reference.tensor(&format!("{ty}.case{i}.logits")).unwrap();
+            let want: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            assert_eq!(got.len(), want.len(), "{ty} case{i}");
+            let diff = max_abs_diff(got, &want);
+            eprintln!("{ty} case{i}: max |diff| {diff:e}");
+            assert!(diff < 1e-4, "{ty} case{i}: max |diff| {diff}");
+        }
+        assert_eq!(cases.len(), 3);
+        // Quantized weights stay quantized: resident weights are the file's size.
+        let ratio = model.weights_bytes() as f64 / model.checkpoint_bytes() as f64;
+        assert!(ratio <= 1.05, "{ty}: weights take {ratio:.3} x the file");
+    }
+}
+
 /// Loads `bytes` as a GGUF model and returns the error.
 fn load_error(bytes: &[u8]) -> LoadError {
     let file = write_temp(bytes);
