@@ -1,10 +1,13 @@
 //! Write a LLaDA checkpoint as one GGUF file: llama.cpp runs it (`llama-diffusion-cli`), and
-//! so does this library (`generate --model model.gguf`), with no other file beside it.
+//! so does this library (`generate --model model.gguf`), with no other file beside it. Given
+//! a GGUF file instead, quantize it as `llama-quantize` would.
 //!
 //! ```sh
 //! cargo run --release --example gguf -- --type q4_k_m --out tiny-q4_k_m.gguf
 //! cargo run --release --example gguf -- --model ~/LLaDA-8B-Instruct --type q4_k_m \
 //!     --out llada-8b-instruct-q4_k_m.gguf
+//! cargo run --release --example gguf -- --model llada-8b-instruct-f16.gguf --type q8_0 \
+//!     --out llada-8b-instruct-q8_0.gguf
 //! ```
 
 mod common;
@@ -16,11 +19,12 @@ use clap::Parser;
 use llada::ndarray::gguf::FileType;
 use llada::{BackendChoice, ModelFiles};
 
-/// Write a model directory (config.json, tokenizer files, safetensors weights) as a GGUF file.
+/// Write a model directory (config.json, tokenizer files, safetensors weights) as a GGUF file,
+/// or quantize a GGUF file.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Cli {
-    /// Model directory.
+    /// Model directory, or a GGUF file (its F32/F16/BF16 tensors are quantized).
     #[arg(long, default_value_os_t = llada_test_support::bundled_model())]
     model: PathBuf,
     /// Tensor types: f32, f16, q8_0, q4_0, q4_k_m or q6_k, as llama.cpp's converter (f32,

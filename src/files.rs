@@ -388,9 +388,11 @@ impl ModelFiles {
     /// reads back whole: the safetensors checkpoint in `file_type`'s tensor types, with
     /// llama.cpp's `llada` metadata, tensor names and row order, the tokenizer, special ids
     /// and chat template, and the decoding lengths the model declares. The file appears whole
-    /// or not at all. Only safetensors weights can be written
-    /// ([`Error::ExportSource`] otherwise); a tokenizer that is not a byte-level BPE with a
-    /// pre-tokenizer llama.cpp names is [`Error::GgufTokenizer`].
+    /// or not at all. From a GGUF model, its float tensors are converted and its metadata
+    /// kept, as `llama-quantize` does (a tensor quantized to another type is an error, see
+    /// [`llada_ndarray::LoadError::Requantize`]); ONNX weights are [`Error::ExportSource`]. A
+    /// tokenizer that is not a byte-level BPE with a pre-tokenizer llama.cpp names is
+    /// [`Error::GgufTokenizer`].
     #[cfg(feature = "ndarray")]
     pub fn write_gguf(
         &self,

@@ -342,8 +342,21 @@ pub(crate) fn write(
     out: &Path,
     file_type: FileType,
 ) -> Result<Written, Error> {
+    let stage = |e: llada_ndarray::LoadError| {
+        let stage = if matches!(e, llada_ndarray::LoadError::Write { .. }) {
+            Stage::Write
+        } else {
+            Stage::Load
+        };
+        Error::from(BackendError::wrap("ndarray", stage, e))
+    };
     let weights = match files.weights() {
         crate::WeightSource::Safetensors(path) => path,
+        crate::WeightSource::Gguf(path) => {
+            // Its own metadata (tokenizer, template, special ids) is carried over.
+            let file = open(path)?;
+            return llada_ndarray::gguf::requantize(&file, file_type, &[], out).map_err(stage);
+        }
         other => {
             return Err(Error::ExportSource {
                 format: other.format(),
@@ -365,12 +378,5 @@ pub(crate) fn write(
     if let Some(name) = out.file_stem().and_then(|s| s.to_str()) {
         extra.push(("general.name".to_string(), Value::String(name.to_string())));
     }
-    llada_ndarray::gguf::write_checkpoint(&config, weights, file_type, &extra, out).map_err(|e| {
-        let stage = if matches!(e, llada_ndarray::LoadError::Write { .. }) {
-            Stage::Write
-        } else {
-            Stage::Load
-        };
-        BackendError::wrap("ndarray", stage, e).into()
-    })
+    llada_ndarray::gguf::write_checkpoint(&config, weights, file_type, &extra, out).map_err(stage)
 }

@@ -241,6 +241,43 @@ fn every_file_type_gets_llama_cpps_tensor_types_and_answers() {
     }
 }
 
+/// Quantizing llama.cpp's F32 file gives the bytes `llama-quantize` wrote for Q8_0 and Q4_0,
+/// tensor for tensor, and keeps the file's tokenizer and template.
+#[test]
+fn requantizing_a_gguf_file_gives_llama_quantizes_bytes() {
+    let files = ModelFiles::open(llama_cpp_file("f32"), &BackendChoice::Ndarray).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (file_type, ty) in [(FileType::Q8_0, "q8_0"), (FileType::Q4_0, "q4_0")] {
+        let path = write(&files, dir.path(), file_type);
+        let ours = GgufFile::open(&path).unwrap();
+        let theirs = GgufFile::open(llama_cpp_file(ty)).unwrap();
+        assert_eq!(ours.tensors().len(), theirs.tensors().len());
+        for t in theirs.tensors() {
+            let o = ours.tensor(&t.name).unwrap();
+            assert_eq!((o.ty, &o.dims), (t.ty, &t.dims), "{ty} {}", t.name);
+            assert!(
+                ours.data(o) == theirs.data(t),
+                "{ty} {}: different bytes",
+                t.name
+            );
+        }
+        for key in [
+            "tokenizer.chat_template",
+            "tokenizer.ggml.pre",
+            "general.name",
+        ] {
+            assert_eq!(ours.get(key), theirs.get(key), "{key}");
+        }
+        assert_eq!(
+            ours.get("general.file_type"),
+            theirs.get("general.file_type"),
+            "{ty}"
+        );
+        let model = Model::load(&path, &BackendChoice::Ndarray).unwrap();
+        assert_eq!(model.special_tokens(), directory_model().special_tokens());
+    }
+}
+
 #[test]
 fn what_cannot_be_written_is_a_typed_error_and_leaves_no_file() {
     let files = ModelFiles::open(bundled_model(), &BackendChoice::Ndarray).unwrap();
@@ -256,13 +293,27 @@ fn what_cannot_be_written_is_a_typed_error_and_leaves_no_file() {
     );
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 
-    // A GGUF model is not a checkpoint to convert.
+    // A tensor already quantized is not quantized again into another type.
     let gguf = ModelFiles::open(llama_cpp_file("q8_0"), &BackendChoice::Ndarray).unwrap();
     let err = gguf
         .write_gguf(dir.path().join("again.gguf"), FileType::Q4_0)
         .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported);
+    let report = llada::report(&err);
+    assert!(report.contains("token_embd.weight is Q8_0"), "{report}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    // ONNX weights are not a source the writer reads.
+    let onnx = ModelFiles::open(
+        bundled_model(),
+        &BackendChoice::Ort(llada::OrtOptions::default()),
+    )
+    .unwrap();
+    let err = onnx
+        .write_gguf(dir.path().join("onnx.gguf"), FileType::Q8_0)
+        .unwrap_err();
     assert!(
-        matches!(err, Error::ExportSource { format: "gguf", .. }),
+        matches!(err, Error::ExportSource { format: "onnx", .. }),
         "{err}"
     );
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);

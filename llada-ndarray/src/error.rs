@@ -137,6 +137,19 @@ pub enum LoadError {
         /// The name given.
         name: String,
     },
+    /// A tensor is already quantized, in another type than the one asked for: quantizing it
+    /// again would compound two roundings.
+    #[error(
+        "tensor {name} is {from}; quantizing it to {to} would round it twice (write from the F16 or F32 file)"
+    )]
+    Requantize {
+        /// The tensor.
+        name: String,
+        /// Its type.
+        from: String,
+        /// The type asked for.
+        to: String,
+    },
     /// A file could not be written (nothing is left at its path).
     #[error("cannot write {path}")]
     Write {
@@ -162,6 +175,7 @@ impl LoadError {
             LoadError::Io { .. } | LoadError::Write { .. } => ErrorKind::Io,
             LoadError::Unsupported { .. }
             | LoadError::Dtype { .. }
+            | LoadError::Requantize { .. }
             | LoadError::KernelUnsupported { .. } => ErrorKind::Unsupported,
             LoadError::UnknownKernel { .. }
             | LoadError::UnknownQuantization { .. }

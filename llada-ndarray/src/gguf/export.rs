@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use half::f16;
 
-use super::{GgufWriter, TensorType, Value};
+use super::{GgufFile, GgufWriter, TensorType, Value};
 use crate::config::Config;
 use crate::error::LoadError;
 use crate::quant::{QuantType, quantize_row};
@@ -198,36 +198,24 @@ fn plan(config: &Config, file_type: FileType) -> Vec<Planned> {
             [rows, cols] => (rows, cols),
             _ => unreachable!("the configuration has vectors and matrices only"),
         };
-        let rest = source
-            .strip_prefix("model.transformer.")
-            .and_then(|s| s.strip_suffix(".weight"))
-            .expect("checkpoint tensors are model.transformer.*.weight");
-        let (name, role, layer, interleave) = match rest.split_once('.') {
-            None => match rest {
-                "wte" if config.weight_tying => ("token_embd".to_string(), Role::Output, 0, None),
-                "wte" => ("token_embd".to_string(), Role::Embedding, 0, None),
-                "ln_f" => ("output_norm".to_string(), Role::Norm, 0, None),
-                "ff_out" => ("output".to_string(), Role::Output, 0, None),
-                other => unreachable!("unexpected tensor {other}"),
-            },
-            Some((_blocks, layer_part)) => {
-                let (layer, part) = layer_part.split_once('.').expect("blocks.N.part");
-                let i: usize = layer.parse().expect("a layer number");
-                let (gguf, role, interleave) = match part {
-                    "attn_norm" => ("attn_norm", Role::Norm, None),
-                    "q_proj" => ("attn_q", Role::Other, Some(config.head_dim)),
-                    "k_proj" => ("attn_k", Role::Other, Some(config.head_dim)),
-                    "v_proj" => ("attn_v", Role::MoreBits, None),
-                    "attn_out" => ("attn_output", Role::Other, None),
-                    "ff_norm" => ("ffn_norm", Role::Norm, None),
-                    "ff_proj" => ("ffn_gate", Role::Other, None),
-                    "up_proj" => ("ffn_up", Role::Other, None),
-                    "ff_out" => ("ffn_down", Role::MoreBits, None),
-                    other => unreachable!("unexpected block tensor {other}"),
-                };
-                (format!("blk.{i}.{gguf}"), role, i, interleave)
+        let name = gguf_name(&source);
+        let base = name.strip_suffix(".weight").expect("a weight");
+        let (layer, part) = match base.strip_prefix("blk.") {
+            Some(rest) => {
+                let (layer, part) = rest.split_once('.').expect("blk.N.part");
+                (layer.parse().expect("a layer number"), part)
             }
+            None => (0, base),
         };
+        let role = match part {
+            "attn_norm" | "ffn_norm" | "output_norm" => Role::Norm,
+            "token_embd" if config.weight_tying => Role::Output,
+            "token_embd" => Role::Embedding,
+            "output" => Role::Output,
+            "attn_v" | "ffn_down" => Role::MoreBits,
+            _ => Role::Other,
+        };
+        let interleave = matches!(part, "attn_q" | "attn_k").then_some(config.head_dim);
         // A token embedding that is not the output layer is quantized like any matrix.
         let role = if role == Role::Embedding {
             Role::Other
@@ -237,7 +225,7 @@ fn plan(config: &Config, file_type: FileType) -> Vec<Planned> {
         out.push(Planned {
             ty: choose(file_type, role, layer, n, cols),
             source,
-            name: format!("{name}.weight"),
+            name,
             rows,
             cols,
             interleave,
@@ -291,7 +279,88 @@ pub fn write_checkpoint(
 ) -> Result<Written, LoadError> {
     let checkpoint = Checkpoint::open(weights)?;
     checkpoint.check(config)?;
-    let planned = plan(config, file_type);
+    write(
+        &Source::Checkpoint(&checkpoint),
+        config,
+        file_type,
+        extra,
+        out,
+    )
+}
+
+/// Writes the model of a LLaDA GGUF file again with `file_type`'s tensor types, as
+/// `llama-quantize` does: its float tensors (F32, F16, BF16) are converted, its metadata
+/// (tokenizer, chat template, ...) is kept except the file type, and `extra` is added. A
+/// tensor already quantized is copied when it keeps its type; quantizing it into another
+/// one would compound two roundings, so that is [`LoadError::Requantize`] (write from the
+/// F16 or F32 file instead). Whole or not at all, as [`write_checkpoint`].
+pub fn requantize(
+    file: &GgufFile,
+    file_type: FileType,
+    extra: &[(String, Value)],
+    out: &Path,
+) -> Result<Written, LoadError> {
+    let config = Config::from_value(super::config_json(file)?)?;
+    for (name, shape) in config.tensor_shapes() {
+        let name = gguf_name(&name);
+        let info = file.tensor(&name).ok_or_else(|| LoadError::MissingTensor {
+            name: name.clone(),
+            expected: shape.clone(),
+        })?;
+        let found: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
+        if found != shape {
+            return Err(LoadError::TensorShape {
+                name,
+                expected: shape,
+                found,
+            });
+        }
+    }
+    let mut kept: Vec<(String, Value)> = file
+        .keys()
+        // What `metadata` writes from the configuration and the file type is written anew.
+        .filter(|k| !matches!(*k, "general.file_type" | "general.quantization_version"))
+        .filter(|k| !k.starts_with("llada.") || k.starts_with("llada.decoding."))
+        .filter(|k| !k.starts_with("diffusion."))
+        .map(|k| (k.to_string(), file.get(k).expect("a listed key").clone()))
+        .collect();
+    // The file's own keys in a fixed order, so the same input writes the same bytes.
+    kept.sort_by(|a, b| a.0.cmp(&b.0));
+    kept.extend_from_slice(extra);
+    write(&Source::Gguf(file), &config, file_type, &kept, out)
+}
+
+/// Where a written file's rows come from.
+enum Source<'a> {
+    /// A safetensors checkpoint: checkpoint names, q/k rows in the checkpoint's order.
+    Checkpoint(&'a Checkpoint),
+    /// A GGUF file: llama.cpp's names and row order already.
+    Gguf(&'a GgufFile),
+}
+
+fn write(
+    source: &Source<'_>,
+    config: &Config,
+    file_type: FileType,
+    extra: &[(String, Value)],
+    out: &Path,
+) -> Result<Written, LoadError> {
+    let mut planned = plan(config, file_type);
+    if let Source::Gguf(file) = source {
+        for p in &mut planned {
+            p.source.clone_from(&p.name);
+            p.interleave = None;
+            let from = file.tensor(&p.name).expect("checked").ty;
+            let float = matches!(from, TensorType::F32 | TensorType::F16 | TensorType::BF16);
+            if !float && from != p.ty {
+                return Err(LoadError::Requantize {
+                    name: p.name.clone(),
+                    from: from.name(),
+                    to: p.ty.name(),
+                });
+            }
+        }
+    }
 
     let mut writer = GgufWriter::new();
     for (key, value) in metadata(config, file_type) {
@@ -315,7 +384,7 @@ pub fn write_checkpoint(
         let mut sink = BufWriter::with_capacity(1 << 20, file);
         writer
             .write_streaming(&mut sink, &declared, |i, sink| {
-                write_tensor(&checkpoint, &planned[i], sink)
+                write_tensor(source, &planned[i], sink)
             })
             .map_err(|e| match e {
                 Failure::Read(e) => e,
@@ -342,6 +411,39 @@ pub fn write_checkpoint(
             })
             .collect(),
     })
+}
+
+/// llama.cpp's name of a checkpoint tensor.
+fn gguf_name(checkpoint: &str) -> String {
+    let rest = checkpoint
+        .strip_prefix("model.transformer.")
+        .and_then(|s| s.strip_suffix(".weight"))
+        .expect("checkpoint tensors are model.transformer.*.weight");
+    let name = match rest.split_once('.') {
+        None => match rest {
+            "wte" => "token_embd".to_string(),
+            "ln_f" => "output_norm".to_string(),
+            "ff_out" => "output".to_string(),
+            other => unreachable!("unexpected tensor {other}"),
+        },
+        Some((_blocks, layer_part)) => {
+            let (layer, part) = layer_part.split_once('.').expect("blocks.N.part");
+            let gguf = match part {
+                "attn_norm" => "attn_norm",
+                "q_proj" => "attn_q",
+                "k_proj" => "attn_k",
+                "v_proj" => "attn_v",
+                "attn_out" => "attn_output",
+                "ff_norm" => "ffn_norm",
+                "ff_proj" => "ffn_gate",
+                "up_proj" => "ffn_up",
+                "ff_out" => "ffn_down",
+                other => unreachable!("unexpected block tensor {other}"),
+            };
+            format!("blk.{layer}.{gguf}")
+        }
+    };
+    format!("{name}.weight")
 }
 
 fn dims(p: &Planned) -> Vec<u64> {
@@ -411,12 +513,32 @@ impl From<std::io::Error> for Failure {
 const SLICE_ROWS: usize = 256;
 
 /// Converts `p`'s rows into its type, a slice at a time, and writes them.
-fn write_tensor(checkpoint: &Checkpoint, p: &Planned, sink: &mut dyn Write) -> Result<(), Failure> {
-    let data = checkpoint.tensor(&p.source).map_err(Failure::Read)?;
+/// Reads row `r` of a source tensor into a buffer, widened.
+type ReadRow<'a> = dyn Fn(usize, &mut [f32]) + Sync + 'a;
+
+fn write_tensor(source: &Source<'_>, p: &Planned, sink: &mut dyn Write) -> Result<(), Failure> {
     let row_bytes = match p.ty {
         TensorType::F32 => p.cols * 4,
         TensorType::F16 => p.cols * 2,
         ty => quant_type(ty).expect("planned types").row_bytes(p.cols),
+    };
+    // A quantized GGUF tensor that keeps its type is copied as it is.
+    if let Source::Gguf(file) = source {
+        let info = file.tensor(&p.source).expect("checked");
+        if info.ty == p.ty {
+            sink.write_all(file.data(info))?;
+            return Ok(());
+        }
+    }
+    let read: Box<ReadRow<'_>> = match source {
+        Source::Checkpoint(checkpoint) => {
+            let data = checkpoint.tensor(&p.source).map_err(Failure::Read)?;
+            Box::new(move |r, row: &mut [f32]| data.read_f32(r * p.cols, row))
+        }
+        Source::Gguf(file) => {
+            let info = file.tensor(&p.source).expect("checked");
+            Box::new(move |r, row: &mut [f32]| super::load::read_row(file, info, p.cols, r, row))
+        }
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut bytes = vec![0u8; SLICE_ROWS.min(p.rows) * row_bytes];
@@ -426,13 +548,12 @@ fn write_tensor(checkpoint: &Checkpoint, p: &Planned, sink: &mut dyn Write) -> R
         let per_thread = rows.div_ceil(threads).max(1);
         std::thread::scope(|s| {
             for (t, chunk) in slice.chunks_mut(per_thread * row_bytes).enumerate() {
-                let data = &data;
+                let read = &read;
                 s.spawn(move || {
                     let mut row = vec![0.0f32; p.cols];
                     for (j, out) in chunk.chunks_exact_mut(row_bytes).enumerate() {
                         let g = first + t * per_thread + j;
-                        let r = p.interleave.map_or(g, |hd| checkpoint_row(g, hd));
-                        data.read_f32(r * p.cols, &mut row);
+                        read(p.interleave.map_or(g, |hd| checkpoint_row(g, hd)), &mut row);
                         convert(&row, p.ty, out);
                     }
                 });
@@ -440,7 +561,9 @@ fn write_tensor(checkpoint: &Checkpoint, p: &Planned, sink: &mut dyn Write) -> R
         });
         sink.write_all(slice)?;
     }
-    checkpoint.release(&p.source);
+    if let Source::Checkpoint(checkpoint) = source {
+        checkpoint.release(&p.source);
+    }
     Ok(())
 }
 

@@ -149,36 +149,7 @@ fn weight<'f>(file: &'f GgufFile, name: &str, shape: &[usize]) -> Result<Weight<
 impl Weight<'_> {
     /// Row `r` widened into `out` (`cols` values).
     fn row_f32(&self, file: &GgufFile, r: usize, out: &mut [f32]) {
-        let data = file.data(self.info);
-        match self.info.ty {
-            TensorType::F32 => {
-                for (o, b) in out
-                    .iter_mut()
-                    .zip(data[r * self.cols * 4..].chunks_exact(4))
-                {
-                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                }
-            }
-            TensorType::F16 | TensorType::BF16 => {
-                let bf = self.info.ty == TensorType::BF16;
-                for (o, b) in out
-                    .iter_mut()
-                    .zip(data[r * self.cols * 2..].chunks_exact(2))
-                {
-                    let bits = u16::from_le_bytes([b[0], b[1]]);
-                    *o = if bf {
-                        bf16::from_bits(bits).to_f32()
-                    } else {
-                        f16::from_bits(bits).to_f32()
-                    };
-                }
-            }
-            ty => {
-                let q = quant_type(ty).expect("checked in `weight`");
-                let bytes = q.row_bytes(self.cols);
-                dequantize_row(q, &data[r * bytes..(r + 1) * bytes], out);
-            }
-        }
+        read_row(file, self.info, self.cols, r, out);
     }
 
     fn to_f32_vec(&self, file: &GgufFile) -> Vec<f32> {
@@ -187,6 +158,34 @@ impl Weight<'_> {
             self.row_f32(file, r, row);
         }
         out
+    }
+}
+
+/// Row `r` of a tensor of `cols` columns in a type this backend reads, widened into `out`.
+pub(super) fn read_row(file: &GgufFile, info: &TensorInfo, cols: usize, r: usize, out: &mut [f32]) {
+    let data = file.data(info);
+    match info.ty {
+        TensorType::F32 => {
+            for (o, b) in out.iter_mut().zip(data[r * cols * 4..].chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        TensorType::F16 | TensorType::BF16 => {
+            let bf = info.ty == TensorType::BF16;
+            for (o, b) in out.iter_mut().zip(data[r * cols * 2..].chunks_exact(2)) {
+                let bits = u16::from_le_bytes([b[0], b[1]]);
+                *o = if bf {
+                    bf16::from_bits(bits).to_f32()
+                } else {
+                    f16::from_bits(bits).to_f32()
+                };
+            }
+        }
+        ty => {
+            let q = quant_type(ty).expect("a type this backend reads");
+            let bytes = q.row_bytes(cols);
+            dequantize_row(q, &data[r * bytes..(r + 1) * bytes], out);
+        }
     }
 }
 
