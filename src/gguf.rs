@@ -46,6 +46,15 @@ fn pre_tokenizer(name: &str) -> Option<serde_json::Value> {
             split(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"),
             byte_level(false),
         ]}),
+        // The Ling (inclusionAI) tokenizer, which LLaDA-8B uses (126,464 tokens, `<role>`,
+        // `[gMASK]`): llama.cpp's converter recognises it as Ling-lite's (`bailingmoe`). Single
+        // digits; the regex as llama.cpp runs it (its possessive quantifiers made greedy).
+        "bailingmoe" | "bailingmoe2" | "llada-moe" => {
+            serde_json::json!({"type": "Sequence", "pretokenizers": [
+                split(r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"),
+                byte_level(false),
+            ]})
+        }
         _ => return None,
     })
 }
@@ -76,7 +85,7 @@ pub(crate) fn tokenizer(file: &GgufFile) -> Result<Tokenizer, Error> {
         .unwrap_or("default");
     let pre = pre_tokenizer(pre_name).ok_or_else(|| {
         bad(format!(
-            "pre-tokenizer {pre_name:?} (tokenizer.ggml.pre) is not supported; supported: gpt-2, llama-bpe"
+            "pre-tokenizer {pre_name:?} (tokenizer.ggml.pre) is not supported (gpt-2, llama-bpe and bailingmoe are); put the model's tokenizer.json and tokenizer_config.json beside the file"
         ))
     })?;
     let tokens = strings(file, "tokenizer.ggml.tokens")?;
@@ -188,17 +197,21 @@ fn pre_tokenizer_name(pre: &serde_json::Value) -> Option<&'static str> {
             && a.get("pretokenizers").map(|p| p.as_array().map(Vec::len))
                 == b.get("pretokenizers").map(|p| p.as_array().map(Vec::len))
     };
-    ["gpt-2", "llama-bpe"].into_iter().find(|name| {
-        let known = pre_tokenizer(name).expect("a supported name");
-        match (
-            pre.get("pretokenizers").and_then(|p| p.as_array()),
-            known.get("pretokenizers").and_then(|p| p.as_array()),
-        ) {
-            (Some(a), Some(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y)),
-            (None, None) => same(pre, &known),
-            _ => false,
-        }
-    })
+    ["gpt-2", "llama-bpe", "bailingmoe"]
+        .into_iter()
+        .find(|name| {
+            let known = pre_tokenizer(name).expect("a supported name");
+            match (
+                pre.get("pretokenizers").and_then(|p| p.as_array()),
+                known.get("pretokenizers").and_then(|p| p.as_array()),
+            ) {
+                (Some(a), Some(b)) => {
+                    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y))
+                }
+                (None, None) => same(pre, &known),
+                _ => false,
+            }
+        })
 }
 
 /// The `tokenizer.*` metadata of a model's tokenizer and chat template, as llama.cpp's
@@ -229,7 +242,7 @@ pub(crate) fn tokenizer_metadata(
     }
     let pre = pre_tokenizer_name(&json["pre_tokenizer"]).ok_or_else(|| {
         bad(format!(
-            "pre-tokenizer {} has no llama.cpp name here (gpt-2 and llama-bpe do)",
+            "pre-tokenizer {} has no llama.cpp name here (gpt-2, llama-bpe and bailingmoe do)",
             json["pre_tokenizer"]
         ))
     })?;
@@ -379,4 +392,44 @@ pub(crate) fn write(
         extra.push(("general.name".to_string(), Value::String(name.to_string())));
     }
     llada_ndarray::gguf::write_checkpoint(&config, weights, file_type, &extra, out).map_err(stage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+
+    fn pieces(name: &str, text: &str) -> Vec<String> {
+        let pre: tokenizers::PreTokenizerWrapper =
+            serde_json::from_value(pre_tokenizer(name).unwrap()).unwrap();
+        let mut s = PreTokenizedString::from(text);
+        pre.pre_tokenize(&mut s).unwrap();
+        s.get_splits(OffsetReferential::Original, OffsetType::Byte)
+            .into_iter()
+            .map(|(piece, _, _)| piece.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn each_pre_tokenizer_name_splits_as_llama_cpps() {
+        // GPT-2 keeps digit runs and a leading space together; LLaMA 3 groups up to three
+        // digits; Ling / LLaDA-8B's splits every digit. (Byte-level: a space is "Ġ".)
+        assert_eq!(pieces("gpt-2", "I've 12345"), ["I", "'ve", "Ġ12345"]);
+        assert_eq!(
+            pieces("llama-bpe", "I've 12345"),
+            ["I", "'ve", "Ġ", "123", "45"]
+        );
+        assert_eq!(
+            pieces("bailingmoe", "I've 12345\n\n"),
+            ["I", "'ve", "Ġ", "1", "2", "3", "4", "5", "ĊĊ"]
+        );
+        assert!(pre_tokenizer("qwen2").is_none());
+        for name in ["gpt-2", "llama-bpe", "bailingmoe"] {
+            assert_eq!(
+                pre_tokenizer_name(&pre_tokenizer(name).unwrap()),
+                Some(name),
+                "{name}"
+            );
+        }
+    }
 }
