@@ -93,9 +93,9 @@ impl Layer {
     /// # Panics
     /// As [`threads`].
     pub fn new(config: Config, threads: usize) -> Self {
-        let (cos, sin) = crate::model::rope_tables(&config);
+        let (cos, sin) = crate::model::rope_tables(&config, config.max_sequence_length);
         Self {
-            pool: ThreadScratch::pool(&config, threads).expect("threads start"),
+            pool: ThreadScratch::pool(threads).expect("threads start"),
             isa: Isa::choose(None).expect("a kernel this CPU runs"),
             config,
             cos,
@@ -143,6 +143,7 @@ impl Layer {
         let panels = c.n_kv_heads * kv_block(c, seq);
         grow(&mut self.keys, panels);
         grow(&mut self.values, panels);
+        self.pool.for_each_scratch(|s| s.reserve_scores(seq));
         let source = KvSource::in_qkv(c, qkv);
         let packed = pack_keys_values(
             &self.pool,

@@ -350,34 +350,33 @@ impl Config {
         })
     }
 
-    /// Parameter count of the weights this configuration implies.
+    /// Parameter count of the weights this configuration implies (saturating: a
+    /// configuration that claims more than `usize` holds reports `usize::MAX`).
     pub fn parameter_count(&self) -> usize {
-        let d = self.d_model;
-        let kv = self.n_kv_heads * self.head_dim;
-        let per_layer = 2 * d + d * d + 2 * kv * d + d * d + 3 * d * self.mlp_hidden_size;
-        let head = if self.weight_tying {
-            0
-        } else {
-            self.embedding_size * d
-        };
-        self.embedding_size * d + self.n_layers * per_layer + d + head
+        self.tensors().fold(0usize, |total, (_, shape)| {
+            total.saturating_add(shape.iter().fold(1usize, |n, &d| n.saturating_mul(d)))
+        })
     }
 
     /// Every tensor name of a checkpoint with this configuration and its expected shape, in
     /// the order LLaDA's own code declares them.
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.tensors().collect()
+    }
+
+    /// [`tensor_shapes`](Self::tensor_shapes), one at a time: checking a file against a
+    /// configuration that claims a billion layers stops at the first missing tensor instead of
+    /// listing them all first.
+    pub fn tensors(&self) -> impl Iterator<Item = (String, Vec<usize>)> + '_ {
         let (d, kv, mlp) = (
             self.d_model,
             self.n_kv_heads * self.head_dim,
             self.mlp_hidden_size,
         );
-        let mut out = vec![(
-            "model.transformer.wte.weight".to_string(),
-            vec![self.embedding_size, d],
-        )];
-        for i in 0..self.n_layers {
-            let p = |name: &str| format!("model.transformer.blocks.{i}.{name}.weight");
-            out.extend([
+        let t = |name: &str| format!("model.transformer.{name}.weight");
+        let blocks = (0..self.n_layers).flat_map(move |i| {
+            let p = move |name: &str| format!("model.transformer.blocks.{i}.{name}.weight");
+            [
                 (p("attn_norm"), vec![d]),
                 (p("q_proj"), vec![d, d]),
                 (p("k_proj"), vec![kv, d]),
@@ -387,15 +386,12 @@ impl Config {
                 (p("ff_proj"), vec![mlp, d]),
                 (p("up_proj"), vec![mlp, d]),
                 (p("ff_out"), vec![d, mlp]),
-            ]);
-        }
-        out.push(("model.transformer.ln_f.weight".to_string(), vec![d]));
-        if !self.weight_tying {
-            out.push((
-                "model.transformer.ff_out.weight".to_string(),
-                vec![self.embedding_size, d],
-            ));
-        }
-        out
+            ]
+        });
+        let head = (!self.weight_tying).then(|| (t("ff_out"), vec![self.embedding_size, d]));
+        std::iter::once((t("wte"), vec![self.embedding_size, d]))
+            .chain(blocks)
+            .chain(std::iter::once((t("ln_f"), vec![d])))
+            .chain(head)
     }
 }

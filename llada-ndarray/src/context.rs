@@ -8,7 +8,6 @@ use llada_core::{CacheMode, ForwardRequest, MaskPredictor, ShapeError};
 use ndarray::{ArrayView2, ArrayViewMut2, s};
 
 use crate::attention::{KvSource, PackedKv, QUERY_TILE, Queries, attention, kv_block};
-use crate::config::Config;
 use crate::error::{ForwardError, LoadError};
 use crate::gemm::{GemmScratch, Isa, MatRef, Out, Rhs, gemm};
 use crate::kv_cache::{KvCache, KvUse};
@@ -21,21 +20,26 @@ use crate::{Kernel, attention};
 /// Scratch memory of one thread.
 pub(crate) struct ThreadScratch {
     pub(crate) gemm: GemmScratch,
-    /// `[QUERY_TILE, max_sequence_length]` attention scores.
+    /// `[QUERY_TILE, seq_len]` attention scores, grown with the longest sequence.
     pub(crate) scores: Vec<f32>,
 }
 
 impl ThreadScratch {
-    /// A pool of `threads` threads (at least 1), each with scratch for `config`'s longest
-    /// sequence.
-    pub(crate) fn pool(config: &Config, threads: usize) -> std::io::Result<Pool<Self>> {
+    /// A pool of `threads` threads (at least 1); their scratch grows with the requests
+    /// ([`Context::reserve`]), never with what a configuration claims.
+    pub(crate) fn pool(threads: usize) -> std::io::Result<Pool<Self>> {
         let scratch = (0..threads.max(1))
             .map(|_| ThreadScratch {
                 gemm: GemmScratch::new(),
-                scores: vec![0.0; QUERY_TILE * config.max_sequence_length],
+                scores: Vec::new(),
             })
             .collect();
         Pool::new(scratch)
+    }
+
+    /// Room for the attention scores of `seq_len` keys.
+    pub(crate) fn reserve_scores(&mut self, seq_len: usize) {
+        grow(&mut self.scores, QUERY_TILE * seq_len);
     }
 }
 
@@ -64,6 +68,9 @@ struct Buffers {
     keys: Vec<f32>,
     /// Values of every (row, kv head), packed into kernel panels.
     values: Vec<f32>,
+    /// Rotary cos and sin `[position, head_dim / 2]` of the longest sequence so far.
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
 }
 
 /// Grows `v` to at least `len` values (it never shrinks).
@@ -135,7 +142,7 @@ impl Context {
         let threads = options
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-        let pool = ThreadScratch::pool(&model.config, threads).map_err(LoadError::Threads)?;
+        let pool = ThreadScratch::pool(threads).map_err(LoadError::Threads)?;
         Ok(Self {
             model,
             pool,
@@ -178,6 +185,12 @@ impl Context {
         let panels = batch * c.n_kv_heads * kv_block(c, seq_len);
         grow(&mut b.keys, panels);
         grow(&mut b.values, panels);
+        crate::model::grow_rope(
+            &self.model.rope_inv_freq,
+            (&mut b.rope_cos, &mut b.rope_sin),
+            seq_len,
+        );
+        self.pool.for_each_scratch(|s| s.reserve_scores(seq_len));
     }
 
     fn validate(&self, request: &ForwardRequest<'_>, logits: &[f32]) -> Result<(), ForwardError> {
@@ -303,7 +316,7 @@ impl Context {
             par_rope(
                 pool,
                 c,
-                (&model.rope_cos, &model.rope_sin),
+                (&b.rope_cos, &b.rope_sin),
                 &mut b.qkv,
                 tokens,
                 &positions,

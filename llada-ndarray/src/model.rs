@@ -122,8 +122,8 @@ pub struct Model {
     pub(crate) ln_f: Vec<f32>,
     pub(crate) head: PackedMatrix,
     /// `cos` and `sin` of every position's rotary angles, `[max_len, head_dim / 2]` each.
-    pub(crate) rope_cos: Vec<f32>,
-    pub(crate) rope_sin: Vec<f32>,
+    /// The rotary embedding's inverse frequencies (each context grows its own tables).
+    pub(crate) rope_inv_freq: Vec<f32>,
     checkpoint_bytes: usize,
     weights_dtype: &'static str,
 }
@@ -228,7 +228,7 @@ impl Model {
         head: PackedMatrix,
         checkpoint_bytes: usize,
     ) -> Self {
-        let (rope_cos, rope_sin) = rope_tables(&config);
+        let rope_inv_freq = rope_inv_freq(&config);
         let weights_dtype = head.type_name();
         Self {
             config,
@@ -236,8 +236,7 @@ impl Model {
             blocks,
             ln_f,
             head,
-            rope_cos,
-            rope_sin,
+            rope_inv_freq,
             checkpoint_bytes,
             weights_dtype,
         }
@@ -296,24 +295,39 @@ impl Model {
     }
 }
 
-/// Rotary tables computed the way the reference computes them in f32: `inv_freq[i] =
-/// 1 / θ^(2i/d)`, angle = `position · inv_freq[i]` rounded to f32, then cos and sin.
-pub(crate) fn rope_tables(config: &Config) -> (Vec<f32>, Vec<f32>) {
+/// The rotary embedding's inverse frequencies, computed the way the reference computes them
+/// in f32: `inv_freq[i] = 1 / θ^(2i/d)`.
+pub(crate) fn rope_inv_freq(config: &Config) -> Vec<f32> {
     let half = config.head_dim / 2;
-    let inv_freq: Vec<f32> = (0..half)
+    (0..half)
         .map(|i| {
             let exponent = (2 * i) as f32 / config.head_dim as f32;
             (1.0 / (config.rope_theta as f32 as f64).powf(f64::from(exponent))) as f32
         })
-        .collect();
-    let len = config.max_sequence_length * half;
-    let (mut cos, mut sin) = (Vec::with_capacity(len), Vec::with_capacity(len));
-    for position in 0..config.max_sequence_length {
-        for &f in &inv_freq {
+        .collect()
+}
+
+/// Extends rotary tables (`[position, head_dim / 2]`) to `positions` positions: angle =
+/// `position · inv_freq[i]` rounded to f32, then cos and sin, as the reference. Tables grow
+/// with the longest sequence asked for, never with what a configuration claims.
+pub(crate) fn grow_rope(
+    inv_freq: &[f32],
+    (cos, sin): (&mut Vec<f32>, &mut Vec<f32>),
+    positions: usize,
+) {
+    let half = inv_freq.len().max(1);
+    for position in cos.len() / half..positions {
+        for &f in inv_freq {
             let angle = f64::from(position as f32 * f);
             cos.push(angle.cos() as f32);
             sin.push(angle.sin() as f32);
         }
     }
+}
+
+/// Rotary tables for `positions` positions.
+pub(crate) fn rope_tables(config: &Config, positions: usize) -> (Vec<f32>, Vec<f32>) {
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    grow_rope(&rope_inv_freq(config), (&mut cos, &mut sin), positions);
     (cos, sin)
 }

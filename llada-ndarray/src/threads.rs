@@ -96,6 +96,13 @@ impl<S: Send + 'static> Pool<S> {
         Ok(Self { shared, workers })
     }
 
+    /// Calls `f` on every thread's scratch, between runs (to size it).
+    pub(crate) fn for_each_scratch(&self, mut f: impl FnMut(&mut S)) {
+        for scratch in &self.shared.scratch {
+            f(&mut lock(scratch));
+        }
+    }
+
     /// Number of threads, the caller included.
     pub(crate) fn threads(&self) -> usize {
         self.workers.len() + 1

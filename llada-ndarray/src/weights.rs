@@ -157,7 +157,7 @@ impl Checkpoint {
     /// Checks that every tensor the configuration needs is present, with its shape and a
     /// supported dtype.
     pub(crate) fn check(&self, config: &Config) -> Result<(), LoadError> {
-        for (name, expected) in config.tensor_shapes() {
+        for (name, expected) in config.tensors() {
             let entry = self
                 .entries
                 .get(&name)

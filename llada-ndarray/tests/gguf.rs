@@ -380,3 +380,152 @@ fn bad_tensors_are_typed_errors_naming_the_tensor() {
         "{err}"
     );
 }
+
+/// Set in the child process of [`hostile_headers_are_rejected_within_256_mib`].
+const HOSTILE_CHILD: &str = "LLADA_HOSTILE_HEADERS_CHILD";
+
+/// Headers that claim terabytes (tensor counts, string and array lengths, layer counts,
+/// widths, sequence lengths) in GGUF files, safetensors files and `config.json`: each is a
+/// typed error, or, for a sequence length, costs nothing until a request that long comes,
+/// inside a single-threaded child process whose address space is limited to 256 MiB
+/// (`ulimit -v`), so an allocation the file asks for would abort it.
+#[test]
+fn hostile_headers_are_rejected_within_256_mib() {
+    if std::env::var_os(HOSTILE_CHILD).is_none() {
+        let exe = std::env::current_exe().unwrap();
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -v 262144 && exec \"$0\" \"$@\"")
+            .arg(exe)
+            .args([
+                "hostile_headers_are_rejected_within_256_mib",
+                "--exact",
+                "--test-threads=1",
+                "--nocapture",
+            ])
+            .env(HOSTILE_CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && stdout.contains("every hostile header rejected"),
+            "child failed ({:?}):\n{stdout}\n{stderr}",
+            output.status
+        );
+        return;
+    }
+    let huge = 1u64 << 40;
+    let set = |key: &'static str, value: u64| {
+        move |metadata: &mut Vec<(String, Value)>, _: &mut Vec<Tensor>| {
+            for entry in metadata.iter_mut().filter(|e| e.0 == key) {
+                entry.1 = Value::Uint(value);
+            }
+        }
+    };
+    // GGUF: a trillion layers stops at the first missing one; absurd widths are shapes the
+    // tensors contradict.
+    let err = load_error(&bundled_as_gguf(set("llada.block_count", huge)));
+    assert!(
+        matches!(&err, LoadError::MissingTensor { name, .. } if name == "blk.4.attn_norm.weight"),
+        "{err}"
+    );
+    for key in ["llada.feed_forward_length", "llada.embedding_length"] {
+        let err = load_error(&bundled_as_gguf(set(key, huge)));
+        assert!(
+            matches!(
+                err,
+                LoadError::TensorShape { .. } | LoadError::ConfigField { .. }
+            ),
+            "{key}: {err}"
+        );
+    }
+    // Counts and lengths in the header.
+    let good = bundled_as_gguf(|_, _| {});
+    for at in [8, 16, 24] {
+        let mut bad = good.clone();
+        bad[at..at + 8].copy_from_slice(&(u64::MAX / 3).to_le_bytes());
+        assert!(
+            matches!(load_error(&bad), LoadError::Gguf { .. }),
+            "at {at}"
+        );
+    }
+    // A context length of 2^40 tokens: the model loads and runs short requests; rotary
+    // tables and attention scratch grow with the requests, not with the claim.
+    let file = write_temp(&bundled_as_gguf(set("llada.context_length", huge)));
+    let model = Arc::new(Model::from_gguf(file.path()).unwrap());
+    assert_eq!(model.config().max_sequence_length as u64, huge);
+    let mut context = Context::with_threads(model, 1).unwrap();
+    let ids = [601u32, 604, 10, 11, 12, 603, 603, 603];
+    let mut logits = vec![0.0; 8 * 640];
+    context
+        .forward(&ForwardRequest::new(&ids, 1, 8).unwrap(), &mut logits)
+        .unwrap();
+    assert!(logits.iter().all(|v| v.is_finite()));
+
+    // safetensors: a header that claims 2^60 bytes, and a tensor that claims 2^40 x 2^40.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        bundled_model().join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    let weights = dir.path().join("model.safetensors");
+    let mut header = (1u64 << 60).to_le_bytes().to_vec();
+    header.extend_from_slice(b"{}");
+    std::fs::write(&weights, &header).unwrap();
+    let err = Model::load(dir.path()).unwrap_err();
+    assert!(matches!(err, LoadError::Safetensors { .. }), "{err}");
+    let json = format!(
+        r#"{{"model.transformer.wte.weight":{{"dtype":"F32","shape":[{huge},{huge}],"data_offsets":[0,{}]}}}}"#,
+        u64::MAX
+    );
+    let mut file = (json.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(json.as_bytes());
+    std::fs::write(&weights, &file).unwrap();
+    let err = Model::load(dir.path()).unwrap_err();
+    assert!(matches!(err, LoadError::Safetensors { .. }), "{err}");
+
+    // config.json over the bundled weights: a trillion layers, a huge width, a huge context.
+    std::fs::copy(bundled_model().join("model.safetensors"), &weights).unwrap();
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(bundled_model().join("config.json")).unwrap(),
+    )
+    .unwrap();
+    for (field, expect_ok) in [
+        ("n_layers", false),
+        ("d_model", false),
+        ("mlp_hidden_size", false),
+        ("vocab_size", false),
+        ("max_sequence_length", true),
+    ] {
+        let mut edited = config.clone();
+        edited[field] = huge.into();
+        if field == "vocab_size" {
+            edited["embedding_size"] = huge.into();
+        }
+        std::fs::write(dir.path().join("config.json"), edited.to_string()).unwrap();
+        match Model::load(dir.path()) {
+            Ok(model) => {
+                assert!(expect_ok, "{field}: loaded");
+                let mut context = Context::with_threads(Arc::new(model), 1).unwrap();
+                context
+                    .forward(&ForwardRequest::new(&ids, 1, 8).unwrap(), &mut logits)
+                    .unwrap();
+            }
+            Err(err) => {
+                assert!(!expect_ok, "{field}: {err}");
+                assert!(
+                    matches!(
+                        err,
+                        LoadError::MissingTensor { .. }
+                            | LoadError::TensorShape { .. }
+                            | LoadError::ConfigField { .. }
+                    ),
+                    "{field}: {err}"
+                );
+            }
+        }
+    }
+    println!("every hostile header rejected");
+}

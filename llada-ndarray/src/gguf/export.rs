@@ -192,7 +192,7 @@ struct Planned {
 fn plan(config: &Config, file_type: FileType) -> Vec<Planned> {
     let n = config.n_layers;
     let mut out = Vec::new();
-    for (source, shape) in config.tensor_shapes() {
+    for (source, shape) in config.tensors() {
         let (rows, cols) = match shape[..] {
             [cols] => (1, cols),
             [rows, cols] => (rows, cols),
@@ -301,7 +301,7 @@ pub fn requantize(
     out: &Path,
 ) -> Result<Written, LoadError> {
     let config = Config::from_value(super::config_json(file)?)?;
-    for (name, shape) in config.tensor_shapes() {
+    for (name, shape) in config.tensors() {
         let name = gguf_name(&name);
         let info = file.tensor(&name).ok_or_else(|| LoadError::MissingTensor {
             name: name.clone(),

@@ -343,7 +343,9 @@ pub(crate) fn load_model(
         Some(weight(file, "output.weight", &[c.embedding_size, d])?)
     };
     let ln_f = weight(file, "output_norm.weight", &[d])?;
-    let mut layers = Vec::with_capacity(c.n_layers);
+    // Grown as the tensors are found: a file that claims a billion layers fails at the first
+    // missing one, having allocated nothing for the others.
+    let mut layers = Vec::new();
     for i in 0..c.n_layers {
         let w =
             |name: &str, shape: &[usize]| weight(file, &format!("blk.{i}.{name}.weight"), shape);
