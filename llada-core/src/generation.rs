@@ -579,10 +579,13 @@ impl<'a> Generation<'a> {
     }
 
     /// Whether the current block is done: its steps are spent (schedule), or no row has a
-    /// mask left in it (adaptive rules).
+    /// mask left in it (adaptive rules), or the rule has taken the most passes a block may
+    /// take. Each pass commits at least one mask, so that bound is only reached when the
+    /// predictor keeps proposing the mask id itself, which would otherwise loop forever.
     fn block_done(&self) -> bool {
         if self.params.commit.is_adaptive() {
-            (0..self.batch).all(|row| self.remaining_masks(row) == 0)
+            self.step >= self.steps_per_block()
+                || (0..self.batch).all(|row| self.remaining_masks(row) == 0)
         } else {
             self.step == self.schedule.steps_per_block
         }
@@ -689,13 +692,12 @@ impl<'a> Generation<'a> {
         let vocab = self.vocab;
         let mask_id = self.params.mask_id;
         let guidance = self.params.cfg_scale + 1.0;
+        let steps_per_block = self.steps_per_block();
         let (cond, uncond) = self.logits.split_at_mut(self.batch * block * vocab);
 
         let rule = self.params.commit;
         // The last pass an adaptive rule may take in this block commits every mask left.
-        let last_pass = rule.is_adaptive()
-            && self.params.max_passes_per_block > 0
-            && self.step + 1 >= self.params.max_passes_per_block;
+        let last_pass = rule.is_adaptive() && self.step + 1 >= steps_per_block;
         for row in 0..self.batch {
             self.committed_len[row] = 0;
             // How many to commit whatever the rule says: the schedule's count, or the top-1

@@ -874,3 +874,58 @@ fn stop_at_eos_fills_the_rest_and_skips_its_blocks_row_by_row() {
     // Filled with the EOS id (1 here) after the block that held EOT.
     assert!(tokens[10..18].iter().all(|&t| t == 1), "{tokens:?}");
 }
+
+/// Proposes the mask id itself at every position (a broken or hostile model).
+struct ProposesTheMask;
+
+impl MaskPredictor for ProposesTheMask {
+    type Error = core::convert::Infallible;
+    fn vocab_size(&self) -> usize {
+        4
+    }
+    fn max_sequence_length(&self) -> usize {
+        64
+    }
+    fn forward(
+        &mut self,
+        _request: &ForwardRequest<'_>,
+        logits: &mut [f32],
+    ) -> Result<(), Self::Error> {
+        for row in logits.chunks_exact_mut(4) {
+            row.copy_from_slice(&[0.0, 0.0, 0.0, 9.0]);
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_predictor_proposing_the_mask_id_cannot_make_a_rule_loop_forever() {
+    // A committed mask id leaves its position masked; an adaptive rule would propose it
+    // again forever. A block ends after as many passes as it has positions, as it does when
+    // every pass commits (found by the sampler fuzz target).
+    for rule in [
+        llada_core::CommitRule::Threshold(0.9),
+        llada_core::CommitRule::Factor(1.0),
+        llada_core::CommitRule::EntropyBounded(1e-300),
+    ] {
+        let params = GenerateParams::default()
+            .with_gen_length(8)
+            .with_block_length(4)
+            .with_steps(8)
+            .with_mask_id(3)
+            .with_commit(rule);
+        let mut tokens = vec![0u32; 2 + 8];
+        Canvas::fill(&mut tokens, &[1, 2], 1, 8, 3).unwrap();
+        let mut ws = WorkspaceBuf::new(&WorkspaceSizes::for_generation(&params, 1, 2, 4).unwrap());
+        let stats = generate(
+            &mut ProposesTheMask,
+            &params,
+            Canvas::new(&mut tokens, 1, 2),
+            ws.as_workspace(),
+            &mut |_: &StepEvent<'_>| ControlFlow::Continue(()),
+        )
+        .unwrap();
+        assert_eq!(stats.forward_passes, 8, "{rule:?}");
+        assert_eq!(tokens, [1, 2, 3, 3, 3, 3, 3, 3, 3, 3]);
+    }
+}

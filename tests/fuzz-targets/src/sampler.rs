@@ -204,7 +204,7 @@ pub fn sampler(data: &[u8]) {
     while let Some(job) = generation.next_forward() {
         assert!(
             predictor.passes < bound.max(1),
-            "more than {bound} forward passes"
+            "more than {bound} forward passes: {params:?}, prompts {prompts:?}, canvas {before:?}"
         );
         predictor.forward(&job.request, job.logits).unwrap();
         let event = generation

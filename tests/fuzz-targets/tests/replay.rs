@@ -85,3 +85,13 @@ fn tempfile_dir() -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Runs one input: `LLADA_FUZZ_TARGET=sampler LLADA_FUZZ_INPUT=path cargo test -p
+/// llada-fuzz-targets -- --ignored one_input --nocapture` (for triage).
+#[test]
+#[ignore = "triage of one input, named by environment variables"]
+fn one_input() {
+    let name = std::env::var("LLADA_FUZZ_TARGET").expect("LLADA_FUZZ_TARGET");
+    let path = std::env::var("LLADA_FUZZ_INPUT").expect("LLADA_FUZZ_INPUT");
+    target(&name)(&std::fs::read(path).unwrap());
+}
