@@ -163,6 +163,21 @@ pub enum Error {
     /// A shape does not fit.
     #[error(transparent)]
     Shape(#[from] ShapeError),
+    /// The predictor's logits for a position being decided hold a NaN (±infinity is allowed):
+    /// nothing of that step was committed.
+    #[error(
+        "the predictor's logits are NaN at row {row}, position {position} (block {block}, step {step})"
+    )]
+    NanLogits {
+        /// The block being denoised.
+        block: usize,
+        /// The step within the block.
+        step: usize,
+        /// The batch row.
+        row: usize,
+        /// The canvas position.
+        position: usize,
+    },
     /// [`Generation::complete_step`](crate::Generation::complete_step) was called without a
     /// pending forward pass.
     #[error("no forward pass is pending: call next_forward() first")]
@@ -174,6 +189,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::BufferTooSmall { .. } => ErrorKind::BufferTooSmall,
+            Error::NanLogits { .. } => ErrorKind::Backend,
             _ => ErrorKind::InvalidInput,
         }
     }
@@ -184,14 +200,15 @@ impl Error {
 #[derive(Debug, ThisError)]
 #[non_exhaustive]
 pub enum GenerateError<E> {
-    /// The parameters, shapes or buffers are invalid; nothing was run.
+    /// The parameters, shapes or buffers are invalid (nothing was run), or a step could not
+    /// be completed ([`Error::NanLogits`]).
     #[error(transparent)]
     Invalid(#[from] Error),
     /// The predictor failed; its error is the source.
     #[error("predictor failed")]
     Predictor(#[source] E),
-    /// The observer stopped the generation; the canvas holds every token committed so far and
-    /// mask ids elsewhere.
+    /// The observer stopped the generation. As on every error, the canvas is back as it was
+    /// (the observer saw each step's canvas, for a caller that wants a partial answer).
     #[error("generation cancelled")]
     Cancelled,
 }

@@ -510,6 +510,20 @@ impl<'a> Generation<'a> {
         Ok(generation)
     }
 
+    /// Puts the canvas back as it was when the generation started: every position masked then
+    /// is masked again. For a caller that gives up after an error or a cancellation, so that
+    /// nothing half-generated is left behind.
+    pub fn rollback(&mut self) {
+        let mask = self.params.mask_id;
+        for (id, &was_given) in self.canvas.iter_mut().zip(self.is_prompt.iter()) {
+            if was_given == 0 {
+                *id = mask;
+            }
+        }
+        self.finished = true;
+        self.pending = false;
+    }
+
     /// The canvas as it stands.
     pub fn canvas(&self) -> &[TokenId] {
         self.canvas
@@ -695,6 +709,34 @@ impl<'a> Generation<'a> {
         let steps_per_block = self.steps_per_block();
         let (cond, uncond) = self.logits.split_at_mut(self.batch * block * vocab);
 
+        // A NaN among the logits of a position being decided fails the step before anything
+        // is committed (the predictor is broken; ±infinity is a legitimate logit).
+        let halves: &[&[f32]] = if self.params.uses_cfg() {
+            &[&*cond, &*uncond]
+        } else {
+            &[&*cond]
+        };
+        for row in 0..self.batch {
+            let base = row * self.seq_len;
+            for (j, position) in span.clone().enumerate() {
+                if self.canvas[base + position] != mask_id {
+                    continue;
+                }
+                let at = (row * block + j) * vocab;
+                if halves
+                    .iter()
+                    .any(|h| h[at..at + vocab].iter().any(|v| v.is_nan()))
+                {
+                    return Err(Error::NanLogits {
+                        block: self.block,
+                        step: self.step,
+                        row,
+                        position,
+                    });
+                }
+            }
+        }
+
         let rule = self.params.commit;
         // The last pass an adaptive rule may take in this block commits every mask left.
         let last_pass = rule.is_adaptive() && self.step + 1 >= steps_per_block;
@@ -809,8 +851,11 @@ impl<'a> Generation<'a> {
 
 /// Runs the reverse process to the end with `predictor`, writing the result into the canvas.
 ///
-/// The observer sees every step and may cancel; on [`GenerateError::Cancelled`] the canvas
-/// holds the tokens committed so far. See [`Generation`] for the schedule.
+/// The observer sees every step and may cancel. On any error after the start (the
+/// predictor's, NaN logits, a cancellation) the canvas is put back as it was
+/// ([`Generation::rollback`]): nothing half-generated is left, and a caller that wants a
+/// cancelled run's partial answer takes it from the observer. See [`Generation`] for the
+/// schedule.
 pub fn generate<P, O>(
     predictor: &mut P,
     params: &GenerateParams,
@@ -824,11 +869,19 @@ where
 {
     let mut generation = Generation::new(params, canvas, workspace, Limits::of(predictor))?;
     while let Some(job) = generation.next_forward() {
-        predictor
-            .forward(&job.request, job.logits)
-            .map_err(GenerateError::Predictor)?;
-        let event = generation.complete_step()?;
+        if let Err(e) = predictor.forward(&job.request, job.logits) {
+            generation.rollback();
+            return Err(GenerateError::Predictor(e));
+        }
+        let event = match generation.complete_step() {
+            Ok(event) => event,
+            Err(e) => {
+                generation.rollback();
+                return Err(e.into());
+            }
+        };
         if observer.on_step(&event).is_break() {
+            generation.rollback();
             return Err(GenerateError::Cancelled);
         }
     }

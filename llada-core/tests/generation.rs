@@ -330,15 +330,18 @@ fn rows_of_a_batch_follow_their_own_schedule() {
 }
 
 #[test]
-fn cancelling_leaves_a_consistent_canvas() {
+fn cancelling_puts_the_canvas_back_and_the_observer_saw_the_partial_answer() {
     let p = params();
     let mut tokens = vec![0; 19];
     Canvas::fill(&mut tokens, &[1, 2, 3], 1, 16, MASK).unwrap();
+    let start = tokens.clone();
     let mut ws = WorkspaceBuf::new(&WorkspaceSizes::for_generation(&p, 1, 3, VOCAB).unwrap());
     let mut steps = 0;
-    let mut stop_after_three = |_: &StepEvent<'_>| {
+    let mut partial = Vec::new();
+    let mut stop_after_three = |e: &StepEvent<'_>| {
         steps += 1;
         if steps == 3 {
+            partial = e.canvas().to_vec();
             ControlFlow::Break(())
         } else {
             ControlFlow::Continue(())
@@ -353,11 +356,153 @@ fn cancelling_leaves_a_consistent_canvas() {
     );
     assert!(matches!(result, Err(GenerateError::Cancelled)));
     assert_eq!(result.unwrap_err().kind(), llada_core::ErrorKind::Cancelled);
+    assert_eq!(tokens, start, "the canvas is back as it was");
     // Three steps of two tokens each, all in the first block, equal to the full run there.
     let (full, _) = run(&p, &[1, 2, 3], 1, None).unwrap();
-    let committed: Vec<usize> = (3..19).filter(|&i| tokens[i] != MASK).collect();
+    let committed: Vec<usize> = (3..19).filter(|&i| partial[i] != MASK).collect();
     assert_eq!(committed.len(), 6);
-    assert!(committed.iter().all(|&i| i < 11 && tokens[i] == full[i]));
+    assert!(committed.iter().all(|&i| i < 11 && partial[i] == full[i]));
+}
+
+/// The hash predictor, failing at pass `fail_at` (an error, or NaN logits at one position).
+struct FailsAt {
+    inner: HashPredictor,
+    pass: usize,
+    fail_at: usize,
+    nan_at: Option<usize>,
+}
+
+impl MaskPredictor for FailsAt {
+    type Error = MockError;
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+    fn max_sequence_length(&self) -> usize {
+        self.inner.max_sequence_length()
+    }
+    fn forward(
+        &mut self,
+        request: &ForwardRequest<'_>,
+        logits: &mut [f32],
+    ) -> Result<(), Self::Error> {
+        self.inner.forward(request, logits)?;
+        self.pass += 1;
+        if self.pass == self.fail_at {
+            match self.nan_at {
+                // One logit of every window position from `k` on.
+                Some(k) => {
+                    for row in logits.chunks_exact_mut(VOCAB).skip(k) {
+                        row[5] = f32::NAN;
+                    }
+                }
+                // Any error of the predictor's own.
+                None => {
+                    return Err(MockError::Token {
+                        id: u32::MAX,
+                        vocab: VOCAB,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_failing_predictor_or_nan_logits_leave_the_canvas_as_it_was() {
+    let p = params();
+    for (fail_at, nan_at) in [(1, None), (5, None), (8, None), (2, Some(7)), (6, Some(0))] {
+        let mut tokens = vec![0; 19];
+        Canvas::fill(&mut tokens, &[1, 2, 3], 1, 16, MASK).unwrap();
+        let start = tokens.clone();
+        let mut ws = WorkspaceBuf::new(&WorkspaceSizes::for_generation(&p, 1, 3, VOCAB).unwrap());
+        let mut predictor = FailsAt {
+            inner: HashPredictor::new(VOCAB, MASK, 9),
+            pass: 0,
+            fail_at,
+            nan_at,
+        };
+        let err = generate(
+            &mut predictor,
+            &p,
+            Canvas::new(&mut tokens, 1, 3),
+            ws.as_workspace(),
+            &mut |_: &StepEvent<'_>| ControlFlow::Continue(()),
+        )
+        .unwrap_err();
+        assert_eq!(
+            tokens, start,
+            "pass {fail_at}: the canvas is back as it was"
+        );
+        match nan_at {
+            None => assert!(matches!(
+                err,
+                GenerateError::Predictor(MockError::Token { .. })
+            )),
+            Some(_) => {
+                // Only the window's last position, or every position: some masked one is named.
+                let text = err.to_string();
+                assert_eq!(err.kind(), llada_core::ErrorKind::Backend, "{text}");
+                assert!(
+                    matches!(err, GenerateError::Invalid(Error::NanLogits { row: 0, .. })),
+                    "{text}"
+                );
+                assert!(text.contains("NaN") && text.contains("position"), "{text}");
+            }
+        }
+        // The same canvas then generates what a fresh one does.
+        let (full, _) = run(&p, &[1, 2, 3], 1, None).unwrap();
+        generate(
+            &mut HashPredictor::new(VOCAB, MASK, 9),
+            &p,
+            Canvas::new(&mut tokens, 1, 3),
+            ws.as_workspace(),
+            &mut |_: &StepEvent<'_>| ControlFlow::Continue(()),
+        )
+        .unwrap();
+        assert_eq!(tokens, full);
+    }
+}
+
+#[test]
+fn infinite_logits_are_allowed() {
+    struct Infinite;
+    impl MaskPredictor for Infinite {
+        type Error = core::convert::Infallible;
+        fn vocab_size(&self) -> usize {
+            4
+        }
+        fn max_sequence_length(&self) -> usize {
+            64
+        }
+        fn forward(
+            &mut self,
+            _request: &ForwardRequest<'_>,
+            logits: &mut [f32],
+        ) -> Result<(), Self::Error> {
+            for row in logits.chunks_exact_mut(4) {
+                row.copy_from_slice(&[f32::NEG_INFINITY, f32::INFINITY, 0.0, f32::NEG_INFINITY]);
+            }
+            Ok(())
+        }
+    }
+    let params = GenerateParams::default()
+        .with_gen_length(4)
+        .with_block_length(4)
+        .with_steps(4)
+        .with_mask_id(3);
+    let mut tokens = vec![0u32; 6];
+    Canvas::fill(&mut tokens, &[2, 2], 1, 4, 3).unwrap();
+    let mut ws = WorkspaceBuf::new(&WorkspaceSizes::for_generation(&params, 1, 2, 4).unwrap());
+    generate(
+        &mut Infinite,
+        &params,
+        Canvas::new(&mut tokens, 1, 2),
+        ws.as_workspace(),
+        &mut |_: &StepEvent<'_>| ControlFlow::Continue(()),
+    )
+    .unwrap();
+    assert_eq!(tokens, [2, 2, 1, 1, 1, 1]);
 }
 
 /// Drives the state machine by hand, as an async or GPU host would.

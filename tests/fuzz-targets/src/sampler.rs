@@ -207,9 +207,19 @@ pub fn sampler(data: &[u8]) {
             "more than {bound} forward passes: {params:?}, prompts {prompts:?}, canvas {before:?}"
         );
         predictor.forward(&job.request, job.logits).unwrap();
-        let event = generation
-            .complete_step()
-            .expect("a checked generation steps");
+        let event = match generation.complete_step() {
+            Ok(event) => event,
+            Err(llada_core::Error::NanLogits { row, position, .. }) => {
+                // A NaN among a masked position's logits: the step committed nothing, and a
+                // rollback puts the canvas back.
+                assert!(row < batch && position >= prompt_len);
+                assert_eq!(generation.canvas(), &before[..], "a failed step wrote");
+                generation.rollback();
+                assert_eq!(generation.canvas(), &start[..], "the rollback");
+                return;
+            }
+            Err(e) => panic!("a checked generation failed a step: {e}"),
+        };
         let span = event.block_span();
         if event.block() != current_block {
             current_block = event.block();
