@@ -152,6 +152,64 @@ fn the_c_example_answers_a_held_out_prompt_under_addresssanitizer() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("16 steps"));
 }
 
+/// valgrind's memcheck, when the machine has it: no invalid read or write, no use of
+/// uninitialised memory, no definite leak.
+fn memcheck(command: &mut Command) -> Option<Output> {
+    let valgrind = Command::new("valgrind").arg("--version").output().ok()?;
+    if !valgrind.status.success() {
+        return None;
+    }
+    let program = command.get_program().to_os_string();
+    let args: Vec<_> = command.get_args().map(|a| a.to_os_string()).collect();
+    let mut wrapped = Command::new("valgrind");
+    wrapped
+        .args([
+            "--error-exitcode=99",
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite",
+            "--show-leak-kinds=definite",
+            "--quiet",
+        ])
+        .arg(program)
+        .args(args)
+        .env_remove("RUST_LOG");
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(v) => wrapped.env(key, v),
+            None => wrapped.env_remove(key),
+        };
+    }
+    Some(run(&mut wrapped))
+}
+
+#[test]
+fn the_c_example_and_the_bad_input_checks_are_clean_under_valgrind() {
+    let dir = scratch();
+    let flags = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-g"];
+    let example = dir.path().join("generate");
+    compile(
+        "gcc",
+        &flags,
+        &[root().join("examples/c/generate.c")],
+        &example,
+    );
+    let (prompt, answer) = held_out();
+    let Some(out) = memcheck(Command::new(&example).arg(bundled_model()).arg(&prompt)) else {
+        eprintln!("valgrind is not installed: skipped");
+        return;
+    };
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), answer);
+    let bad = dir.path().join("bad_input");
+    compile("gcc", &flags, &[c_test("bad_input.c")], &bad);
+    let out = memcheck(
+        Command::new(&bad)
+            .arg(bundled_model())
+            .env_remove("ORT_DYLIB_PATH"),
+    )
+    .expect("valgrind ran once");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("all bad-input checks passed"));
+}
+
 #[test]
 fn a_llama_cpp_gguf_file_alone_answers_through_the_c_abi() {
     let dir = scratch();

@@ -163,17 +163,34 @@ int main(int argc, char **argv) {
     EXPECT(llada_generate_ids(context, NULL, 3, &gp, NULL, NULL, out, 64, &out_len) == LLADA_STATUS_NULL_ARG);
     EXPECT(out_len == 777);
 
-    /* A too-small output buffer reports the size needed. */
+    /* A too-small output buffer reports the size needed and is left as it was. */
+    for (int i = 0; i < 64; i++) out[i] = 0xC0FFEEu;
     EXPECT(llada_generate_ids(context, enough, count, &gp, NULL, NULL, out, 4, &out_len) == LLADA_STATUS_BUFFER_TOO_SMALL);
     EXPECT(out_len == 16);
+    int untouched = 1;
+    for (int i = 0; i < 64; i++) untouched &= out[i] == 0xC0FFEEu;
+    EXPECT(untouched);
 
-    /* A callback that cancels. */
+    /* A callback that cancels: nothing of the partial answer reaches the buffers. */
     unsigned calls = 0;
     out_len = 777;
     EXPECT(llada_generate_ids(context, enough, count, &gp, cancel_at_second_step, &calls, out, 64, &out_len) ==
            LLADA_STATUS_CANCELLED);
     EXPECT(calls == 2);
     EXPECT(out_len == 777);
+    untouched = 1;
+    for (int i = 0; i < 64; i++) untouched &= out[i] == 0xC0FFEEu;
+    EXPECT(untouched);
+    char answer[128];
+    memset(answer, 'x', sizeof answer);
+    size_t answer_size = 777;
+    calls = 0;
+    EXPECT(llada_generate_text(context, "reverse:pen,frog,rock", &gp, cancel_at_second_step, &calls, answer,
+                               sizeof answer, &answer_size) == LLADA_STATUS_CANCELLED);
+    EXPECT(answer_size == 777);
+    untouched = 1;
+    for (size_t i = 0; i < sizeof answer; i++) untouched &= answer[i] == 'x';
+    EXPECT(untouched);
 
     /* And a generation that works. */
     EXPECT(llada_generate_ids(context, enough, count, &gp, NULL, NULL, out, 64, &out_len) == LLADA_STATUS_OK);
