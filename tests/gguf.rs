@@ -89,8 +89,8 @@ fn llama_cpps_files_carry_the_tokenizer_and_chat_template() {
 /// llama.cpp's answers on its own files (tests/fixtures/make_gguf.py runs
 /// `llama-diffusion-cli` on every eval prompt): per file type, each item's block length and
 /// answer text.
-fn llama_cpp_answers(ty: &str) -> (Vec<usize>, Vec<String>) {
-    let path = fixture("tiny-llada/gguf/llama_cpp_answers.json");
+fn llama_cpp_answers(model: &str, ty: &str) -> (Vec<usize>, Vec<String>) {
+    let path = fixture(&format!("{model}/gguf/llama_cpp_answers.json"));
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let file = &json["files"][ty];
@@ -109,6 +109,44 @@ fn llama_cpp_answers(ty: &str) -> (Vec<usize>, Vec<String>) {
     (blocks, answers)
 }
 
+/// Our answers to `model`'s eval prompts from its GGUF file of type `ty` (alone in a
+/// directory) against llama.cpp's on the same file: (same answer, our exact matches).
+fn agreement_with_llama_cpp(name: &str, ty: &str) -> (usize, usize) {
+    let eval = llada_test_support::EvalSet::load(&fixture(&format!("{name}/eval.json"))).unwrap();
+    let (blocks, answers) = llama_cpp_answers(name, ty);
+    assert_eq!(answers.len(), eval.items.len());
+    let (_keep, path) = alone(&fixture(&format!("{name}/gguf/{name}-{ty}.gguf")));
+    let model = Model::load(&path, &BackendChoice::Ndarray).unwrap();
+    // One thread each: the test harness runs the four comparisons side by side.
+    let mut pipeline = Pipeline::with_threads(model.clone(), Some(1)).unwrap();
+    let (mut same, mut exact) = (0, 0);
+    for ((item, &block), theirs) in eval.items.iter().zip(&blocks).zip(&answers) {
+        assert_eq!(block, if item.prompt_ids.len() % 2 == 0 { 2 } else { 1 });
+        let params = pipeline
+            .default_params()
+            .with_gen_length(16)
+            .with_steps(16)
+            .with_block_length(block);
+        let out = pipeline
+            .generate_ids(std::slice::from_ref(&item.prompt_ids), &params, |_| {
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap()
+            .remove(0);
+        // llama.cpp prints every non-special token of the answer positions.
+        let ours = model.tokenizer().decode(&out.output_ids, true).unwrap();
+        same += usize::from(&ours == theirs);
+        exact += usize::from(out.text == item.answer);
+    }
+    let n = eval.items.len();
+    eprintln!("{name} {ty}: same answer as llama.cpp {same}/{n}, exact match {exact}/{n}");
+    assert!(
+        same * 100 >= 95 * n,
+        "{name} {ty}: {same}/{n} answers equal llama.cpp's"
+    );
+    (same, exact)
+}
+
 /// Same file, same schedule: llama.cpp counts blocks from the prompt's end over the whole
 /// canvas, so with 16 answer tokens, blocks of 2 after an even-length prompt and of 1 after an
 /// odd one, and one token per step, both engines denoise the same positions in the same
@@ -117,40 +155,25 @@ fn llama_cpp_answers(ty: &str) -> (Vec<usize>, Vec<String>) {
 /// 2 it commits the left token first where LLaDA's low-confidence remasking commits the more
 /// probable one.
 #[test]
-fn answers_match_llama_diffusion_cli_on_the_same_files() {
-    let eval = eval_set();
-    for ty in ["f32", "q8_0"] {
-        let (blocks, answers) = llama_cpp_answers(ty);
-        assert_eq!(answers.len(), eval.items.len());
-        let (_keep, path) = alone(&llama_cpp_file(ty));
-        let model = Model::load(&path, &BackendChoice::Ndarray).unwrap();
-        let mut pipeline = Pipeline::new(model.clone()).unwrap();
-        let (mut same, mut exact) = (0, 0);
-        for ((item, &block), theirs) in eval.items.iter().zip(&blocks).zip(&answers) {
-            assert_eq!(block, if item.prompt_ids.len() % 2 == 0 { 2 } else { 1 });
-            let params = pipeline
-                .default_params()
-                .with_gen_length(16)
-                .with_steps(16)
-                .with_block_length(block);
-            let out = pipeline
-                .generate_ids(std::slice::from_ref(&item.prompt_ids), &params, |_| {
-                    std::ops::ControlFlow::Continue(())
-                })
-                .unwrap()
-                .remove(0);
-            // llama.cpp prints every non-special token of the answer positions.
-            let ours = model.tokenizer().decode(&out.output_ids, true).unwrap();
-            same += usize::from(&ours == theirs);
-            exact += usize::from(out.text == item.answer);
-        }
-        let n = eval.items.len();
-        eprintln!("{ty}: same answer as llama.cpp {same}/{n}, exact match {exact}/{n}");
-        assert!(
-            same * 100 >= 95 * n,
-            "{ty}: {same}/{n} answers equal llama.cpp's"
-        );
-    }
+fn answers_match_llama_diffusion_cli_on_the_bundled_models_f32_file() {
+    agreement_with_llama_cpp("tiny-llada", "f32");
+}
+
+#[test]
+fn answers_match_llama_diffusion_cli_on_the_bundled_models_q8_0_file() {
+    agreement_with_llama_cpp("tiny-llada", "q8_0");
+}
+
+#[test]
+fn answers_match_llama_diffusion_cli_on_the_second_models_f16_file() {
+    agreement_with_llama_cpp("small-llada", "f16");
+}
+
+/// Q4_K_M as `llama-quantize` makes it (Q4_K and Q6_K blocks); the exact match against the
+/// eval answers is printed beside the F16 file's.
+#[test]
+fn answers_match_llama_diffusion_cli_on_the_second_models_q4_k_m_file() {
+    agreement_with_llama_cpp("small-llada", "q4_k_m");
 }
 
 fn write(files: &ModelFiles, dir: &Path, file_type: FileType) -> PathBuf {
@@ -321,4 +344,54 @@ fn what_cannot_be_written_is_a_typed_error_and_leaves_no_file() {
     // A file type by a name the writer does not know.
     let err = "q3_k_s".parse::<FileType>().unwrap_err();
     assert!(err.to_string().contains("q3_k_s"), "{err}");
+}
+
+/// Our quantizer against `llama-quantize` on the second model's weights (256 wide, so its
+/// Q4_K_M is real Q4_K and Q6_K): the same F16 file in, the same tensor types out, and per
+/// tensor either the same bytes or a dequantized RMS error no worse than llama.cpp's.
+#[test]
+fn our_q4_k_m_of_the_second_model_matches_llama_quantize() {
+    let dir = fixture("small-llada/gguf");
+    let files =
+        ModelFiles::open(dir.join("small-llada-f16.gguf"), &BackendChoice::Ndarray).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let path = write(&files, out.path(), FileType::Q4KM);
+    let ours = GgufFile::open(&path).unwrap();
+    let theirs = GgufFile::open(dir.join("small-llada-q4_k_m.gguf")).unwrap();
+    let source = GgufFile::open(dir.join("small-llada-f16.gguf")).unwrap();
+    let rms = |file: &GgufFile, name: &str| -> f64 {
+        let x = source.tensor_f32(source.tensor(name).unwrap()).unwrap();
+        let q = file.tensor_f32(file.tensor(name).unwrap()).unwrap();
+        let sum: f64 = x
+            .iter()
+            .zip(&q)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum();
+        (sum / x.len() as f64).sqrt()
+    };
+    let mut identical = 0;
+    assert_eq!(ours.tensors().len(), theirs.tensors().len());
+    for t in theirs.tensors() {
+        let o = ours.tensor(&t.name).unwrap();
+        assert_eq!((o.ty, &o.dims), (t.ty, &t.dims), "{}", t.name);
+        if ours.data(o) == theirs.data(t) {
+            identical += 1;
+            continue;
+        }
+        let (a, b) = (rms(&ours, &t.name), rms(&theirs, &t.name));
+        eprintln!(
+            "{} {}: RMS ours {a:.6e}, llama.cpp {b:.6e}",
+            t.name,
+            t.ty.name()
+        );
+        assert!(
+            a <= b * (1.0 + 1e-4),
+            "{}: ours {a} > llama.cpp's {b}",
+            t.name
+        );
+    }
+    eprintln!(
+        "{identical} of {} tensors byte for byte",
+        theirs.tensors().len()
+    );
 }

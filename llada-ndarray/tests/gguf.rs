@@ -529,3 +529,55 @@ fn hostile_headers_are_rejected_within_256_mib() {
     }
     println!("every hostile header rejected");
 }
+
+/// The second fixture model (256 wide, so K-quants apply): llama.cpp's converter made its F16
+/// file and `llama-quantize` its Q4_K_M one (Q4_K, and Q6_K for the output layer and two
+/// layers' attn_v / ffn_down), against PyTorch logits of the weights gguf-py dequantizes from
+/// each file (tests/fixtures/make_gguf.py --model small).
+#[test]
+fn k_quant_files_give_the_logits_of_their_weights() {
+    let dir = llada_test_support::fixture("small-llada/gguf");
+    let bytes = std::fs::read(dir.join("reference_logits.safetensors")).unwrap();
+    let reference = SafeTensors::deserialize(&bytes).unwrap();
+    let tensor = |name: &str| reference.tensor(name).unwrap();
+    let ints = |name: &str| -> Vec<i64> {
+        tensor(name)
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    for ty in ["f16", "q4_k_m"] {
+        let model = Arc::new(Model::from_gguf(dir.join(format!("small-llada-{ty}.gguf"))).unwrap());
+        let vocab = model.config().embedding_size;
+        let mut context = Context::with_threads(Arc::clone(&model), 2).unwrap();
+        for case in 0..3 {
+            let shape = tensor(&format!("case{case}.input_ids")).shape().to_vec();
+            let (batch, seq) = (shape[0], shape[1]);
+            let ids: Vec<u32> = ints(&format!("case{case}.input_ids"))
+                .iter()
+                .map(|&i| i as u32)
+                .collect();
+            let mask: Vec<u8> = ints(&format!("case{case}.attention_mask"))
+                .iter()
+                .map(|&m| m as u8)
+                .collect();
+            let request = ForwardRequest::new(&ids, batch, seq)
+                .unwrap()
+                .with_attention_mask(&mask)
+                .unwrap();
+            let mut got = vec![0.0; batch * seq * vocab];
+            context.forward(&request, &mut got).unwrap();
+            let want: Vec<f32> = tensor(&format!("{ty}.case{case}.logits"))
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            let diff = max_abs_diff(&got, &want);
+            eprintln!("{ty} case{case}: max |diff| {diff:e}");
+            assert!(diff < 1e-4, "{ty} case{case}: max |diff| {diff}");
+        }
+        let ratio = model.weights_bytes() as f64 / model.checkpoint_bytes() as f64;
+        assert!(ratio <= 1.05, "{ty}: weights take {ratio:.3} x the file");
+    }
+}

@@ -15,7 +15,7 @@ use crate::quant::{QuantType, dequantize_row, format_for};
 const ARCHITECTURE: &str = "llada";
 
 /// The quantized formats this backend runs, by ggml type code.
-fn quant_type(ty: TensorType) -> Option<QuantType> {
+pub(super) fn quant_type(ty: TensorType) -> Option<QuantType> {
     Some(match ty.0 {
         2 => QuantType::Q4_0,
         3 => QuantType::Q4_1,

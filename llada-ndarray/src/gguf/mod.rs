@@ -545,4 +545,27 @@ impl GgufFile {
     pub fn data(&self, tensor: &TensorInfo) -> &[u8] {
         &self.map[tensor.offset..tensor.offset + tensor.bytes]
     }
+
+    /// A tensor's values widened to f32, in the file's order (rows of `dims[0]` values), for
+    /// every type this backend reads; another type is [`crate::LoadError::Dtype`] naming the
+    /// tensor.
+    pub fn tensor_f32(&self, tensor: &TensorInfo) -> Result<Vec<f32>, crate::LoadError> {
+        let cols = tensor.dims.first().copied().unwrap_or(1) as usize;
+        let rows = tensor.dims.iter().skip(1).product::<u64>() as usize;
+        if !matches!(
+            tensor.ty,
+            TensorType::F32 | TensorType::F16 | TensorType::BF16
+        ) && load::quant_type(tensor.ty).is_none()
+        {
+            return Err(crate::LoadError::Dtype {
+                name: tensor.name.clone(),
+                dtype: tensor.ty.name(),
+            });
+        }
+        let mut out = vec![0.0; rows * cols];
+        for (r, row) in out.chunks_exact_mut(cols.max(1)).enumerate() {
+            load::read_row(self, tensor, cols, r, row);
+        }
+        Ok(out)
+    }
 }
