@@ -26,6 +26,9 @@ use llada::core::{
 };
 use llada_test_support::CountingAllocator;
 
+#[path = "bench/llama_cpp.rs"]
+mod llama_cpp;
+
 /// Counts heap allocations, to report allocations per denoising step.
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
@@ -44,6 +47,16 @@ struct Cli {
     /// those present are measured (memory, and a forward pass beside the f32 one).
     #[arg(long, default_value = "bench-models/gguf")]
     gguf_dir: PathBuf,
+    /// llama.cpp's `llama-diffusion-cli`, run beside ours on the GGUF files (built by
+    /// `tests/fixtures/make_gguf.py --steps build` into this path's folder when missing).
+    #[arg(
+        long,
+        default_value = "bench-models/llama.cpp/build/bin/llama-diffusion-cli"
+    )]
+    llama_cpp: PathBuf,
+    /// Leave llama.cpp out.
+    #[arg(long)]
+    skip_llama_cpp: bool,
     /// Threads for every engine.
     #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, usize::from))]
     threads: usize,
@@ -154,6 +167,30 @@ fn ensure_models(cli: &Cli) -> anyhow::Result<()> {
         if !status.success() {
             bail!("{} failed", script.display());
         }
+    }
+    Ok(())
+}
+
+/// Builds llama.cpp's diffusion example into the folder of `--llama-cpp` when it is missing.
+fn ensure_llama_cpp(cli: &Cli) -> anyhow::Result<()> {
+    if cli.llama_cpp.is_file() {
+        return Ok(());
+    }
+    let build = cli
+        .llama_cpp
+        .parent()
+        .and_then(Path::parent)
+        .context("--llama-cpp names a file in a build folder's bin/")?;
+    eprintln!("building llama.cpp into {}", build.display());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_gguf.py");
+    let status = Command::new(&cli.python)
+        .arg(&script)
+        .args(["--steps", "build", "--llama-build"])
+        .arg(build)
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !status.success() || !cli.llama_cpp.is_file() {
+        bail!("could not build llama.cpp (see above); pass --skip-llama-cpp to leave it out");
     }
     Ok(())
 }
@@ -514,6 +551,18 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    // llama.cpp's diffusion example on the same GGUF files.
+    let mut llama_rows = None;
+    if !cli.skip_llama_cpp && !gguf_files.is_empty() {
+        ensure_llama_cpp(&cli)?;
+        llama_rows = Some(llama_cpp::compare(
+            &cli.llama_cpp,
+            &gguf_files,
+            cli.threads,
+            cli.repeats.min(5),
+        )?);
+    }
+
     // Forward passes, Python engines, in a child process of this one.
     let mut versions = String::new();
     let mut python_rss = None;
@@ -748,6 +797,47 @@ fn main() -> anyhow::Result<()> {
         writeln!(md, "|---|---:|---:|---:|---:|")?;
         for (label, len, g, f) in &gguf_rows {
             writeln!(md, "| {label} | {len} | {g:.4} | {f:.4} | {:.2}x |", g / f)?;
+        }
+    }
+    if let Some((rows, fast, prompt)) = &llama_rows {
+        writeln!(
+            md,
+            "\n## llama.cpp side by side (same GGUF files)\n\n`llama-diffusion-cli` (llama.cpp from the `llama-cpp-python` 0.3.36 sdist, built by `tests/fixtures/make_gguf.py --steps build`) and ours on the same file, prompt {prompt} ({} tokens with the chat template), canvas {}, blocks of {}, {} steps per block, temperature 0, {} threads each, medians of interleaved runs. Time per step: generation wall time (loading excluded) over the forward passes each ran (llama.cpp counts its blocks from the prompt's end, so its last {} blocks fall past the canvas and run one pass each). llama.cpp needs `--top-k 1` for greedy tokens, which sets every confidence to 1 (it then commits left to right within a block), so on these random weights the answers are not expected to agree:\n",
+            llama_cpp::PROMPT,
+            llama_cpp::CANVAS,
+            llama_cpp::BLOCK,
+            llama_cpp::STEPS_PER_BLOCK,
+            cli.threads,
+            llama_cpp::CANVAS / llama_cpp::BLOCK
+                - (llama_cpp::CANVAS - llama_cpp::PROMPT).div_ceil(llama_cpp::BLOCK),
+        )?;
+        writeln!(
+            md,
+            "| weights | llama.cpp (s/step) | ours (s/step) | ours / llama.cpp | llama.cpp tokens/s | ours tokens/s | same answer |"
+        )?;
+        writeln!(md, "|---|---:|---:|---:|---:|---:|---|")?;
+        for r in rows {
+            writeln!(
+                md,
+                "| {} | {:.4} | {:.4} | {:.2}x | {:.1} | {:.1} | {} |",
+                r.label,
+                r.llama_step_s,
+                r.ours_step_s,
+                r.ours_step_s / r.llama_step_s,
+                r.llama_tokens_per_s,
+                r.ours_tokens_per_s,
+                if r.same_answer { "yes" } else { "no" }
+            )?;
+        }
+        if let Some(f) = fast {
+            writeln!(
+                md,
+                "\nOurs on {} with Fast-dLLM's threshold 0.9 and the dual cache: {} forward passes for the {} tokens, {:.1} tokens/s.",
+                f.label,
+                f.passes,
+                llama_cpp::CANVAS - llama_cpp::PROMPT,
+                f.tokens_per_s
+            )?;
         }
     }
     writeln!(md, "\n## Memory (ndarray backend)\n")?;
