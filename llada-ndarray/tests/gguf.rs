@@ -153,20 +153,7 @@ fn write_temp(bytes: &[u8]) -> tempfile::NamedTempFile {
 }
 
 fn logits(model: Arc<Model>) -> Vec<Vec<f32>> {
-    let vocab = model.config().embedding_size;
-    let mut context = Context::with_threads(model, 2).unwrap();
-    golden_cases()
-        .iter()
-        .map(|case| {
-            let request = ForwardRequest::new(&case.ids, case.batch, case.seq)
-                .unwrap()
-                .with_attention_mask(&case.mask)
-                .unwrap();
-            let mut out = vec![0.0; case.batch * case.seq * vocab];
-            context.forward(&request, &mut out).unwrap();
-            out
-        })
-        .collect()
+    common::golden_case_logits(&model)
 }
 
 #[test]

@@ -6,8 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{fixture_tensors, golden_cases, max_abs_diff, model_dir, to_bf16, write_safetensors};
-use llada_core::ForwardRequest;
-use llada_ndarray::{Config, Context, LoadError, Model};
+use llada_ndarray::{Config, LoadError, Model};
 use llada_test_support::{bundled_model, fixture};
 
 /// Largest |logit| difference between a bf16 copy of the fixture and PyTorch's f32 logits,
@@ -18,15 +17,7 @@ use llada_test_support::{bundled_model, fixture};
 const BF16_RELATIVE_TOLERANCE: f32 = 0.02;
 
 fn logits(model: Arc<Model>, case: &common::GoldenCase) -> Vec<f32> {
-    let mut context = Context::new(model).unwrap();
-    let vocab = context.model().config().embedding_size;
-    let request = ForwardRequest::new(&case.ids, case.batch, case.seq)
-        .unwrap()
-        .with_attention_mask(&case.mask)
-        .unwrap();
-    let mut out = vec![0.0; case.batch * case.seq * vocab];
-    context.forward(&request, &mut out).unwrap();
-    out
+    common::case_logits(&model, case)
 }
 
 #[test]

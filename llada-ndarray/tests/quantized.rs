@@ -5,10 +5,8 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{golden_cases, max_abs_diff};
-use llada_core::{
-    Canvas, ForwardRequest, GenerateParams, MaskPredictor, WorkspaceBuf, WorkspaceSizes, generate,
-};
+use common::max_abs_diff;
+use llada_core::{Canvas, GenerateParams, MaskPredictor, WorkspaceBuf, WorkspaceSizes, generate};
 use llada_ndarray::{Context, LoadError, LoadOptions, Model, Quantization};
 use llada_test_support::{answer_of, bundled_mask_id, bundled_model, eval_set};
 
@@ -58,20 +56,7 @@ fn exact_match(model: Arc<Model>) -> f64 {
 }
 
 fn logits(model: &Arc<Model>) -> Vec<Vec<f32>> {
-    let vocab = model.config().embedding_size;
-    let mut context = Context::with_threads(model.clone(), 2).unwrap();
-    golden_cases()
-        .iter()
-        .map(|case| {
-            let request = ForwardRequest::new(&case.ids, case.batch, case.seq)
-                .unwrap()
-                .with_attention_mask(&case.mask)
-                .unwrap();
-            let mut out = vec![0.0; case.batch * case.seq * vocab];
-            context.forward(&request, &mut out).unwrap();
-            out
-        })
-        .collect()
+    common::golden_case_logits(model)
 }
 
 #[test]

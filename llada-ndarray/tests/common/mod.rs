@@ -60,6 +60,30 @@ pub(crate) fn golden_cases() -> Vec<GoldenCase> {
         .collect()
 }
 
+/// The logits of `model` for one golden case (two threads).
+pub(crate) fn case_logits(
+    model: &std::sync::Arc<llada_ndarray::Model>,
+    case: &GoldenCase,
+) -> Vec<f32> {
+    let vocab = model.config().embedding_size;
+    let mut context = llada_ndarray::Context::with_threads(model.clone(), 2).unwrap();
+    let request = llada_core::ForwardRequest::new(&case.ids, case.batch, case.seq)
+        .unwrap()
+        .with_attention_mask(&case.mask)
+        .unwrap();
+    let mut out = vec![0.0; case.batch * case.seq * vocab];
+    context.forward(&request, &mut out).unwrap();
+    out
+}
+
+/// The logits of `model` for every golden case.
+pub(crate) fn golden_case_logits(model: &std::sync::Arc<llada_ndarray::Model>) -> Vec<Vec<f32>> {
+    golden_cases()
+        .iter()
+        .map(|case| case_logits(model, case))
+        .collect()
+}
+
 pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
