@@ -559,7 +559,7 @@ fn main() -> anyhow::Result<()> {
             &cli.llama_cpp,
             &gguf_files,
             cli.threads,
-            cli.repeats.min(5),
+            cli.repeats.min(3),
         )?);
     }
 

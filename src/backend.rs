@@ -219,6 +219,14 @@ impl SharedWeights {
     /// A backend for one pipeline, computing with `threads` threads (default: every core for
     /// ndarray, ONNX Runtime's choice or the model options' for ORT).
     pub(crate) fn backend(&self, threads: Option<usize>) -> Result<Backend, Error> {
+        // A thread count from a host's parameters, checked before any backend sizes
+        // anything by it.
+        if let Some(threads) = threads.filter(|&t| t > MAX_THREADS) {
+            return Err(Error::ThreadCount {
+                threads,
+                max: MAX_THREADS,
+            });
+        }
         match self {
             #[cfg(feature = "ndarray")]
             SharedWeights::Ndarray(model) => {
@@ -233,6 +241,9 @@ impl SharedWeights {
         }
     }
 }
+
+/// The most threads a pipeline computes with (the ndarray backend's limit, for every backend).
+pub const MAX_THREADS: usize = 1024;
 
 impl MaskPredictor for Backend {
     type Error = BackendError;

@@ -120,6 +120,14 @@ pub enum Error {
         /// The weights.
         path: PathBuf,
     },
+    /// More threads asked for than a pipeline runs ([`crate::MAX_THREADS`]).
+    #[error("{threads} threads asked for; a pipeline runs at most {max}")]
+    ThreadCount {
+        /// The count given.
+        threads: usize,
+        /// The most allowed.
+        max: usize,
+    },
     /// A GGUF file is written from a safetensors checkpoint; these weights are not one.
     #[error(
         "cannot write {format} weights ({path}) as GGUF; the writer reads safetensors checkpoints"
@@ -169,7 +177,9 @@ impl Error {
             | Error::OptionUnsupported { .. }
             | Error::WeightsFormat { .. }
             | Error::ExportSource { .. } => ErrorKind::Unsupported,
-            Error::PromptTooLong { .. } | Error::EmptyInput(_) => ErrorKind::InvalidInput,
+            Error::PromptTooLong { .. } | Error::EmptyInput(_) | Error::ThreadCount { .. } => {
+                ErrorKind::InvalidInput
+            }
             Error::Backend(e) => e.kind,
             Error::Params(e) => e.kind(),
             Error::Cancelled => ErrorKind::Cancelled,

@@ -38,7 +38,7 @@ mod gguf;
 mod pipeline;
 mod tokenizer;
 
-pub use backend::{Backend, BackendChoice, OrtOptions};
+pub use backend::{Backend, BackendChoice, MAX_THREADS, OrtOptions};
 pub use chat::{ChatTemplate, Message};
 pub use error::{BackendError, Error, report};
 pub use files::{DECODING_KEY, DecodingDefaults, ModelFiles, WeightSource};

@@ -80,6 +80,10 @@ pub(crate) fn grow(v: &mut Vec<f32>, len: usize) {
     }
 }
 
+/// The most threads a context starts (a count from a host's parameters is checked against it
+/// before anything is allocated per thread).
+pub const MAX_THREADS: usize = 1024;
+
 /// How a [`Context`] computes: threads and kernel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -142,6 +146,12 @@ impl Context {
         let threads = options
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+        if threads > MAX_THREADS {
+            return Err(LoadError::ThreadCount {
+                threads,
+                max: MAX_THREADS,
+            });
+        }
         let pool = ThreadScratch::pool(threads).map_err(LoadError::Threads)?;
         Ok(Self {
             model,

@@ -116,6 +116,14 @@ pub enum LoadError {
         /// What is wrong.
         source: crate::gguf::GgufError,
     },
+    /// More threads asked for than a context starts.
+    #[error("{threads} threads asked for; a context runs at most {max}")]
+    ThreadCount {
+        /// The count given.
+        threads: usize,
+        /// The most allowed.
+        max: usize,
+    },
     /// Could not start the worker threads.
     #[error("cannot start worker threads")]
     Threads(#[source] std::io::Error),
@@ -178,6 +186,7 @@ impl LoadError {
             | LoadError::Requantize { .. }
             | LoadError::KernelUnsupported { .. } => ErrorKind::Unsupported,
             LoadError::UnknownKernel { .. }
+            | LoadError::ThreadCount { .. }
             | LoadError::UnknownQuantization { .. }
             | LoadError::UnknownFileType { .. } => ErrorKind::InvalidInput,
             LoadError::Threads(_) => ErrorKind::Backend,

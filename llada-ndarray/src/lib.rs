@@ -50,7 +50,7 @@ mod threads;
 mod weights;
 
 pub use config::Config;
-pub use context::{Context, ContextOptions};
+pub use context::{Context, ContextOptions, MAX_THREADS};
 pub use error::{ForwardError, LoadError};
 pub use gemm::isa::Kernel;
 pub use model::{LoadOptions, Model, Quantization};

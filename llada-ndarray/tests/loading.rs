@@ -288,3 +288,15 @@ fn truncated_or_corrupted_files_and_missing_paths_are_typed_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn a_thread_count_no_context_runs_is_a_typed_error() {
+    let model = Arc::new(Model::load(llada_test_support::bundled_model()).unwrap());
+    let err = llada_ndarray::Context::with_threads(Arc::clone(&model), 4_000_000_000).unwrap_err();
+    assert!(
+        matches!(err, LoadError::ThreadCount { threads: 4_000_000_000, max } if max == llada_ndarray::MAX_THREADS),
+        "{err}"
+    );
+    assert_eq!(err.kind(), llada_core::ErrorKind::InvalidInput);
+    llada_ndarray::Context::with_threads(model, llada_ndarray::MAX_THREADS.min(4)).unwrap();
+}

@@ -101,6 +101,12 @@ int main(int argc, char **argv) {
     }
     llada_context *context = NULL;
     EXPECT(llada_context_new(NULL, NULL, &context) == LLADA_STATUS_NULL_ARG);
+    /* A thread count no context runs is refused before anything is sized by it. */
+    llada_context_params huge = llada_context_default_params();
+    huge.threads = 4000000000u;
+    EXPECT(llada_context_new(model, &huge, &context) == LLADA_STATUS_INVALID_ARG);
+    EXPECT(context == NULL);
+    EXPECT(strstr(llada_last_error(), "4000000000 threads") != NULL);
     EXPECT(llada_context_new(model, NULL, &context) == LLADA_STATUS_OK);
 
     /* Tokenize into a buffer that is too small: the size needed comes back, nothing else. */
