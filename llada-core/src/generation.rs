@@ -643,7 +643,11 @@ impl<'a> Generation<'a> {
             if (0..self.batch).any(|row| self.row_has_work(row)) {
                 return;
             }
-            self.step += 1;
+            // No row commits anything now, and none will later in this block: a schedule's
+            // counts never grow from one step to the next, and an adaptive rule has work
+            // while masks remain. Jump to the block's end rather than count up to it (a
+            // schedule of billions of steps per block would otherwise spin here).
+            self.step = self.steps_per_block();
         }
     }
 
