@@ -116,6 +116,16 @@ fn rss_mib() -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// The `libonnxruntime.so` of the `onnxruntime` wheel in the bench venv (`--python`), for when
+/// `ORT_DYLIB_PATH` is not set: the benchmark runs as the README writes it.
+fn bench_venv_onnxruntime(python: &Path) -> Option<PathBuf> {
+    let script = "import glob, os, onnxruntime; \
+        print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi', 'libonnxruntime.so*')))[0])";
+    let output = Command::new(python).args(["-c", script]).output().ok()?;
+    let path = PathBuf::from(String::from_utf8(output.stdout).ok()?.trim());
+    (output.status.success() && path.is_file()).then_some(path)
+}
+
 fn cpu_description() -> (String, Vec<String>) {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = info
@@ -195,40 +205,74 @@ fn ensure_llama_cpp(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Median seconds of one full forward pass at `len` tokens for each of two predictors, timed
-/// alternately so that the machine's noise falls on both alike.
-fn time_forward_pair<P: MaskPredictor, Q: MaskPredictor>(
-    p: &mut P,
-    q: &mut Q,
-    len: usize,
-    repeats: usize,
-) -> anyhow::Result<(f64, f64)>
+/// Times of one measurement: the median and the spread of the timed runs.
+#[derive(Clone, Copy, Debug)]
+struct Timing {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Timing {
+    fn of(samples: &mut [f64]) -> Self {
+        Self {
+            median: median(samples),
+            min: samples.iter().copied().fold(f64::INFINITY, f64::min),
+            max: samples.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        }
+    }
+}
+
+/// A forward pass to time, whatever the backend's error type.
+trait Forward {
+    fn vocab(&self) -> usize;
+    fn run(&mut self, request: &ForwardRequest<'_>, logits: &mut [f32]) -> anyhow::Result<()>;
+}
+
+impl<P: MaskPredictor> Forward for P
 where
     P::Error: std::error::Error + Send + Sync + 'static,
-    Q::Error: std::error::Error + Send + Sync + 'static,
 {
-    let ids = random_ids(len as u64, len, p.vocab_size().min(q.vocab_size()));
+    fn vocab(&self) -> usize {
+        self.vocab_size()
+    }
+
+    fn run(&mut self, request: &ForwardRequest<'_>, logits: &mut [f32]) -> anyhow::Result<()> {
+        Ok(self.forward(request, logits)?)
+    }
+}
+
+/// One forward pass of `len` tokens on each engine: a warm-up each, then `repeats` rounds in
+/// which every engine runs once in turn, so that the machine's slow and quiet spells fall on
+/// all of them alike.
+fn time_forwards(
+    engines: &mut [&mut dyn Forward],
+    len: usize,
+    repeats: usize,
+) -> anyhow::Result<Vec<Timing>> {
+    let vocab_min = engines.iter().map(|e| e.vocab()).min().unwrap_or(0);
+    let vocab_max = engines.iter().map(|e| e.vocab()).max().unwrap_or(0);
+    let ids = random_ids(len as u64, len, vocab_min);
     let request = ForwardRequest::new(&ids, 1, len)?;
-    let mut logits = vec![0.0f32; request.logits_len(p.vocab_size().max(q.vocab_size()))];
-    let n = request.logits_len(p.vocab_size());
-    p.forward(&request, &mut logits[..n])?;
-    let m = request.logits_len(q.vocab_size());
-    q.forward(&request, &mut logits[..m])?;
-    let (mut a, mut b) = (Vec::with_capacity(repeats), Vec::with_capacity(repeats));
+    let mut logits = vec![0.0f32; request.logits_len(vocab_max)];
+    for engine in engines.iter_mut() {
+        let n = request.logits_len(engine.vocab());
+        engine.run(&request, &mut logits[..n])?;
+    }
+    let mut samples = vec![Vec::with_capacity(repeats); engines.len()];
     // Runtimes keep their worker threads spinning for a while after a call (ONNX Runtime does
     // by default); a pause before each switch keeps one engine's spinning off the other's time.
     let settle = || std::thread::sleep(std::time::Duration::from_millis(250));
     for _ in 0..repeats {
-        settle();
-        let start = Instant::now();
-        p.forward(&request, &mut logits[..n])?;
-        a.push(start.elapsed().as_secs_f64());
-        settle();
-        let start = Instant::now();
-        q.forward(&request, &mut logits[..m])?;
-        b.push(start.elapsed().as_secs_f64());
+        for (engine, samples) in engines.iter_mut().zip(&mut samples) {
+            let n = request.logits_len(engine.vocab());
+            settle();
+            let start = Instant::now();
+            engine.run(&request, &mut logits[..n])?;
+            samples.push(start.elapsed().as_secs_f64());
+        }
     }
-    Ok((median(&mut a), median(&mut b)))
+    Ok(samples.iter_mut().map(|s| Timing::of(s)).collect())
 }
 
 /// End-to-end generation driven through the sans-IO state machine, so forward and sampler time
@@ -481,7 +525,7 @@ struct PythonReport {
 struct PythonResult {
     engine: String,
     seq_len: usize,
-    median_s: f64,
+    samples: Vec<f64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -525,19 +569,43 @@ fn main() -> anyhow::Result<()> {
     // Forward passes, Rust backends.
     let model = Arc::new(llada::ndarray::Model::load(&cli.model)?);
     let mut ndarray = llada::ndarray::Context::with_threads(Arc::clone(&model), cli.threads)?;
-    let library = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from);
+    let library = match std::env::var_os("ORT_DYLIB_PATH") {
+        Some(path) => Some(PathBuf::from(path)),
+        None => bench_venv_onnxruntime(&cli.python),
+    };
     let mut builder =
         llada::ort::OrtPredictor::builder(cli.model.join("model.onnx")).intra_threads(cli.threads);
     if let Some(library) = &library {
         builder = builder.library(library);
     }
     let mut ort = builder.build()?;
-    let mut rows: Vec<(String, usize, f64)> = Vec::new();
+    // On an AVX-512 host, the AVX2 kernel too (what AVX2-only hosts run).
+    let mut ndarray_avx2 = if kernel == llada::ndarray::Kernel::Avx512 {
+        let options = llada::ndarray::ContextOptions::default()
+            .with_threads(cli.threads)
+            .with_kernel(llada::ndarray::Kernel::Avx2);
+        Some(llada::ndarray::Context::with_options(
+            Arc::clone(&model),
+            options,
+        )?)
+    } else {
+        None
+    };
+    let mut rows: Vec<(String, usize, Timing)> = Vec::new();
     for &len in &cli.lengths {
         eprintln!("forward, {len} tokens");
-        let (nd, ox) = time_forward_pair(&mut ndarray, &mut ort, len, cli.repeats)?;
-        rows.push(("llada ndarray".into(), len, nd));
-        rows.push(("llada ort (CPU)".into(), len, ox));
+        let mut engines: Vec<(&str, &mut dyn Forward)> = vec![
+            ("llada ndarray", &mut ndarray),
+            ("llada ort (CPU)", &mut ort),
+        ];
+        if let Some(avx2) = &mut ndarray_avx2 {
+            engines.push(("llada ndarray (LLADA_KERNEL=avx2)", avx2));
+        }
+        let (labels, mut engines): (Vec<&str>, Vec<&mut dyn Forward>) = engines.into_iter().unzip();
+        let timings = time_forwards(&mut engines, len, cli.repeats)?;
+        for (label, timing) in labels.into_iter().zip(timings) {
+            rows.push((label.into(), len, timing));
+        }
     }
     // GGUF weights against the f32 checkpoint, side by side: (label, tokens, gguf s, f32 s).
     let mut gguf_rows: Vec<(String, usize, f64, f64)> = Vec::new();
@@ -546,8 +614,8 @@ fn main() -> anyhow::Result<()> {
         let mut context = llada::ndarray::Context::with_threads(model, cli.threads)?;
         for len in [32, 256] {
             eprintln!("forward, {label}, {len} tokens");
-            let (g, f) = time_forward_pair(&mut context, &mut ndarray, len, cli.repeats)?;
-            gguf_rows.push((label.clone(), len, g, f));
+            let t = time_forwards(&mut [&mut context, &mut ndarray], len, cli.repeats)?;
+            gguf_rows.push((label.clone(), len, t[0].median, t[1].median));
         }
     }
 
@@ -593,8 +661,9 @@ fn main() -> anyhow::Result<()> {
         }
         let report: PythonReport = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
         let _ = std::fs::remove_file(&out);
-        for r in report.results {
-            rows.push((r.engine, r.seq_len, r.median_s));
+        for mut r in report.results {
+            let timing = Timing::of(&mut r.samples);
+            rows.push((r.engine, r.seq_len, timing));
         }
         versions = format!(
             "PyTorch {}, ONNX Runtime (Python) {}",
@@ -668,20 +737,21 @@ fn main() -> anyhow::Result<()> {
     }
     writeln!(
         md,
-        "\n## One forward pass (batch 1, full logits), median of {} runs\n",
+        "\n## One forward pass (batch 1, full logits), median of {} runs\n\nThe Rust engines' runs are interleaved (each round runs every engine once); the Python engines run after them in a child process. Spread: the fastest and slowest of the timed runs.\n",
         cli.repeats
     )?;
     writeln!(
         md,
-        "| engine | tokens | median (s) | GFLOP/s | ratio to ORT (Rust) |"
+        "| engine | tokens | median (s) | spread (s) | GFLOP/s | ratio to ORT (Rust) |"
     )?;
-    writeln!(md, "|---|---:|---:|---:|---:|")?;
+    writeln!(md, "|---|---:|---:|---:|---:|---:|")?;
     for &len in &cli.lengths {
         let ort_time = rows
             .iter()
             .find(|r| r.0 == "llada ort (CPU)" && r.1 == len)
-            .map_or(f64::NAN, |r| r.2);
-        for (engine, l, t) in rows.iter().filter(|r| r.1 == len) {
+            .map_or(f64::NAN, |r| r.2.median);
+        for (engine, l, timing) in rows.iter().filter(|r| r.1 == len) {
+            let t = timing.median;
             // Matrix products (every parameter but the embedding lookup) and attention (q·kᵀ and p·v).
             let c = model.config();
             let d = c.d_model as f64;
@@ -690,7 +760,9 @@ fn main() -> anyhow::Result<()> {
                 2.0 * matmul * *l as f64 + 4.0 * c.n_layers as f64 * (*l as f64).powi(2) * d;
             writeln!(
                 md,
-                "| {engine} | {l} | {t:.4} | {:.0} | {:.2}x |",
+                "| {engine} | {l} | {t:.4} | {:.4}–{:.4} | {:.0} | {:.2}x |",
+                timing.min,
+                timing.max,
                 flops / t / 1e9,
                 t / ort_time
             )?;
