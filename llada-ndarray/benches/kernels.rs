@@ -53,17 +53,21 @@ fn matmuls(c: &mut Criterion) {
     group.finish();
 }
 
-/// The same products with block-quantized weights (widened inside the kernel), two threads:
-/// a block's 256 tokens and a 32-token window of the LM head.
+/// The same products with block-quantized weights, two threads: a block's 256 tokens, a
+/// 32-token dual-cache step, and a 32-token window of the LM head. `widened`: blocks widened
+/// to f32 inside the kernel; `integer`: Q8_0 and Q4_0 multiplied in integers (AVX-512 VNNI
+/// only; the row is left out elsewhere).
 fn quantized_matmuls(c: &mut Criterion) {
     let shapes = [
         ("gate_up", 256, 5632, 1024),
+        ("gate_up", 32, 5632, 1024),
         ("ff_out", 256, 1024, 2816),
         ("lm_head_window32", 32, 32000, 1024),
     ];
     let mut group = c.benchmark_group("matmul_quantized");
     group.sample_size(10);
-    let pool = threads(2);
+    let widened = threads(2);
+    let integer = threads(2).with_integer_products();
     for (name, m, n, k) in shapes {
         let a = values(m * k);
         let w = values(n * k);
@@ -71,8 +75,14 @@ fn quantized_matmuls(c: &mut Criterion) {
         for format in Quantization::ALL {
             let packed = pack_quantized(&w, n, k, format);
             group.throughput(Throughput::Elements((2 * m * n * k) as u64));
-            let id = format!("{name}/{m}x{k}x{n}/{format}/2t");
-            group.bench_function(id, |b| b.iter(|| matmul(&pool, &a, m, &packed, &mut out)));
+            for (path, pool) in [("widened", &widened), ("integer", &integer)] {
+                let integer_format = matches!(format, Quantization::Q8_0 | Quantization::Q4_0);
+                if path == "integer" && !(pool.integer_products() && integer_format) {
+                    continue;
+                }
+                let id = format!("{name}/{m}x{k}x{n}/{format}/{path}/2t");
+                group.bench_function(id, |b| b.iter(|| matmul(pool, &a, m, &packed, &mut out)));
+            }
         }
     }
     group.finish();

@@ -40,6 +40,20 @@ pub fn threads(threads: usize) -> Threads {
     }
 }
 
+impl Threads {
+    /// The same pool, multiplying Q8_0 and Q4_0 weights in integers where the CPU has an
+    /// integer kernel (what a default [`Context`](crate::Context) does).
+    pub fn with_integer_products(mut self) -> Self {
+        self.isa = self.isa.with_integer_products();
+        self
+    }
+
+    /// Whether Q8_0 and Q4_0 weights are multiplied in integers.
+    pub fn integer_products(&self) -> bool {
+        self.isa.int8().is_some()
+    }
+}
+
 /// A weight `[n, k]` (row-major) packed for the kernel.
 pub struct Weight(PackedMatrix);
 

@@ -93,6 +93,12 @@ pub struct ContextOptions {
     /// The matrix kernel (`None`: `LLADA_KERNEL` if set, else the fastest this CPU runs).
     /// Asking for one the CPU lacks is an error.
     pub kernel: Option<Kernel>,
+    /// Multiply Q8_0 and Q4_0 weights in f32 (widened inside the kernel) even where integer
+    /// kernels exist. By default (`false`) a CPU with AVX-512 VNNI multiplies them in
+    /// integers, as llama.cpp does: activations are quantized to 8-bit blocks of 32 first,
+    /// which is faster and moves logits by about 1% of their spread (see `tests/int8.rs`);
+    /// with `true` the logits are those of the dequantized weights within 1e-4.
+    pub dequantized_products: bool,
 }
 
 impl ContextOptions {
@@ -105,6 +111,13 @@ impl ContextOptions {
     /// Computes with `kernel`.
     pub fn with_kernel(mut self, kernel: Kernel) -> Self {
         self.kernel = Some(kernel);
+        self
+    }
+
+    /// Multiplies Q8_0 and Q4_0 weights in f32, never in integers (see
+    /// [`dequantized_products`](Self::dequantized_products)).
+    pub fn with_dequantized_products(mut self) -> Self {
+        self.dequantized_products = true;
         self
     }
 }
@@ -142,7 +155,10 @@ impl Context {
     /// A context with the given threads and kernel. A kernel this CPU cannot run (asked for
     /// here or through `LLADA_KERNEL`) is [`LoadError::KernelUnsupported`].
     pub fn with_options(model: Arc<Model>, options: ContextOptions) -> Result<Self, LoadError> {
-        let isa = Isa::choose(options.kernel)?;
+        let mut isa = Isa::choose(options.kernel)?;
+        if !options.dequantized_products {
+            isa = isa.with_integer_products();
+        }
         let threads = options
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
@@ -175,6 +191,12 @@ impl Context {
     /// The matrix kernel this context runs.
     pub fn kernel(&self) -> Kernel {
         self.isa.kernel()
+    }
+
+    /// Whether Q8_0 and Q4_0 weights are multiplied in integers (see
+    /// [`ContextOptions::dequantized_products`]).
+    pub fn integer_products(&self) -> bool {
+        self.isa.int8().is_some()
     }
 
     /// Sizes the buffers for `batch` rows of `seq_len` tokens (with a logits window as long as

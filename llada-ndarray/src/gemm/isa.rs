@@ -4,6 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::int8::IntKernel;
 use crate::error::LoadError;
 
 /// A family of matrix kernels (and the row operations compiled with them). Contexts pick the
@@ -95,15 +96,20 @@ impl FromStr for Kernel {
 
 /// A [`Kernel`] this CPU runs: what the matrix product and the row operations dispatch on.
 /// It can only be made by [`Isa::new`], which checks the CPU, so the unsafe kernels behind it
-/// never run where their instructions are missing.
+/// never run where their instructions are missing. It may also name an integer kernel for
+/// Q8_0 and Q4_0 weights ([`Isa::with_integer_products`]), again only one the CPU runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Isa(Kernel);
+pub(crate) struct Isa {
+    kernel: Kernel,
+    int8: Option<IntKernel>,
+}
 
 impl Isa {
-    /// `kernel`, if this CPU runs it; otherwise an error naming it.
+    /// `kernel`, if this CPU runs it; otherwise an error naming it. Quantized weights are
+    /// widened to f32 inside its kernel (no integer products).
     pub(crate) fn new(kernel: Kernel) -> Result<Self, LoadError> {
         if kernel.is_supported() {
-            Ok(Self(kernel))
+            Ok(Self { kernel, int8: None })
         } else {
             Err(LoadError::KernelUnsupported {
                 kernel: kernel.name(),
@@ -121,19 +127,50 @@ impl Isa {
         Self::new(kernel)
     }
 
+    /// The same, with Q8_0 and Q4_0 weights multiplied in integers (activations quantized to
+    /// 8 bits) where the kernel family has integer kernels and the CPU runs them: AVX-512
+    /// with VNNI. Elsewhere unchanged.
+    pub(crate) fn with_integer_products(self) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if self.kernel == Kernel::Avx512
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+        {
+            return Self {
+                int8: Some(IntKernel::Vnni),
+                ..self
+            };
+        }
+        self
+    }
+
+    /// With `int8` as the integer kernel (tests: the reference kernel runs anywhere).
+    #[cfg(test)]
+    pub(crate) fn with_int8_kernel(self, int8: IntKernel) -> Self {
+        Self {
+            int8: Some(int8),
+            ..self
+        }
+    }
+
     /// The fastest kernel this CPU runs.
     #[cfg(test)]
     pub(crate) fn detect() -> Self {
-        Self(Kernel::detect())
+        Self::new(Kernel::detect()).expect("the detected kernel runs")
     }
 
     pub(crate) fn kernel(self) -> Kernel {
-        self.0
+        self.kernel
+    }
+
+    /// The integer kernel for Q8_0 and Q4_0 weights, if products use one.
+    pub(crate) fn int8(self) -> Option<IntKernel> {
+        self.int8
     }
 
     /// Whether the row operations may be compiled for AVX2 + FMA.
     pub(crate) fn has_avx2(self) -> bool {
-        matches!(self.0, Kernel::Avx2 | Kernel::Avx512)
+        matches!(self.kernel, Kernel::Avx2 | Kernel::Avx512)
     }
 }
 

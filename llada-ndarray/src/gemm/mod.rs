@@ -8,6 +8,7 @@
 //! value, an [`Isa`], chosen per context; all packing memory is caller-owned scratch: no
 //! allocation per call.
 
+mod int8;
 pub(crate) mod isa;
 pub(crate) mod kernels;
 mod pack;
@@ -260,6 +261,8 @@ pub(crate) struct GemmScratch {
     a: Vec<f32>,
     /// Quantized panels of a column block, widened (grown on the first quantized product).
     b: Vec<f32>,
+    /// Rows of `A` quantized for the integer kernels (grown on the first integer product).
+    quantized: int8::QuantizedRows,
 }
 
 impl GemmScratch {
@@ -267,8 +270,17 @@ impl GemmScratch {
         Self {
             a: vec![0.0; MC.max(MR_MAX) * KC],
             b: Vec::new(),
+            quantized: int8::QuantizedRows::default(),
         }
     }
+}
+
+/// Numbers each product, so that a thread's quantized rows of `A` are reused by the tasks of
+/// one product and never by another's.
+static PRODUCTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_product() -> u64 {
+    PRODUCTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Tasks: `row_chunks × col_chunks` rectangles of `C`.
@@ -331,6 +343,7 @@ pub(crate) fn gemm(
     check(&a, &b, &c);
     let p = plan(c.rows, c.cols, pool.threads());
     let work = c.rows * c.cols * a.cols;
+    let product = next_product();
     pool.run_sized(p.row_chunks * p.col_chunks, work, &|task, scratch| {
         let (ri, ci) = (task / p.col_chunks, task % p.col_chunks);
         let rows = ri * p.row_chunk..((ri + 1) * p.row_chunk).min(c.rows);
@@ -343,7 +356,7 @@ pub(crate) fn gemm(
             cols,
             accumulate,
         };
-        gemm_task(isa, block, scratch.as_mut());
+        gemm_task(isa, product, block, scratch.as_mut());
     });
 }
 
@@ -365,7 +378,7 @@ pub(crate) fn gemm_serial(
         cols: 0..c.cols,
         accumulate,
     };
-    gemm_task(isa, block, scratch);
+    gemm_task(isa, next_product(), block, scratch);
 }
 
 /// One task's rectangle of `C`; `cols` starts on a panel boundary.
@@ -378,8 +391,53 @@ struct Block<'t, 'a> {
     accumulate: bool,
 }
 
-/// Runs one rectangle with the kernel `isa` names.
-fn gemm_task(isa: Isa, block: Block<'_, '_>, scratch: &mut GemmScratch) {
+/// Runs one rectangle with the kernel `isa` names: Q8_0 and Q4_0 panels through the integer
+/// kernels when `isa` has them, everything else through the floating-point ones.
+fn gemm_task(isa: Isa, product: u64, block: Block<'_, '_>, scratch: &mut GemmScratch) {
+    let (Some(kernel), Rhs::Packed(w)) = (isa.int8(), block.b) else {
+        return float_task(isa, block, scratch);
+    };
+    if !int8::applies(block.b) {
+        return float_task(isa, block, scratch);
+    }
+    // Segment by segment (they are panel ranges): the interleaved ones through the integer
+    // kernel, the others through the floating-point one.
+    for segment in &w.segments {
+        let cols = (segment.panels.start * NR).max(block.cols.start)
+            ..(segment.panels.end * NR).min(block.cols.end);
+        if cols.is_empty() {
+            continue;
+        }
+        let part = Block {
+            a: block.a,
+            b: block.b,
+            c: block.c,
+            rows: block.rows.clone(),
+            cols,
+            accumulate: block.accumulate,
+        };
+        match &segment.data {
+            PanelData::Quant { ty, data } if int8::is_interleaved(*ty) => {
+                // SAFETY: an `Isa` has an integer kernel only if this CPU runs it.
+                unsafe {
+                    int8::task(
+                        kernel,
+                        product,
+                        &part,
+                        segment,
+                        *ty,
+                        data,
+                        &mut scratch.quantized,
+                    )
+                }
+            }
+            _ => float_task(isa, part, scratch),
+        }
+    }
+}
+
+/// Runs one rectangle with `isa`'s floating-point kernel.
+fn float_task(isa: Isa, block: Block<'_, '_>, scratch: &mut GemmScratch) {
     // SAFETY: an `Isa` exists only for kernels this CPU runs.
     unsafe {
         match isa.kernel() {
@@ -422,6 +480,7 @@ unsafe fn task<K: MicroKernel>(block: Block<'_, '_>, scratch: &mut GemmScratch) 
     let GemmScratch {
         a: apack,
         b: widened,
+        ..
     } = scratch;
     if pack::has_quantized(b) && widened.len() < COLUMN_BLOCK * KC * NR {
         widened.resize(COLUMN_BLOCK * KC * NR, 0.0);

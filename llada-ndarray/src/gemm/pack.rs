@@ -3,6 +3,7 @@
 
 use half::{bf16, f16};
 
+use super::int8;
 use super::kernels::Panel;
 use super::{Dtype, KC, MatRef, NR, PackedMatrix, PanelData, Rhs, Segment};
 use crate::quant::{QuantType, dequantize_block, quantize_row};
@@ -50,6 +51,7 @@ impl PackedMatrix {
 
     /// Packs `[n, k]` weights whose rows are runs of `ty` blocks into quantized panels:
     /// `rows(r, out)` writes row `r`'s `ty.row_bytes(k)` bytes; rows past `n` are zero blocks.
+    /// Q8_0 and Q4_0 panels are then interleaved for the integer kernels (see [`int8`]).
     pub(crate) fn pack_quantized(
         n: usize,
         k: usize,
@@ -66,6 +68,11 @@ impl PackedMatrix {
             for kb in 0..blocks {
                 let at = ((p * blocks + kb) * NR + col) * bytes;
                 data[at..at + bytes].copy_from_slice(&row[kb * bytes..(kb + 1) * bytes]);
+            }
+        }
+        if int8::is_interleaved(ty) {
+            for panel_block in data.chunks_exact_mut(NR * bytes) {
+                int8::interleave(ty, panel_block);
             }
         }
         PanelData::Quant { ty, data }
@@ -126,6 +133,11 @@ pub(super) fn widen_quantized(
         let dst = &mut out[(p - panels.start) * KC * NR..][..kc * NR];
         for kb in k0 / len..(k0 + kc) / len {
             let base = (q * blocks + kb) * NR * bytes;
+            if int8::is_interleaved(*ty) {
+                let rows = &mut dst[(kb * len - k0) * NR..][..len * NR];
+                int8::widen_interleaved(*ty, &data[base..base + NR * bytes], rows);
+                continue;
+            }
             for col in 0..NR {
                 let at = base + col * bytes;
                 dequantize_block(*ty, &data[at..at + bytes], &mut block[..len]);

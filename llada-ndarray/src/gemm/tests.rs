@@ -13,7 +13,7 @@ fn isas() -> Vec<Isa> {
         .collect()
 }
 
-fn reference(a: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+pub(crate) fn reference(a: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     let mut c = vec![0.0f32; m * n];
     for i in 0..m {
         for j in 0..n {
@@ -27,7 +27,7 @@ fn reference(a: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     c
 }
 
-fn values(len: usize, seed: u64) -> Vec<f32> {
+pub(crate) fn values(len: usize, seed: u64) -> Vec<f32> {
     (0..len)
         .map(|i| {
             ((llada_core::testing::splitmix64(seed ^ i as u64) >> 40) as f32 / (1 << 24) as f32)
@@ -36,7 +36,7 @@ fn values(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-struct S(GemmScratch);
+pub(crate) struct S(pub(crate) GemmScratch);
 impl AsMut<GemmScratch> for S {
     fn as_mut(&mut self) -> &mut GemmScratch {
         &mut self.0
@@ -238,7 +238,7 @@ fn half_precision_weights_are_widened_in_the_kernel() {
 }
 
 /// `count` random blocks of `ty` with finite, modest f16 scales.
-fn random_blocks(ty: QuantType, count: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn random_blocks(ty: QuantType, count: usize, seed: u64) -> Vec<u8> {
     let bytes = ty.block_bytes();
     let mut data: Vec<u8> = (0..count * bytes)
         .map(|i| (llada_core::testing::splitmix64(seed ^ i as u64) >> 56) as u8)

@@ -60,13 +60,26 @@ pub(crate) fn golden_cases() -> Vec<GoldenCase> {
         .collect()
 }
 
-/// The logits of `model` for one golden case (two threads).
+/// The logits of `model` for one golden case (two threads; quantized weights widened to f32,
+/// so that the logits are those of the dequantized weights).
 pub(crate) fn case_logits(
     model: &std::sync::Arc<llada_ndarray::Model>,
     case: &GoldenCase,
 ) -> Vec<f32> {
+    let options = llada_ndarray::ContextOptions::default()
+        .with_threads(2)
+        .with_dequantized_products();
+    case_logits_with(model, case, options)
+}
+
+/// The logits of `model` for one golden case, computed with `options`.
+pub(crate) fn case_logits_with(
+    model: &std::sync::Arc<llada_ndarray::Model>,
+    case: &GoldenCase,
+    options: llada_ndarray::ContextOptions,
+) -> Vec<f32> {
     let vocab = model.config().embedding_size;
-    let mut context = llada_ndarray::Context::with_threads(model.clone(), 2).unwrap();
+    let mut context = llada_ndarray::Context::with_options(model.clone(), options).unwrap();
     let request = llada_core::ForwardRequest::new(&case.ids, case.batch, case.seq)
         .unwrap()
         .with_attention_mask(&case.mask)

@@ -1,0 +1,148 @@
+//! The integer products: the interleaved layout keeps ggml's values, the vector kernels give
+//! their reference's sums bit for bit, and both stay within the activations' rounding of the
+//! f32 product.
+
+use super::super::tests::{S, random_blocks, reference, values};
+use super::*;
+use crate::Kernel;
+use crate::gemm::{GemmScratch, Isa, Out, PackedMatrix, gemm};
+use crate::quant::{dequantize_block, dequantize_row};
+use crate::threads::Pool;
+
+#[test]
+fn interleaved_blocks_widen_to_ggmls_values() {
+    for ty in [QuantType::Q8_0, QuantType::Q4_0] {
+        let blocks = random_blocks(ty, NR * 3, 5);
+        let bytes = ty.block_bytes();
+        for group in blocks.chunks_exact(NR * bytes) {
+            let mut expected = [0.0f32; QK * NR];
+            let mut one = [0.0f32; QK];
+            for c in 0..NR {
+                dequantize_block(ty, &group[c * bytes..(c + 1) * bytes], &mut one);
+                for (k, &v) in one.iter().enumerate() {
+                    expected[k * NR + c] = v;
+                }
+            }
+            let mut interleaved = group.to_vec();
+            interleave(ty, &mut interleaved);
+            let mut widened = [0.0f32; QK * NR];
+            widen_interleaved(ty, &interleaved, &mut widened);
+            assert_eq!(widened, expected, "{ty:?}");
+        }
+    }
+}
+
+/// A `[n, k]` weight of `types` parts (48, 32, 16, ... rows), each in its own format, and its
+/// dequantized rows.
+fn weight(types: &[QuantType], k: usize, seed: u64) -> (PackedMatrix, Vec<f32>) {
+    let mut segments = Vec::new();
+    let mut dense = Vec::new();
+    let mut n = 0;
+    for (i, &ty) in types.iter().enumerate() {
+        let rows = NR * (3 - i.min(2));
+        let row_bytes = ty.row_bytes(k);
+        let blocks = random_blocks(ty, rows * k / ty.block_len(), seed + i as u64);
+        let mut row = vec![0.0f32; k];
+        for r in 0..rows {
+            dequantize_row(ty, &blocks[r * row_bytes..(r + 1) * row_bytes], &mut row);
+            dense.extend_from_slice(&row);
+        }
+        let data = PackedMatrix::pack_quantized(rows, k, ty, |r, out| {
+            out.copy_from_slice(&blocks[r * row_bytes..(r + 1) * row_bytes])
+        });
+        segments.push(crate::gemm::Segment {
+            panels: n / NR..(n + rows) / NR,
+            data,
+        });
+        n += rows;
+    }
+    (PackedMatrix { k, n, segments }, dense)
+}
+
+fn product(isa: Isa, pool: &Pool<S>, a: &[f32], w: &PackedMatrix, m: usize, c0: f32) -> Vec<f32> {
+    let mut c = vec![c0; m * w.n];
+    gemm(
+        pool,
+        isa,
+        MatRef::rows(a, m, w.k, w.k),
+        Rhs::Packed(w),
+        Out::new(&mut c, m, w.n, w.n),
+        c0 != 0.0,
+    );
+    c
+}
+
+#[test]
+fn integer_products_are_their_reference_bit_for_bit_and_within_the_rounding_of_f32() {
+    let pool = Pool::new(vec![S(GemmScratch::new()), S(GemmScratch::new())]).unwrap();
+    let reference_isa = Isa::new(Kernel::Portable)
+        .unwrap()
+        .with_int8_kernel(IntKernel::Reference);
+    let vector_isas: Vec<Isa> = Kernel::supported()
+        .into_iter()
+        .map(|k| Isa::new(k).unwrap().with_integer_products())
+        .filter(|isa| isa.int8().is_some())
+        .collect();
+    eprintln!("vector integer kernels on this CPU: {vector_isas:?}");
+    for types in [
+        vec![QuantType::Q8_0],
+        vec![QuantType::Q4_0],
+        // Integer parts beside a widened one, as in a GGUF file's stacked q, k and v.
+        vec![QuantType::Q4_0, QuantType::Q8_0, QuantType::Q6_K],
+        vec![QuantType::Q4_K, QuantType::Q8_0],
+    ] {
+        let k = if types.iter().any(|t| t.block_len() == 256) {
+            512
+        } else {
+            320
+        };
+        let (w, dense) = weight(&types, k, 70);
+        for m in [1, 5, 6, 13, 40] {
+            let a = values(m * k, m as u64);
+            for c0 in [0.0, 0.25] {
+                let ours = product(reference_isa, &pool, &a, &w, m, c0);
+                for &isa in &vector_isas {
+                    let theirs = product(isa, &pool, &a, &w, m, c0);
+                    for (j, segment) in w.segments.iter().enumerate() {
+                        let integer = matches!(segment.data, PanelData::Quant { ty, .. } if is_interleaved(ty));
+                        for col in segment.panels.start * NR..segment.panels.end * NR {
+                            for i in 0..m {
+                                let (x, y) = (ours[i * w.n + col], theirs[i * w.n + col]);
+                                if integer {
+                                    assert!(x == y, "{isa:?} {types:?} part {j} m {m}: {x} vs {y}");
+                                } else {
+                                    assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{x} vs {y}");
+                                }
+                            }
+                        }
+                    }
+                }
+                // Against the f32 product of the dequantized weights: each block's
+                // activations are off by at most half their scale, max |a| / 127 / 2.
+                let exact = reference(&a, &dense, m, k, w.n);
+                for i in 0..m {
+                    for j in 0..w.n {
+                        let bound: f32 = (0..k / QK)
+                            .map(|b| {
+                                let row = &a[i * k + b * QK..][..QK];
+                                let half_step =
+                                    row.iter().fold(0.0f32, |x, v| x.max(v.abs())) / 127.0 / 2.0;
+                                let w_abs: f32 =
+                                    dense[j * k + b * QK..][..QK].iter().map(|v| v.abs()).sum();
+                                half_step * w_abs
+                            })
+                            .sum::<f32>()
+                            * 1.001
+                            + 1e-5;
+                        let got = ours[i * w.n + j] - c0;
+                        let want = exact[i * w.n + j];
+                        assert!(
+                            (got - want).abs() <= bound,
+                            "{types:?} m {m} ({i}, {j}): {got} vs {want}, bound {bound}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
