@@ -55,8 +55,8 @@ fn matmuls(c: &mut Criterion) {
 
 /// The same products with block-quantized weights, two threads: a block's 256 tokens, a
 /// 32-token dual-cache step, and a 32-token window of the LM head. `widened`: blocks widened
-/// to f32 inside the kernel; `integer`: Q8_0 and Q4_0 multiplied in integers (AVX-512 VNNI
-/// only; the row is left out elsewhere).
+/// to f32 inside the kernel; `integer`: multiplied in integers (AVX-512 VNNI only; the row is
+/// left out elsewhere).
 fn quantized_matmuls(c: &mut Criterion) {
     let shapes = [
         ("gate_up", 256, 5632, 1024),
@@ -76,8 +76,7 @@ fn quantized_matmuls(c: &mut Criterion) {
             let packed = pack_quantized(&w, n, k, format);
             group.throughput(Throughput::Elements((2 * m * n * k) as u64));
             for (path, pool) in [("widened", &widened), ("integer", &integer)] {
-                let integer_format = matches!(format, Quantization::Q8_0 | Quantization::Q4_0);
-                if path == "integer" && !(pool.integer_products() && integer_format) {
+                if path == "integer" && !pool.integer_products() {
                     continue;
                 }
                 let id = format!("{name}/{m}x{k}x{n}/{format}/{path}/2t");

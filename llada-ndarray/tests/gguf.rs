@@ -9,7 +9,7 @@ use std::sync::Arc;
 use common::{golden_cases, max_abs_diff};
 use llada_core::ForwardRequest;
 use llada_ndarray::gguf::{GgufError, GgufFile, GgufWriter, TensorType, Value};
-use llada_ndarray::{Context, LoadError, Model};
+use llada_ndarray::{Context, ContextOptions, LoadError, Model};
 use llada_test_support::bundled_model;
 use safetensors::SafeTensors;
 
@@ -537,7 +537,12 @@ fn k_quant_files_give_the_logits_of_their_weights() {
     for ty in ["f16", "q4_k_m"] {
         let model = Arc::new(Model::from_gguf(dir.join(format!("small-llada-{ty}.gguf"))).unwrap());
         let vocab = model.config().embedding_size;
-        let mut context = Context::with_threads(Arc::clone(&model), 2).unwrap();
+        // The weights widened to f32 in the kernel: the logits of the dequantized weights
+        // (the integer products' bound is in tests/int8.rs).
+        let options = ContextOptions::default()
+            .with_threads(2)
+            .with_dequantized_products();
+        let mut context = Context::with_options(Arc::clone(&model), options).unwrap();
         for case in 0..3 {
             let shape = tensor(&format!("case{case}.input_ids")).shape().to_vec();
             let (batch, seq) = (shape[0], shape[1]);

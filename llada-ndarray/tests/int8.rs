@@ -1,10 +1,10 @@
-//! Integer products: Q8_0 and Q4_0 weights multiplied with activations quantized to 8-bit
+//! Integer products: Q8_0, Q4_0, Q4_K and Q6_K weights multiplied with activations quantized to 8-bit
 //! blocks of 32 (CPUs with AVX-512 VNNI; the kernel's sums equal its plain-Rust reference bit
 //! for bit, see the unit tests in src/gemm/int8). Against the same weights widened to f32:
 //! the activations' rounding moves each logit by at most [`MAX_SHIFT`] of its row's spread
 //! (max − min), and the argmax of at least 99% of positions stays where it was. Models: the
-//! bundled one's llama.cpp Q8_0 and Q4_0 files, and the second fixture model's F16 file
-//! quantized to Q8_0 and Q4_0 while loading.
+//! bundled one's llama.cpp Q8_0 and Q4_0 files, the second fixture model's Q4_K_M file, and
+//! its F16 file quantized to each format while loading.
 
 mod common;
 
@@ -95,6 +95,21 @@ fn integer_products_move_logits_within_their_bound_and_keep_the_argmax() {
         (
             "small Q4_0 (at load)",
             quantized(Quantization::Q4_0),
+            small_inputs(),
+        ),
+        (
+            "small Q4_K (at load)",
+            quantized(Quantization::Q4K),
+            small_inputs(),
+        ),
+        (
+            "small Q6_K (at load)",
+            quantized(Quantization::Q6K),
+            small_inputs(),
+        ),
+        (
+            "small Q4_K_M (llama.cpp)",
+            Model::from_gguf(small.with_file_name("small-llada-q4_k_m.gguf")).unwrap(),
             small_inputs(),
         ),
     ];

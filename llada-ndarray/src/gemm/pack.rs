@@ -51,7 +51,8 @@ impl PackedMatrix {
 
     /// Packs `[n, k]` weights whose rows are runs of `ty` blocks into quantized panels:
     /// `rows(r, out)` writes row `r`'s `ty.row_bytes(k)` bytes; rows past `n` are zero blocks.
-    /// Q8_0 and Q4_0 panels are then interleaved for the integer kernels (see [`int8`]).
+    /// Q8_0, Q4_0, Q4_K and Q6_K panels are then interleaved for the integer kernels (see
+    /// [`int8::layout`]).
     pub(crate) fn pack_quantized(
         n: usize,
         k: usize,
@@ -71,9 +72,15 @@ impl PackedMatrix {
             }
         }
         if int8::is_interleaved(ty) {
-            for panel_block in data.chunks_exact_mut(NR * bytes) {
-                int8::interleave(ty, panel_block);
+            let out_bytes = int8::panel_block_bytes(ty);
+            let mut out = vec![0u8; data.len() / (NR * bytes) * out_bytes];
+            for (blocks, out) in data
+                .chunks_exact(NR * bytes)
+                .zip(out.chunks_exact_mut(out_bytes))
+            {
+                int8::interleave(ty, blocks, out);
             }
+            return PanelData::Quant { ty, data: out };
         }
         PanelData::Quant { ty, data }
     }
@@ -132,12 +139,14 @@ pub(super) fn widen_quantized(
         let blocks = w.k / len;
         let dst = &mut out[(p - panels.start) * KC * NR..][..kc * NR];
         for kb in k0 / len..(k0 + kc) / len {
-            let base = (q * blocks + kb) * NR * bytes;
             if int8::is_interleaved(*ty) {
+                let size = int8::panel_block_bytes(*ty);
+                let at = (q * blocks + kb) * size;
                 let rows = &mut dst[(kb * len - k0) * NR..][..len * NR];
-                int8::widen_interleaved(*ty, &data[base..base + NR * bytes], rows);
+                int8::layout::widen(*ty, &data[at..at + size], rows);
                 continue;
             }
+            let base = (q * blocks + kb) * NR * bytes;
             for col in 0..NR {
                 let at = base + col * bytes;
                 dequantize_block(*ty, &data[at..at + bytes], &mut block[..len]);

@@ -1,84 +1,28 @@
-//! Integer products for Q8_0 and Q4_0 weights: the rows of `A` are quantized once per product
-//! into 8-bit blocks of 32 values (an f32 scale per block, as ggml's Q8_0 activations), and
-//! each block's dot products with the weights' blocks are summed in 32-bit integers
-//! (`vpdpbusd` with AVX-512 VNNI), then scaled by both blocks' scales into f32 accumulators.
-//! This is what llama.cpp does for these formats on CPUs; it trades a small error (the
-//! activations' rounding, documented in `tests/int8.rs` of this crate) for reading each weight
-//! byte once per 64 multiply-adds.
-//!
-//! Weights of these formats are stored interleaved for it (same bytes per block as the file):
-//! for each panel of 16 rows and each block of 32 values along `k`, the 16 rows' f16 scales,
-//! then the quants in groups of 4 consecutive values, `[group][row][4]`, so that one 64-byte
-//! load holds 4 values of each of 16 rows. Q8_0 keeps its signed bytes (8 groups of 64 bytes);
-//! Q4_0 keeps its 4-bit codes (0..=15, value = code − 8), two groups per byte: 4 runs of 64
-//! bytes, group `2j` in the low nibbles and group `2j + 1` in the high ones.
+//! Integer products for Q8_0, Q4_0, Q4_K and Q6_K weights: the rows of `A` are quantized once
+//! per product into 8-bit blocks of 32 values (an f32 scale per block, as ggml's Q8_0
+//! activations; with the sums of their quants per 16 and per 32), and each weight sub-block's
+//! dot products with them are summed in 32-bit integers (`vpdpbusd` with AVX-512 VNNI), then
+//! scaled by both sides' scales into f32 accumulators. This is what llama.cpp does on CPUs; it
+//! trades a small error (the activations' rounding, documented in `tests/int8.rs` of this
+//! crate) for reading each weight byte once per 64 multiply-adds. The weights' layout is in
+//! [`layout`].
 
+pub(crate) mod layout;
 #[cfg(test)]
 mod tests;
 #[cfg(target_arch = "x86_64")]
 pub(super) mod vnni;
 
-use half::f16;
+pub(crate) use layout::{interleave, is_interleaved, panel_block_bytes};
 
 use super::kernels::Tile;
 use super::{Block, COLUMN_BLOCK, KC, MatRef, NR, PanelData, Rhs, Segment};
 use crate::quant::QuantType;
 
-/// Values per activation block (and per weight block of both formats).
+/// Values per activation block.
 pub(crate) const QK: usize = 32;
 /// Rows of a register tile of the integer kernels.
 pub(crate) const MR: usize = 6;
-
-/// Whether `ty`'s panels are stored interleaved for the integer kernels.
-pub(crate) const fn is_interleaved(ty: QuantType) -> bool {
-    matches!(ty, QuantType::Q8_0 | QuantType::Q4_0)
-}
-
-/// Rewrites one panel's block of 16 rows (`16 × ty.block_bytes()` bytes: the rows' ggml blocks
-/// one after the other) into the interleaved layout, in place.
-pub(crate) fn interleave(ty: QuantType, blocks: &mut [u8]) {
-    let bytes = ty.block_bytes();
-    debug_assert!(is_interleaved(ty) && blocks.len() == NR * bytes);
-    let mut out = [0u8; NR * 34];
-    for c in 0..NR {
-        out[2 * c..2 * c + 2].copy_from_slice(&blocks[c * bytes..c * bytes + 2]);
-        let quants = &blocks[c * bytes + 2..(c + 1) * bytes];
-        for k in 0..QK {
-            match ty {
-                QuantType::Q8_0 => out[2 * NR + (k / 4) * 64 + c * 4 + k % 4] = quants[k],
-                _ => {
-                    let code = if k < 16 {
-                        quants[k] & 0x0F
-                    } else {
-                        quants[k - 16] >> 4
-                    };
-                    out[2 * NR + (k / 8) * 64 + c * 4 + k % 4] |= code << (4 * ((k / 4) % 2));
-                }
-            }
-        }
-    }
-    blocks.copy_from_slice(&out[..NR * bytes]);
-}
-
-/// Widens one interleaved panel block into `out` as `[32][16]` f32 (the values ggml's
-/// dequantization gives).
-pub(crate) fn widen_interleaved(ty: QuantType, block: &[u8], out: &mut [f32]) {
-    let scales: [f32; NR] =
-        std::array::from_fn(|c| f16::from_le_bytes([block[2 * c], block[2 * c + 1]]).to_f32());
-    let quants = &block[2 * NR..];
-    for k in 0..QK {
-        for (c, &d) in scales.iter().enumerate() {
-            let q = match ty {
-                QuantType::Q8_0 => i32::from(quants[(k / 4) * 64 + c * 4 + k % 4] as i8),
-                _ => {
-                    let byte = quants[(k / 8) * 64 + c * 4 + k % 4];
-                    i32::from((byte >> (4 * ((k / 4) % 2))) & 0x0F) - 8
-                }
-            };
-            out[k * NR + c] = q as f32 * d;
-        }
-    }
-}
 
 /// Rows of `A` quantized to 8-bit blocks: per row, `k` signed bytes, and per block its scale
 /// and the sum of its quants. Kept in a thread's scratch and reused by the tasks of one
@@ -88,6 +32,8 @@ pub(crate) struct QuantizedRows {
     quants: Vec<i8>,
     scales: Vec<f32>,
     sums: Vec<i32>,
+    /// Sums of each half block's quants (Q6_K's sub-blocks are 16 values).
+    sums16: Vec<i32>,
     /// (product, first row, rows, k) of what the buffers hold.
     holds: Option<(u64, usize, usize, usize)>,
 }
@@ -108,6 +54,7 @@ impl QuantizedRows {
         if self.scales.len() < nb {
             self.scales.resize(nb, 0.0);
             self.sums.resize(nb, 0);
+            self.sums16.resize(2 * nb, 0);
         }
         let mut gathered = [0.0f32; QK];
         for (i, r) in rows.enumerate() {
@@ -122,9 +69,13 @@ impl QuantizedRows {
                     &gathered
                 };
                 let q = &mut self.quants[i * k + b * QK..][..QK];
-                let (scale, sum) = quantize_block(values, q);
+                let scale = quantize_block(values, q);
+                let half = |h: usize| q[16 * h..16 * h + 16].iter().map(|&v| i32::from(v)).sum();
+                let (first, second): (i32, i32) = (half(0), half(1));
                 self.scales[i * blocks + b] = scale;
-                self.sums[i * blocks + b] = sum;
+                self.sums[i * blocks + b] = first + second;
+                self.sums16[2 * (i * blocks + b)] = first;
+                self.sums16[2 * (i * blocks + b) + 1] = second;
             }
         }
         self.holds = Some(key);
@@ -133,26 +84,24 @@ impl QuantizedRows {
 
 /// ggml's Q8_0 quantization of 32 values (scale `max |x| / 127`), with the scale kept in f32
 /// and the quants rounded half to even (ggml's vector paths do the same; its scalar reference
-/// rounds half away from zero); returns the scale and the quants' sum.
-fn quantize_block(values: &[f32; QK], out: &mut [i8]) -> (f32, i32) {
+/// rounds half away from zero); returns the scale.
+fn quantize_block(values: &[f32; QK], out: &mut [i8]) -> f32 {
     // Adding and subtracting 1.5 · 2²³ rounds a float of magnitude below 2²² to an integer,
     // half to even, in plain float arithmetic that compilers vectorise.
     const ROUND: f32 = 12_582_912.0;
     let amax = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let scale = amax / 127.0;
     let inverse = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-    let mut sum = 0;
     for (o, &v) in out.iter_mut().zip(values) {
         // In -127..=127: |v · inverse| ≤ 127 (a NaN saturates to 0).
-        let q = ((v * inverse + ROUND) - ROUND) as i8;
-        *o = q;
-        sum += i32::from(q);
+        *o = ((v * inverse + ROUND) - ROUND) as i8;
     }
-    (scale, sum)
+    scale
 }
 
-/// The operands of one integer micro-kernel call: `rows` quantized rows (`lda` bytes apart,
-/// their block scales and sums `ldb` apart) and one or two panels, `blocks` blocks deep.
+/// The operands of one integer micro-kernel call: `rows` quantized rows (`lda` bytes apart;
+/// their activation blocks' scales and sums `ldb` apart, the half-block sums `2 · ldb`) and one
+/// or two panels, `blocks` weight blocks deep (each `panel_block_bytes(ty)` bytes).
 #[derive(Clone, Copy)]
 pub(crate) struct IntTile<'a> {
     pub(crate) ty: QuantType,
@@ -161,69 +110,70 @@ pub(crate) struct IntTile<'a> {
     pub(crate) lda: usize,
     pub(crate) scales: &'a [f32],
     pub(crate) sums: &'a [i32],
+    pub(crate) sums16: &'a [i32],
     pub(crate) ldb: usize,
-    /// Each panel's first block; `NR · ty.block_bytes()` bytes per block.
     pub(crate) panels: [Option<&'a [u8]>; 2],
     pub(crate) tile: Tile<'a>,
 }
 
 impl IntTile<'_> {
+    /// Activation blocks the tile spans.
+    fn act_blocks(&self) -> usize {
+        self.blocks * self.ty.block_len() / QK
+    }
+
     fn check(&self) {
         let rows = self.tile.rows;
         assert!((1..=MR).contains(&rows) && self.panels[0].is_some());
-        assert!(self.quants.len() >= (rows - 1) * self.lda + self.blocks * QK);
-        assert!(self.scales.len() >= (rows - 1) * self.ldb + self.blocks);
-        assert!(self.sums.len() >= (rows - 1) * self.ldb + self.blocks);
-        let bytes = self.blocks * NR * self.ty.block_bytes();
+        let act = self.act_blocks();
+        assert!(self.quants.len() >= (rows - 1) * self.lda + act * QK);
+        assert!(self.scales.len() >= (rows - 1) * self.ldb + act);
+        assert!(self.sums.len() >= (rows - 1) * self.ldb + act);
+        assert!(self.sums16.len() >= 2 * ((rows - 1) * self.ldb + act));
+        let bytes = self.blocks * panel_block_bytes(self.ty);
         assert!(self.panels.iter().flatten().all(|p| p.len() >= bytes));
         assert!(self.tile.cols <= NR * self.panels.iter().flatten().count());
     }
 }
 
-/// The integer kernels' reference: the same sums in plain Rust (tests compare the vector
-/// kernels with it, and it shows what they compute).
+/// The integer kernels' reference: the same sums in plain Rust, in the same order (tests
+/// compare the vector kernels with it bit for bit, and it shows what they compute).
 pub(crate) fn reference_kernel(t: IntTile<'_>) {
     t.check();
-    let bytes = NR * t.ty.block_bytes();
-    let offset = if t.ty == QuantType::Q8_0 { 0 } else { 8 };
+    let ty = t.ty;
+    let (len, offset) = (layout::sub_len(ty), layout::code_offset(ty));
     let mut acc = [0.0f32; MR * 2 * NR];
-    let mut widened = [0.0f32; QK * NR];
+    let mut codes = [0i32; 32];
     for (n, panel) in t.panels.iter().enumerate() {
         let Some(panel) = panel else { continue };
         for b in 0..t.blocks {
-            let block = &panel[b * bytes..(b + 1) * bytes];
-            let scales: [f32; NR] = std::array::from_fn(|c| {
-                f16::from_le_bytes([block[2 * c], block[2 * c + 1]]).to_f32()
-            });
-            // The codes (value + offset), from the widened values over the scales.
-            widen_codes(t.ty, block, &mut widened);
-            for r in 0..t.tile.rows {
-                let q = &t.quants[r * t.lda + b * QK..][..QK];
-                let (da, sa) = (t.scales[r * t.ldb + b], t.sums[r * t.ldb + b]);
-                for (c, &dw) in scales.iter().enumerate() {
-                    let dot: i32 = (0..QK)
-                        .map(|k| widened[k * NR + c] as i32 * i32::from(q[k]))
-                        .sum();
-                    let at = r * 2 * NR + n * NR + c;
-                    acc[at] = ((dot - offset * sa) as f32).mul_add(dw * da, acc[at]);
+            let block = &panel[b * panel_block_bytes(ty)..(b + 1) * panel_block_bytes(ty)];
+            for s in 0..ty.block_len() / len {
+                // Values from `v0` of the tile's depth: activation block `v0 / 32`.
+                let v0 = b * ty.block_len() + s * len;
+                let ab = v0 / QK;
+                for c in 0..NR {
+                    let (mul, min) = layout::sub_block(ty, block, c, s, &mut codes);
+                    for r in 0..t.tile.rows {
+                        let q = &t.quants[r * t.lda + v0..][..len];
+                        let da = t.scales[r * t.ldb + ab];
+                        let sum = if len == QK {
+                            t.sums[r * t.ldb + ab]
+                        } else {
+                            t.sums16[2 * (r * t.ldb + ab) + (v0 % QK) / 16]
+                        };
+                        let dot: i32 = q.iter().zip(&codes).map(|(&a, &w)| i32::from(a) * w).sum();
+                        let at = r * 2 * NR + n * NR + c;
+                        acc[at] = ((dot - offset * sum) as f32).mul_add(mul * da, acc[at]);
+                        if ty == QuantType::Q4_K {
+                            acc[at] = (-min).mul_add(da * sum as f32, acc[at]);
+                        }
+                    }
                 }
             }
         }
     }
     t.tile.store(&acc, 2 * NR);
-}
-
-/// The codes of an interleaved block as f32 `[32][16]`: Q8_0's quants, Q4_0's 0..=15.
-fn widen_codes(ty: QuantType, block: &[u8], out: &mut [f32]) {
-    let quants = &block[2 * NR..];
-    for k in 0..QK {
-        for c in 0..NR {
-            out[k * NR + c] = match ty {
-                QuantType::Q8_0 => f32::from(quants[(k / 4) * 64 + c * 4 + k % 4] as i8),
-                _ => f32::from((quants[(k / 8) * 64 + c * 4 + k % 4] >> (4 * ((k / 4) % 2))) & 15),
-            };
-        }
-    }
 }
 
 /// The kernel an integer product runs.
@@ -250,8 +200,8 @@ impl IntKernel {
     }
 }
 
-/// Whether the columns of `block` that lie in interleaved Q8_0/Q4_0 segments go through the
-/// integer kernels: `b` is a packed weight, and `k` a whole number of blocks.
+/// Whether some columns of `b` lie in interleaved segments, for the integer kernels: `b` is a
+/// packed weight (whose `k` is a whole number of its formats' blocks).
 pub(super) fn applies(b: &Rhs<'_>) -> bool {
     let Rhs::Packed(w) = b else { return false };
     w.k % QK == 0
@@ -284,21 +234,24 @@ pub(super) unsafe fn task(
         return;
     }
     let k = block.a.cols;
+    // Activation blocks per row, and the weight's blocks.
     let blocks = k / QK;
+    let len = ty.block_len();
     rows_scratch.quantize(product, block.a, rows.clone());
     let q = &*rows_scratch;
-    let block_bytes = NR * ty.block_bytes();
-    let panel_bytes = blocks * block_bytes;
+    let block_bytes = panel_block_bytes(ty);
+    let panel_bytes = k / len * block_bytes;
     let mut p0 = cols.start / NR;
     let p_last = cols.end.div_ceil(NR);
     while p0 < p_last {
         let p_end = (p0 + COLUMN_BLOCK).min(p_last);
         let mut k0 = 0;
         while k0 < k {
+            // KC is a whole number of every format's blocks.
             let kc = KC.min(k - k0);
-            let (b0, nb) = (k0 / QK, kc / QK);
+            let (b0, wb0, nb) = (k0 / QK, k0 / len, kc / len);
             let panel = |p: usize| {
-                let at = (p - segment.panels.start) * panel_bytes + b0 * block_bytes;
+                let at = (p - segment.panels.start) * panel_bytes + wb0 * block_bytes;
                 &data[at..at + nb * block_bytes]
             };
             let mut row0 = rows.start;
@@ -316,6 +269,7 @@ pub(super) unsafe fn task(
                         lda: k,
                         scales: &q.scales[i * blocks + b0..],
                         sums: &q.sums[i * blocks + b0..],
+                        sums16: &q.sums16[2 * (i * blocks + b0)..],
                         ldb: blocks,
                         panels: [Some(panel(p)), pair.then(|| panel(p + 1))],
                         tile: Tile {

@@ -11,23 +11,28 @@ use crate::threads::Pool;
 
 #[test]
 fn interleaved_blocks_widen_to_ggmls_values() {
-    for ty in [QuantType::Q8_0, QuantType::Q4_0] {
+    for ty in [
+        QuantType::Q8_0,
+        QuantType::Q4_0,
+        QuantType::Q4_K,
+        QuantType::Q6_K,
+    ] {
+        let (len, bytes) = (ty.block_len(), ty.block_bytes());
         let blocks = random_blocks(ty, NR * 3, 5);
-        let bytes = ty.block_bytes();
         for group in blocks.chunks_exact(NR * bytes) {
-            let mut expected = [0.0f32; QK * NR];
-            let mut one = [0.0f32; QK];
+            let mut expected = vec![0.0f32; len * NR];
+            let mut one = vec![0.0f32; len];
             for c in 0..NR {
                 dequantize_block(ty, &group[c * bytes..(c + 1) * bytes], &mut one);
                 for (k, &v) in one.iter().enumerate() {
                     expected[k * NR + c] = v;
                 }
             }
-            let mut interleaved = group.to_vec();
-            interleave(ty, &mut interleaved);
-            let mut widened = [0.0f32; QK * NR];
-            widen_interleaved(ty, &interleaved, &mut widened);
-            assert_eq!(widened, expected, "{ty:?}");
+            let mut interleaved = vec![0u8; panel_block_bytes(ty)];
+            interleave(ty, group, &mut interleaved);
+            let mut widened = vec![0.0f32; len * NR];
+            layout::widen(ty, &interleaved, &mut widened);
+            assert!(widened == expected, "{ty:?}");
         }
     }
 }
@@ -87,9 +92,12 @@ fn integer_products_are_their_reference_bit_for_bit_and_within_the_rounding_of_f
     for types in [
         vec![QuantType::Q8_0],
         vec![QuantType::Q4_0],
-        // Integer parts beside a widened one, as in a GGUF file's stacked q, k and v.
+        vec![QuantType::Q4_K],
+        vec![QuantType::Q6_K],
+        // Parts in several formats, as in a GGUF file's stacked q, k and v, one of them
+        // without an integer kernel (widened).
         vec![QuantType::Q4_0, QuantType::Q8_0, QuantType::Q6_K],
-        vec![QuantType::Q4_K, QuantType::Q8_0],
+        vec![QuantType::Q5_0, QuantType::Q4_K, QuantType::Q6_K],
     ] {
         let k = if types.iter().any(|t| t.block_len() == 256) {
             512
