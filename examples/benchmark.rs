@@ -608,7 +608,10 @@ fn main() -> anyhow::Result<()> {
         }
     }
     // GGUF weights against the f32 checkpoint, side by side: (label, tokens, gguf s, f32 s).
+    let integer_products = ndarray.integer_products();
     let mut gguf_rows: Vec<(String, usize, f64, f64)> = Vec::new();
+    // Dual-cache steps (prompt 128 + 256, a 32-token block) on a quantized file and on f32.
+    let mut gguf_cached: Vec<(String, f64, f64)> = Vec::new();
     for (label, path) in &gguf_files {
         let model = Arc::new(llada::ndarray::Model::load(path)?);
         let mut context = llada::ndarray::Context::with_threads(model, cli.threads)?;
@@ -617,18 +620,40 @@ fn main() -> anyhow::Result<()> {
             let t = time_forwards(&mut [&mut context, &mut ndarray], len, cli.repeats)?;
             gguf_rows.push((label.clone(), len, t[0].median, t[1].median));
         }
+        if label.contains("Q4_K_M") || label.contains("Q8_0") {
+            eprintln!("dual-cache step, {label}");
+            let (_, ours, _) = time_cached_steps(&mut context, 128, 256, mask_id, cli.repeats)?;
+            let (_, f32_step, _) = time_cached_steps(&mut ndarray, 128, 256, mask_id, cli.repeats)?;
+            gguf_cached.push((label.clone(), ours, f32_step));
+        }
     }
 
     // llama.cpp's diffusion example on the same GGUF files.
     let mut llama_rows = None;
     if !cli.skip_llama_cpp && !gguf_files.is_empty() {
         ensure_llama_cpp(&cli)?;
-        llama_rows = Some(llama_cpp::compare(
+        let (rows, _, prompt) = llama_cpp::compare(
             &cli.llama_cpp,
             &gguf_files,
             cli.threads,
             cli.repeats.min(3),
-        )?);
+            llama_cpp::CANVAS,
+            false,
+        )?;
+        let q4_k_m: Vec<_> = gguf_files
+            .iter()
+            .filter(|(label, _)| label.contains("Q4_K_M"))
+            .cloned()
+            .collect();
+        let (e2e, fast, _) = llama_cpp::compare(
+            &cli.llama_cpp,
+            &q4_k_m,
+            cli.threads,
+            cli.repeats.min(3),
+            llama_cpp::CANVAS_E2E,
+            true,
+        )?;
+        llama_rows = Some((rows, e2e, fast, prompt));
     }
 
     // Forward passes, Python engines, in a child process of this one.
@@ -859,7 +884,12 @@ fn main() -> anyhow::Result<()> {
     if !gguf_rows.is_empty() {
         writeln!(
             md,
-            "\n## GGUF weights (ndarray backend)\n\nThe same model converted by llama.cpp's `convert_hf_to_gguf.py` and quantized by its `llama-quantize` (`tests/fixtures/make_gguf.py`); quantized blocks are widened inside the matrix kernel (integer kernels are a later step). One forward pass, median of {} runs, side by side with the f32 safetensors checkpoint:\n",
+            "\n## GGUF weights (ndarray backend)\n\nThe same model converted by llama.cpp's `convert_hf_to_gguf.py` and quantized by its `llama-quantize` (`tests/fixtures/make_gguf.py`). Q8_0, Q4_0, Q4_K and Q6_K weights are multiplied in integers (activations quantized to 8-bit blocks; `vpdpbusd` with AVX-512 VNNI, else `vpmaddubsw` with AVX2), the other block formats widened to f32 inside the matrix kernel; {}. One forward pass, median of {} runs, interleaved with the f32 safetensors checkpoint's:\n",
+            if integer_products {
+                "this run used the integer kernels"
+            } else {
+                "this run's kernel has none: it widened them"
+            },
             cli.repeats
         )?;
         writeln!(
@@ -870,16 +900,36 @@ fn main() -> anyhow::Result<()> {
         for (label, len, g, f) in &gguf_rows {
             writeln!(md, "| {label} | {len} | {g:.4} | {f:.4} | {:.2}x |", g / f)?;
         }
+        if !gguf_cached.is_empty() {
+            writeln!(
+                md,
+                "\nA Fast-dLLM dual-cache step (prompt 128 + 256 answer tokens, the 32 positions of one block against the cached keys and values), median of {} runs:\n",
+                cli.repeats
+            )?;
+            writeln!(
+                md,
+                "| weights | dual-cache step (s) | f32 safetensors (s) | speed-up over f32 |"
+            )?;
+            writeln!(md, "|---|---:|---:|---:|")?;
+            for (label, q, f) in &gguf_cached {
+                writeln!(md, "| {label} | {q:.4} | {f:.4} | {:.2}x |", f / q)?;
+            }
+        }
     }
-    if let Some((rows, fast, prompt)) = &llama_rows {
+    if let Some((rows, e2e, fast, prompt)) = &llama_rows {
         writeln!(
             md,
-            "\n## llama.cpp side by side (same GGUF files)\n\n`llama-diffusion-cli` (llama.cpp from the `llama-cpp-python` 0.3.36 sdist, built by `tests/fixtures/make_gguf.py --steps build`) and ours on the same file, prompt {prompt} ({} tokens with the chat template), canvas {}, blocks of {}, {} steps per block, temperature 0, {} threads each, medians of interleaved runs. Time per step: generation wall time (loading excluded) over the forward passes each ran (llama.cpp counts its blocks from the prompt's end, so its last {} blocks fall past the canvas and run one pass each). llama.cpp needs `--top-k 1` for greedy tokens, which sets every confidence to 1 (it then commits left to right within a block), so on these random weights the answers are not expected to agree:\n",
+            "\n## llama.cpp side by side (same GGUF files)\n\n`llama-diffusion-cli` (llama.cpp from the `llama-cpp-python` 0.3.36 sdist, built by `tests/fixtures/make_gguf.py --steps build`) and ours on the same file, prompt {prompt} ({} tokens with the chat template), canvas {}, blocks of {}, {} steps per block, temperature 0, {} threads each, medians of interleaved runs. Ours multiplies Q8_0, Q4_0, Q4_K and Q6_K weights in integers ({}), as llama.cpp does. Time per step: generation wall time (loading excluded) over the forward passes each ran (llama.cpp counts its blocks from the prompt's end, so its last {} blocks fall past the canvas and run one pass each). llama.cpp needs `--top-k 1` for greedy tokens, which sets every confidence to 1 (it then commits left to right within a block), so on these random weights the answers are not expected to agree:\n",
             llama_cpp::PROMPT,
             llama_cpp::CANVAS,
             llama_cpp::BLOCK,
             llama_cpp::STEPS_PER_BLOCK,
             cli.threads,
+            if integer_products {
+                "this run: yes"
+            } else {
+                "this run: no, widened to f32"
+            },
             llama_cpp::CANVAS / llama_cpp::BLOCK
                 - (llama_cpp::CANVAS - llama_cpp::PROMPT).div_ceil(llama_cpp::BLOCK),
         )?;
@@ -901,15 +951,50 @@ fn main() -> anyhow::Result<()> {
                 if r.same_answer { "yes" } else { "no" }
             )?;
         }
-        if let Some(f) = fast {
+        let answer = llama_cpp::CANVAS_E2E - llama_cpp::PROMPT;
+        writeln!(
+            md,
+            "\nEnd to end: {answer} tokens after the {}-token prompt (canvas {}), blocks of {}, same settings; tokens/s over the generation's wall time:\n",
+            llama_cpp::PROMPT,
+            llama_cpp::CANVAS_E2E,
+            llama_cpp::BLOCK
+        )?;
+        writeln!(
+            md,
+            "| weights | engine and decoding | forward passes | tokens/s | speed-up over llama.cpp |"
+        )?;
+        writeln!(md, "|---|---|---:|---:|---:|")?;
+        let steps = |canvas: usize| {
+            let real = (canvas - llama_cpp::PROMPT).div_ceil(llama_cpp::BLOCK);
+            (
+                real * llama_cpp::STEPS_PER_BLOCK + (canvas / llama_cpp::BLOCK - real),
+                real * llama_cpp::STEPS_PER_BLOCK,
+            )
+        };
+        let (llama_passes, our_passes) = steps(llama_cpp::CANVAS_E2E);
+        for r in e2e {
             writeln!(
                 md,
-                "\nOurs on {} with Fast-dLLM's threshold 0.9 and the dual cache: {} forward passes for the {} tokens, {:.1} tokens/s.",
-                f.label,
-                f.passes,
-                llama_cpp::CANVAS - llama_cpp::PROMPT,
-                f.tokens_per_s
+                "| {} | llama.cpp, reference schedule | {llama_passes} | {:.1} | 1.00x |",
+                r.label, r.llama_tokens_per_s
             )?;
+            writeln!(
+                md,
+                "| {} | ours, reference schedule | {our_passes} | {:.1} | {:.2}x |",
+                r.label,
+                r.ours_tokens_per_s,
+                r.ours_tokens_per_s / r.llama_tokens_per_s
+            )?;
+            if let Some(f) = fast.as_ref().filter(|f| f.label == r.label) {
+                writeln!(
+                    md,
+                    "| {} | ours, threshold 0.9 + dual cache | {} | {:.1} | {:.2}x |",
+                    f.label,
+                    f.passes,
+                    f.tokens_per_s,
+                    f.tokens_per_s / r.llama_tokens_per_s
+                )?;
+            }
         }
     }
     writeln!(md, "\n## Memory (ndarray backend)\n")?;

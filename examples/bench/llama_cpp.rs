@@ -2,9 +2,10 @@
 //! canvas, blocks and steps at temperature 0.
 //!
 //! llama.cpp counts `canvas / block` blocks from the prompt's end, so with a 64-token prompt
-//! and a 256-token canvas its last two blocks fall past the canvas and each runs one forward
-//! pass that decides nothing; the answer's 192 positions get the same 6 blocks of 32 with 8
-//! steps each in both engines. Time per step is the generation's wall time (loading
+//! its last two blocks fall past the canvas and each runs one forward pass that decides
+//! nothing; the answer's positions get the same blocks of 32 with 8 steps each in both
+//! engines. Two canvases: 256 tokens (192 answer tokens; every step a 256-token forward) for
+//! the per-step comparison of every file, 320 (256 answer tokens) end to end. Time per step is the generation's wall time (loading
 //! excluded: llama.cpp's own `total time`, our `generate` call) divided by the forward passes
 //! each ran. With `--top-k 1` (needed for greedy tokens) llama.cpp's confidences are all 1, so
 //! it commits left to right inside a block where LLaDA commits the most probable first: on a
@@ -18,8 +19,10 @@ use anyhow::{Context as _, bail};
 use llada::core::{CacheMode, CommitRule};
 use llada::{BackendChoice, Model, Pipeline};
 
-/// The canvas: prompt and answer.
+/// The canvas of the per-step comparison (prompt and answer): 256-token forward passes.
 pub(crate) const CANVAS: usize = 256;
+/// The canvas of the end-to-end comparison: 256 answer tokens.
+pub(crate) const CANVAS_E2E: usize = PROMPT + 256;
 pub(crate) const PROMPT: usize = 64;
 pub(crate) const BLOCK: usize = 32;
 /// Steps per block; llama.cpp takes `CANVAS / BLOCK` times as many in all.
@@ -71,9 +74,10 @@ fn run_llama(
     file: &Path,
     prompt: &str,
     threads: usize,
+    canvas: usize,
 ) -> anyhow::Result<(f64, usize, String)> {
-    let steps = CANVAS / BLOCK * STEPS_PER_BLOCK;
-    let n = CANVAS.to_string();
+    let steps = canvas / BLOCK * STEPS_PER_BLOCK;
+    let n = canvas.to_string();
     let output = Command::new(exe)
         .args(["-m"])
         .arg(file)
@@ -121,8 +125,8 @@ fn run_llama(
         .trim_matches('\n')
         .to_string();
     // Blocks whose start lies inside the canvas run their steps; the rest one pass each.
-    let blocks = CANVAS / BLOCK;
-    let real = (CANVAS - PROMPT).div_ceil(BLOCK);
+    let blocks = canvas / BLOCK;
+    let real = (canvas - PROMPT).div_ceil(BLOCK);
     Ok((ms / 1e3, real * STEPS_PER_BLOCK + (blocks - real), answer))
 }
 
@@ -130,9 +134,10 @@ fn run_llama(
 fn run_ours(
     pipeline: &mut Pipeline,
     prompt: &[u32],
+    canvas: usize,
     fast: bool,
 ) -> anyhow::Result<(f64, usize, String)> {
-    let gen_length = CANVAS - PROMPT;
+    let gen_length = canvas - PROMPT;
     let mut params = pipeline
         .default_params()
         .with_gen_length(gen_length)
@@ -159,12 +164,15 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Every file side by side, `repeats` interleaved runs each; the Fast-dLLM row on the last file.
+/// Every file side by side on a `canvas`-token canvas, `repeats` interleaved runs each; with
+/// `fast`, also ours with Fast-dLLM's decoding on the Q4_K_M file.
 pub(crate) fn compare(
     exe: &Path,
     files: &[(String, PathBuf)],
     threads: usize,
     repeats: usize,
+    canvas: usize,
+    fast_row: bool,
 ) -> anyhow::Result<(Vec<Row>, Option<FastRow>, String)> {
     let mut rows = Vec::new();
     let mut fast = None;
@@ -180,15 +188,15 @@ pub(crate) fn compare(
         let (mut llama_passes, mut our_passes) = (0, 0);
         for _ in 0..repeats {
             eprintln!("llama.cpp vs ours, {label}");
-            let (s, p, a) = run_llama(exe, file, &text, threads)?;
+            let (s, p, a) = run_llama(exe, file, &text, threads, canvas)?;
             llama.push(s / p as f64);
             (llama_passes, llama_answer) = (p, a);
-            let (s, p, a) = run_ours(&mut pipeline, &ids, false)?;
+            let (s, p, a) = run_ours(&mut pipeline, &ids, canvas, false)?;
             ours.push(s / p as f64);
             (our_passes, our_answer) = (p, a);
         }
         let (l, o) = (median(llama), median(ours));
-        let answer_tokens = (CANVAS - PROMPT) as f64;
+        let answer_tokens = (canvas - PROMPT) as f64;
         rows.push(Row {
             label: label.clone(),
             llama_step_s: l,
@@ -197,11 +205,11 @@ pub(crate) fn compare(
             ours_tokens_per_s: answer_tokens / (o * our_passes as f64),
             same_answer: llama_answer == our_answer,
         });
-        if label.contains("Q4_K_M") {
+        if fast_row && label.contains("Q4_K_M") {
             let mut times = Vec::new();
             let mut passes = 0;
             for _ in 0..repeats {
-                let (s, p, _) = run_ours(&mut pipeline, &ids, true)?;
+                let (s, p, _) = run_ours(&mut pipeline, &ids, canvas, true)?;
                 times.push(s);
                 passes = p;
             }

@@ -93,11 +93,12 @@ pub struct ContextOptions {
     /// The matrix kernel (`None`: `LLADA_KERNEL` if set, else the fastest this CPU runs).
     /// Asking for one the CPU lacks is an error.
     pub kernel: Option<Kernel>,
-    /// Multiply Q8_0 and Q4_0 weights in f32 (widened inside the kernel) even where integer
-    /// kernels exist. By default (`false`) a CPU with AVX-512 VNNI multiplies them in
-    /// integers, as llama.cpp does: activations are quantized to 8-bit blocks of 32 first,
-    /// which is faster and moves logits by about 1% of their spread (see `tests/int8.rs`);
-    /// with `true` the logits are those of the dequantized weights within 1e-4.
+    /// Multiply Q8_0, Q4_0, Q4_K and Q6_K weights in f32 (widened inside the kernel) even
+    /// where integer kernels exist. By default (`false`) the AVX-512 and AVX2 kernel families
+    /// multiply them in integers, as llama.cpp does: activations are quantized to 8-bit
+    /// blocks of 32 first, which is several times faster and moves logits by about 1% of
+    /// their row's spread (see `tests/int8.rs`); with `true` the logits are those of the
+    /// dequantized weights within 1e-4. The portable kernel always widens.
     pub dequantized_products: bool,
 }
 
@@ -114,7 +115,7 @@ impl ContextOptions {
         self
     }
 
-    /// Multiplies Q8_0 and Q4_0 weights in f32, never in integers (see
+    /// Multiplies quantized weights in f32, never in integers (see
     /// [`dequantized_products`](Self::dequantized_products)).
     pub fn with_dequantized_products(mut self) -> Self {
         self.dequantized_products = true;
@@ -193,7 +194,7 @@ impl Context {
         self.isa.kernel()
     }
 
-    /// Whether Q8_0 and Q4_0 weights are multiplied in integers (see
+    /// Whether Q8_0, Q4_0, Q4_K and Q6_K weights are multiplied in integers (see
     /// [`ContextOptions::dequantized_products`]).
     pub fn integer_products(&self) -> bool {
         self.isa.int8().is_some()

@@ -127,20 +127,21 @@ impl Isa {
         Self::new(kernel)
     }
 
-    /// The same, with Q8_0 and Q4_0 weights multiplied in integers (activations quantized to
-    /// 8 bits) where the kernel family has integer kernels and the CPU runs them: AVX-512
-    /// with VNNI. Elsewhere unchanged.
+    /// The same, with Q8_0, Q4_0, Q4_K and Q6_K weights multiplied in integers (activations
+    /// quantized to 8 bits) where the kernel family has integer kernels: AVX-512 with VNNI
+    /// (`vpdpbusd`), else AVX2 (`vpmaddubsw`). The portable family widens them.
     pub(crate) fn with_integer_products(self) -> Self {
         #[cfg(target_arch = "x86_64")]
-        if self.kernel == Kernel::Avx512
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
         {
-            return Self {
-                int8: Some(IntKernel::Vnni),
-                ..self
+            use std::arch::is_x86_feature_detected as has;
+            let int8 = match self.kernel {
+                Kernel::Avx512 if has!("avx512bw") && has!("avx512vnni") => Some(IntKernel::Vnni),
+                Kernel::Avx512 | Kernel::Avx2 => Some(IntKernel::Avx2),
+                Kernel::Portable => None,
             };
+            return Self { int8, ..self };
         }
+        #[allow(unreachable_code)]
         self
     }
 

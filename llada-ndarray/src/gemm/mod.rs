@@ -417,7 +417,9 @@ fn gemm_task(isa: Isa, product: u64, block: Block<'_, '_>, scratch: &mut GemmScr
             accumulate: block.accumulate,
         };
         match &segment.data {
-            PanelData::Quant { ty, data } if int8::is_interleaved(*ty) => {
+            PanelData::Quant { ty, data }
+                if int8::is_interleaved(*ty) && int8::worth_it(kernel, *ty, part.rows.len()) =>
+            {
                 // SAFETY: an `Isa` has an integer kernel only if this CPU runs it.
                 unsafe {
                     int8::task(

@@ -7,6 +7,8 @@
 //! crate) for reading each weight byte once per 64 multiply-adds. The weights' layout is in
 //! [`layout`].
 
+#[cfg(target_arch = "x86_64")]
+pub(super) mod avx2;
 pub(crate) mod layout;
 #[cfg(test)]
 mod tests;
@@ -185,6 +187,9 @@ pub(crate) enum IntKernel {
     /// AVX-512 with VNNI.
     #[cfg(target_arch = "x86_64")]
     Vnni,
+    /// AVX2 (`vpmaddubsw`).
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
 }
 
 impl IntKernel {
@@ -196,8 +201,23 @@ impl IntKernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the caller's contract.
             IntKernel::Vnni => unsafe { vnni::run(t) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the caller's contract.
+            IntKernel::Avx2 => unsafe { avx2::run(t) },
         }
     }
+}
+
+/// Whether `kernel` beats widening `ty` to f32 for `rows` rows of `A`: everywhere but the AVX2
+/// kernel on Q8_0 at many rows (`vpsignb` and one widening per group make it about 10% slower
+/// than the f32 kernel at 256 rows, and 1.5x faster at 32; `benches/kernels.rs`).
+pub(super) fn worth_it(kernel: IntKernel, ty: QuantType, rows: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == IntKernel::Avx2 && ty == QuantType::Q8_0 {
+        return rows < 96;
+    }
+    let _ = (kernel, ty, rows);
+    true
 }
 
 /// Whether some columns of `b` lie in interleaved segments, for the integer kernels: `b` is a

@@ -83,11 +83,21 @@ fn integer_products_are_their_reference_bit_for_bit_and_within_the_rounding_of_f
     let reference_isa = Isa::new(Kernel::Portable)
         .unwrap()
         .with_int8_kernel(IntKernel::Reference);
-    let vector_isas: Vec<Isa> = Kernel::supported()
+    let mut vector_isas: Vec<Isa> = Kernel::supported()
         .into_iter()
         .map(|k| Isa::new(k).unwrap().with_integer_products())
         .filter(|isa| isa.int8().is_some())
         .collect();
+    // The AVX2 integer kernel also where the AVX-512 family takes the VNNI one.
+    #[cfg(target_arch = "x86_64")]
+    if Kernel::Avx2.is_supported() {
+        let avx2 = Isa::new(Kernel::Avx2)
+            .unwrap()
+            .with_int8_kernel(IntKernel::Avx2);
+        if !vector_isas.contains(&avx2) {
+            vector_isas.push(avx2);
+        }
+    }
     eprintln!("vector integer kernels on this CPU: {vector_isas:?}");
     for types in [
         vec![QuantType::Q8_0],
