@@ -926,9 +926,9 @@ fn main() -> anyhow::Result<()> {
             llama_cpp::STEPS_PER_BLOCK,
             cli.threads,
             if integer_products {
-                "this run: yes"
+                "in this run"
             } else {
-                "this run: no, widened to f32"
+                "not in this run: widened to f32"
             },
             llama_cpp::CANVAS / llama_cpp::BLOCK
                 - (llama_cpp::CANVAS - llama_cpp::PROMPT).div_ceil(llama_cpp::BLOCK),

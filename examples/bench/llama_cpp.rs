@@ -52,19 +52,32 @@ fn prompt_text(model: &Model) -> anyhow::Result<String> {
         "nest", "cat", "dog", "milk", "map", "rose", "hill", "owl", "hat", "wind", "ring", "bread",
         "rock", "door", "sock", "frog", "pen", "lake", "wolf",
     ];
-    let mut text = String::from("sort:");
-    let mut i = 0;
+    // Words (with their commas) while they fit, then single characters to land on the length.
+    let mut pieces: Vec<String> = words[1..].iter().map(|w| format!(",{w}")).collect();
+    pieces.extend([",", "a", "s", "e"].map(String::from));
+    let mut text = format!("sort:{}", words[0]);
+    let mut used = 0;
     loop {
         let len = model.chat_prompt_ids(&text)?.len();
         if len == PROMPT {
             return Ok(text);
         }
-        if len > PROMPT || i > 10 * words.len() {
-            bail!("no prompt of exactly {PROMPT} tokens ({len} with {text:?})");
+        let next = pieces
+            .iter()
+            .skip(used.min(words.len() - 1))
+            .find_map(|piece| {
+                let candidate = format!("{text}{piece}");
+                match model.chat_prompt_ids(&candidate) {
+                    Ok(ids) if ids.len() <= PROMPT && ids.len() > len => Some(Ok(candidate)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                }
+            });
+        match next {
+            Some(candidate) => text = candidate?,
+            None => bail!("no prompt of exactly {PROMPT} tokens ({len} with {text:?})"),
         }
-        text.push_str(if i == 0 { "" } else { "," });
-        text.push_str(words[i % words.len()]);
-        i += 1;
+        used += 1;
     }
 }
 

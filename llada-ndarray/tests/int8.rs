@@ -33,15 +33,7 @@ fn small_inputs() -> Vec<Input> {
     let dir = llada_test_support::fixture("small-llada/gguf");
     let bytes = std::fs::read(dir.join("reference_logits.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let ints = |name: &str| -> (Vec<usize>, Vec<i64>) {
-        let t = st.tensor(name).unwrap();
-        let values = t
-            .data()
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-            .collect();
-        (t.shape().to_vec(), values)
-    };
+    let ints = |name: &str| common::i64s(&st, name);
     (0..3)
         .map(|case| {
             let (shape, ids) = ints(&format!("case{case}.input_ids"));

@@ -17,7 +17,8 @@ pub(crate) struct GoldenCase {
     pub(crate) logits: Vec<f32>,
 }
 
-fn i64s(st: &SafeTensors<'_>, name: &str) -> (Vec<usize>, Vec<i64>) {
+/// An int64 tensor's shape and values.
+pub(crate) fn i64s(st: &SafeTensors<'_>, name: &str) -> (Vec<usize>, Vec<i64>) {
     let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
     let v = t
         .data()
