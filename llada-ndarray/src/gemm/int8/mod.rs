@@ -1,8 +1,8 @@
 //! Integer products for Q8_0, Q4_0, Q4_K and Q6_K weights: the rows of `A` are quantized once
 //! per product into 8-bit blocks of 32 values (an f32 scale per block, as ggml's Q8_0
 //! activations; with the sums of their quants per 16 and per 32), and each weight sub-block's
-//! dot products with them are summed in 32-bit integers (`vpdpbusd` with AVX-512 VNNI), then
-//! scaled by both sides' scales into f32 accumulators. This is what llama.cpp does on CPUs; it
+//! dot products with them are summed in 32-bit integers (`vpdpbusd` with AVX-512 VNNI,
+//! `vpmaddubsw` with AVX2), then scaled by both sides' scales into f32 accumulators. This is what llama.cpp does on CPUs; it
 //! trades a small error (the activations' rounding, documented in `tests/int8.rs` of this
 //! crate) for reading each weight byte once per 64 multiply-adds. The weights' layout is in
 //! [`layout`].
