@@ -86,13 +86,28 @@ impl QuantizedRows {
 
 /// ggml's Q8_0 quantization of 32 values (scale `max |x| / 127`), with the scale kept in f32
 /// and the quants rounded half to even (ggml's vector paths do the same; its scalar reference
-/// rounds half away from zero); returns the scale.
+/// rounds half away from zero); returns the scale. A block holding a NaN gets a NaN scale (an
+/// infinity an infinite one), so that the products it enters are NaN as in f32 and the
+/// sampler's NaN check still sees them.
 fn quantize_block(values: &[f32; QK], out: &mut [i8]) -> f32 {
     // Adding and subtracting 1.5 · 2²³ rounds a float of magnitude below 2²² to an integer,
     // half to even, in plain float arithmetic that compilers vectorise.
     const ROUND: f32 = 12_582_912.0;
-    let amax = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let scale = amax / 127.0;
+    // Eight independent lanes, so that compilers vectorise the maximum (`max` skips NaN,
+    // hence the separate flag).
+    let (mut lanes, mut nan) = ([0.0f32; 8], [false; 8]);
+    for chunk in values.chunks_exact(8) {
+        for i in 0..8 {
+            lanes[i] = lanes[i].max(chunk[i].abs());
+            nan[i] |= chunk[i].is_nan();
+        }
+    }
+    let amax = lanes.iter().fold(0.0f32, |m, &v| m.max(v));
+    let scale = if nan.contains(&true) {
+        f32::NAN
+    } else {
+        amax / 127.0
+    };
     let inverse = if scale != 0.0 { 1.0 / scale } else { 0.0 };
     for (o, &v) in out.iter_mut().zip(values) {
         // In -127..=127: |v · inverse| ≤ 127 (a NaN saturates to 0).

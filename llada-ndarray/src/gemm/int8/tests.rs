@@ -164,3 +164,47 @@ fn integer_products_are_their_reference_bit_for_bit_and_within_the_rounding_of_f
         }
     }
 }
+
+#[test]
+fn a_nan_or_infinite_activation_makes_its_row_nan_as_in_f32() {
+    let pool = Pool::new(vec![S(GemmScratch::new())]).unwrap();
+    let mut isas = vec![
+        Isa::new(Kernel::Portable)
+            .unwrap()
+            .with_int8_kernel(IntKernel::Reference),
+    ];
+    isas.extend(
+        Kernel::supported()
+            .into_iter()
+            .map(|k| Isa::new(k).unwrap().with_integer_products())
+            .filter(|isa| isa.int8().is_some()),
+    );
+    for ty in [
+        QuantType::Q8_0,
+        QuantType::Q4_0,
+        QuantType::Q4_K,
+        QuantType::Q6_K,
+    ] {
+        let (w, _) = weight(&[ty], 256, 3);
+        let (m, k) = (3, 256);
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut a = values(m * k, 8);
+            a[k + 40] = bad;
+            for &isa in &isas {
+                let c = product(isa, &pool, &a, &w, m, 0.0);
+                assert!(
+                    c[..w.n].iter().all(|v| v.is_finite()),
+                    "{isa:?} {ty:?}: row 0"
+                );
+                assert!(
+                    c[w.n..2 * w.n].iter().all(|v| v.is_nan()),
+                    "{isa:?} {ty:?} {bad}: row 1"
+                );
+                assert!(
+                    c[2 * w.n..].iter().all(|v| v.is_finite()),
+                    "{isa:?} {ty:?}: row 2"
+                );
+            }
+        }
+    }
+}
