@@ -61,7 +61,7 @@ struct Cli {
     #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, usize::from))]
     threads: usize,
     /// Sequence lengths of the forward-pass comparison.
-    #[arg(long, value_delimiter = ',', default_value = "64,256,1024")]
+    #[arg(long, value_delimiter = ',', default_value = "32,64,256,1024")]
     lengths: Vec<usize>,
     /// Timed repetitions per forward-pass measurement (after one warm-up).
     #[arg(long, default_value_t = 7)]

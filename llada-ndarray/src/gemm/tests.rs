@@ -1,6 +1,6 @@
 //! The matrix product against an f64 reference, with every kernel this CPU runs.
 
-use super::kernels::avx512::{Lanes16, kernel_12x16n};
+use super::kernels::avx512::{Lanes16, Rows, kernel_12x16n};
 use super::kernels::{BF16, F32};
 use super::*;
 use crate::quant::QuantType;
@@ -126,6 +126,15 @@ fn packed_and_strided_products_match_a_reference_on_awkward_shapes() {
     }
 }
 
+/// `A` packed `[k][12]` for the AVX-512 kernel's code.
+fn packed(apack: &[f32]) -> Rows<'_> {
+    Rows {
+        data: apack,
+        row_stride: 1,
+        k_stride: 12,
+    }
+}
+
 /// The AVX-512 kernel's code, run on 16-lane arrays: the same tiles as the reference.
 #[test]
 fn the_12x32_kernel_logic_matches_a_reference() {
@@ -160,9 +169,9 @@ fn the_12x32_kernel_logic_matches_a_reference() {
         // SAFETY: the buffers have the kernel's shapes; Lanes16 needs no CPU feature.
         unsafe {
             if cols > NR {
-                kernel_12x16n::<Lanes16, F32, 2>(k, &apack, b, tile);
+                kernel_12x16n::<Lanes16, F32, 2>(k, packed(&apack), b, tile);
             } else {
-                kernel_12x16n::<Lanes16, F32, 1>(k, &apack, [b[0]], tile);
+                kernel_12x16n::<Lanes16, F32, 1>(k, packed(&apack), [b[0]], tile);
             }
         }
         for i in 0..m {
@@ -200,7 +209,7 @@ fn the_12x32_kernel_logic_matches_a_reference() {
         half[k * NR..].as_ptr().cast::<u8>(),
     ];
     // SAFETY: as above.
-    unsafe { kernel_12x16n::<Lanes16, BF16, 2>(k, &apack, b, tile) };
+    unsafe { kernel_12x16n::<Lanes16, BF16, 2>(k, packed(&apack), b, tile) };
     for (x, y) in c.iter().zip(&expected) {
         assert!((x - y).abs() < 2e-2, "{x} vs {y}");
     }

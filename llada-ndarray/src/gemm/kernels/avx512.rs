@@ -1,5 +1,6 @@
-//! The AVX-512 kernel: a 12 × 32 tile (24 accumulators, two `B` vectors, one broadcast) over
-//! `A` packed `[kc][12]`. It is written once over [`Vec16`]: with `__m512` it is the real
+//! The AVX-512 kernel: a 12 × 32 tile (24 accumulators, two `B` vectors, one broadcast), `A`
+//! read where it is (rows `lda` apart; packing it cost a third of the kernel's own time, as the
+//! same rows were packed again for every column block). It is written once over [`Vec16`]: with `__m512` it is the real
 //! kernel; with the portable `Lanes16` (tests) it runs anywhere, so its indexing is tested on
 //! machines without AVX-512.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -19,7 +20,7 @@ pub(crate) struct Avx512;
 #[cfg(target_arch = "x86_64")]
 impl MicroKernel for Avx512 {
     const MR: usize = 12;
-    const PACKS_A: bool = true;
+    const PACKS_A: bool = false;
     const SHORT_TILES: bool = false;
     const PAIRS: bool = true;
 
@@ -30,10 +31,14 @@ impl MicroKernel for Avx512 {
         second: Option<Panel<'_>>,
         tile: Tile<'_>,
     ) {
-        let Sliver::Packed(a) = a else {
-            unreachable!("the AVX-512 kernel reads A packed")
+        let (a, row_stride, k_stride) = match a {
+            Sliver::Rows { data, lda } => (data, lda, 1),
+            Sliver::Packed(data) => (data, 1, Self::MR),
         };
-        assert!(a.len() >= kc * Self::MR, "A sliver out of bounds");
+        assert!(
+            kc > 0 && a.len() > (Self::MR - 1) * row_stride + (kc - 1) * k_stride,
+            "A sliver out of bounds"
+        );
         let (dtype, p0, len0) = first.parts();
         assert!(len0 >= kc * NR, "B panel out of bounds");
         let p1 = second.map(|s| {
@@ -41,8 +46,13 @@ impl MicroKernel for Avx512 {
             assert!(len1 >= kc * NR, "B panel out of bounds");
             p1
         });
+        let a = Rows {
+            data: a,
+            row_stride,
+            k_stride,
+        };
         // SAFETY: the CPU has AVX-512F, AVX2, FMA and F16C (the caller's contract); `a` holds
-        // `kc × 12` values and each panel `kc × 16` (asserted).
+        // 12 rows of `kc` values and each panel `kc × 16` (asserted).
         unsafe {
             match (dtype, p1) {
                 (F32, Some(p1)) => x86::kernel::<F32, 2>(kc, a, [p0, p1], tile),
@@ -54,6 +64,15 @@ impl MicroKernel for Avx512 {
             }
         }
     }
+}
+
+/// The `A` operand of [`kernel_12x16n`]: element (`r`, `kk`) at `r · row_stride + kk ·
+/// k_stride` (rows in place: `lda`, 1; packed `[kc][12]`: 1, 12).
+#[derive(Clone, Copy)]
+pub(crate) struct Rows<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) row_stride: usize,
+    pub(crate) k_stride: usize,
 }
 
 /// The 16-lane vector operations the kernel needs.
@@ -109,12 +128,12 @@ impl Vec16 for Lanes16 {
 /// panels), `N` `B` vectors and one broadcast.
 ///
 /// # Safety
-/// `a` holds `kc × 12` values, each `b[n]` a panel of `kc × 16` elements of type `D`, the
-/// tile is owned by the caller; `V`'s instructions are available.
+/// `a` holds 12 rows of `kc` values, each `b[n]` a panel of `kc × 16` elements of type `D`,
+/// the tile is owned by the caller; `V`'s instructions are available.
 #[inline(always)]
 pub(crate) unsafe fn kernel_12x16n<V: Vec16, const D: u8, const N: usize>(
     kc: usize,
-    a: &[f32],
+    a: Rows<'_>,
     b: [*const u8; N],
     tile: Tile<'_>,
 ) {
@@ -122,15 +141,15 @@ pub(crate) unsafe fn kernel_12x16n<V: Vec16, const D: u8, const N: usize>(
     // SAFETY: (whole body) the function's contract.
     unsafe {
         let mut acc = [[V::zero(); N]; MR];
-        let ap = a.as_ptr();
+        let ap = a.data.as_ptr();
         for kk in 0..kc {
             let mut bv = [V::zero(); N];
             for (v, &p) in bv.iter_mut().zip(&b) {
                 *v = V::load_panel::<D>(p, kk);
             }
-            let row = ap.add(kk * MR);
+            let at = ap.add(kk * a.k_stride);
             for (r, acc) in acc.iter_mut().enumerate() {
-                let x = V::splat(*row.add(r));
+                let x = V::splat(*at.add(r * a.row_stride));
                 for (acc, &v) in acc.iter_mut().zip(&bv) {
                     *acc = V::fma(x, v, *acc);
                 }
@@ -159,7 +178,7 @@ pub(crate) unsafe fn kernel_12x16n<V: Vec16, const D: u8, const N: usize>(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{BF16, F32, NR, Tile, Vec16, kernel_12x16n};
+    use super::{BF16, F32, NR, Rows, Tile, Vec16, kernel_12x16n};
 
     impl Vec16 for __m512 {
         #[inline(always)]
@@ -214,7 +233,7 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub(super) unsafe fn kernel<const D: u8, const N: usize>(
         kc: usize,
-        a: &[f32],
+        a: Rows<'_>,
         b: [*const u8; N],
         tile: Tile<'_>,
     ) {
