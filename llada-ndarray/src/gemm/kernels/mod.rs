@@ -50,9 +50,9 @@ pub(crate) const F16: u8 = 2;
 /// The `A` operand of one micro-kernel call: the tile's rows (at most `MR`) by `kc` columns.
 #[derive(Clone, Copy)]
 pub(crate) enum Sliver<'a> {
-    /// Packed `[kc][mr]` (the AVX-512 kernel's layout).
+    /// Packed `[kc][mr]` (for a kernel that packs; the tests feed the AVX-512 code this way).
     Packed(&'a [f32]),
-    /// Row-major, rows `lda` apart (read in place by the AVX2 and portable kernels).
+    /// Row-major, rows `lda` apart (read in place by every kernel of this crate).
     Rows { data: &'a [f32], lda: usize },
 }
 
