@@ -245,6 +245,10 @@ where
 /// One forward pass of `len` tokens on each engine: a warm-up each, then `repeats` rounds in
 /// which every engine runs once in turn, so that the machine's slow and quiet spells fall on
 /// all of them alike.
+/// The portable kernel's forward row, run to this many tokens.
+const PORTABLE_ROW: &str = "llada ndarray (LLADA_KERNEL=portable)";
+const PORTABLE_MAX_TOKENS: usize = 256;
+
 fn time_forwards(
     engines: &mut [&mut dyn Forward],
     len: usize,
@@ -591,6 +595,12 @@ fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    let mut ndarray_portable = llada::ndarray::Context::with_options(
+        Arc::clone(&model),
+        llada::ndarray::ContextOptions::default()
+            .with_threads(cli.threads)
+            .with_kernel(llada::ndarray::Kernel::Portable),
+    )?;
     let mut rows: Vec<(String, usize, Timing)> = Vec::new();
     for &len in &cli.lengths {
         eprintln!("forward, {len} tokens");
@@ -600,6 +610,11 @@ fn main() -> anyhow::Result<()> {
         ];
         if let Some(avx2) = &mut ndarray_avx2 {
             engines.push(("llada ndarray (LLADA_KERNEL=avx2)", avx2));
+        }
+        // The portable kernel as any CPU without a kernel of its own runs it, compiled for
+        // this build's target (baseline x86-64: SSE2); to 256 tokens, as it is slower.
+        if len <= PORTABLE_MAX_TOKENS {
+            engines.push((PORTABLE_ROW, &mut ndarray_portable));
         }
         let (labels, mut engines): (Vec<&str>, Vec<&mut dyn Forward>) = engines.into_iter().unzip();
         let timings = time_forwards(&mut engines, len, cli.repeats)?;
@@ -797,6 +812,35 @@ fn main() -> anyhow::Result<()> {
         md,
         "\nRatio: time divided by ONNX Runtime's (from Rust) at the same length; below 1 is faster.\n"
     )?;
+    // The portable kernel against the AVX2 kernel (the row of that name, or the default
+    // kernel's on an AVX2-only host), at each length both ran.
+    let avx2_label = if ndarray_avx2.is_some() {
+        "llada ndarray (LLADA_KERNEL=avx2)"
+    } else {
+        "llada ndarray"
+    };
+    let median_of = |label: &str, len: usize| {
+        rows.iter()
+            .find(|r| r.0 == label && r.1 == len)
+            .map(|r| r.2.median)
+    };
+    let portable_ratios: Vec<String> = cli
+        .lengths
+        .iter()
+        .filter_map(|&len| {
+            let ratio = median_of(PORTABLE_ROW, len)? / median_of(avx2_label, len)?;
+            Some(format!("{ratio:.2}x at {len} tokens"))
+        })
+        .collect();
+    if !portable_ratios.is_empty() && kernel != llada::ndarray::Kernel::Portable {
+        writeln!(
+            md,
+            "Portable kernel (built for this binary's target, `{}`), time divided by the `{}` row's: {}.\n",
+            std::env::consts::ARCH,
+            avx2_label,
+            portable_ratios.join(", ")
+        )?;
+    }
     writeln!(
         md,
         "## Generation (prompt {}, block 32, steps = gen length, temperature 0)\n",

@@ -21,7 +21,7 @@ use crate::quant::QuantType;
 pub(crate) use isa::Isa;
 use kernels::{MR_MAX, MicroKernel, Sliver, Tile};
 pub(crate) use pack::pack_panels;
-use pack::{copy_rows, pack_a, panel};
+use pack::{copy_rows, panel};
 
 use crate::Kernel;
 use crate::parallel::Disjoint;
@@ -447,6 +447,8 @@ fn float_task(isa: Isa, block: Block<'_, '_>, scratch: &mut GemmScratch) {
             Kernel::Avx512 => task::<kernels::avx512::Avx512>(block, scratch),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => task::<kernels::avx2::Avx2>(block, scratch),
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => task::<kernels::neon::Neon>(block, scratch),
             _ => task::<kernels::portable::Portable>(block, scratch),
         }
     }
@@ -508,20 +510,17 @@ unsafe fn task<K: MicroKernel>(block: Block<'_, '_>, scratch: &mut GemmScratch) 
             let mut row0 = rows.start;
             while row0 < rows.end {
                 let tile_rows = mr.min(rows.end - row0);
-                let sliver = if K::PACKS_A {
-                    pack_a(a, row0, tile_rows, k0, kc, mr, apack);
-                    Sliver::Packed(&apack[..kc * mr])
-                } else if (tile_rows == mr || K::SHORT_TILES) && a.col_stride == 1 {
+                let sliver = if (tile_rows == mr || K::SHORT_TILES) && a.col_stride == 1 {
                     // The kernel reads the rows of A where they are (a kernel with short
                     // tiles reads a short last sliver in place too).
-                    Sliver::Rows {
+                    Sliver {
                         data: &a.data[row0 * a.row_stride + k0..],
                         lda: a.row_stride,
                     }
                 } else {
                     // A strided A, or a short last sliver for a kernel without short tiles.
                     copy_rows(a, row0, tile_rows, k0, kc, mr, apack);
-                    Sliver::Rows {
+                    Sliver {
                         data: &apack[..mr * kc],
                         lda: kc,
                     }

@@ -1,5 +1,5 @@
 //! Packing: weights into panels once at load time, attention's keys and values into panels
-//! once per layer, and slivers of `A` for the kernels that read it packed.
+//! once per layer, and copies of `A`'s slivers where a kernel cannot read them in place.
 
 use half::{bf16, f16};
 
@@ -214,42 +214,6 @@ pub(crate) fn pack_panels(b: &MatRef<'_>, out: &mut [f32]) {
             NR.min(n - j0),
             &mut out[p * k * NR..(p + 1) * k * NR],
         );
-    }
-}
-
-/// Packs `A[i0.., k0..]` (`mc × kc`) into slivers `[kc][mr]`, zero-padding missing rows.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn pack_a(
-    a: &MatRef<'_>,
-    i0: usize,
-    mc: usize,
-    k0: usize,
-    kc: usize,
-    mr: usize,
-    out: &mut [f32],
-) {
-    let slivers = mc.div_ceil(mr);
-    for s in 0..slivers {
-        let dst = &mut out[s * kc * mr..(s + 1) * kc * mr];
-        for r in 0..mr {
-            let row = i0 + s * mr + r;
-            if s * mr + r < mc {
-                if a.col_stride == 1 {
-                    let src = &a.data[row * a.row_stride + k0..row * a.row_stride + k0 + kc];
-                    for (kk, &v) in src.iter().enumerate() {
-                        dst[kk * mr + r] = v;
-                    }
-                } else {
-                    for kk in 0..kc {
-                        dst[kk * mr + r] = a.at(row, k0 + kk);
-                    }
-                }
-            } else {
-                for kk in 0..kc {
-                    dst[kk * mr + r] = 0.0;
-                }
-            }
-        }
     }
 }
 

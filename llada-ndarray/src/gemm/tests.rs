@@ -126,15 +126,6 @@ fn packed_and_strided_products_match_a_reference_on_awkward_shapes() {
     }
 }
 
-/// `A` packed `[k][12]` for the AVX-512 kernel's code.
-fn packed(apack: &[f32]) -> Rows<'_> {
-    Rows {
-        data: apack,
-        row_stride: 1,
-        k_stride: 12,
-    }
-}
-
 /// The AVX-512 kernel's code, run on 16-lane arrays: the same tiles as the reference.
 #[test]
 fn the_12x32_kernel_logic_matches_a_reference() {
@@ -145,8 +136,11 @@ fn the_12x32_kernel_logic_matches_a_reference() {
     let panels = PackedMatrix::pack(n, k, |r, out: &mut [f32]| {
         out.copy_from_slice(&w[r * k..(r + 1) * k])
     });
-    let mut apack = vec![0.0f32; k * 12];
-    pack_a(&MatRef::rows(&a, m, k, k), 0, m, 0, k, 12, &mut apack);
+    let a_rows = Rows {
+        data: &a,
+        row_stride: k,
+        k_stride: 1,
+    };
     for (rows, cols, add) in [
         (12, 32, false),
         (7, 32, false),
@@ -169,9 +163,9 @@ fn the_12x32_kernel_logic_matches_a_reference() {
         // SAFETY: the buffers have the kernel's shapes; Lanes16 needs no CPU feature.
         unsafe {
             if cols > NR {
-                kernel_12x16n::<Lanes16, F32, 2>(k, packed(&apack), b, tile);
+                kernel_12x16n::<Lanes16, F32, 2>(k, a_rows, b, tile);
             } else {
-                kernel_12x16n::<Lanes16, F32, 1>(k, packed(&apack), [b[0]], tile);
+                kernel_12x16n::<Lanes16, F32, 1>(k, a_rows, [b[0]], tile);
             }
         }
         for i in 0..m {
@@ -209,7 +203,7 @@ fn the_12x32_kernel_logic_matches_a_reference() {
         half[k * NR..].as_ptr().cast::<u8>(),
     ];
     // SAFETY: as above.
-    unsafe { kernel_12x16n::<Lanes16, BF16, 2>(k, packed(&apack), b, tile) };
+    unsafe { kernel_12x16n::<Lanes16, BF16, 2>(k, a_rows, b, tile) };
     for (x, y) in c.iter().zip(&expected) {
         assert!((x - y).abs() < 2e-2, "{x} vs {y}");
     }

@@ -83,6 +83,7 @@ fn integer_products_are_their_reference_bit_for_bit_and_within_the_rounding_of_f
     let reference_isa = Isa::new(Kernel::Portable)
         .unwrap()
         .with_int8_kernel(IntKernel::Reference);
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut vector_isas: Vec<Isa> = Kernel::supported()
         .into_iter()
         .map(|k| Isa::new(k).unwrap().with_integer_products())

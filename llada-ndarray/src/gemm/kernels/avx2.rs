@@ -11,7 +11,6 @@ pub(crate) struct Avx2;
 
 impl MicroKernel for Avx2 {
     const MR: usize = 6;
-    const PACKS_A: bool = false;
     const SHORT_TILES: bool = true;
     const PAIRS: bool = false;
 
@@ -24,10 +23,8 @@ impl MicroKernel for Avx2 {
     ) {
         let (dtype, b, len) = first.parts();
         debug_assert!(len >= kc * NR && second.is_none());
-        let (data, row_stride, k_stride) = match a {
-            Sliver::Rows { data, lda } => (data, lda, 1),
-            Sliver::Packed(data) => (data, 1, Self::MR),
-        };
+        let Sliver { data, lda } = a;
+        let (row_stride, k_stride) = (lda, 1);
         assert!(
             (1..=Self::MR).contains(&tile.rows)
                 && data.len() > (tile.rows - 1) * row_stride + (kc - 1) * k_stride,

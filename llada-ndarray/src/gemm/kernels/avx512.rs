@@ -3,7 +3,7 @@
 //! same rows were packed again for every column block). It is written once over [`Vec16`]: with `__m512` it is the real
 //! kernel; with the portable `Lanes16` (tests) it runs anywhere, so its indexing is tested on
 //! machines without AVX-512.
-#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
 
 #[cfg(test)]
 use half::{bf16, f16};
@@ -20,7 +20,6 @@ pub(crate) struct Avx512;
 #[cfg(target_arch = "x86_64")]
 impl MicroKernel for Avx512 {
     const MR: usize = 12;
-    const PACKS_A: bool = false;
     const SHORT_TILES: bool = false;
     const PAIRS: bool = true;
 
@@ -31,10 +30,8 @@ impl MicroKernel for Avx512 {
         second: Option<Panel<'_>>,
         tile: Tile<'_>,
     ) {
-        let (a, row_stride, k_stride) = match a {
-            Sliver::Rows { data, lda } => (data, lda, 1),
-            Sliver::Packed(data) => (data, 1, Self::MR),
-        };
+        let Sliver { data: a, lda } = a;
+        let (row_stride, k_stride) = (lda, 1);
         assert!(
             kc > 0 && a.len() > (Self::MR - 1) * row_stride + (kc - 1) * k_stride,
             "A sliver out of bounds"

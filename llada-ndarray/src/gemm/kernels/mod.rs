@@ -5,18 +5,18 @@
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
 pub(crate) mod avx512;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon;
 pub(crate) mod portable;
 
 use half::{bf16, f16};
 
-use super::{NR, Out};
+use super::Out;
 
 /// What the blocked driver needs to know of a kernel, and the kernel itself.
 pub(crate) trait MicroKernel {
     /// Rows of the register tile (at most [`MR_MAX`]).
     const MR: usize;
-    /// Whether the kernel reads `A` packed as `[kc][MR]` (else row-major, in place).
-    const PACKS_A: bool;
     /// Whether the kernel has tiles of fewer rows for the last rows of `A`, read in place
     /// (else they are copied and zero-padded to `MR` rows).
     const SHORT_TILES: bool;
@@ -27,7 +27,7 @@ pub(crate) trait MicroKernel {
     ///
     /// # Safety
     /// The CPU has the kernel's instructions (an [`Isa`](super::isa::Isa) of this kernel was
-    /// made); `a` holds the tile's rows of `kc` values in the layout the constants ask for;
+    /// made); `a` holds the tile's rows of `kc` values (`MR` of them unless `SHORT_TILES`);
     /// each panel holds `kc × 16` values; the tile lies inside its output view and no other
     /// task writes it.
     unsafe fn run(
@@ -47,24 +47,13 @@ pub(crate) const F32: u8 = 0;
 pub(crate) const BF16: u8 = 1;
 pub(crate) const F16: u8 = 2;
 
-/// The `A` operand of one micro-kernel call: the tile's rows (at most `MR`) by `kc` columns.
+/// The `A` operand of one micro-kernel call: the tile's rows (at most `MR`) by `kc` columns,
+/// row-major, rows `lda` apart, read where they are (packing them cost the AVX-512 kernel a
+/// third of its time, as the same rows were packed again for every column block).
 #[derive(Clone, Copy)]
-pub(crate) enum Sliver<'a> {
-    /// Packed `[kc][mr]` (for a kernel that packs; the tests feed the AVX-512 code this way).
-    Packed(&'a [f32]),
-    /// Row-major, rows `lda` apart (read in place by every kernel of this crate).
-    Rows { data: &'a [f32], lda: usize },
-}
-
-impl Sliver<'_> {
-    /// Element (`r`, `kk`), for a kernel of `mr` rows.
-    #[inline(always)]
-    pub(crate) fn at(&self, mr: usize, r: usize, kk: usize) -> f32 {
-        match self {
-            Sliver::Packed(d) => d[kk * mr + r],
-            Sliver::Rows { data, lda } => data[r * lda + kk],
-        }
-    }
+pub(crate) struct Sliver<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) lda: usize,
 }
 
 /// A `B` panel slice handed to the micro-kernel: `kc × 16` values.
@@ -82,25 +71,6 @@ impl Panel<'_> {
             Panel::F32(p) => (F32, p.as_ptr().cast(), p.len()),
             Panel::Bf16(p) => (BF16, p.as_ptr().cast(), p.len()),
             Panel::F16(p) => (F16, p.as_ptr().cast(), p.len()),
-        }
-    }
-
-    /// Row `kk` of the panel, widened to f32.
-    #[inline(always)]
-    pub(crate) fn row(self, kk: usize, out: &mut [f32; NR]) {
-        let range = kk * NR..(kk + 1) * NR;
-        match self {
-            Panel::F32(p) => out.copy_from_slice(&p[range]),
-            Panel::Bf16(p) => {
-                for (d, s) in out.iter_mut().zip(&p[range]) {
-                    *d = s.to_f32();
-                }
-            }
-            Panel::F16(p) => {
-                for (d, s) in out.iter_mut().zip(&p[range]) {
-                    *d = s.to_f32();
-                }
-            }
         }
     }
 }
