@@ -257,7 +257,9 @@ impl LoadOptions {
         self
     }
 
-    /// Whether any option asks the backend to change the weights.
+    /// Whether any option asks the backend to change the weights (the ONNX Runtime backend
+    /// cannot).
+    #[cfg_attr(not(feature = "ort"), allow(dead_code))]
     pub(crate) fn changes_weights(&self) -> bool {
         #[cfg(feature = "ndarray")]
         if self.quantize.is_some() {

@@ -89,6 +89,11 @@ fn every_kernel_this_cpu_runs_matches_pytorch() {
     let supported = Kernel::supported();
     assert_eq!(supported.last(), Some(&Kernel::Portable));
     eprintln!("kernels on this CPU: {supported:?}");
+    // Every aarch64 CPU has NEON: the aarch64 tests must run its kernel, not only the
+    // portable one.
+    if cfg!(target_arch = "aarch64") {
+        assert_eq!(supported[0], Kernel::Neon);
+    }
     for kernel in supported {
         let options = ContextOptions::default()
             .with_threads(2)
