@@ -200,6 +200,12 @@ impl Context {
         self.isa.int8().is_some()
     }
 
+    /// The integer kernel those products run, if any: `avx512-vnni` or `avx2` on x86-64,
+    /// `neon-dotprod` (`sdot`) or `neon` (plain NEON) on aarch64.
+    pub fn integer_kernel(&self) -> Option<&'static str> {
+        self.isa.int8().map(|k| k.name())
+    }
+
     /// Sizes the buffers for `batch` rows of `seq_len` tokens (with a logits window as long as
     /// the sequence), so that later calls up to that size allocate nothing.
     pub fn reserve(&mut self, batch: usize, seq_len: usize) {

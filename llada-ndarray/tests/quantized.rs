@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::max_abs_diff;
-use llada_core::{Canvas, GenerateParams, MaskPredictor, WorkspaceBuf, WorkspaceSizes, generate};
+use llada_core::{GenerateParams, WorkspaceBuf};
 use llada_ndarray::{Context, LoadError, LoadOptions, Model, Quantization};
 use llada_test_support::{answer_of, bundled_mask_id, bundled_model, eval_set};
 
@@ -23,33 +23,9 @@ fn exact_match(model: Arc<Model>) -> f64 {
     let mut correct = 0;
     let items = &eval.items[..ITEMS];
     for item in items {
-        let mut tokens = vec![0; item.prompt_ids.len() + params.gen_length];
-        workspace.ensure(
-            &WorkspaceSizes::for_generation(
-                &params,
-                1,
-                item.prompt_ids.len(),
-                context.vocab_size(),
-            )
-            .unwrap(),
-        );
-        let canvas = Canvas::from_prompts(
-            &mut tokens,
-            &item.prompt_ids,
-            1,
-            params.gen_length,
-            params.mask_id,
-        )
-        .unwrap();
-        generate(
-            &mut context,
-            &params,
-            canvas,
-            workspace.as_workspace(),
-            &mut (),
-        )
-        .unwrap();
-        let generated = &tokens[item.prompt_ids.len()..];
+        let canvas =
+            common::generate_canvas(&mut context, &params, &item.prompt_ids, &mut workspace);
+        let generated = &canvas[item.prompt_ids.len()..];
         correct += usize::from(answer_of(generated) == item.answer_ids.as_slice());
     }
     correct as f64 / items.len() as f64

@@ -103,7 +103,7 @@ impl FromStr for Kernel {
 /// A [`Kernel`] this CPU runs: what the matrix product and the row operations dispatch on.
 /// It can only be made by [`Isa::new`], which checks the CPU, so the unsafe kernels behind it
 /// never run where their instructions are missing. It may also name an integer kernel for
-/// Q8_0 and Q4_0 weights ([`Isa::with_integer_products`]), again only one the CPU runs.
+/// Q8_0, Q4_0, Q4_K and Q6_K weights ([`Isa::with_integer_products`]), again only one the CPU runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Isa {
     kernel: Kernel,
@@ -135,20 +135,29 @@ impl Isa {
 
     /// The same, with Q8_0, Q4_0, Q4_K and Q6_K weights multiplied in integers (activations
     /// quantized to 8 bits) where the kernel family has integer kernels: AVX-512 with VNNI
-    /// (`vpdpbusd`), else AVX2 (`vpmaddubsw`). The portable family widens them.
+    /// (`vpdpbusd`), else AVX2 (`vpmaddubsw`); NEON with `dotprod` (`sdot`), else plain NEON
+    /// (`smull`/`sadalp`). The portable family widens them.
     pub(crate) fn with_integer_products(self) -> Self {
         #[cfg(target_arch = "x86_64")]
-        {
+        let int8 = {
             use std::arch::is_x86_feature_detected as has;
-            let int8 = match self.kernel {
+            match self.kernel {
                 Kernel::Avx512 if has!("avx512bw") && has!("avx512vnni") => Some(IntKernel::Vnni),
                 Kernel::Avx512 | Kernel::Avx2 => Some(IntKernel::Avx2),
-                Kernel::Portable | Kernel::Neon => None,
-            };
-            return Self { int8, ..self };
-        }
-        #[allow(unreachable_code)]
-        self
+                _ => None,
+            }
+        };
+        #[cfg(target_arch = "aarch64")]
+        let int8 = match self.kernel {
+            Kernel::Neon if std::arch::is_aarch64_feature_detected!("dotprod") => {
+                Some(IntKernel::NeonDot)
+            }
+            Kernel::Neon => Some(IntKernel::Neon),
+            _ => None,
+        };
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        let int8 = None;
+        Self { int8, ..self }
     }
 
     /// With `int8` as the integer kernel (tests: the reference kernel runs anywhere).
@@ -170,7 +179,7 @@ impl Isa {
         self.kernel
     }
 
-    /// The integer kernel for Q8_0 and Q4_0 weights, if products use one.
+    /// The integer kernel for Q8_0, Q4_0, Q4_K and Q6_K weights, if products use one.
     pub(crate) fn int8(self) -> Option<IntKernel> {
         self.int8
     }

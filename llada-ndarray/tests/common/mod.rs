@@ -159,3 +159,59 @@ pub(crate) fn model_dir(tensors: &Tensors) -> tempfile::TempDir {
     write_safetensors(&dir.path().join("model.safetensors"), tensors);
     dir
 }
+
+/// The items of an eval set of `len` a test runs: with `LLADA_EVAL_ITEMS=start..end` those,
+/// with `LLADA_EVAL_ITEMS=r%n` every `n`-th from `r` (the sets are grouped by task, so this
+/// samples every task), else all of them. The aarch64 tests under qemu share the sets
+/// between two emulated CPUs this way.
+pub(crate) fn eval_items(len: usize) -> Vec<usize> {
+    let Ok(spec) = std::env::var("LLADA_EVAL_ITEMS") else {
+        return (0..len).collect();
+    };
+    let numbers = |sep: &str| -> Option<(usize, usize)> {
+        let (a, b) = spec.split_once(sep)?;
+        Some((a.parse().ok()?, b.parse().ok()?))
+    };
+    if let Some((start, end)) = numbers("..") {
+        (start.min(len)..end.min(len)).collect()
+    } else if let Some((r, n)) = numbers("%").filter(|&(_, n)| n > 0) {
+        (0..len).filter(|i| i % n == r).collect()
+    } else {
+        panic!("LLADA_EVAL_ITEMS is start..end or r%n, not {spec:?}")
+    }
+}
+
+/// The canvas `generate` leaves after `prompt`: the prompt, then `params.gen_length` tokens.
+pub(crate) fn generate_canvas(
+    context: &mut llada_ndarray::Context,
+    params: &llada_core::GenerateParams,
+    prompt: &[u32],
+    workspace: &mut llada_core::WorkspaceBuf,
+) -> Vec<u32> {
+    use llada_core::MaskPredictor;
+    let mut canvas = vec![0; prompt.len() + params.gen_length];
+    workspace.ensure(
+        &llada_core::WorkspaceSizes::for_generation(params, 1, prompt.len(), context.vocab_size())
+            .unwrap(),
+    );
+    let c =
+        llada_core::Canvas::from_prompts(&mut canvas, prompt, 1, params.gen_length, params.mask_id)
+            .unwrap();
+    llada_core::generate(context, params, c, workspace.as_workspace(), &mut ()).unwrap();
+    canvas
+}
+
+/// The integer kernel a context of `kernel` must run on this CPU, if any: each family's
+/// fastest (VNNI on AVX-512 hosts that have it, `sdot` on Arm CPUs with dotprod).
+pub(crate) fn expected_integer_kernel(kernel: llada_ndarray::Kernel) -> Option<&'static str> {
+    use llada_ndarray::Kernel;
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 if std::arch::is_x86_feature_detected!("avx512vnni") => Some("avx512-vnni"),
+        Kernel::Avx512 | Kernel::Avx2 => Some("avx2"),
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Neon if std::arch::is_aarch64_feature_detected!("dotprod") => Some("neon-dotprod"),
+        Kernel::Neon => Some("neon"),
+        _ => None,
+    }
+}

@@ -2,7 +2,7 @@
 //! per product into 8-bit blocks of 32 values (an f32 scale per block, as ggml's Q8_0
 //! activations; with the sums of their quants per 16 and per 32), and each weight sub-block's
 //! dot products with them are summed in 32-bit integers (`vpdpbusd` with AVX-512 VNNI,
-//! `vpmaddubsw` with AVX2), then scaled by both sides' scales into f32 accumulators. This is what llama.cpp does on CPUs; it
+//! `vpmaddubsw` with AVX2, `sdot` with Arm's dotprod, `smull`/`sadalp` on plain NEON), then scaled by both sides' scales into f32 accumulators. This is what llama.cpp does on CPUs; it
 //! trades a small error (the activations' rounding, documented in `tests/int8.rs` of this
 //! crate) for reading each weight byte once per 64 multiply-adds. The weights' layout is in
 //! [`layout`].
@@ -10,6 +10,8 @@
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx2;
 pub(crate) mod layout;
+#[cfg(target_arch = "aarch64")]
+pub(super) mod neon;
 #[cfg(test)]
 mod tests;
 #[cfg(target_arch = "x86_64")]
@@ -205,9 +207,30 @@ pub(crate) enum IntKernel {
     /// AVX2 (`vpmaddubsw`).
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// NEON with the `dotprod` extension (`sdot`).
+    #[cfg(target_arch = "aarch64")]
+    NeonDot,
+    /// Plain NEON (`smull`, `sadalp`).
+    #[cfg(target_arch = "aarch64")]
+    Neon,
 }
 
 impl IntKernel {
+    /// What [`Context::integer_kernel`](crate::Context::integer_kernel) calls it.
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            IntKernel::Reference => "reference",
+            #[cfg(target_arch = "x86_64")]
+            IntKernel::Vnni => "avx512-vnni",
+            #[cfg(target_arch = "x86_64")]
+            IntKernel::Avx2 => "avx2",
+            #[cfg(target_arch = "aarch64")]
+            IntKernel::NeonDot => "neon-dotprod",
+            #[cfg(target_arch = "aarch64")]
+            IntKernel::Neon => "neon",
+        }
+    }
+
     /// # Safety
     /// The CPU runs the kernel.
     unsafe fn run(self, t: IntTile<'_>) {
@@ -219,13 +242,21 @@ impl IntKernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the caller's contract.
             IntKernel::Avx2 => unsafe { avx2::run(t) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: the caller's contract.
+            IntKernel::NeonDot => unsafe { neon::run_sdot(t) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: the caller's contract.
+            IntKernel::Neon => unsafe { neon::run_widening(t) },
         }
     }
 }
 
 /// Whether `kernel` beats widening `ty` to f32 for `rows` rows of `A`: everywhere but the AVX2
 /// kernel on Q8_0 at many rows (`vpsignb` and one widening per group make it about 10% slower
-/// than the f32 kernel at 256 rows, and 1.5x faster at 32; `benches/kernels.rs`).
+/// than the f32 kernel at 256 rows, and 1.5x faster at 32; `benches/kernels.rs`). The NEON
+/// kernels always run: they read a quarter of the bytes (Q8_0) of the widening f32 kernel,
+/// but no Arm hardware was at hand to time them.
 pub(super) fn worth_it(kernel: IntKernel, ty: QuantType, rows: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     if kernel == IntKernel::Avx2 && ty == QuantType::Q8_0 {

@@ -64,6 +64,39 @@ fn weight(types: &[QuantType], k: usize, seed: u64) -> (PackedMatrix, Vec<f32>) 
     (PackedMatrix { k, n, segments }, dense)
 }
 
+/// Every vector integer kernel this CPU runs: each kernel family's own, and the ones a family
+/// falls back to (AVX2 where AVX-512 takes VNNI, plain NEON where NEON takes `sdot`).
+fn vector_isas() -> Vec<Isa> {
+    let mut isas: Vec<Isa> = Kernel::supported()
+        .into_iter()
+        .map(|k| Isa::new(k).unwrap().with_integer_products())
+        .filter(|isa| isa.int8().is_some())
+        .collect();
+    #[cfg(target_arch = "x86_64")]
+    let fallback = (Kernel::Avx2, IntKernel::Avx2);
+    #[cfg(target_arch = "aarch64")]
+    let fallback = (Kernel::Neon, IntKernel::Neon);
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    if fallback.0.is_supported() {
+        let isa = Isa::new(fallback.0).unwrap().with_int8_kernel(fallback.1);
+        if !isas.contains(&isa) {
+            isas.push(isa);
+        }
+    }
+    // On aarch64 both NEON paths run here: `sdot` where the CPU has dotprod (qemu's `max`),
+    // the widening one everywhere (qemu's Cortex-A72 has nothing else).
+    #[cfg(target_arch = "aarch64")]
+    {
+        let has = |k| isas.iter().any(|isa| isa.int8() == Some(k));
+        let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+        assert!(
+            has(IntKernel::Neon) && has(IntKernel::NeonDot) == dotprod,
+            "{isas:?}"
+        );
+    }
+    isas
+}
+
 fn product(isa: Isa, pool: &Pool<S>, a: &[f32], w: &PackedMatrix, m: usize, c0: f32) -> Vec<f32> {
     let mut c = vec![c0; m * w.n];
     gemm(
@@ -83,22 +116,7 @@ fn integer_products_are_their_reference_bit_for_bit_and_within_the_rounding_of_f
     let reference_isa = Isa::new(Kernel::Portable)
         .unwrap()
         .with_int8_kernel(IntKernel::Reference);
-    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
-    let mut vector_isas: Vec<Isa> = Kernel::supported()
-        .into_iter()
-        .map(|k| Isa::new(k).unwrap().with_integer_products())
-        .filter(|isa| isa.int8().is_some())
-        .collect();
-    // The AVX2 integer kernel also where the AVX-512 family takes the VNNI one.
-    #[cfg(target_arch = "x86_64")]
-    if Kernel::Avx2.is_supported() {
-        let avx2 = Isa::new(Kernel::Avx2)
-            .unwrap()
-            .with_int8_kernel(IntKernel::Avx2);
-        if !vector_isas.contains(&avx2) {
-            vector_isas.push(avx2);
-        }
-    }
+    let vector_isas = vector_isas();
     eprintln!("vector integer kernels on this CPU: {vector_isas:?}");
     for types in [
         vec![QuantType::Q8_0],
@@ -174,12 +192,7 @@ fn a_nan_or_infinite_activation_makes_its_row_nan_as_in_f32() {
             .unwrap()
             .with_int8_kernel(IntKernel::Reference),
     ];
-    isas.extend(
-        Kernel::supported()
-            .into_iter()
-            .map(|k| Isa::new(k).unwrap().with_integer_products())
-            .filter(|isa| isa.int8().is_some()),
-    );
+    isas.extend(vector_isas());
     for ty in [
         QuantType::Q8_0,
         QuantType::Q4_0,

@@ -56,7 +56,7 @@ fn bf16_to_f32(h: uint16x4_t) -> float32x4_t {
 /// mantissa moved into place and scaled by 2¹¹² (which also normalises subnormals), infinities
 /// and NaNs given the all-ones exponent, then the sign.
 #[inline(always)]
-fn f16_to_f32(h: uint16x4_t) -> float32x4_t {
+pub(crate) fn f16_to_f32(h: uint16x4_t) -> float32x4_t {
     // SAFETY: register-only operations of the NEON base set.
     unsafe {
         let h = vmovl_u16(h);
