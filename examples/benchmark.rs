@@ -785,11 +785,14 @@ fn main() -> anyhow::Result<()> {
         "| engine | tokens | median (s) | spread (s) | GFLOP/s | ratio to ORT (Rust) |"
     )?;
     writeln!(md, "|---|---:|---:|---:|---:|---:|")?;
+    // The median of the row `label` at `len` tokens, if it ran.
+    let median_of = |label: &str, len: usize| {
+        rows.iter()
+            .find(|r| r.0 == label && r.1 == len)
+            .map(|r| r.2.median)
+    };
     for &len in &cli.lengths {
-        let ort_time = rows
-            .iter()
-            .find(|r| r.0 == "llada ort (CPU)" && r.1 == len)
-            .map_or(f64::NAN, |r| r.2.median);
+        let ort_time = median_of("llada ort (CPU)", len).unwrap_or(f64::NAN);
         for (engine, l, timing) in rows.iter().filter(|r| r.1 == len) {
             let t = timing.median;
             // Matrix products (every parameter but the embedding lookup) and attention (q·kᵀ and p·v).
@@ -818,11 +821,6 @@ fn main() -> anyhow::Result<()> {
         "llada ndarray (LLADA_KERNEL=avx2)"
     } else {
         "llada ndarray"
-    };
-    let median_of = |label: &str, len: usize| {
-        rows.iter()
-            .find(|r| r.0 == label && r.1 == len)
-            .map(|r| r.2.median)
     };
     let portable_ratios: Vec<String> = cli
         .lengths

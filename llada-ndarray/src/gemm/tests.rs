@@ -1,7 +1,7 @@
 //! The matrix product against an f64 reference, with every kernel this CPU runs.
 
-use super::kernels::avx512::{Lanes16, Rows, kernel_12x16n};
-use super::kernels::{BF16, F32};
+use super::kernels::avx512::{Lanes16, kernel_12x16n};
+use super::kernels::{BF16, F32, Sliver};
 use super::*;
 use crate::quant::QuantType;
 
@@ -136,11 +136,7 @@ fn the_12x32_kernel_logic_matches_a_reference() {
     let panels = PackedMatrix::pack(n, k, |r, out: &mut [f32]| {
         out.copy_from_slice(&w[r * k..(r + 1) * k])
     });
-    let a_rows = Rows {
-        data: &a,
-        row_stride: k,
-        k_stride: 1,
-    };
+    let a_rows = Sliver { data: &a, lda: k };
     for (rows, cols, add) in [
         (12, 32, false),
         (7, 32, false),

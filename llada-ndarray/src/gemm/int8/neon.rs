@@ -26,6 +26,7 @@ use super::layout::{code_offset, panel_block_bytes, q4k, q6k, sub_len};
 use super::{IntTile, MR, QK};
 use crate::gemm::NR;
 use crate::gemm::kernels::neon::f16_to_f32;
+use crate::gemm::kernels::with_rows;
 use crate::quant::QuantType;
 
 /// The formats, as a const parameter.
@@ -187,11 +188,11 @@ unsafe fn run<P: Products>(t: IntTile<'_>) {
                 ($f:expr) => {
                     // SAFETY: the caller's contract; rows `r..r + rows` lie in the tile.
                     unsafe {
-                        match rows {
-                            3 => rows_of::<P, { $f }, 3>(&t, panel.as_ptr(), r, n, &mut out),
-                            2 => rows_of::<P, { $f }, 2>(&t, panel.as_ptr(), r, n, &mut out),
-                            _ => rows_of::<P, { $f }, 1>(&t, panel.as_ptr(), r, n, &mut out),
-                        }
+                        with_rows!(
+                            rows,
+                            R in [1, 2, 3],
+                            rows_of::<P, { $f }, R>(&t, panel.as_ptr(), r, n, &mut out)
+                        )
                     }
                 };
             }

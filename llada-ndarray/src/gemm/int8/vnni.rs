@@ -11,6 +11,7 @@ use std::arch::x86_64::*;
 use super::layout::{panel_block_bytes, q4k, q6k};
 use super::{IntTile, MR, QK};
 use crate::gemm::NR;
+use crate::gemm::kernels::with_rows;
 use crate::quant::QuantType;
 
 /// The formats, as a const parameter.
@@ -48,14 +49,7 @@ pub(super) unsafe fn run(t: IntTile<'_>) {
 unsafe fn rows<const F: u8, const N: usize>(t: IntTile<'_>) {
     macro_rules! by_rows {
         ($kernel:ident) => {
-            match t.tile.rows {
-                6 => $kernel::<N, 6>(t),
-                5 => $kernel::<N, 5>(t),
-                4 => $kernel::<N, 4>(t),
-                3 => $kernel::<N, 3>(t),
-                2 => $kernel::<N, 2>(t),
-                _ => $kernel::<N, 1>(t),
-            }
+            with_rows!(t.tile.rows, R in [1, 2, 3, 4, 5, 6], $kernel::<N, R>(t))
         };
     }
     // SAFETY: the caller's contract.

@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{BF16, F16, F32, MicroKernel, Panel, Sliver, Tile};
+use super::{BF16, F16, F32, MicroKernel, Panel, Sliver, Tile, with_rows};
 use crate::gemm::NR;
 
 /// The AVX2 + FMA kernel.
@@ -22,22 +22,15 @@ impl MicroKernel for Avx2 {
         tile: Tile<'_>,
     ) {
         let (dtype, b, len) = first.parts();
-        debug_assert!(len >= kc * NR && second.is_none());
-        let Sliver { data, lda } = a;
-        let (row_stride, k_stride) = (lda, 1);
-        assert!(
-            (1..=Self::MR).contains(&tile.rows)
-                && data.len() > (tile.rows - 1) * row_stride + (kc - 1) * k_stride,
-            "A sliver out of bounds"
-        );
-        let a = data.as_ptr();
+        assert!(len >= kc * NR && second.is_none(), "B panel out of bounds");
+        let (ptr, lda) = (a.rows_ptr(tile.rows, kc), a.lda);
         // SAFETY: the CPU has AVX2, FMA and F16C (the caller's contract); the tile's rows of
-        // `kc` values lie inside `data` (asserted) and the panel holds `kc × 16`.
+        // `kc` values lie inside the sliver and the panel holds `kc × 16` (asserted).
         unsafe {
             match dtype {
-                F32 => kernel_rows::<F32>(kc, a, row_stride, k_stride, b, tile),
-                BF16 => kernel_rows::<BF16>(kc, a, row_stride, k_stride, b, tile),
-                _ => kernel_rows::<F16>(kc, a, row_stride, k_stride, b, tile),
+                F32 => kernel_rows::<F32>(kc, ptr, lda, b, tile),
+                BF16 => kernel_rows::<BF16>(kc, ptr, lda, b, tile),
+                _ => kernel_rows::<F16>(kc, ptr, lda, b, tile),
             }
         }
     }
@@ -76,19 +69,18 @@ unsafe fn load_b<const D: u8>(b: *const u8, kk: usize) -> (__m256, __m256) {
 }
 
 /// The `M × 16` register tile (`M` ≤ 6): up to 12 accumulators, two `B` vectors, one
-/// broadcast; `A` is read in place, `M` rows `row_stride` apart. Six rows is the main tile;
+/// broadcast; `A` is read in place, `M` rows `lda` apart. Six rows is the main tile;
 /// fewer serve the last rows of `A` without computing padding (at 32 rows, a cached Fast-dLLM
 /// step, padding to 36 wasted 11% of the work).
 ///
 /// # Safety
-/// AVX2, FMA and F16C present; `M` rows of `kc` values of `A` readable at `a`, `row_stride`
-/// and `k_stride` apart; a `kc × 16` panel of type `D` at `b`; the tile owned by the caller.
+/// AVX2, FMA and F16C present; `M` rows of `kc` values of `A` readable at `a`, `lda` apart;
+/// a `kc × 16` panel of type `D` at `b`; the tile owned by the caller.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn kernel<const D: u8, const M: usize>(
     kc: usize,
     a: *const f32,
-    row_stride: usize,
-    k_stride: usize,
+    lda: usize,
     b: *const u8,
     tile: Tile<'_>,
 ) {
@@ -97,14 +89,14 @@ unsafe fn kernel<const D: u8, const M: usize>(
     // The full-width store below writes M rows: a tile of fewer would be overrun.
     assert_eq!(tile.rows, M, "tile rows");
     let mut acc = [[_mm256_setzero_ps(); 2]; M];
-    // SAFETY: element (r, kk) of A is at `a + r·row_stride + kk·k_stride` (the contract).
-    let rows: [*const f32; M] = std::array::from_fn(|r| unsafe { a.add(r * row_stride) });
+    // SAFETY: element (r, kk) of A is at `a + r·lda + kk` (the contract).
+    let rows: [*const f32; M] = std::array::from_fn(|r| unsafe { a.add(r * lda) });
     for kk in 0..kc {
         // SAFETY: `kk < kc` on every row and on the panel of `kc × 16` (the contract).
         unsafe {
             let (b0, b1) = load_b::<D>(b, kk);
             for (r, acc) in acc.iter_mut().enumerate() {
-                let x = _mm256_broadcast_ss(&*rows[r].add(kk * k_stride));
+                let x = _mm256_broadcast_ss(&*rows[r].add(kk));
                 acc[0] = _mm256_fmadd_ps(x, b0, acc[0]);
                 acc[1] = _mm256_fmadd_ps(x, b1, acc[1]);
             }
@@ -147,21 +139,10 @@ unsafe fn kernel<const D: u8, const M: usize>(
 unsafe fn kernel_rows<const D: u8>(
     kc: usize,
     a: *const f32,
-    row_stride: usize,
-    k_stride: usize,
+    lda: usize,
     b: *const u8,
     tile: Tile<'_>,
 ) {
     // SAFETY: forwarded; the row count matches the tile.
-    unsafe {
-        match tile.rows {
-            1 => kernel::<D, 1>(kc, a, row_stride, k_stride, b, tile),
-            2 => kernel::<D, 2>(kc, a, row_stride, k_stride, b, tile),
-            3 => kernel::<D, 3>(kc, a, row_stride, k_stride, b, tile),
-            4 => kernel::<D, 4>(kc, a, row_stride, k_stride, b, tile),
-            5 => kernel::<D, 5>(kc, a, row_stride, k_stride, b, tile),
-            6 => kernel::<D, 6>(kc, a, row_stride, k_stride, b, tile),
-            rows => unreachable!("a tile of {rows} rows"),
-        }
-    }
+    unsafe { with_rows!(tile.rows, M in [1, 2, 3, 4, 5, 6], kernel::<D, M>(kc, a, lda, b, tile)) }
 }

@@ -8,9 +8,9 @@
 #[cfg(test)]
 use half::{bf16, f16};
 
-use super::{BF16, F32, Tile};
+use super::{BF16, F32, Sliver, Tile};
 #[cfg(target_arch = "x86_64")]
-use super::{F16, MicroKernel, Panel, Sliver};
+use super::{F16, MicroKernel, Panel};
 use crate::gemm::NR;
 
 /// The AVX-512 kernel.
@@ -30,12 +30,7 @@ impl MicroKernel for Avx512 {
         second: Option<Panel<'_>>,
         tile: Tile<'_>,
     ) {
-        let Sliver { data: a, lda } = a;
-        let (row_stride, k_stride) = (lda, 1);
-        assert!(
-            kc > 0 && a.len() > (Self::MR - 1) * row_stride + (kc - 1) * k_stride,
-            "A sliver out of bounds"
-        );
+        a.rows_ptr(Self::MR, kc);
         let (dtype, p0, len0) = first.parts();
         assert!(len0 >= kc * NR, "B panel out of bounds");
         let p1 = second.map(|s| {
@@ -43,11 +38,6 @@ impl MicroKernel for Avx512 {
             assert!(len1 >= kc * NR, "B panel out of bounds");
             p1
         });
-        let a = Rows {
-            data: a,
-            row_stride,
-            k_stride,
-        };
         // SAFETY: the CPU has AVX-512F, AVX2, FMA and F16C (the caller's contract); `a` holds
         // 12 rows of `kc` values and each panel `kc × 16` (asserted).
         unsafe {
@@ -61,15 +51,6 @@ impl MicroKernel for Avx512 {
             }
         }
     }
-}
-
-/// The `A` operand of [`kernel_12x16n`]: element (`r`, `kk`) at `r · row_stride + kk ·
-/// k_stride` (rows in place: `lda`, 1; packed `[kc][12]`: 1, 12).
-#[derive(Clone, Copy)]
-pub(crate) struct Rows<'a> {
-    pub(crate) data: &'a [f32],
-    pub(crate) row_stride: usize,
-    pub(crate) k_stride: usize,
 }
 
 /// The 16-lane vector operations the kernel needs.
@@ -130,7 +111,7 @@ impl Vec16 for Lanes16 {
 #[inline(always)]
 pub(crate) unsafe fn kernel_12x16n<V: Vec16, const D: u8, const N: usize>(
     kc: usize,
-    a: Rows<'_>,
+    a: Sliver<'_>,
     b: [*const u8; N],
     tile: Tile<'_>,
 ) {
@@ -144,9 +125,9 @@ pub(crate) unsafe fn kernel_12x16n<V: Vec16, const D: u8, const N: usize>(
             for (v, &p) in bv.iter_mut().zip(&b) {
                 *v = V::load_panel::<D>(p, kk);
             }
-            let at = ap.add(kk * a.k_stride);
+            let at = ap.add(kk);
             for (r, acc) in acc.iter_mut().enumerate() {
-                let x = V::splat(*at.add(r * a.row_stride));
+                let x = V::splat(*at.add(r * a.lda));
                 for (acc, &v) in acc.iter_mut().zip(&bv) {
                     *acc = V::fma(x, v, *acc);
                 }
@@ -175,7 +156,7 @@ pub(crate) unsafe fn kernel_12x16n<V: Vec16, const D: u8, const N: usize>(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{BF16, F32, NR, Rows, Tile, Vec16, kernel_12x16n};
+    use super::{BF16, F32, NR, Sliver, Tile, Vec16, kernel_12x16n};
 
     impl Vec16 for __m512 {
         #[inline(always)]
@@ -230,7 +211,7 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub(super) unsafe fn kernel<const D: u8, const N: usize>(
         kc: usize,
-        a: Rows<'_>,
+        a: Sliver<'_>,
         b: [*const u8; N],
         tile: Tile<'_>,
     ) {

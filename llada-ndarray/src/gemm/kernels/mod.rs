@@ -13,6 +13,21 @@ use half::{bf16, f16};
 
 use super::Out;
 
+/// `$call` with the const `$m` set to `$rows`, one of the literals listed (a kernel's tile
+/// heights, each its own instance); any other count is a bug of the caller and panics.
+macro_rules! with_rows {
+    ($rows:expr, $m:ident in [$($n:literal),+], $call:expr) => {
+        match $rows {
+            $($n => {
+                const $m: usize = $n;
+                $call
+            })+
+            rows => unreachable!("a tile of {rows} rows"),
+        }
+    };
+}
+pub(crate) use with_rows;
+
 /// What the blocked driver needs to know of a kernel, and the kernel itself.
 pub(crate) trait MicroKernel {
     /// Rows of the register tile (at most [`MR_MAX`]).
@@ -54,6 +69,20 @@ pub(crate) const F16: u8 = 2;
 pub(crate) struct Sliver<'a> {
     pub(crate) data: &'a [f32],
     pub(crate) lda: usize,
+}
+
+impl Sliver<'_> {
+    /// The first row's address, once checked that `rows` rows of `kc` values (`lda` apart)
+    /// lie inside `data`: what the unsafe kernels read.
+    pub(crate) fn rows_ptr(&self, rows: usize, kc: usize) -> *const f32 {
+        assert!(
+            rows > 0 && kc > 0 && self.data.len() >= (rows - 1) * self.lda + kc,
+            "A sliver out of bounds: {rows} rows of {kc} values, {} apart, in {}",
+            self.lda,
+            self.data.len()
+        );
+        self.data.as_ptr()
+    }
 }
 
 /// A `B` panel slice handed to the micro-kernel: `kc × 16` values.

@@ -4,7 +4,7 @@
 
 use std::arch::aarch64::*;
 
-use super::{BF16, F16, F32, MicroKernel, Panel, Sliver, Tile};
+use super::{BF16, F16, F32, MicroKernel, Panel, Sliver, Tile, with_rows};
 use crate::gemm::NR;
 
 /// The NEON kernel.
@@ -24,22 +24,14 @@ impl MicroKernel for Neon {
     ) {
         let (dtype, b, len) = first.parts();
         assert!(len >= kc * NR && second.is_none(), "B panel out of bounds");
-        let Sliver { data, lda } = a;
-        let (row_stride, k_stride) = (lda, 1);
-        assert!(
-            kc > 0
-                && (1..=Self::MR).contains(&tile.rows)
-                && data.len() > (tile.rows - 1) * row_stride + (kc - 1) * k_stride,
-            "A sliver out of bounds"
-        );
-        let a = data.as_ptr();
+        let (ptr, lda) = (a.rows_ptr(tile.rows, kc), a.lda);
         // SAFETY: the CPU has NEON (the caller's contract); the tile's rows of `kc` values lie
-        // inside `data` and the panel holds `kc × 16` (asserted).
+        // inside the sliver and the panel holds `kc × 16` (asserted).
         unsafe {
             match dtype {
-                F32 => kernel_rows::<F32>(kc, a, row_stride, k_stride, b, tile),
-                BF16 => kernel_rows::<BF16>(kc, a, row_stride, k_stride, b, tile),
-                _ => kernel_rows::<F16>(kc, a, row_stride, k_stride, b, tile),
+                F32 => kernel_rows::<F32>(kc, ptr, lda, b, tile),
+                BF16 => kernel_rows::<BF16>(kc, ptr, lda, b, tile),
+                _ => kernel_rows::<F16>(kc, ptr, lda, b, tile),
             }
         }
     }
@@ -111,17 +103,16 @@ unsafe fn load_b<const D: u8>(b: *const u8, kk: usize) -> [float32x4_t; 4] {
 }
 
 /// The `M × 16` register tile (`M` ≤ 6): `4M` accumulators; `A` read in place, `M` rows
-/// `row_stride` apart, one value broadcast per row and step.
+/// `lda` apart, one value broadcast per row and step.
 ///
 /// # Safety
-/// NEON present; `M` rows of `kc` values of `A` readable at `a`, `row_stride` and `k_stride`
-/// apart; a `kc × 16` panel of type `D` at `b`; the tile owned by the caller.
+/// NEON present; `M` rows of `kc` values of `A` readable at `a`, `lda` apart; a `kc × 16`
+/// panel of type `D` at `b`; the tile owned by the caller.
 #[target_feature(enable = "neon")]
 unsafe fn kernel<const D: u8, const M: usize>(
     kc: usize,
     a: *const f32,
-    row_stride: usize,
-    k_stride: usize,
+    lda: usize,
     b: *const u8,
     tile: Tile<'_>,
 ) {
@@ -130,14 +121,14 @@ unsafe fn kernel<const D: u8, const M: usize>(
     // The full-width store below writes M rows: a tile of fewer would be overrun.
     assert_eq!(tile.rows, M, "tile rows");
     let mut acc = [[vdupq_n_f32(0.0); 4]; M];
-    // SAFETY: element (r, kk) of A is at `a + r·row_stride + kk·k_stride` (the contract).
-    let rows: [*const f32; M] = std::array::from_fn(|r| unsafe { a.add(r * row_stride) });
+    // SAFETY: element (r, kk) of A is at `a + r·lda + kk` (the contract).
+    let rows: [*const f32; M] = std::array::from_fn(|r| unsafe { a.add(r * lda) });
     for kk in 0..kc {
         // SAFETY: `kk < kc` on every row and on the panel of `kc × 16` (the contract).
         unsafe {
             let w = load_b::<D>(b, kk);
             for (r, acc) in acc.iter_mut().enumerate() {
-                let x = *rows[r].add(kk * k_stride);
+                let x = *rows[r].add(kk);
                 for (acc, &w) in acc.iter_mut().zip(&w) {
                     *acc = vfmaq_n_f32(*acc, w, x);
                 }
@@ -181,23 +172,12 @@ unsafe fn kernel<const D: u8, const M: usize>(
 unsafe fn kernel_rows<const D: u8>(
     kc: usize,
     a: *const f32,
-    row_stride: usize,
-    k_stride: usize,
+    lda: usize,
     b: *const u8,
     tile: Tile<'_>,
 ) {
     // SAFETY: forwarded; the row count matches the tile.
-    unsafe {
-        match tile.rows {
-            1 => kernel::<D, 1>(kc, a, row_stride, k_stride, b, tile),
-            2 => kernel::<D, 2>(kc, a, row_stride, k_stride, b, tile),
-            3 => kernel::<D, 3>(kc, a, row_stride, k_stride, b, tile),
-            4 => kernel::<D, 4>(kc, a, row_stride, k_stride, b, tile),
-            5 => kernel::<D, 5>(kc, a, row_stride, k_stride, b, tile),
-            6 => kernel::<D, 6>(kc, a, row_stride, k_stride, b, tile),
-            rows => unreachable!("a tile of {rows} rows"),
-        }
-    }
+    unsafe { with_rows!(tile.rows, M in [1, 2, 3, 4, 5, 6], kernel::<D, M>(kc, a, lda, b, tile)) }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! them, and `f32::mul_add` is a libm call per element on a target without FMA (the kernel
 //! before this one used it: a generation took 28× the AVX2 kernel's time).
 
-use super::{MicroKernel, Panel, Sliver, Tile};
+use super::{MicroKernel, Panel, Sliver, Tile, with_rows};
 use crate::gemm::NR;
 
 /// The portable kernel.
@@ -30,13 +30,7 @@ impl MicroKernel for Portable {
             .flatten()
             .zip([tile, tile.columns_from(NR)])
         {
-            match tile.rows {
-                1 => tile_rows::<1>(kc, a, b, tile),
-                2 => tile_rows::<2>(kc, a, b, tile),
-                3 => tile_rows::<3>(kc, a, b, tile),
-                4 => tile_rows::<4>(kc, a, b, tile),
-                rows => unreachable!("a tile of {rows} rows"),
-            }
+            with_rows!(tile.rows, M in [1, 2, 3, 4], tile_rows::<M>(kc, a, b, tile));
         }
     }
 }
