@@ -9,7 +9,7 @@
 use std::arch::x86_64::*;
 
 use super::layout::{panel_block_bytes, q4k, q6k};
-use super::{IntTile, MR, QK};
+use super::{IntTile, MR};
 use crate::gemm::NR;
 use crate::quant::QuantType;
 
@@ -68,9 +68,8 @@ unsafe fn panel_rows(
         for b in 0..t.blocks {
             let base = panel.add(b * bytes);
             for s in 0..ty.block_len() / sub {
-                // Values `v0..v0 + sub` of the tile's depth, in activation block `ab`.
+                // Values `v0..v0 + sub` of the tile's depth.
                 let v0 = b * ty.block_len() + s * sub;
-                let ab = v0 / QK;
                 let mut dot = [[_mm256_setzero_si256(); 2]; 2];
                 match ty {
                     QuantType::Q8_0 => {
@@ -177,15 +176,7 @@ unsafe fn panel_rows(
                     }
                 }
                 for (r, dot) in dot.iter().enumerate().take(rows) {
-                    let row = r0 + r;
-                    let da = *t.scales.as_ptr().add(row * t.ldb + ab);
-                    let sum = if sub == QK {
-                        *t.sums.as_ptr().add(row * t.ldb + ab)
-                    } else {
-                        *t.sums16
-                            .as_ptr()
-                            .add(2 * (row * t.ldb + ab) + (v0 % QK) / 16)
-                    };
+                    let (da, sum) = t.scale_and_sum(r0 + r, v0);
                     let correction = _mm256_set1_epi32(offset * sum);
                     let (da_v, da_sum) = (_mm256_set1_ps(da), _mm256_set1_ps(da * sum as f32));
                     for h in 0..2 {

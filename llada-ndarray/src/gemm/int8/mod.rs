@@ -141,6 +141,20 @@ impl IntTile<'_> {
         self.blocks * self.ty.block_len() / QK
     }
 
+    /// For row `r` of the tile and the sub-block of `layout::sub_len(self.ty)` values from
+    /// `v0` of its depth: the scale of the activation block holding it, and the sum of the
+    /// quants it covers (the block's, or its half's for Q6_K's sub-blocks of 16).
+    #[inline(always)]
+    pub(super) fn scale_and_sum(&self, r: usize, v0: usize) -> (f32, i32) {
+        let at = r * self.ldb + v0 / QK;
+        let sum = if layout::sub_len(self.ty) == QK {
+            self.sums[at]
+        } else {
+            self.sums16[2 * at + (v0 % QK) / 16]
+        };
+        (self.scales[at], sum)
+    }
+
     fn check(&self) {
         let rows = self.tile.rows;
         assert!((1..=MR).contains(&rows) && self.panels[0].is_some());
@@ -170,17 +184,11 @@ pub(crate) fn reference_kernel(t: IntTile<'_>) {
             for s in 0..ty.block_len() / len {
                 // Values from `v0` of the tile's depth: activation block `v0 / 32`.
                 let v0 = b * ty.block_len() + s * len;
-                let ab = v0 / QK;
                 for c in 0..NR {
                     let (mul, min) = layout::sub_block(ty, block, c, s, &mut codes);
                     for r in 0..t.tile.rows {
                         let q = &t.quants[r * t.lda + v0..][..len];
-                        let da = t.scales[r * t.ldb + ab];
-                        let sum = if len == QK {
-                            t.sums[r * t.ldb + ab]
-                        } else {
-                            t.sums16[2 * (r * t.ldb + ab) + (v0 % QK) / 16]
-                        };
+                        let (da, sum) = t.scale_and_sum(r, v0);
                         let dot: i32 = q.iter().zip(&codes).map(|(&a, &w)| i32::from(a) * w).sum();
                         let at = r * 2 * NR + n * NR + c;
                         acc[at] = ((dot - offset * sum) as f32).mul_add(mul * da, acc[at]);

@@ -23,7 +23,7 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 use super::layout::{code_offset, panel_block_bytes, q4k, q6k, sub_len};
-use super::{IntTile, MR, QK};
+use super::{IntTile, MR};
 use crate::gemm::NR;
 use crate::gemm::kernels::neon::f16_to_f32;
 use crate::gemm::kernels::with_rows;
@@ -302,9 +302,8 @@ unsafe fn rows_of<P: Products, const F: u8, const R: usize>(
         for b in 0..t.blocks {
             let base = panel.add(b * bytes);
             for s in 0..ty.block_len() / sub {
-                // Values `v0..v0 + sub` of the tile's depth, in activation block `ab`.
+                // Values `v0..v0 + sub` of the tile's depth.
                 let v0 = b * ty.block_len() + s * sub;
-                let ab = v0 / QK;
                 let mut dot = [[P::zero(); 4]; R];
                 match F {
                     Q8_0 => {
@@ -389,15 +388,7 @@ unsafe fn rows_of<P: Products, const F: u8, const R: usize>(
                     [vdupq_n_f32(0.0); 4]
                 };
                 for (r, (total, dot)) in total.iter_mut().zip(&dot).enumerate() {
-                    let row = r0 + r;
-                    let da = *t.scales.as_ptr().add(row * t.ldb + ab);
-                    let sum = if sub == QK {
-                        *t.sums.as_ptr().add(row * t.ldb + ab)
-                    } else {
-                        *t.sums16
-                            .as_ptr()
-                            .add(2 * (row * t.ldb + ab) + (v0 % QK) / 16)
-                    };
+                    let (da, sum) = t.scale_and_sum(r0 + r, v0);
                     let correction = vdupq_n_s32(offset * sum);
                     let da_sum = vdupq_n_f32(da * sum as f32);
                     for j in 0..4 {
