@@ -1,7 +1,7 @@
 //! The matrix product against an f64 reference, with every kernel this CPU runs.
 
-use super::kernels::avx512::{Lanes16, kernel_12x16n};
-use super::kernels::{BF16, F32, Sliver};
+use super::kernels::avx512::{Lanes16, kernel_m16n};
+use super::kernels::{BF16, F32, Sliver, with_rows};
 use super::*;
 use crate::quant::QuantType;
 
@@ -53,11 +53,16 @@ fn packed_and_strided_products_match_a_reference_on_awkward_shapes() {
             (100, 17, 5),
             (13, 513, 64),
             (200, 64, 130),
-            // With the shapes above (1 and 4 rows left), every short last sliver of the
-            // 6-row AVX2 tile: 3, 5 and 2 rows left.
+            // With the shapes above, every short last sliver of the 6-row AVX2 and NEON
+            // tiles and of the 12-row AVX-512 one: 1 to 11 rows left.
             (3, 40, 20),
             (5, 70, 48),
             (32, 260, 40),
+            (2, 9, 16),
+            (6, 33, 20),
+            (9, 20, 17),
+            (22, 50, 36),
+            (23, 31, 40),
         ] {
             let a = values(m * k, 1);
             let w = values(n * k, 2);
@@ -158,11 +163,15 @@ fn the_12x32_kernel_logic_matches_a_reference() {
         ];
         // SAFETY: the buffers have the kernel's shapes; Lanes16 needs no CPU feature.
         unsafe {
-            if cols > NR {
-                kernel_12x16n::<Lanes16, F32, 2>(k, a_rows, b, tile);
-            } else {
-                kernel_12x16n::<Lanes16, F32, 1>(k, a_rows, [b[0]], tile);
-            }
+            with_rows!(
+                rows,
+                M in [7, 12],
+                if cols > NR {
+                    kernel_m16n::<Lanes16, F32, 2, M>(k, a_rows, b, tile);
+                } else {
+                    kernel_m16n::<Lanes16, F32, 1, M>(k, a_rows, [b[0]], tile);
+                }
+            )
         }
         for i in 0..m {
             for j in 0..n {
@@ -199,7 +208,7 @@ fn the_12x32_kernel_logic_matches_a_reference() {
         half[k * NR..].as_ptr().cast::<u8>(),
     ];
     // SAFETY: as above.
-    unsafe { kernel_12x16n::<Lanes16, BF16, 2>(k, a_rows, b, tile) };
+    unsafe { kernel_m16n::<Lanes16, BF16, 2, 12>(k, a_rows, b, tile) };
     for (x, y) in c.iter().zip(&expected) {
         assert!((x - y).abs() < 2e-2, "{x} vs {y}");
     }

@@ -1,6 +1,7 @@
-//! The AVX-512 kernel: a 12 × 32 tile (24 accumulators, two `B` vectors, one broadcast), `A`
-//! read where it is (rows `lda` apart; packing it cost a third of the kernel's own time, as the
-//! same rows were packed again for every column block). It is written once over [`Vec16`]: with `__m512` it is the real
+//! The AVX-512 kernel: a 12 × 32 tile (24 accumulators, two `B` vectors, one broadcast), and
+//! tiles of 1–11 rows for the last rows of `A`. `A` is read where it is (rows `lda` apart;
+//! packing it cost a third of the kernel's own time, as the same rows were packed again for
+//! every column block). It is written once over [`Vec16`]: with `__m512` it is the real
 //! kernel; with the portable `Lanes16` (tests) it runs anywhere, so its indexing is tested on
 //! machines without AVX-512.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
@@ -10,7 +11,7 @@ use half::{bf16, f16};
 
 use super::{BF16, F32, Sliver, Tile};
 #[cfg(target_arch = "x86_64")]
-use super::{F16, MicroKernel, Panel};
+use super::{F16, MicroKernel, Panel, with_rows};
 use crate::gemm::NR;
 
 /// The AVX-512 kernel.
@@ -20,7 +21,7 @@ pub(crate) struct Avx512;
 #[cfg(target_arch = "x86_64")]
 impl MicroKernel for Avx512 {
     const MR: usize = 12;
-    const SHORT_TILES: bool = false;
+    const SHORT_TILES: bool = true;
     const PAIRS: bool = true;
 
     unsafe fn run(
@@ -30,7 +31,7 @@ impl MicroKernel for Avx512 {
         second: Option<Panel<'_>>,
         tile: Tile<'_>,
     ) {
-        a.rows_ptr(Self::MR, kc);
+        a.rows_ptr(tile.rows, kc);
         let (dtype, p0, len0) = first.parts();
         assert!(len0 >= kc * NR, "B panel out of bounds");
         let p1 = second.map(|s| {
@@ -39,16 +40,20 @@ impl MicroKernel for Avx512 {
             p1
         });
         // SAFETY: the CPU has AVX-512F, AVX2, FMA and F16C (the caller's contract); `a` holds
-        // 12 rows of `kc` values and each panel `kc × 16` (asserted).
+        // the tile's rows of `kc` values and each panel `kc × 16` (asserted).
         unsafe {
-            match (dtype, p1) {
-                (F32, Some(p1)) => x86::kernel::<F32, 2>(kc, a, [p0, p1], tile),
-                (BF16, Some(p1)) => x86::kernel::<BF16, 2>(kc, a, [p0, p1], tile),
-                (_, Some(p1)) => x86::kernel::<F16, 2>(kc, a, [p0, p1], tile),
-                (F32, None) => x86::kernel::<F32, 1>(kc, a, [p0], tile),
-                (BF16, None) => x86::kernel::<BF16, 1>(kc, a, [p0], tile),
-                (_, None) => x86::kernel::<F16, 1>(kc, a, [p0], tile),
-            }
+            with_rows!(
+                tile.rows,
+                M in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+                match (dtype, p1) {
+                    (F32, Some(p1)) => x86::kernel::<F32, 2, M>(kc, a, [p0, p1], tile),
+                    (BF16, Some(p1)) => x86::kernel::<BF16, 2, M>(kc, a, [p0, p1], tile),
+                    (_, Some(p1)) => x86::kernel::<F16, 2, M>(kc, a, [p0, p1], tile),
+                    (F32, None) => x86::kernel::<F32, 1, M>(kc, a, [p0], tile),
+                    (BF16, None) => x86::kernel::<BF16, 1, M>(kc, a, [p0], tile),
+                    (_, None) => x86::kernel::<F16, 1, M>(kc, a, [p0], tile),
+                }
+            )
         }
     }
 }
@@ -102,23 +107,28 @@ impl Vec16 for Lanes16 {
     }
 }
 
-/// The `12 × 16N` register tile over 16-lane vectors: `12 N` accumulators (24 with two
-/// panels), `N` `B` vectors and one broadcast.
+/// The `M × 16N` register tile over 16-lane vectors (`M` ≤ 12): `M N` accumulators (24 with
+/// 12 rows and two panels), `N` `B` vectors and one broadcast. Twelve rows is the main tile;
+/// fewer serve the last rows of `A` without computing padding (at 32 or 64 rows, padding the
+/// last tile to 12 rows computed 11–12% more).
 ///
 /// # Safety
-/// `a` holds 12 rows of `kc` values, each `b[n]` a panel of `kc × 16` elements of type `D`,
-/// the tile is owned by the caller; `V`'s instructions are available.
+/// `a` holds `M` rows of `kc` values, each `b[n]` a panel of `kc × 16` elements of type `D`,
+/// the tile (of `M` rows) is owned by the caller; `V`'s instructions are available.
 #[inline(always)]
-pub(crate) unsafe fn kernel_12x16n<V: Vec16, const D: u8, const N: usize>(
+pub(crate) unsafe fn kernel_m16n<V: Vec16, const D: u8, const N: usize, const M: usize>(
     kc: usize,
     a: Sliver<'_>,
     b: [*const u8; N],
     tile: Tile<'_>,
 ) {
     const MR: usize = 12;
+    const { assert!(M >= 1 && M <= MR) };
+    // The full-width store below writes M rows: a tile of fewer would be overrun.
+    assert_eq!(tile.rows, M, "tile rows");
     // SAFETY: (whole body) the function's contract.
     unsafe {
-        let mut acc = [[V::zero(); N]; MR];
+        let mut acc = [[V::zero(); N]; M];
         let ap = a.data.as_ptr();
         for kk in 0..kc {
             let mut bv = [V::zero(); N];
@@ -133,7 +143,7 @@ pub(crate) unsafe fn kernel_12x16n<V: Vec16, const D: u8, const N: usize>(
                 }
             }
         }
-        if tile.rows == MR && tile.cols == N * NR {
+        if tile.cols == N * NR {
             for (r, vectors) in acc.iter().enumerate() {
                 let dst = tile.row_ptr(r);
                 for (n, v) in vectors.iter().enumerate() {
@@ -142,12 +152,13 @@ pub(crate) unsafe fn kernel_12x16n<V: Vec16, const D: u8, const N: usize>(
             }
         } else {
             let mut out = [0.0f32; MR * 2 * NR];
+            let out = &mut out[..M * 2 * NR];
             for (r, vectors) in acc.iter().enumerate() {
                 for (n, v) in vectors.iter().enumerate() {
                     v.store(out.as_mut_ptr().add(r * 2 * NR + n * NR), false);
                 }
             }
-            tile.store(&out, 2 * NR);
+            tile.store(out, 2 * NR);
         }
     }
 }
@@ -156,7 +167,7 @@ pub(crate) unsafe fn kernel_12x16n<V: Vec16, const D: u8, const N: usize>(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{BF16, F32, NR, Sliver, Tile, Vec16, kernel_12x16n};
+    use super::{BF16, F32, NR, Sliver, Tile, Vec16, kernel_m16n};
 
     impl Vec16 for __m512 {
         #[inline(always)]
@@ -204,18 +215,18 @@ mod x86 {
         }
     }
 
-    /// The AVX-512 kernel (see [`kernel_12x16n`]).
+    /// The AVX-512 kernel (see [`kernel_m16n`]).
     ///
     /// # Safety
-    /// As [`kernel_12x16n`], with AVX-512F, AVX2, FMA and F16C present.
+    /// As [`kernel_m16n`], with AVX-512F, AVX2, FMA and F16C present.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub(super) unsafe fn kernel<const D: u8, const N: usize>(
+    pub(super) unsafe fn kernel<const D: u8, const N: usize, const M: usize>(
         kc: usize,
         a: Sliver<'_>,
         b: [*const u8; N],
         tile: Tile<'_>,
     ) {
         // SAFETY: the caller's contract, and AVX-512F is enabled here.
-        unsafe { kernel_12x16n::<__m512, D, N>(kc, a, b, tile) }
+        unsafe { kernel_m16n::<__m512, D, N, M>(kc, a, b, tile) }
     }
 }
