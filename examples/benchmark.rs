@@ -11,6 +11,7 @@
 //! The model is generated on first use into `bench-models/` (git-ignored) by
 //! `examples/bench/make_bench_model.py`.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,6 +29,8 @@ use llada_test_support::CountingAllocator;
 
 #[path = "bench/llama_cpp.rs"]
 mod llama_cpp;
+#[path = "bench/python.rs"]
+mod python;
 
 /// Counts heap allocations, to report allocations per denoising step.
 #[global_allocator]
@@ -227,6 +230,14 @@ impl Timing {
 trait Forward {
     fn vocab(&self) -> usize;
     fn run(&mut self, request: &ForwardRequest<'_>, logits: &mut [f32]) -> anyhow::Result<()>;
+
+    /// Seconds of one forward pass: `run`'s wall time, or what an engine in another process
+    /// measured there (without the time its request and answer spent in pipes).
+    fn timed(&mut self, request: &ForwardRequest<'_>, logits: &mut [f32]) -> anyhow::Result<f64> {
+        let start = Instant::now();
+        self.run(request, logits)?;
+        Ok(start.elapsed().as_secs_f64())
+    }
 }
 
 impl<P: MaskPredictor> Forward for P
@@ -271,9 +282,7 @@ fn time_forwards(
         for (engine, samples) in engines.iter_mut().zip(&mut samples) {
             let n = request.logits_len(engine.vocab());
             settle();
-            let start = Instant::now();
-            engine.run(&request, &mut logits[..n])?;
-            samples.push(start.elapsed().as_secs_f64());
+            samples.push(engine.timed(&request, &mut logits[..n])?);
         }
     }
     Ok(samples.iter_mut().map(|s| Timing::of(s)).collect())
@@ -517,21 +526,6 @@ fn fast_dllm_rows(threads: usize) -> anyhow::Result<FastDllm> {
     })
 }
 
-#[derive(serde::Deserialize)]
-struct PythonReport {
-    torch_version: Option<String>,
-    onnxruntime_version: Option<String>,
-    results: Vec<PythonResult>,
-    peak_rss_mb: Option<f64>,
-}
-
-#[derive(serde::Deserialize)]
-struct PythonResult {
-    engine: String,
-    seq_len: usize,
-    samples: Vec<f64>,
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     ensure_models(&cli)?;
@@ -601,6 +595,36 @@ fn main() -> anyhow::Result<()> {
             .with_threads(cli.threads)
             .with_kernel(llada::ndarray::Kernel::Portable),
     )?;
+    // The Python engines, in a child process that runs each forward pass on request.
+    let server = if cli.skip_python {
+        None
+    } else {
+        eprintln!("loading the Python engines");
+        Some(RefCell::new(python::Server::start(
+            &cli.python,
+            &cli.model,
+            cli.threads,
+        )?))
+    };
+    let vocab = ndarray.vocab_size();
+    let mut python_engines: Vec<python::Engine<'_>> = server
+        .iter()
+        .flat_map(|server| {
+            [python::ORT, python::TORCH].map(|name| python::Engine {
+                server,
+                name,
+                vocab,
+            })
+        })
+        .collect();
+    if let (Some(server), Some(&len)) = (&server, cli.lengths.first()) {
+        let (passed, diff) = server
+            .borrow_mut()
+            .check(&random_ids(len as u64, len, vocab))?;
+        if !passed {
+            bail!("ONNX Runtime and PyTorch disagree from Python: max |difference| {diff:.3e}");
+        }
+    }
     let mut rows: Vec<(String, usize, Timing)> = Vec::new();
     for &len in &cli.lengths {
         eprintln!("forward, {len} tokens");
@@ -608,6 +632,9 @@ fn main() -> anyhow::Result<()> {
             ("llada ndarray", &mut ndarray),
             ("llada ort (CPU)", &mut ort),
         ];
+        for engine in &mut python_engines {
+            engines.push((engine.name, engine));
+        }
         if let Some(avx2) = &mut ndarray_avx2 {
             engines.push(("llada ndarray (LLADA_KERNEL=avx2)", avx2));
         }
@@ -622,6 +649,18 @@ fn main() -> anyhow::Result<()> {
             rows.push((label.into(), len, timing));
         }
     }
+    let mut versions = String::new();
+    let mut python_rss = None;
+    drop(python_engines);
+    if let Some(server) = server {
+        let mut server = server.into_inner();
+        versions = format!(
+            "PyTorch {}, ONNX Runtime (Python) {}",
+            server.torch_version, server.onnxruntime_version
+        );
+        python_rss = Some(server.peak_rss_mib()?);
+    }
+
     // GGUF weights against the f32 checkpoint, side by side: (label, tokens, gguf s, f32 s).
     let integer_products = ndarray.integer_products();
     let mut gguf_rows: Vec<(String, usize, f64, f64)> = Vec::new();
@@ -669,48 +708,6 @@ fn main() -> anyhow::Result<()> {
             true,
         )?;
         llama_rows = Some((rows, e2e, fast, prompt));
-    }
-
-    // Forward passes, Python engines, in a child process of this one.
-    let mut versions = String::new();
-    let mut python_rss = None;
-    if !cli.skip_python {
-        let out = std::env::temp_dir().join(format!("llada-bench-{}.json", std::process::id()));
-        let lengths: Vec<String> = cli.lengths.iter().map(ToString::to_string).collect();
-        let status = Command::new(&cli.python)
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bench/python_bench.py"))
-            .arg(&cli.model)
-            .args([
-                "--threads",
-                &cli.threads.to_string(),
-                "--lengths",
-                &lengths.join(","),
-            ])
-            .args([
-                "--repeats",
-                &cli.repeats.to_string(),
-                "--warmup",
-                "1",
-                "--json",
-            ])
-            .arg(&out)
-            .status()
-            .context("running the Python benchmark")?;
-        if !status.success() {
-            bail!("python_bench.py failed");
-        }
-        let report: PythonReport = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
-        let _ = std::fs::remove_file(&out);
-        for mut r in report.results {
-            let timing = Timing::of(&mut r.samples);
-            rows.push((r.engine, r.seq_len, timing));
-        }
-        versions = format!(
-            "PyTorch {}, ONNX Runtime (Python) {}",
-            report.torch_version.unwrap_or_default(),
-            report.onnxruntime_version.unwrap_or_default()
-        );
-        python_rss = report.peak_rss_mb;
     }
 
     // End to end.
@@ -777,7 +774,7 @@ fn main() -> anyhow::Result<()> {
     }
     writeln!(
         md,
-        "\n## One forward pass (batch 1, full logits), median of {} runs\n\nThe Rust engines' runs are interleaved (each round runs every engine once); the Python engines run after them in a child process. Spread: the fastest and slowest of the timed runs.\n",
+        "\n## One forward pass (batch 1, full logits), median of {} runs\n\nEvery engine's runs are interleaved (each round runs every engine once, after a 250 ms pause); the Python engines run in a child process that times each pass itself. Spread: the fastest and slowest of the timed runs.\n",
         cli.repeats
     )?;
     writeln!(
