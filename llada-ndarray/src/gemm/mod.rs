@@ -504,9 +504,15 @@ unsafe fn task<K: MicroKernel>(block: Block<'_, '_>, scratch: &mut GemmScratch) 
         while k0 < k {
             let kc = KC.min(k - k0);
             let add = accumulate || k0 > 0;
-            // Quantized panels of this block are widened once, for every row tile.
+            // Quantized panels of this block are widened once, for every row tile, and every
+            // panel slice is looked up once, not once per row tile.
             pack::widen_quantized(b, p0..p_end, k0, kc, widened);
             let widened: &[f32] = widened;
+            let mut block_panels = [None; COLUMN_BLOCK];
+            for (slot, p) in (p0..p_end).enumerate() {
+                block_panels[slot] = Some(panel(b, p, k0, kc, widened, slot));
+            }
+            let block_panel = |p: usize| block_panels[p - p0].expect("a panel of this block");
             let mut row0 = rows.start;
             while row0 < rows.end {
                 let tile_rows = mr.min(rows.end - row0);
@@ -530,8 +536,8 @@ unsafe fn task<K: MicroKernel>(block: Block<'_, '_>, scratch: &mut GemmScratch) 
                     let j0 = p * NR;
                     let pair = K::PAIRS && p + 1 < p_end;
                     let nc = (if pair { 2 * NR } else { NR }).min(cols.end - j0);
-                    let first = panel(b, p, k0, kc, widened, p - p0);
-                    let second = pair.then(|| panel(b, p + 1, k0, kc, widened, p + 1 - p0));
+                    let first = block_panel(p);
+                    let second = pair.then(|| block_panel(p + 1));
                     let tile = Tile {
                         c,
                         row: row0,
@@ -539,6 +545,7 @@ unsafe fn task<K: MicroKernel>(block: Block<'_, '_>, scratch: &mut GemmScratch) 
                         rows: tile_rows,
                         cols: nc,
                         add,
+                        prefetch: row0 == rows.start,
                     };
                     // SAFETY: the CPU runs K (this function's contract); the sliver and the
                     // panels hold `kc` rows in K's layout; the tile is inside this task's

@@ -156,6 +156,7 @@ fn the_12x32_kernel_logic_matches_a_reference() {
             rows,
             cols,
             add,
+            prefetch: add,
         };
         let b = [
             panels.as_ptr().cast::<u8>(),
@@ -202,6 +203,7 @@ fn the_12x32_kernel_logic_matches_a_reference() {
         rows: 12,
         cols: 32,
         add: false,
+        prefetch: true,
     };
     let b = [
         half.as_ptr().cast::<u8>(),

@@ -353,6 +353,7 @@ pub(super) unsafe fn task(
                             rows: tile_rows,
                             cols: (if pair { 2 * NR } else { NR }).min(cols.end - j0),
                             add: block.accumulate || k0 > 0,
+                            prefetch: false,
                         },
                     };
                     t.check();

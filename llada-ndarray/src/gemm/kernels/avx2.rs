@@ -94,6 +94,12 @@ unsafe fn kernel<const D: u8, const M: usize>(
     for kk in 0..kc {
         // SAFETY: `kk < kc` on every row and on the panel of `kc × 16` (the contract).
         unsafe {
+            // As the AVX-512 kernel does (see `kernel_m16n`): a weight's panels stream from
+            // memory for a column block's first row tile.
+            if tile.prefetch {
+                let bytes = if D == F32 { 4 } else { 2 };
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((kk + 16) * NR * bytes).cast());
+            }
             let (b0, b1) = load_b::<D>(b, kk);
             for (r, acc) in acc.iter_mut().enumerate() {
                 let x = _mm256_broadcast_ss(&*rows[r].add(kk));

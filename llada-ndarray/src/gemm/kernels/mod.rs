@@ -113,6 +113,10 @@ pub(crate) struct Tile<'a> {
     pub(crate) rows: usize,
     pub(crate) cols: usize,
     pub(crate) add: bool,
+    /// Whether the kernel should prefetch `B`: the first row tile of a column block reads its
+    /// panels from memory (a model's weights fit no cache), and the hardware prefetcher
+    /// alone leaves it waiting; later tiles find them in L2.
+    pub(crate) prefetch: bool,
 }
 
 impl Tile<'_> {
