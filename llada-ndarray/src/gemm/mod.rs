@@ -486,7 +486,8 @@ unsafe fn task<K: MicroKernel>(block: Block<'_, '_>, scratch: &mut GemmScratch) 
         b: widened,
         ..
     } = scratch;
-    if pack::has_quantized(b) && widened.len() < COLUMN_BLOCK * KC * NR {
+    let quantized = pack::has_quantized(b);
+    if quantized && widened.len() < COLUMN_BLOCK * KC * NR {
         widened.resize(COLUMN_BLOCK * KC * NR, 0.0);
     }
     debug_assert_eq!(
@@ -506,7 +507,9 @@ unsafe fn task<K: MicroKernel>(block: Block<'_, '_>, scratch: &mut GemmScratch) 
             let add = accumulate || k0 > 0;
             // Quantized panels of this block are widened once, for every row tile, and every
             // panel slice is looked up once, not once per row tile.
-            pack::widen_quantized(b, p0..p_end, k0, kc, widened);
+            if quantized {
+                pack::widen_quantized(b, p0..p_end, k0, kc, widened);
+            }
             let widened: &[f32] = widened;
             let mut block_panels = [None; COLUMN_BLOCK];
             for (slot, p) in (p0..p_end).enumerate() {

@@ -129,9 +129,6 @@ pub(super) fn widen_quantized(
     out: &mut [f32],
 ) {
     let Rhs::Packed(w) = b else { return };
-    if !has_quantized(b) {
-        return;
-    }
     let mut block = [0.0f32; 256];
     for p in panels.clone() {
         let (segment, q) = w.segment(p);

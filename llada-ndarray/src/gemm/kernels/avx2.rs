@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{BF16, F16, F32, MicroKernel, Panel, Sliver, Tile, with_rows};
+use super::{BF16, F16, F32, MicroKernel, Panel, Sliver, Tile, prefetch_panel_row, with_rows};
 use crate::gemm::NR;
 
 /// The AVX2 + FMA kernel.
@@ -97,8 +97,7 @@ unsafe fn kernel<const D: u8, const M: usize>(
             // As the AVX-512 kernel does (see `kernel_m16n`): a weight's panels stream from
             // memory for a column block's first row tile.
             if tile.prefetch {
-                let bytes = if D == F32 { 4 } else { 2 };
-                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((kk + 16) * NR * bytes).cast());
+                prefetch_panel_row::<D>(b, kk);
             }
             let (b0, b1) = load_b::<D>(b, kk);
             for (r, acc) in acc.iter_mut().enumerate() {

@@ -64,8 +64,8 @@ pub(crate) trait Vec16: Copy {
     unsafe fn splat(x: f32) -> Self;
     /// 16 values of row `kk` of a panel of element type `D`.
     unsafe fn load_panel<const D: u8>(b: *const u8, kk: usize) -> Self;
-    /// Asks for row `kk` of a panel of element type `D` to be brought into L1 (a hint: it
-    /// may lie past the panel's end, and nothing is read).
+    /// Prefetches `B` ahead of row `kk` of a panel of element type `D` (a hint: nothing is
+    /// read; see [`prefetch_panel_row`](super::prefetch_panel_row)).
     unsafe fn prefetch_panel<const D: u8>(_b: *const u8, _kk: usize) {}
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
     /// `*dst = self` or `*dst += self` (16 unaligned values).
@@ -126,10 +126,6 @@ pub(crate) unsafe fn kernel_m16n<V: Vec16, const D: u8, const N: usize, const M:
     tile: Tile<'_>,
 ) {
     const MR: usize = 12;
-    /// Steps of `k` ahead that `B` is prefetched: the panels stream from memory for the first
-    /// row tile of a column block (a model's weights do not fit any cache), and the hardware
-    /// prefetcher alone left that tile waiting.
-    const PREFETCH: usize = 16;
     const { assert!(M >= 1 && M <= MR) };
     // The full-width store below writes M rows: a tile of fewer would be overrun.
     assert_eq!(tile.rows, M, "tile rows");
@@ -141,7 +137,7 @@ pub(crate) unsafe fn kernel_m16n<V: Vec16, const D: u8, const N: usize, const M:
             let mut bv = [V::zero(); N];
             for (v, &p) in bv.iter_mut().zip(&b) {
                 if tile.prefetch {
-                    V::prefetch_panel::<D>(p, kk + PREFETCH);
+                    V::prefetch_panel::<D>(p, kk);
                 }
                 *v = V::load_panel::<D>(p, kk);
             }
@@ -209,10 +205,8 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn prefetch_panel<const D: u8>(b: *const u8, kk: usize) {
-            let bytes = if D == F32 { 4 } else { 2 };
-            // SAFETY: a prefetch reads nothing and cannot fault; `wrapping_add` keeps the
-            // address arithmetic defined past the panel's end.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(kk * NR * bytes).cast()) }
+            // SAFETY: an x86-64 CPU; a prefetch cannot fault.
+            unsafe { super::super::prefetch_panel_row::<D>(b, kk) }
         }
         #[inline(always)]
         unsafe fn fma(a: Self, b: Self, c: Self) -> Self {

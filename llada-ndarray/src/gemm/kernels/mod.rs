@@ -54,6 +54,27 @@ pub(crate) trait MicroKernel {
     );
 }
 
+/// Asks for row `kk + PREFETCH_STEPS` of a panel of element type `D` (one of [`F32`],
+/// [`BF16`], [`F16`]) at `b` to be brought into L1: what the x86 kernels do on a tile whose
+/// [`Tile::prefetch`] is set.
+///
+/// # Safety
+/// SSE is available (any x86-64 CPU). The address may lie past the panel's end: a prefetch
+/// reads nothing and cannot fault, and `wrapping_add` keeps the arithmetic defined.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn prefetch_panel_row<const D: u8>(b: *const u8, kk: usize) {
+    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+    let bytes = if D == F32 { 4 } else { 2 };
+    let at = b.wrapping_add((kk + PREFETCH_STEPS) * super::NR * bytes);
+    // SAFETY: the function's contract.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(at.cast()) }
+}
+
+/// Steps of `k` ahead that the x86 kernels prefetch `B` (1 KB of an f32 panel).
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_STEPS: usize = 16;
+
 /// Most rows of any kernel's register tile (the AVX-512 kernel's).
 pub(crate) const MR_MAX: usize = 12;
 
