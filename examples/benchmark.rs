@@ -11,7 +11,6 @@
 //! The model is generated on first use into `bench-models/` (git-ignored) by
 //! `examples/bench/make_bench_model.py`.
 
-use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -595,34 +594,34 @@ fn main() -> anyhow::Result<()> {
             .with_threads(cli.threads)
             .with_kernel(llada::ndarray::Kernel::Portable),
     )?;
-    // The Python engines, in a child process that runs each forward pass on request.
-    let server = if cli.skip_python {
-        None
-    } else {
-        eprintln!("loading the Python engines");
-        Some(RefCell::new(python::Server::start(
-            &cli.python,
-            &cli.model,
-            cli.threads,
-        )?))
-    };
     let vocab = ndarray.vocab_size();
-    let mut python_engines: Vec<python::Engine<'_>> = server
-        .iter()
-        .flat_map(|server| {
-            [python::ORT, python::TORCH].map(|name| python::Engine {
-                server,
+    // The Python engines, each in a child process of its own that runs one forward pass per
+    // request. First a process with both, to check that they compute the same logits; it ends
+    // before anything is timed.
+    let mut python_engines: Vec<python::Engine> = Vec::new();
+    if !cli.skip_python {
+        if let Some(&len) = cli.lengths.first() {
+            eprintln!("checking the Python engines against each other");
+            let mut both = python::Server::start(
+                &cli.python,
+                &cli.model,
+                cli.threads,
+                &[python::ORT, python::TORCH],
+            )?;
+            let (passed, diff) = both.check(&random_ids(len as u64, len, vocab))?;
+            if !passed {
+                bail!("ONNX Runtime and PyTorch disagree from Python: max |difference| {diff:.3e}");
+            }
+        }
+        for name in [python::ORT, python::TORCH] {
+            eprintln!("loading {name}");
+            python_engines.push(python::Engine::start(
+                &cli.python,
+                &cli.model,
+                cli.threads,
                 name,
                 vocab,
-            })
-        })
-        .collect();
-    if let (Some(server), Some(&len)) = (&server, cli.lengths.first()) {
-        let (passed, diff) = server
-            .borrow_mut()
-            .check(&random_ids(len as u64, len, vocab))?;
-        if !passed {
-            bail!("ONNX Runtime and PyTorch disagree from Python: max |difference| {diff:.3e}");
+            )?);
         }
     }
     let mut rows: Vec<(String, usize, Timing)> = Vec::new();
@@ -650,15 +649,19 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let mut versions = String::new();
-    let mut python_rss = None;
-    drop(python_engines);
-    if let Some(server) = server {
-        let mut server = server.into_inner();
-        versions = format!(
-            "PyTorch {}, ONNX Runtime (Python) {}",
-            server.torch_version, server.onnxruntime_version
-        );
-        python_rss = Some(server.peak_rss_mib()?);
+    // Peak resident set of each Python engine's process, MiB.
+    let mut python_rss = Vec::new();
+    for mut engine in python_engines {
+        let package = if engine.name == python::ORT {
+            "ONNX Runtime (Python)"
+        } else {
+            "PyTorch"
+        };
+        if !versions.is_empty() {
+            versions.push_str(", ");
+        }
+        versions.push_str(&format!("{package} {}", engine.version()));
+        python_rss.push((package, engine.server.peak_rss_mib()?));
     }
 
     // GGUF weights against the f32 checkpoint, side by side: (label, tokens, gguf s, f32 s).
@@ -774,7 +777,7 @@ fn main() -> anyhow::Result<()> {
     }
     writeln!(
         md,
-        "\n## One forward pass (batch 1, full logits), median of {} runs\n\nEvery engine's runs are interleaved (each round runs every engine once, after a 250 ms pause); the Python engines run in a child process that times each pass itself. Spread: the fastest and slowest of the timed runs.\n",
+        "\n## One forward pass (batch 1, full logits), median of {} runs\n\nEvery engine's runs are interleaved (each round runs every engine once, after a 250 ms pause); the Python engines run each in a child process of its own that times each pass itself. Spread: the fastest and slowest of the timed runs.\n",
         cli.repeats
     )?;
     writeln!(
@@ -1053,13 +1056,15 @@ fn main() -> anyhow::Result<()> {
         md,
         "\nPeak resident memory of the benchmark process (both Rust backends loaded): {peak:.0} MiB"
     )?;
-    match python_rss {
-        Some(rss) => writeln!(
-            md,
-            "; of the Python process (PyTorch and ONNX Runtime loaded): {rss:.0} MiB."
-        )?,
-        None => writeln!(md, ".")?,
+    for (i, (package, rss)) in python_rss.iter().enumerate() {
+        let lead = if i == 0 {
+            "; of the Python processes (one per engine): "
+        } else {
+            ", "
+        };
+        write!(md, "{lead}{package} {rss:.0} MiB")?;
     }
+    writeln!(md, ".")?;
     print!("{md}");
     std::fs::write(&cli.out, &md).with_context(|| format!("writing {}", cli.out.display()))?;
     eprintln!("wrote {}", cli.out.display());

@@ -1,9 +1,9 @@
-//! The Python engines (ONNX Runtime and PyTorch eager), loaded once in a child process
-//! (`python_bench.py`) that runs one forward pass per request, so that their runs interleave
-//! with the Rust engines' in the same rounds: the machine's slow and quiet spells fall on every
-//! engine alike.
+//! The Python engines (ONNX Runtime and PyTorch eager), each loaded once in a child process of
+//! its own (`python_bench.py`) that runs one forward pass per request, so that their runs
+//! interleave with the Rust engines' in the same rounds: the machine's slow and quiet spells
+//! fall on every engine alike. One process per engine, so that neither shares its address
+//! space, allocator or OpenMP threads with the other while it is timed.
 
-use std::cell::RefCell;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -20,6 +20,8 @@ pub(crate) const TORCH: &str = "pytorch-eager";
 
 /// The child process and its pipes.
 pub(crate) struct Server {
+    /// The engines it loaded: `ORT`, `TORCH` or both.
+    engines: &'static [&'static str],
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
@@ -28,14 +30,27 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// Starts `python_bench.py` on `model` with `threads` intra-op threads per engine and
-    /// waits until both engines are loaded.
-    pub(crate) fn start(python: &Path, model: &Path, threads: usize) -> anyhow::Result<Self> {
+    /// Starts `python_bench.py` on `model` with `threads` intra-op threads per engine, loading
+    /// only `engines` (`ORT`, `TORCH` or both), and waits until they are loaded.
+    pub(crate) fn start(
+        python: &Path,
+        model: &Path,
+        threads: usize,
+        engines: &'static [&'static str],
+    ) -> anyhow::Result<Self> {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bench/python_bench.py");
-        let mut child = Command::new(python)
+        let mut command = Command::new(python);
+        command
             .arg(&script)
             .arg(model)
-            .args(["--threads", &threads.to_string()])
+            .args(["--threads", &threads.to_string()]);
+        if !engines.contains(&ORT) {
+            command.arg("--skip-ort");
+        }
+        if !engines.contains(&TORCH) {
+            command.arg("--skip-torch");
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -43,6 +58,7 @@ impl Server {
         let stdin = child.stdin.take().context("the script's stdin")?;
         let stdout = BufReader::new(child.stdout.take().context("the script's stdout")?);
         let mut server = Self {
+            engines,
             child,
             stdin,
             stdout,
@@ -73,7 +89,11 @@ impl Server {
     }
 
     /// Whether both engines' logits over `ids` agree (the script's tolerance), and by how much.
+    /// Only a server with both engines can answer.
     pub(crate) fn check(&mut self, ids: &[u32]) -> anyhow::Result<(bool, f64)> {
+        if self.engines.len() != 2 {
+            bail!("the check needs a server with both Python engines");
+        }
         let answer = self.request(&json!({ "check": ids }))?;
         Ok((
             answer["passed"].as_bool().context("check: passed")?,
@@ -97,15 +117,46 @@ impl Drop for Server {
     }
 }
 
-/// One of the server's engines, timed by the script itself (`time.perf_counter` around the
-/// call, inputs built before): the pipes' time is not counted.
-pub(crate) struct Engine<'s> {
-    pub(crate) server: &'s RefCell<Server>,
+/// One Python engine in a server of its own, timed by the script itself (`time.perf_counter`
+/// around the call, inputs built before): the pipes' time is not counted.
+pub(crate) struct Engine {
+    pub(crate) server: Server,
     pub(crate) name: &'static str,
     pub(crate) vocab: usize,
 }
 
-impl Forward for Engine<'_> {
+impl Engine {
+    /// Starts a server with only the engine `name` (`ORT` or `TORCH`).
+    pub(crate) fn start(
+        python: &Path,
+        model: &Path,
+        threads: usize,
+        name: &'static str,
+        vocab: usize,
+    ) -> anyhow::Result<Self> {
+        let engines: &'static [&'static str] = match name {
+            ORT => &[ORT],
+            TORCH => &[TORCH],
+            _ => bail!("no Python engine {name:?} (there are {ORT} and {TORCH})"),
+        };
+        Ok(Self {
+            server: Server::start(python, model, threads, engines)?,
+            name,
+            vocab,
+        })
+    }
+
+    /// The version of the engine's Python package.
+    pub(crate) fn version(&self) -> &str {
+        if self.name == ORT {
+            &self.server.onnxruntime_version
+        } else {
+            &self.server.torch_version
+        }
+    }
+}
+
+impl Forward for Engine {
     fn vocab(&self) -> usize {
         self.vocab
     }
@@ -120,7 +171,6 @@ impl Forward for Engine<'_> {
         }
         let answer = self
             .server
-            .borrow_mut()
             .request(&json!({ "engine": self.name, "ids": request.ids() }))?;
         answer["seconds"]
             .as_f64()

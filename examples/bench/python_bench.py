@@ -5,7 +5,8 @@
     python examples/bench/python_bench.py MODEL_DIR --threads N [--skip-torch] [--skip-ort]
 
 MODEL_DIR is a checkpoint directory (config.json + model.safetensors, and model.onnx for ONNX Runtime), e.g. the
-output of examples/bench/make_bench_model.py. Both engines are loaded once, side by side in this process:
+output of examples/bench/make_bench_model.py. The engines not skipped are loaded once, side by side in this process
+(the benchmark times each in a process of its own, and starts one with both only for the check):
 
 - pytorch-eager: tests/fixtures/llada_torch.py's LLaDA loaded from model.safetensors as float32 (bf16 checkpoints
   are upcast), model.eval(), torch.set_num_threads(N), torch.set_num_interop_threads(1), torch.inference_mode().
