@@ -18,7 +18,7 @@ pub enum Kernel {
     /// x86-64 with AVX2, FMA and F16C: 6 × 16 register tiles (and 1–5 rows for the last
     /// rows), `A` read in place.
     Avx2,
-    /// x86-64 with AVX-512F: 12 × 32 register tiles (and 1–11 rows for the last rows), `A`
+    /// x86-64 with AVX-512F: 8 × 32 register tiles (and 1–7 rows for the last rows), `A`
     /// read in place.
     Avx512,
     /// aarch64 with NEON (every Arm64 phone and Apple Silicon Mac): 6 × 16 register tiles

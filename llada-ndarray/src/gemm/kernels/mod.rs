@@ -76,7 +76,7 @@ pub(crate) unsafe fn prefetch_panel_row<const D: u8>(b: *const u8, kk: usize) {
 const PREFETCH_STEPS: usize = 16;
 
 /// Most rows of any kernel's register tile (the AVX-512 kernel's).
-pub(crate) const MR_MAX: usize = 12;
+pub(crate) const MR_MAX: usize = 8;
 
 /// Element type of a panel, as a const parameter of the kernels.
 pub(crate) const F32: u8 = 0;
