@@ -277,11 +277,15 @@ fn time_forwards(
     // Runtimes keep their worker threads spinning for a while after a call (ONNX Runtime does
     // by default); a pause before each switch keeps one engine's spinning off the other's time.
     let settle = || std::thread::sleep(std::time::Duration::from_millis(250));
-    for _ in 0..repeats {
-        for (engine, samples) in engines.iter_mut().zip(&mut samples) {
+    // Each round starts with the next engine, so that no engine always runs right after the
+    // same other one (after the one that heats the cores most, or leaves the most to clean).
+    let count = engines.len();
+    for round in 0..repeats {
+        for i in (0..count).map(|i| (i + round) % count) {
+            let engine = &mut engines[i];
             let n = request.logits_len(engine.vocab());
             settle();
-            samples.push(engine.timed(&request, &mut logits[..n])?);
+            samples[i].push(engine.timed(&request, &mut logits[..n])?);
         }
     }
     Ok(samples.iter_mut().map(|s| Timing::of(s)).collect())
@@ -777,7 +781,7 @@ fn main() -> anyhow::Result<()> {
     }
     writeln!(
         md,
-        "\n## One forward pass (batch 1, full logits), median of {} runs\n\nEvery engine's runs are interleaved (each round runs every engine once, after a 250 ms pause); the Python engines run each in a child process of its own that times each pass itself. Spread: the fastest and slowest of the timed runs.\n",
+        "\n## One forward pass (batch 1, full logits), median of {} runs\n\nEvery engine's runs are interleaved (each round runs every engine once, after a 250 ms pause, starting with the next engine each round); the Python engines run each in a child process of its own that times each pass itself. Spread: the fastest and slowest of the timed runs.\n",
         cli.repeats
     )?;
     writeln!(
