@@ -5,11 +5,11 @@
 //! kernel; with the portable `Lanes16` (tests) it runs anywhere, so its indexing is tested on
 //! machines without AVX-512.
 //!
-//! Why 8 rows and not 12 (24 accumulators, what MLAS and BLIS use on AVX-512): on AMD Zen 4
-//! the 12-row tile ran the 220 M model's forward 10% slower at 256 and 1024 tokens and 2–8%
-//! slower at 32 and 64 (fastest of interleaved runs, 2 threads), and it also lost to the
-//! AVX2 kernel's 6 × 16 tile there. 16 accumulators still cover the FMA latency twice over
-//! on a core with two 512-bit FMA units (4 cycles × 2 in flight).
+//! Why 8 rows and not 12 (24 accumulators, the usual AVX-512 choice, and this kernel's until
+//! it was measured): on AMD Zen 4 the 12-row tile ran the 220 M model's forward 10% slower at
+//! 256 and 1024 tokens, 7% at 64 and 1% at 32 (fastest of interleaved runs, 2 threads), and
+//! it lost to the AVX2 kernel's 6 × 16 tile at 256 and 1024. 16 accumulators still cover
+//! the FMA latency twice over on a core with two 512-bit FMA units (4 cycles × 2 in flight).
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
 
 #[cfg(test)]
