@@ -277,8 +277,10 @@ fn time_forwards(
     // Runtimes keep their worker threads spinning for a while after a call (ONNX Runtime does
     // by default); a pause before each switch keeps one engine's spinning off the other's time.
     let settle = || std::thread::sleep(std::time::Duration::from_millis(250));
-    // Each round starts with the next engine, so that no engine always runs right after the
-    // same other one (after the one that heats the cores most, or leaves the most to clean).
+    // Each round starts one engine later, so that every engine takes each place in a round in
+    // turn (first after the previous length's runs, last before the next). Its neighbours stay
+    // the same but for the rounds' seams: the pause before every run is what keeps one
+    // engine's aftermath off the next one's time.
     let count = engines.len();
     for round in 0..repeats {
         for i in (0..count).map(|i| (i + round) % count) {
