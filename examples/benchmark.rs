@@ -658,15 +658,11 @@ fn main() -> anyhow::Result<()> {
     // Peak resident set of each Python engine's process, MiB.
     let mut python_rss = Vec::new();
     for mut engine in python_engines {
-        let package = if engine.name == python::ORT {
-            "ONNX Runtime (Python)"
-        } else {
-            "PyTorch"
-        };
+        let (package, version) = engine.package();
         if !versions.is_empty() {
             versions.push_str(", ");
         }
-        versions.push_str(&format!("{package} {}", engine.version()));
+        versions.push_str(&format!("{package} {version}"));
         python_rss.push((package, engine.server.peak_rss_mib()?));
     }
 

@@ -146,12 +146,12 @@ impl Engine {
         })
     }
 
-    /// The version of the engine's Python package.
-    pub(crate) fn version(&self) -> &str {
+    /// The engine's Python package and its version.
+    pub(crate) fn package(&self) -> (&'static str, &str) {
         if self.name == ORT {
-            &self.server.onnxruntime_version
+            ("ONNX Runtime (Python)", &self.server.onnxruntime_version)
         } else {
-            &self.server.torch_version
+            ("PyTorch", &self.server.torch_version)
         }
     }
 }

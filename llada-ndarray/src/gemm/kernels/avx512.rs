@@ -15,7 +15,7 @@
 #[cfg(test)]
 use half::{bf16, f16};
 
-use super::{BF16, F32, Sliver, Tile};
+use super::{BF16, F32, MR_MAX, Sliver, Tile};
 #[cfg(target_arch = "x86_64")]
 use super::{F16, MicroKernel, Panel, with_rows};
 use crate::gemm::NR;
@@ -116,8 +116,8 @@ impl Vec16 for Lanes16 {
     }
 }
 
-/// The `M × 16N` register tile over 16-lane vectors (`M` ≤ 12): `M N` accumulators (16 with
-/// the kernel's 8 rows and two panels), `N` `B` vectors and one broadcast. Fewer rows serve
+/// The `M × 16N` register tile over 16-lane vectors (`M` ≤ [`MR_MAX`], 8): `M N` accumulators
+/// (16 with 8 rows and two panels), `N` `B` vectors and one broadcast. Fewer rows serve
 /// the last rows of `A` without computing padding (at 32 or 64 rows, padding the last tile
 /// to a full one computed 11–12% more).
 ///
@@ -131,7 +131,7 @@ pub(crate) unsafe fn kernel_m16n<V: Vec16, const D: u8, const N: usize, const M:
     b: [*const u8; N],
     tile: Tile<'_>,
 ) {
-    const MR: usize = 12;
+    const MR: usize = MR_MAX;
     const { assert!(M >= 1 && M <= MR) };
     // The full-width store below writes M rows: a tile of fewer would be overrun.
     assert_eq!(tile.rows, M, "tile rows");
