@@ -32,6 +32,8 @@ if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends \
         rustc-web rust-web-clippy libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu \
         libc6-dev-arm64-cross qemu-user
+    # The downloaded packages are not needed once installed: their disk goes to the build.
+    $sudo apt-get clean
 fi
 
 export RUSTC=/usr/bin/rustc
