@@ -29,8 +29,11 @@ use crate::threads::Pool;
 
 /// Columns of a packed panel (the AVX-512 kernel takes two panels at once).
 pub(crate) const NR: usize = 16;
-/// Depth of a block.
+/// Depth of a block of quantized panels (widened a block at a time) and of the integer
+/// kernels' blocks.
 pub(crate) const KC: usize = 256;
+/// Most depth of a pass of the floating-point kernels over `C` (see [`pass_depth`]).
+const DEPTH: usize = 1024;
 /// Rows of `A` per block (a multiple of every kernel's rows): the size of the packing buffer.
 const MC: usize = 96;
 /// Panels of `B` per column block (128 columns).
@@ -268,7 +271,7 @@ pub(crate) struct GemmScratch {
 impl GemmScratch {
     pub(crate) fn new() -> Self {
         Self {
-            a: vec![0.0; MC.max(MR_MAX) * KC],
+            a: vec![0.0; (MC.max(MR_MAX) * KC).max(MR_MAX * DEPTH)],
             b: Vec::new(),
             quantized: int8::QuantizedRows::default(),
         }
@@ -438,6 +441,26 @@ fn gemm_task(isa: Isa, product: u64, block: Block<'_, '_>, scratch: &mut GemmScr
     }
 }
 
+/// Depth of each pass of the floating-point kernels over a product of inner dimension `k`:
+/// as few passes as [`DEPTH`] allows, of equal depth (a multiple of 16, so that each pass
+/// starts `A`'s rows on a cache line).
+///
+/// Every pass but the first reads and writes the task's block of `C` again, and that block
+/// (rows × 128 columns, 512 KB at 1024 rows) does not stay in L2 beside the rows of `A`
+/// streaming through. With passes 256 deep (this code's `KC` before), the 220 M model's
+/// forward at 1024 tokens on AMD Zen 4 ran in two states that came and went in time, about
+/// 2.17 and 2.55 s, the slow one spending its extra time on the stores of `C`; with passes
+/// 1024 deep, alternated run by run in one process, it ran 2.19–2.24 s in the slow state
+/// (2.50–2.64 s with 256). Side by side on 2 threads, fastest-state medians, 256 → 1024 deep:
+/// 0.0694 → 0.0631 s at 32 tokens, 0.127 → 0.120 s at 64, 0.499 → 0.468 s at 256, 2.19 →
+/// 2.11 s at 1024; the AVX2 kernel 0.082 → 0.070 s at 32 and 0.525 → 0.476 s at 256. Passes
+/// stay at most 1024 deep so that a column block of `B` (kc × 128 values, 512 KB in f32)
+/// still fits L2.
+fn pass_depth(k: usize) -> usize {
+    let passes = k.div_ceil(DEPTH).max(1);
+    k.div_ceil(passes).next_multiple_of(16).min(DEPTH)
+}
+
 /// Runs one rectangle with `isa`'s floating-point kernel.
 fn float_task(isa: Isa, block: Block<'_, '_>, scratch: &mut GemmScratch) {
     // SAFETY: an `Isa` exists only for kernels this CPU runs.
@@ -496,14 +519,15 @@ unsafe fn task<K: MicroKernel>(block: Block<'_, '_>, scratch: &mut GemmScratch) 
         "column chunks start on panel boundaries"
     );
     // Loop order (as MLAS does for weights): a block of columns of B (COLUMN_BLOCK panels,
-    // kc deep, about 128 KB: L2) is read from memory once and serves every row of A; the A
-    // sliver (mr rows, kc deep: L1) serves every panel of the block.
+    // kc deep: L2) is read from memory once and serves every row of A; the A sliver (mr rows,
+    // kc deep: L1 or L2) serves every panel of the block.
+    let depth = if quantized { KC } else { pass_depth(k) };
     let mut p0 = cols.start / NR;
     while p0 * NR < cols.end {
         let p_end = (p0 + COLUMN_BLOCK).min(cols.end.div_ceil(NR));
         let mut k0 = 0;
         while k0 < k {
-            let kc = KC.min(k - k0);
+            let kc = depth.min(k - k0);
             let add = accumulate || k0 > 0;
             // Quantized panels of this block are widened once, for every row tile, and every
             // panel slice is looked up once, not once per row tile.

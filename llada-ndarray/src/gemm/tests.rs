@@ -63,6 +63,9 @@ fn packed_and_strided_products_match_a_reference_on_awkward_shapes() {
             (9, 20, 17),
             (22, 50, 36),
             (23, 31, 40),
+            // Deeper than one pass of the floating-point kernels: 3 passes, the later ones
+            // adding to C.
+            (19, 2100, 40),
         ] {
             let a = values(m * k, 1);
             let w = values(n * k, 2);
@@ -337,4 +340,29 @@ fn quantized_weights_are_widened_inside_the_product_even_mixed_across_parts() {
             }
         }
     }
+}
+
+#[test]
+fn passes_over_c_are_as_few_as_the_depth_allows_and_even() {
+    for k in [1, 15, 16, 256, 1000, 1024, 1025, 2816, 4096, 12288, 100_000] {
+        let depth = pass_depth(k);
+        let passes = k.div_ceil(depth);
+        assert!(depth <= DEPTH, "k {k}: depth {depth}");
+        assert_eq!(
+            passes,
+            k.div_ceil(DEPTH),
+            "k {k}: {passes} passes of {depth}"
+        );
+        // Every pass but the last is a multiple of 16 deep, and the last is not much shorter.
+        assert!(
+            depth == k || depth.is_multiple_of(16),
+            "k {k}: depth {depth}"
+        );
+        assert!(
+            k - (passes - 1) * depth + 16 * passes >= depth,
+            "k {k}: uneven passes"
+        );
+    }
+    assert_eq!(pass_depth(1024), 1024);
+    assert_eq!(pass_depth(2816), 944);
 }
