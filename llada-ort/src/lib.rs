@@ -6,6 +6,10 @@
 //! can be loaded the error lists the paths tried and how to get one
 //! (`pip install onnxruntime==1.31.1`).
 //!
+//! The process's ONNX Runtime environment is created with telemetry off, and its log goes to
+//! `tracing` (target `ort`) at the most detailed level the subscriber in place at that moment
+//! records, warnings at least.
+//!
 //! ```no_run
 //! use llada_ort::{ExecutionProvider, OrtPredictor};
 //!

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use ort::environment::Environment;
+use ort::logging::LogLevel;
 
 use crate::error::OrtError;
 
@@ -71,8 +72,13 @@ pub(crate) fn environment(library: Option<&Path>) -> Result<Environment, OrtErro
             Ok(builder) => {
                 let environment = builder
                     .with_name("llada")
+                    // Microsoft's builds send usage events when telemetry is on (on Linux too:
+                    // the 1.31 wheel resolves its collector's host name every few seconds, from
+                    // threads of its own). A library embedded in someone's app does not.
+                    .with_telemetry(false)
                     .build()
                     .map_err(OrtError::Environment)?;
+                environment.set_log_level(ort_log_level());
                 tracing::info!(library = %path.display(), "loaded ONNX Runtime");
                 *runtime = Some(Loaded {
                     path,
@@ -84,6 +90,20 @@ pub(crate) fn environment(library: Option<&Path>) -> Result<Environment, OrtErro
         }
     }
     Err(OrtError::RuntimeNotFound { tried })
+}
+
+/// The most detailed ONNX Runtime messages that the process's `tracing` subscriber can record
+/// (as it stands when the runtime is loaded), and never less than warnings. `ort` forwards
+/// ONNX Runtime's log to `tracing` but creates the environment at the verbose level, so that
+/// ONNX Runtime would format hundreds of messages while it loads a model for a subscriber that
+/// drops them.
+fn ort_log_level() -> LogLevel {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::TRACE => LogLevel::Verbose,
+        LevelFilter::DEBUG | LevelFilter::INFO => LogLevel::Info,
+        _ => LogLevel::Warning,
+    }
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
