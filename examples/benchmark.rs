@@ -66,7 +66,7 @@ struct Cli {
     #[arg(long, value_delimiter = ',', default_value = "32,64,256,1024")]
     lengths: Vec<usize>,
     /// Timed repetitions per forward-pass measurement (after one warm-up).
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 11)]
     repeats: usize,
     /// Generation lengths of the end-to-end measurement (block 32, steps = gen length).
     #[arg(long, value_delimiter = ',', default_value = "128,256")]
