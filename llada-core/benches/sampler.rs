@@ -24,6 +24,7 @@ fn per_step(c: &mut Criterion, name: &str, params: GenerateParams) {
     let limits = Limits {
         vocab_size: VOCAB,
         max_sequence_length: 4096,
+        shifted_logits: false,
     };
     c.bench_function(name, |b| {
         b.iter_custom(|iters| {

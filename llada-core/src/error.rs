@@ -132,6 +132,14 @@ pub enum Error {
         /// The value given.
         value: f64,
     },
+    /// Two parameters that do not go together.
+    #[error("{what} needs {needs}")]
+    Combination {
+        /// The parameter set.
+        what: &'static str,
+        /// What it needs.
+        needs: &'static str,
+    },
     /// The prompt part of the canvas holds a mask token.
     #[error(
         "row {row} holds the mask id at prompt position {position}; masks belong after the prompt"

@@ -6,11 +6,11 @@ use core::ops::{ControlFlow, Range};
 use rand_core::SeedableRng;
 
 use crate::error::{Error, GenerateError, ShapeError};
-use crate::params::{CacheMode, CommitRule, GenerateParams, check_id};
-use crate::predictor::{CacheHint, ForwardRequest, MaskPredictor, TokenId};
-use crate::rng::SamplerRng;
+use crate::params::{CacheMode, CommitRule, GenerateParams, Remasking, check_id};
+use crate::predictor::{CacheHint, ForwardRequest, LogitRows, MaskPredictor, TokenId};
+use crate::rng::{SamplerRng, open01, unit};
 use crate::sampler::propose;
-use crate::schedule::{BlockSchedule, tokens_to_commit};
+use crate::schedule::{BlockSchedule, timesteps_to_commit, tokens_to_commit, transfer_fraction};
 use crate::workspace::{Workspace, WorkspaceSizes, take};
 
 /// What a predictor can take: the width of its logits rows and its longest sequence.
@@ -20,6 +20,9 @@ pub struct Limits {
     pub vocab_size: usize,
     /// Longest sequence accepted.
     pub max_sequence_length: usize,
+    /// Whether position `i`'s prediction is output row `i − 1`
+    /// ([`MaskPredictor::shifted_logits`]).
+    pub shifted_logits: bool,
 }
 
 impl Limits {
@@ -28,6 +31,7 @@ impl Limits {
         Self {
             vocab_size: predictor.vocab_size(),
             max_sequence_length: predictor.max_sequence_length(),
+            shifted_logits: predictor.shifted_logits(),
         }
     }
 }
@@ -394,6 +398,8 @@ pub struct Generation<'a> {
     pending: bool,
     finished: bool,
     forward_passes: usize,
+    /// Whether position `i`'s prediction is output row `i − 1`.
+    shifted: bool,
 }
 
 impl<'a> Generation<'a> {
@@ -413,6 +419,12 @@ impl<'a> Generation<'a> {
         } = canvas;
         let vocab = limits.vocab_size;
         params.validate_for(vocab, limits.max_sequence_length, prompt_len)?;
+        if limits.shifted_logits && prompt_len == 0 {
+            // Position 0 would read row 0 along with position 1.
+            return Err(Error::Zero {
+                name: "prompt length (a model with shifted logits reads position i from row i - 1)",
+            });
+        }
         let sizes = WorkspaceSizes::for_generation(params, batch, prompt_len, vocab)?;
         workspace.check(&sizes)?;
         let seq_len = prompt_len + params.gen_length;
@@ -504,6 +516,7 @@ impl<'a> Generation<'a> {
             pending: false,
             finished: false,
             forward_passes: 0,
+            shifted: limits.shifted_logits,
         };
         generation.start_block();
         generation.skip_idle_steps();
@@ -580,15 +593,28 @@ impl<'a> Generation<'a> {
 
     /// Whether `row` commits anything at the current step.
     fn row_has_work(&self, row: usize) -> bool {
-        if self.params.commit.is_adaptive() {
+        match self.params.commit {
+            // Dream's origin may commit any mask at any step.
+            CommitRule::Timesteps(_) if self.params.remasking == Remasking::Origin => {
+                self.remaining_masks(row) > 0
+            }
+            CommitRule::Timesteps(eps) => {
+                timesteps_to_commit(
+                    self.remaining_masks(row),
+                    self.schedule.steps_per_block,
+                    self.step,
+                    eps as f32,
+                ) > 0
+            }
+            CommitRule::Schedule => {
+                tokens_to_commit(
+                    self.block_masks[row] as usize,
+                    self.schedule.steps_per_block,
+                    self.step,
+                ) > 0
+            }
             // Rules commit at least one token per pass: work remains while masks do.
-            self.remaining_masks(row) > 0
-        } else {
-            tokens_to_commit(
-                self.block_masks[row] as usize,
-                self.schedule.steps_per_block,
-                self.step,
-            ) > 0
+            _ => self.remaining_masks(row) > 0,
         }
     }
 
@@ -643,6 +669,14 @@ impl<'a> Generation<'a> {
             if (0..self.batch).any(|row| self.row_has_work(row)) {
                 return;
             }
+            // Dream's counts grow as time runs out (and the last step takes every mask left):
+            // while masks remain, the next step may have work (at most MAX_TIMESTEPS steps).
+            let counts_grow = matches!(self.params.commit, CommitRule::Timesteps(_))
+                && (0..self.batch).any(|row| self.remaining_masks(row) > 0);
+            if counts_grow {
+                self.step += 1;
+                continue;
+            }
             // No row commits anything now, and none will later in this block: a schedule's
             // counts never grow from one step to the next, and an adaptive rule has work
             // while masks remain. Jump to the block's end rather than count up to it (a
@@ -679,13 +713,15 @@ impl<'a> Generation<'a> {
         } else {
             (&*self.canvas, self.attention)
         };
-        // Shapes were checked in `new`.
-        let mut request =
-            ForwardRequest::from_parts(ids, rows, self.seq_len, attention, span.clone());
+        // Shapes were checked in `new`. With shifted logits the window starts one position
+        // earlier, and so does the span a cache recomputes (that position's row is read).
+        let window = LogitRows::new(span.clone(), self.shifted).window;
+        let cache_span = window.start.min(span.start)..span.end;
+        let mut request = ForwardRequest::from_parts(ids, rows, self.seq_len, attention, window);
         if self.params.cache != CacheMode::None {
             let hint = CacheHint {
                 mode: self.params.cache,
-                span,
+                span: cache_span,
                 refresh: self.block_forwards == 0,
             };
             request = request.with_cache(hint).ok()?;
@@ -711,7 +747,9 @@ impl<'a> Generation<'a> {
         let mask_id = self.params.mask_id;
         let guidance = self.params.cfg_scale + 1.0;
         let steps_per_block = self.steps_per_block();
-        let (cond, uncond) = self.logits.split_at_mut(self.batch * block * vocab);
+        let rows_of = LogitRows::new(span.clone(), self.shifted);
+        let window = rows_of.len();
+        let (cond, uncond) = self.logits.split_at_mut(self.batch * window * vocab);
 
         // A NaN among the logits of a position being decided fails the step before anything
         // is committed (the predictor is broken; ±infinity is a legitimate logit).
@@ -722,11 +760,11 @@ impl<'a> Generation<'a> {
         };
         for row in 0..self.batch {
             let base = row * self.seq_len;
-            for (j, position) in span.clone().enumerate() {
+            for position in span.clone() {
                 if self.canvas[base + position] != mask_id {
                     continue;
                 }
-                let at = (row * block + j) * vocab;
+                let at = (row * window + rows_of.row(position)) * vocab;
                 if halves
                     .iter()
                     .any(|h| h[at..at + vocab].iter().any(|v| v.is_nan()))
@@ -744,23 +782,27 @@ impl<'a> Generation<'a> {
         let rule = self.params.commit;
         // The last pass an adaptive rule may take in this block commits every mask left.
         let last_pass = rule.is_adaptive() && self.step + 1 >= steps_per_block;
+        let origin = self.params.remasking == Remasking::Origin;
         for row in 0..self.batch {
             self.committed_len[row] = 0;
-            // How many to commit whatever the rule says: the schedule's count, or the top-1
-            // (all that is left on the last pass) for a rule.
+            // How many to commit whatever the rule says: the schedule's count, Dream's
+            // count, or the top-1 (all that is left on the last pass) for a rule.
             let base = row * self.seq_len;
-            let k = if rule.is_adaptive() {
-                match masks_in(&self.canvas[base + span.start..base + span.end], mask_id) {
-                    0 => continue,
-                    left if last_pass => left,
-                    _ => 1,
+            let left = masks_in(&self.canvas[base + span.start..base + span.end], mask_id);
+            let k = match rule {
+                _ if left == 0 => continue,
+                // Dream's origin decides each position on its own below.
+                CommitRule::Timesteps(_) if origin => left,
+                CommitRule::Timesteps(eps) => {
+                    timesteps_to_commit(left, self.schedule.steps_per_block, self.step, eps as f32)
                 }
-            } else {
-                tokens_to_commit(
+                CommitRule::Schedule => tokens_to_commit(
                     self.block_masks[row] as usize,
                     self.schedule.steps_per_block,
                     self.step,
-                )
+                ),
+                _ if last_pass => left,
+                _ => 1,
             };
             if k == 0 {
                 continue;
@@ -768,12 +810,30 @@ impl<'a> Generation<'a> {
             let canvas_row = &mut self.canvas[row * self.seq_len..(row + 1) * self.seq_len];
             let confidence = &mut self.confidence[row * block..(row + 1) * block];
             let proposals = &mut self.proposals[row * block..(row + 1) * block];
+            // Dream's origin: one uniform draw per masked position, in position order, before
+            // anything is sampled; a position is committed iff its draw is below 1 − s/t.
+            let transfer = match rule {
+                CommitRule::Timesteps(eps) if origin => f64::from(transfer_fraction(
+                    self.schedule.steps_per_block,
+                    self.step,
+                    eps as f32,
+                )),
+                _ => 1.0,
+            };
+            let mut k = k;
             for (j, position) in span.clone().enumerate() {
-                if canvas_row[position] != mask_id {
-                    confidence[j] = f64::NEG_INFINITY;
+                let candidate =
+                    canvas_row[position] == mask_id && (!origin || unit(&mut self.rng) < transfer);
+                confidence[j] = if candidate { 0.0 } else { f64::NEG_INFINITY };
+            }
+            if origin {
+                k = confidence.iter().filter(|&&c| c == 0.0).count();
+            }
+            for (j, position) in span.clone().enumerate() {
+                if confidence[j] == f64::NEG_INFINITY {
                     continue;
                 }
-                let at = (row * block + j) * vocab;
+                let at = (row * window + rows_of.row(position)) * vocab;
                 let logits = &mut cond[at..at + vocab];
                 if self.params.uses_cfg() {
                     let un = &uncond[at..at + vocab];
@@ -784,12 +844,24 @@ impl<'a> Generation<'a> {
                 let (token, score) =
                     propose(logits, &self.params, &mut self.rng, self.sample_scratch);
                 proposals[j] = token;
-                // Candidates always outrank non-candidates, even with a NaN or -inf score.
-                confidence[j] = if score.is_nan() || score == f64::NEG_INFINITY {
+                // Candidates always outrank non-candidates, even with a NaN or -inf score;
+                // origin's candidates are all committed, in position order.
+                confidence[j] = if origin {
+                    0.0
+                } else if score.is_nan() || score == f64::NEG_INFINITY {
                     f64::MIN
                 } else {
                     score
                 };
+            }
+            // Dream's alg_temp: the k drawn without replacement from softmax(score / alg_temp),
+            // as the k largest of score / alg_temp plus Gumbel noise.
+            if self.params.alg_temp > 0.0 && !origin {
+                let temperature = f64::from(self.params.alg_temp);
+                for c in confidence.iter_mut().filter(|c| **c > f64::NEG_INFINITY) {
+                    let key = *c / temperature - libm::log(-libm::log(open01(&mut self.rng)));
+                    *c = if key.is_finite() { key } else { f64::MIN };
+                }
             }
             let committed = &mut self.committed[row * block..(row + 1) * block];
             let mut count = 0;

@@ -101,7 +101,9 @@ pub use params::{
 pub use predictor::{CacheHint, ForwardRequest, MaskPredictor, PredictorError, TokenId};
 pub use rand_core;
 pub use rng::SamplerRng;
-pub use schedule::tokens_to_commit;
+pub use schedule::{
+    MAX_TIMESTEPS, timestep, timesteps_to_commit, tokens_to_commit, transfer_fraction,
+};
 pub use training::{
     DEFAULT_MASK_EPS, LossNormalization, diffusion_loss, mask_for_pretraining, mask_for_sft,
 };

@@ -5,7 +5,7 @@ use rand_core::Rng;
 
 use crate::error::{Error, GenerateError};
 use crate::params::{LLADA_8B_MASK_ID, check_id};
-use crate::predictor::{ForwardRequest, MaskPredictor, TokenId};
+use crate::predictor::{ForwardRequest, LogitRows, MaskPredictor, TokenId};
 use crate::rng::below;
 use crate::workspace::{Workspace, WorkspaceSizes, take};
 
@@ -104,6 +104,14 @@ where
         }
     }
     let seq = p_len + a_len;
+    let shifted = predictor.shifted_logits();
+    if shifted && p_len == 0 {
+        return Err(Error::Zero {
+            name: "prompt length (a model with shifted logits reads position i from row i - 1)",
+        }
+        .into());
+    }
+    let rows_of = LogitRows::new(p_len..seq, shifted);
     if seq > predictor.max_sequence_length() {
         return Err(Error::TooLong {
             length: seq,
@@ -156,7 +164,7 @@ where
             }
         }
         let request = ForwardRequest::new(ids, rows, seq)
-            .and_then(|r| r.with_window(p_len..seq))
+            .and_then(|r| r.with_window(rows_of.window.clone()))
             .map_err(Error::from)?;
         predictor
             .forward(&request, logits)
@@ -172,7 +180,7 @@ where
                 if ids[row * seq + p_len + a] != params.mask_id {
                     continue;
                 }
-                let at = (row * a_len + a) * vocab;
+                let at = (row * a_len + rows_of.row(p_len + a)) * vocab;
                 let l = &mut cond[at..at + vocab];
                 if cfg {
                     for (c, &u) in l.iter_mut().zip(&uncond[at..at + vocab]) {

@@ -4,6 +4,7 @@ use core::fmt;
 use core::str::FromStr;
 
 use crate::error::Error;
+use crate::schedule::MAX_TIMESTEPS;
 
 /// LLaDA-8B's mask token id (`<|mdm_mask|>`), the reference sampler's default.
 pub const LLADA_8B_MASK_ID: u32 = 126_336;
@@ -25,6 +26,11 @@ pub enum Remasking {
     Margin,
     /// Negative entropy of the position's distribution.
     Entropy,
+    /// Dream's `origin` algorithm, with [`CommitRule::Timesteps`] only: no ranking at all;
+    /// at each step every masked position is committed on its own with probability `1 − s/t`
+    /// (one uniform draw per masked position, in position order), all that are left on the
+    /// last step.
+    Origin,
 }
 
 impl Remasking {
@@ -35,6 +41,7 @@ impl Remasking {
             Remasking::Random => "random",
             Remasking::Margin => "margin",
             Remasking::Entropy => "entropy",
+            Remasking::Origin => "origin",
         }
     }
 }
@@ -46,9 +53,11 @@ impl fmt::Display for Remasking {
 }
 
 /// The name of a remasking strategy is not one of `low_confidence`, `random`, `margin`,
-/// `entropy`.
+/// `entropy`, `origin` (or Dream's names `maskgit_plus`, `topk_margin`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown remasking strategy (expected low_confidence, random, margin or entropy)")]
+#[error(
+    "unknown remasking strategy (expected low_confidence, random, margin, entropy or origin; Dream's maskgit_plus and topk_margin name low_confidence and margin)"
+)]
 pub struct UnknownRemasking;
 
 impl FromStr for Remasking {
@@ -56,10 +65,13 @@ impl FromStr for Remasking {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
-            "low_confidence" => Ok(Remasking::LowConfidence),
+            // Dream's algorithms rank by the same scores: the probability of the proposed token
+            // (`maskgit_plus`) and the top-1 minus top-2 probability (`topk_margin`).
+            "low_confidence" | "maskgit_plus" => Ok(Remasking::LowConfidence),
             "random" => Ok(Remasking::Random),
-            "margin" => Ok(Remasking::Margin),
+            "margin" | "topk_margin" => Ok(Remasking::Margin),
             "entropy" => Ok(Remasking::Entropy),
+            "origin" => Ok(Remasking::Origin),
             _ => Err(UnknownRemasking),
         }
     }
@@ -94,12 +106,33 @@ pub enum CommitRule {
     /// first, and the largest prefix whose summed entropy minus its largest entropy is at most
     /// `gamma` (so at least one). Ranks by entropy whatever [`Remasking`] says.
     EntropyBounded(f64),
+    /// Dream's schedule (`diffusion_generate` of HKUNLP's Dream, DiffuCoder), with the given
+    /// `eps`: the times `t_0 = 1 > t_1 > … > t_steps = eps` evenly spaced (as
+    /// `torch.linspace(1, eps, steps + 1)`, in f32, see [`timestep`](crate::timestep)) and, at step `i` with
+    /// `m` masked positions left in the block, the `int(m · (1 − t_{i+1}/t_i))` most
+    /// confident committed (every one left on the last step). Steps that commit nothing in
+    /// any row are skipped without a forward pass. Dream runs it over the whole answer (one
+    /// block: `block_length = gen_length`); with several blocks each gets
+    /// `steps / num_blocks` steps of its own. Tokens and confidences follow Dream's
+    /// `sample_tokens`: the logits are divided by the temperature and filtered by top-p,
+    /// then top-k (at every temperature), and the confidence is taken from those
+    /// probabilities. With [`Remasking::Origin`], Dream's `origin` algorithm.
+    Timesteps(f64),
 }
 
 impl CommitRule {
-    /// Whether a block runs until it has no mask left (every rule but the schedule).
+    /// Whether a block runs until it has no mask left (the threshold, factor and
+    /// entropy-bounded rules).
     pub const fn is_adaptive(self) -> bool {
-        !matches!(self, CommitRule::Schedule)
+        !matches!(self, CommitRule::Schedule | CommitRule::Timesteps(_))
+    }
+
+    /// Dream's `eps`, for [`CommitRule::Timesteps`].
+    pub const fn timesteps_eps(self) -> Option<f64> {
+        match self {
+            CommitRule::Timesteps(eps) => Some(eps),
+            _ => None,
+        }
     }
 }
 
@@ -203,6 +236,12 @@ pub struct GenerateParams {
     /// canvas (EOS where the model might have written something after its end of text, which a
     /// multi-turn chat history keeps). Off by default, for exactness with the reference.
     pub stop_at_eos: bool,
+    /// Dream's `alg_temp`: with a fixed count per step (the schedule or
+    /// [`CommitRule::Timesteps`]) and a value above 0, the positions to commit are drawn
+    /// without replacement from `softmax(confidence / alg_temp)` over the block's masked
+    /// positions instead of taken most confident first. `0` (the default) takes the most
+    /// confident.
+    pub alg_temp: f32,
 }
 
 impl Default for GenerateParams {
@@ -226,6 +265,7 @@ impl Default for GenerateParams {
             cache: CacheMode::None,
             max_passes_per_block: 0,
             stop_at_eos: false,
+            alg_temp: 0.0,
         }
     }
 }
@@ -267,6 +307,7 @@ setters!(GenerateParams {
     with_cache => cache: CacheMode,
     with_max_passes_per_block => max_passes_per_block: usize,
     with_stop_at_eos => stop_at_eos: bool,
+    with_alg_temp => alg_temp: f32,
 });
 
 impl GenerateParams {
@@ -287,7 +328,9 @@ impl GenerateParams {
 
     /// Whether top-k or top-p filtering is in effect (it only matters when sampling).
     pub fn filters_vocabulary(&self) -> bool {
-        self.temperature > 0.0 && (self.top_k > 0 || self.top_p < 1.0)
+        // Dream's rule filters the probabilities its confidences come from at every temperature.
+        let samples = self.temperature > 0.0 || matches!(self.commit, CommitRule::Timesteps(_));
+        samples && (self.top_k > 0 || self.top_p < 1.0)
     }
 
     /// Checks the parameters on their own: non-zero lengths, `gen_length` divisible by
@@ -319,6 +362,7 @@ impl GenerateParams {
         for (name, value) in [
             ("temperature", self.temperature),
             ("cfg_scale", self.cfg_scale),
+            ("alg_temp", self.alg_temp),
         ] {
             if !value.is_finite() || value < 0.0 {
                 return Err(Error::NotFiniteNonNegative { name, value });
@@ -350,6 +394,42 @@ impl GenerateParams {
                     value: g,
                 });
             }
+            CommitRule::Timesteps(eps) if (0.0..1.0).contains(&eps) => {
+                let steps = self.steps_per_block();
+                if steps > MAX_TIMESTEPS {
+                    return Err(Error::OutOfRange {
+                        name: "steps per block (timesteps rule)",
+                        range: "[1, 1048576]",
+                        value: steps as f64,
+                    });
+                }
+            }
+            CommitRule::Timesteps(eps) => {
+                return Err(Error::OutOfRange {
+                    name: "eps",
+                    range: "[0, 1)",
+                    value: eps,
+                });
+            }
+        }
+        let timesteps = matches!(self.commit, CommitRule::Timesteps(_));
+        if self.remasking == Remasking::Origin && !timesteps {
+            return Err(Error::Combination {
+                what: "origin remasking",
+                needs: "the timesteps rule (CommitRule::Timesteps)",
+            });
+        }
+        if self.alg_temp > 0.0 && self.commit.is_adaptive() {
+            return Err(Error::Combination {
+                what: "alg_temp",
+                needs: "a fixed count per step (the schedule or the timesteps rule)",
+            });
+        }
+        if self.confidence_eos_eot_inf && timesteps {
+            return Err(Error::Combination {
+                what: "confidence_eos_eot_inf",
+                needs: "LLaDA's sampling (not the timesteps rule)",
+            });
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(Error::OutOfRange {

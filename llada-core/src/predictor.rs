@@ -210,6 +210,43 @@ impl<'a> ForwardRequest<'a> {
     }
 }
 
+/// Where the predictions for positions `positions` are among a model's output rows: the same
+/// rows, or with [shifted logits](MaskPredictor::shifted_logits) the rows one position earlier
+/// (position 0 reading row 0). `window` is the range of rows to ask for; `row(p)` the row that
+/// holds position `p`'s prediction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LogitRows {
+    pub(crate) window: Range<usize>,
+    shifted: bool,
+}
+
+impl LogitRows {
+    pub(crate) fn new(positions: Range<usize>, shifted: bool) -> Self {
+        let window = if shifted {
+            let start = positions.start.saturating_sub(1);
+            start..(positions.end - 1).max(start + 1)
+        } else {
+            positions
+        };
+        Self { window, shifted }
+    }
+
+    /// The index, within the window, of the row holding the prediction for `position`.
+    pub(crate) fn row(&self, position: usize) -> usize {
+        let source = if self.shifted {
+            position.saturating_sub(1)
+        } else {
+            position
+        };
+        source - self.window.start
+    }
+
+    /// Rows in the window.
+    pub(crate) fn len(&self) -> usize {
+        self.window.len()
+    }
+}
+
 /// A mask predictor: the bidirectional transformer that, given a partially masked sequence,
 /// predicts every position at once. Backends (ndarray, ONNX Runtime, a GPU runtime, a mock)
 /// implement this one trait, and the sampler drives any of them.
@@ -226,6 +263,14 @@ pub trait MaskPredictor {
 
     /// The longest sequence the predictor accepts.
     fn max_sequence_length(&self) -> usize;
+
+    /// Whether the model's prediction for position `i` is its output row `i − 1` (position 0
+    /// reads row 0): Dream and DiffuCoder, which were adapted from left-to-right models, are
+    /// trained that way. The sampler and the likelihood apply the shift, asking for the
+    /// window one position earlier; a predictor only declares it. `false` by default.
+    fn shifted_logits(&self) -> bool {
+        false
+    }
 
     /// Runs the model on `request` and writes the logits of the requested window into
     /// `logits`, row-major `[batch, window.len(), vocab_size]`. `logits.len()` is exactly
@@ -250,6 +295,10 @@ impl<P: MaskPredictor + ?Sized> MaskPredictor for &mut P {
         (**self).max_sequence_length()
     }
 
+    fn shifted_logits(&self) -> bool {
+        (**self).shifted_logits()
+    }
+
     fn forward(
         &mut self,
         request: &ForwardRequest<'_>,
@@ -262,6 +311,24 @@ impl<P: MaskPredictor + ?Sized> MaskPredictor for &mut P {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shifted_rows_are_one_earlier_and_position_zero_reads_row_zero() {
+        let plain = LogitRows::new(5..9, false);
+        assert_eq!(
+            (plain.window.clone(), plain.row(5), plain.row(8)),
+            (5..9, 0, 3)
+        );
+        let shifted = LogitRows::new(5..9, true);
+        assert_eq!(
+            (shifted.window.clone(), shifted.row(5), shifted.row(8)),
+            (4..8, 0, 3)
+        );
+        let from_zero = LogitRows::new(0..3, true);
+        assert_eq!(from_zero.window, 0..2);
+        assert_eq!([0, 1, 2].map(|p| from_zero.row(p)), [0, 0, 1]);
+        assert_eq!(LogitRows::new(0..1, true).window, 0..1);
+    }
 
     #[test]
     fn the_shared_request_checks_name_what_is_wrong() {

@@ -108,6 +108,9 @@ pub(crate) fn propose<R: Rng + ?Sized>(
     if params.logits_eos_inf {
         row[params.eos_id as usize] = f32::NEG_INFINITY;
     }
+    if matches!(params.commit, CommitRule::Timesteps(_)) {
+        return propose_dream(row, params, rng, scratch);
+    }
     let (token, mut max) = if params.temperature > 0.0 {
         (gumbel_argmax(row, params, rng, scratch), f32::NAN)
     } else {
@@ -150,12 +153,108 @@ pub(crate) fn propose<R: Rng + ?Sized>(
             (1.0 - f64::from(exp_f32(second - max))) / sum_exp(row, max)
         }
         // Σ p ln p = Σ e·d / s − ln s.
-        Remasking::Entropy | Remasking::Random => {
+        Remasking::Entropy | Remasking::Random | Remasking::Origin => {
             let (sum, weighted) = sum_exp_weighted(row, max);
             weighted / sum - libm::log(sum)
         }
     };
     (token as u32, confidence)
+}
+
+/// Dream's `sample_tokens`: the logits divided by the temperature, filtered by top-p and then
+/// top-k (at every temperature), and the token and its confidence taken from the softmax of
+/// what is left: the argmax at temperature 0, else a draw; the probability of that token, the
+/// top-1 minus top-2 probability, or `Σ p·ln(p + 10⁻¹⁰)` (Dream's negative entropy, with its
+/// epsilon).
+fn propose_dream<R: Rng + ?Sized>(
+    row: &mut [f32],
+    params: &GenerateParams,
+    rng: &mut R,
+    scratch: &mut [f32],
+) -> (u32, f64) {
+    if params.temperature > 0.0 {
+        row.iter_mut().for_each(|l| *l /= params.temperature);
+    }
+    if params.top_p < 1.0 || params.top_k > 0 {
+        let threshold = dream_filter_threshold(row, params.top_k, params.top_p, scratch);
+        row.iter_mut()
+            .filter(|l| **l < threshold)
+            .for_each(|l| *l = f32::NEG_INFINITY);
+    }
+    let max = max_value(row);
+    let token = if params.temperature > 0.0 {
+        gumbel_max(row, 1.0, f32::NEG_INFINITY, rng)
+    } else {
+        argmax(row)
+    };
+    if params.remasking == Remasking::Random {
+        return (token as u32, unit(rng));
+    }
+    if !max.is_finite() {
+        return (token as u32, 0.0);
+    }
+    let sum = sum_exp(row, max);
+    let confidence = match params.remasking {
+        Remasking::Margin => {
+            let top = argmax(row);
+            let second = row
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != top)
+                .fold(f32::NEG_INFINITY, |m, (_, &v)| m.max(v));
+            (1.0 - f64::from(exp_f32(second - max))) / sum
+        }
+        Remasking::Entropy => row
+            .iter()
+            .map(|&l| {
+                let p = f64::from(exp_f32(l - max)) / sum;
+                if p > 0.0 {
+                    p * libm::log(p + 1e-10)
+                } else {
+                    0.0
+                }
+            })
+            .sum(),
+        _ => f64::from(exp_f32(row[token] - max)) / sum,
+    };
+    (token as u32, confidence)
+}
+
+/// The smallest logit Dream's filters keep: top-p first (sorted descending, every token whose
+/// preceding cumulative probability does not exceed `top_p`, so the one that crosses it stays),
+/// then the `top_k` largest of those. Ties at the cut are kept. `scratch` holds a vocabulary
+/// row.
+fn dream_filter_threshold(row: &[f32], top_k: usize, top_p: f32, scratch: &mut [f32]) -> f32 {
+    let vocab = row.len();
+    let scratch = &mut scratch[..vocab];
+    scratch.copy_from_slice(row);
+    // How many of the largest survive.
+    let mut kept = vocab;
+    if top_p < 1.0 {
+        scratch.sort_unstable_by(descending);
+        let max = scratch[0];
+        if max.is_finite() {
+            let total = sum_exp(scratch, max);
+            let mut cumulative = 0.0f64;
+            for (i, &l) in scratch.iter().enumerate() {
+                cumulative += f64::from(exp_f32(l - max));
+                if cumulative / total > f64::from(top_p) {
+                    kept = i + 1;
+                    break;
+                }
+            }
+        }
+    } else if top_k > 0 && top_k < vocab {
+        scratch.select_nth_unstable_by(top_k - 1, descending);
+        return scratch[top_k - 1];
+    }
+    if top_k > 0 {
+        kept = kept.min(top_k);
+    }
+    if kept >= vocab {
+        return f32::NEG_INFINITY;
+    }
+    scratch[kept - 1]
 }
 
 /// Gumbel-max sampling: the argmax of `exp(l) / (−ln u)^T`, computed in f64 in log space
@@ -171,7 +270,16 @@ fn gumbel_argmax<R: Rng + ?Sized>(
     } else {
         f32::NEG_INFINITY
     };
-    let temperature = f64::from(params.temperature);
+    gumbel_max(row, f64::from(params.temperature), threshold, rng)
+}
+
+/// The argmax of `l − T·ln(−ln u)` over the ids whose logit reaches `threshold`.
+fn gumbel_max<R: Rng + ?Sized>(
+    row: &[f32],
+    temperature: f64,
+    threshold: f32,
+    rng: &mut R,
+) -> usize {
     let mut best = f64::NEG_INFINITY;
     let mut index = argmax(row);
     for (i, &l) in row.iter().enumerate() {

@@ -210,3 +210,53 @@ impl MaskPredictor for UniformPredictor {
         Ok(())
     }
 }
+
+/// Any predictor made into one with [shifted logits](MaskPredictor::shifted_logits), as Dream
+/// is: its output row `r` is the wrapped predictor's prediction for position `r + 1` (the last
+/// row of a sequence, which predicts nothing, repeats the one before). Generating with
+/// `ShiftedPredictor(p)` therefore gives exactly what generating with `p` gives, through the
+/// sampler's shifted windows.
+#[derive(Clone, Copy, Debug)]
+pub struct ShiftedPredictor<P>(pub P);
+
+impl<P: MaskPredictor> MaskPredictor for ShiftedPredictor<P> {
+    type Error = P::Error;
+
+    fn vocab_size(&self) -> usize {
+        self.0.vocab_size()
+    }
+
+    fn max_sequence_length(&self) -> usize {
+        self.0.max_sequence_length()
+    }
+
+    fn shifted_logits(&self) -> bool {
+        true
+    }
+
+    fn forward(
+        &mut self,
+        request: &ForwardRequest<'_>,
+        logits: &mut [f32],
+    ) -> Result<(), P::Error> {
+        let window = request.window();
+        if window.end < request.seq_len()
+            && let Ok(next) = request
+                .clone()
+                .with_window(window.start + 1..window.end + 1)
+        {
+            return self.0.forward(&next, logits);
+        }
+        // The window reaches the end: the wrapped rows of the same positions, moved up one.
+        self.0.forward(request, logits)?;
+        let vocab = self.0.vocab_size();
+        let per_row = window.len() * vocab;
+        if per_row > 0 {
+            // Row r takes row r + 1; the last keeps its own, now repeated.
+            for rows in logits.chunks_exact_mut(per_row) {
+                rows.copy_within(vocab.., 0);
+            }
+        }
+        Ok(())
+    }
+}
