@@ -41,7 +41,7 @@ pub const MAX_TIMESTEPS: usize = 1 << 20;
 pub fn timestep(steps: usize, i: usize, eps: f32) -> f32 {
     let delta = (eps - 1.0) / steps as f32;
     // PyTorch's `halfway` over the `steps + 1` points.
-    if i < (steps + 1) / 2 {
+    if i < steps.div_ceil(2) {
         1.0 + delta * i as f32
     } else {
         eps - delta * (steps - i) as f32

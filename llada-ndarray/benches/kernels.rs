@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use llada_core::ForwardRequest;
-use llada_ndarray::Config;
 use llada_ndarray::Quantization;
 use llada_ndarray::bench::{Layer, matmul, pack, pack_quantized, threads};
+use llada_ndarray::{Config, Family};
 
 fn values(len: usize) -> Vec<f32> {
     (0..len)
@@ -90,6 +90,7 @@ fn quantized_matmuls(c: &mut Criterion) {
 /// The mid-size benchmark model's configuration (d_model 1024, 16 heads of 64).
 fn mid_config() -> Config {
     Config {
+        family: Family::Llada,
         d_model: 1024,
         n_heads: 16,
         n_kv_heads: 16,
@@ -102,6 +103,9 @@ fn mid_config() -> Config {
         rms_norm_eps: 1e-5,
         max_sequence_length: 4096,
         weight_tying: false,
+        qkv_bias: false,
+        rotary_dim: 64,
+        shifted_logits: false,
         mask_token_id: None,
         eos_token_id: None,
         pad_token_id: None,

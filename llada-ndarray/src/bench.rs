@@ -6,7 +6,7 @@ use crate::attention::{KvSource, Queries, attention, kv_block, pack_keys_values}
 use crate::config::Config;
 use crate::context::{ThreadScratch, grow};
 use crate::gemm::{Dtype, GemmScratch, Isa, MatRef, Out, PackedMatrix, Rhs, gemm};
-use crate::ops::{par_rms_norm, par_rope};
+use crate::ops::{par_bias_rope, par_rms_norm};
 use crate::threads::Pool;
 
 /// Per-thread packing memory for [`matmul`].
@@ -140,10 +140,11 @@ impl Layer {
             tokens,
             c.d_model,
         );
-        par_rope(
+        par_bias_rope(
             &self.pool,
             c,
             (&self.cos, &self.sin),
+            None,
             qkv,
             tokens,
             &(0..tokens),

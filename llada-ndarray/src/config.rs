@@ -1,83 +1,18 @@
-//! `config.json` of a LLaDA checkpoint, with the checkpoint's own field names.
+//! The checked description of a model that the forward pass reads, whatever family's files it
+//! came from: sizes, special ids, and what the family does differently (biases, rotary
+//! dimensions, shifted logits). Each family's `config.json` keys are read in its own file
+//! under `models/`.
 
 use std::path::Path;
 
-use serde::Deserialize;
-
 use crate::error::LoadError;
+use crate::models::{Family, Tensor};
 
-/// The fields this backend reads from `config.json`, as written there (LLaDA's configuration
-/// follows OLMo's). Unknown fields are ignored; use [`Config::from_file`] or
-/// [`Config::from_json`], which also check that the model is one this backend runs.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-struct RawConfig {
-    d_model: usize,
-    n_heads: usize,
-    #[serde(default)]
-    n_kv_heads: Option<usize>,
-    #[serde(default)]
-    multi_query_attention: Option<bool>,
-    n_layers: usize,
-    #[serde(default)]
-    mlp_hidden_size: Option<usize>,
-    #[serde(default)]
-    mlp_ratio: Option<f64>,
-    vocab_size: usize,
-    #[serde(default)]
-    embedding_size: Option<usize>,
-    rope_theta: f64,
-    rms_norm_eps: f64,
-    max_sequence_length: usize,
-    block_type: String,
-    activation_type: String,
-    layer_norm_type: String,
-    #[serde(default)]
-    rope: Option<bool>,
-    #[serde(default)]
-    alibi: Option<bool>,
-    #[serde(default)]
-    include_bias: Option<bool>,
-    #[serde(default)]
-    include_qkv_bias: Option<bool>,
-    #[serde(default)]
-    bias_for_layer_norm: Option<bool>,
-    #[serde(default)]
-    layer_norm_with_affine: Option<bool>,
-    #[serde(default)]
-    attention_layer_norm: Option<bool>,
-    #[serde(default)]
-    input_emb_norm: Option<bool>,
-    #[serde(default)]
-    scale_logits: Option<bool>,
-    #[serde(default)]
-    clip_qkv: Option<f64>,
-    #[serde(default)]
-    weight_tying: Option<bool>,
-    #[serde(default)]
-    mask_token_id: Option<u32>,
-    #[serde(default)]
-    eos_token_id: Option<u32>,
-    #[serde(default)]
-    pad_token_id: Option<u32>,
-}
-
-/// Fields that must be present: the ones whose absence would leave the architecture ambiguous.
-const REQUIRED: [&str; 10] = [
-    "d_model",
-    "n_heads",
-    "n_layers",
-    "vocab_size",
-    "rope_theta",
-    "rms_norm_eps",
-    "max_sequence_length",
-    "block_type",
-    "activation_type",
-    "layer_norm_type",
-];
-
-/// A checked LLaDA model configuration.
+/// A checked model configuration: the shared description every family's files map onto.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
+    /// The family whose files these are.
+    pub family: Family,
     /// Hidden size.
     pub d_model: usize,
     /// Attention heads.
@@ -102,6 +37,14 @@ pub struct Config {
     pub max_sequence_length: usize,
     /// Whether the LM head reuses the token embedding.
     pub weight_tying: bool,
+    /// Whether the query, key and value projections have biases (Dream's, Qwen2's).
+    pub qkv_bias: bool,
+    /// Leading dimensions of each query and key head that are rotated (rotate-half, over pairs
+    /// `rotary_dim / 2` apart); the rest pass through. `head_dim` for LLaDA and Dream.
+    pub rotary_dim: usize,
+    /// Whether position `i`'s prediction is output row `i − 1` (Dream), which the sampler
+    /// applies ([`llada_core::MaskPredictor::shifted_logits`]).
+    pub shifted_logits: bool,
     /// `mask_token_id`, if the file has it.
     pub mask_token_id: Option<u32>,
     /// `eos_token_id`, if the file has it.
@@ -110,7 +53,11 @@ pub struct Config {
     pub pad_token_id: Option<u32>,
 }
 
-fn unsupported(field: &'static str, value: impl ToString, reason: &'static str) -> LoadError {
+pub(crate) fn unsupported(
+    field: &'static str,
+    value: impl ToString,
+    reason: &'static str,
+) -> LoadError {
     LoadError::Unsupported {
         field,
         value: value.to_string(),
@@ -118,8 +65,44 @@ fn unsupported(field: &'static str, value: impl ToString, reason: &'static str) 
     }
 }
 
-fn invalid(field: &'static str, reason: String) -> LoadError {
+pub(crate) fn invalid(field: &'static str, reason: String) -> LoadError {
     LoadError::InvalidConfig { field, reason }
+}
+
+/// A family's `config.json` names for the sizes every family has, so that errors name the
+/// key the user's file has.
+pub(crate) struct Keys {
+    pub(crate) d_model: &'static str,
+    pub(crate) n_heads: &'static str,
+    pub(crate) n_kv_heads: &'static str,
+    pub(crate) n_layers: &'static str,
+    pub(crate) mlp_hidden_size: &'static str,
+    pub(crate) vocab_size: &'static str,
+    pub(crate) max_sequence_length: &'static str,
+}
+
+/// Every `field` of `object` that must be there (present and not null).
+pub(crate) fn require(
+    object: &serde_json::Map<String, serde_json::Value>,
+    fields: &[&'static str],
+) -> Result<(), LoadError> {
+    for &field in fields {
+        if object.get(field).is_none_or(serde_json::Value::is_null) {
+            return Err(LoadError::MissingField { field });
+        }
+    }
+    Ok(())
+}
+
+/// Deserialises a family's raw `config.json` fields, naming the field whose value has the wrong
+/// type.
+pub(crate) fn raw<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+) -> Result<T, LoadError> {
+    serde_path_to_error::deserialize(value).map_err(|e| LoadError::ConfigField {
+        field: e.path().to_string(),
+        reason: e.into_inner().to_string(),
+    })
 }
 
 impl Config {
@@ -147,207 +130,107 @@ impl Config {
     }
 
     /// Checks an already parsed `config.json` (so that a caller that reads the file once for
-    /// other fields hands the same value to the backend).
+    /// other fields hands the same value to the backend). The family comes from its
+    /// `model_type` (or `architectures`); a LLaDA file is recognised by its OLMo keys.
     pub fn from_value(value: serde_json::Value) -> Result<Self, LoadError> {
-        let object = value
-            .as_object()
-            .ok_or_else(|| invalid("config", "is not a JSON object".into()))?;
-        for field in REQUIRED {
-            if object.get(field).is_none_or(serde_json::Value::is_null) {
-                return Err(LoadError::MissingField { field });
-            }
+        if !value.is_object() {
+            return Err(invalid("config", "is not a JSON object".into()));
         }
-        // serde_path_to_error names the field whose value has the wrong type.
-        let raw: RawConfig =
-            serde_path_to_error::deserialize(value).map_err(|e| LoadError::ConfigField {
-                field: e.path().to_string(),
-                reason: e.into_inner().to_string(),
-            })?;
-        Self::check(raw)
+        Family::of_config(&value)?.config(value)
     }
 
-    fn check(raw: RawConfig) -> Result<Self, LoadError> {
-        if raw.block_type != "llama" {
-            return Err(unsupported(
-                "block_type",
-                &raw.block_type,
-                "only \"llama\" blocks are implemented",
-            ));
-        }
-        if raw.activation_type != "silu" && raw.activation_type != "swiglu" {
-            return Err(unsupported(
-                "activation_type",
-                &raw.activation_type,
-                "only SiLU-gated MLPs are implemented",
-            ));
-        }
-        if raw.layer_norm_type != "rms" {
-            return Err(unsupported(
-                "layer_norm_type",
-                &raw.layer_norm_type,
-                "only RMSNorm is implemented",
-            ));
-        }
-        let flags = [
-            (
-                "alibi",
-                raw.alibi,
-                "ALiBi attention biases are not implemented",
-            ),
-            (
-                "include_bias",
-                raw.include_bias,
-                "linear biases are not implemented",
-            ),
-            (
-                "include_qkv_bias",
-                raw.include_qkv_bias,
-                "query/key/value biases are not implemented",
-            ),
-            (
-                "bias_for_layer_norm",
-                raw.bias_for_layer_norm,
-                "norm biases are not implemented",
-            ),
-            (
-                "attention_layer_norm",
-                raw.attention_layer_norm,
-                "query/key norms are not implemented",
-            ),
-            (
-                "input_emb_norm",
-                raw.input_emb_norm,
-                "embedding norms are not implemented",
-            ),
-            (
-                "scale_logits",
-                raw.scale_logits,
-                "logit scaling is not implemented",
-            ),
-        ];
-        for (field, value, reason) in flags {
-            if value == Some(true) {
-                return Err(unsupported(field, true, reason));
-            }
-        }
-        if raw.rope == Some(false) {
-            return Err(unsupported(
-                "rope",
-                false,
-                "only rotary position embeddings are implemented",
-            ));
-        }
-        if raw.layer_norm_with_affine == Some(false) {
-            return Err(unsupported(
-                "layer_norm_with_affine",
-                false,
-                "norms without weights are not implemented",
-            ));
-        }
-        if let Some(clip) = raw.clip_qkv {
-            return Err(unsupported(
-                "clip_qkv",
-                clip,
-                "query/key/value clipping is not implemented",
-            ));
-        }
+    /// The invariants every family shares, with errors that name the family's own keys:
+    /// positive sizes, heads that divide the hidden size and the key/value heads, even rotary
+    /// dimensions, finite θ and epsilon, special ids inside the embedding.
+    pub(crate) fn checked(self, keys: &Keys) -> Result<Self, LoadError> {
         for (field, value) in [
-            ("d_model", raw.d_model),
-            ("n_heads", raw.n_heads),
-            ("n_layers", raw.n_layers),
-            ("vocab_size", raw.vocab_size),
-            ("max_sequence_length", raw.max_sequence_length),
+            (keys.d_model, self.d_model),
+            (keys.n_heads, self.n_heads),
+            (keys.n_layers, self.n_layers),
+            (keys.vocab_size, self.vocab_size),
+            (keys.max_sequence_length, self.max_sequence_length),
+            (keys.mlp_hidden_size, self.mlp_hidden_size),
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be positive".into()));
             }
         }
-        if !raw.d_model.is_multiple_of(raw.n_heads) {
+        if !self.d_model.is_multiple_of(self.n_heads) {
             return Err(invalid(
-                "n_heads",
-                format!("{} does not divide d_model {}", raw.n_heads, raw.d_model),
-            ));
-        }
-        let head_dim = raw.d_model / raw.n_heads;
-        if !head_dim.is_multiple_of(2) {
-            return Err(invalid(
-                "n_heads",
-                format!("head dimension {head_dim} must be even for rotary embeddings"),
-            ));
-        }
-        let n_kv_heads = match (raw.n_kv_heads, raw.multi_query_attention) {
-            (Some(n), _) => n,
-            (None, Some(true)) => 1,
-            (None, _) => raw.n_heads,
-        };
-        if n_kv_heads == 0 || !raw.n_heads.is_multiple_of(n_kv_heads) {
-            return Err(invalid(
-                "n_kv_heads",
-                format!("{n_kv_heads} does not divide n_heads {}", raw.n_heads),
-            ));
-        }
-        let mlp_hidden_size = match (raw.mlp_hidden_size, raw.mlp_ratio) {
-            (Some(n), _) if n > 0 => n,
-            (None, Some(ratio)) if ratio > 0.0 => (ratio * raw.d_model as f64) as usize,
-            _ => {
-                return Err(LoadError::MissingField {
-                    field: "mlp_hidden_size",
-                });
-            }
-        };
-        let embedding_size = raw.embedding_size.unwrap_or(raw.vocab_size);
-        if embedding_size < raw.vocab_size {
-            return Err(invalid(
-                "embedding_size",
+                keys.n_heads,
                 format!(
-                    "{embedding_size} is smaller than vocab_size {}",
-                    raw.vocab_size
+                    "{} does not divide {} {}",
+                    self.n_heads, keys.d_model, self.d_model
                 ),
             ));
         }
-        if !(raw.rope_theta.is_finite() && raw.rope_theta > 0.0) {
-            return Err(invalid(
-                "rope_theta",
-                format!("{} must be positive", raw.rope_theta),
+        if self.head_dim != self.d_model / self.n_heads {
+            return Err(unsupported(
+                "head_dim",
+                self.head_dim,
+                "only heads of hidden size / attention heads are implemented",
             ));
         }
-        if !(raw.rms_norm_eps.is_finite() && raw.rms_norm_eps >= 0.0) {
+        if self.rotary_dim == 0
+            || !self.rotary_dim.is_multiple_of(2)
+            || self.rotary_dim > self.head_dim
+        {
+            return Err(invalid(
+                keys.n_heads,
+                format!(
+                    "rotary dimensions {} must be even, positive and at most the head dimension {}",
+                    self.rotary_dim, self.head_dim
+                ),
+            ));
+        }
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            return Err(invalid(
+                keys.n_kv_heads,
+                format!(
+                    "{} does not divide {} {}",
+                    self.n_kv_heads, keys.n_heads, self.n_heads
+                ),
+            ));
+        }
+        if self.embedding_size < self.vocab_size {
+            return Err(invalid(
+                "embedding_size",
+                format!(
+                    "{} is smaller than vocab_size {}",
+                    self.embedding_size, self.vocab_size
+                ),
+            ));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return Err(invalid(
+                "rope_theta",
+                format!("{} must be positive", self.rope_theta),
+            ));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
             return Err(invalid(
                 "rms_norm_eps",
-                format!("{} must be non-negative", raw.rms_norm_eps),
+                format!("{} must be non-negative", self.rms_norm_eps),
             ));
         }
         for (field, id) in [
-            ("mask_token_id", raw.mask_token_id),
-            ("eos_token_id", raw.eos_token_id),
-            ("pad_token_id", raw.pad_token_id),
+            ("mask_token_id", self.mask_token_id),
+            ("eos_token_id", self.eos_token_id),
+            ("pad_token_id", self.pad_token_id),
         ] {
             if let Some(id) = id
-                && id as usize >= embedding_size
+                && id as usize >= self.embedding_size
             {
                 return Err(invalid(
                     field,
-                    format!("{id} is outside the embedding of {embedding_size} rows"),
+                    format!(
+                        "{id} is outside the embedding of {} rows",
+                        self.embedding_size
+                    ),
                 ));
             }
         }
-        Ok(Self {
-            d_model: raw.d_model,
-            n_heads: raw.n_heads,
-            n_kv_heads,
-            head_dim,
-            n_layers: raw.n_layers,
-            mlp_hidden_size,
-            vocab_size: raw.vocab_size,
-            embedding_size,
-            rope_theta: raw.rope_theta,
-            rms_norm_eps: raw.rms_norm_eps,
-            max_sequence_length: raw.max_sequence_length,
-            weight_tying: raw.weight_tying.unwrap_or(false),
-            mask_token_id: raw.mask_token_id,
-            eos_token_id: raw.eos_token_id,
-            pad_token_id: raw.pad_token_id,
-        })
+        Ok(self)
     }
 
     /// Parameter count of the weights this configuration implies (saturating: a
@@ -359,7 +242,7 @@ impl Config {
     }
 
     /// Every tensor name of a checkpoint with this configuration and its expected shape, in
-    /// the order LLaDA's own code declares them.
+    /// the order the family's own code declares them.
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
         self.tensors().collect()
     }
@@ -368,30 +251,49 @@ impl Config {
     /// configuration that claims a billion layers stops at the first missing tensor instead of
     /// listing them all first.
     pub fn tensors(&self) -> impl Iterator<Item = (String, Vec<usize>)> + '_ {
-        let (d, kv, mlp) = (
+        self.roles().map(|(tensor, layer)| {
+            (
+                self.family.checkpoint_name(tensor, layer),
+                self.shape(tensor),
+            )
+        })
+    }
+
+    /// Every tensor of the model by role (and layer, 0 for the others), in the order of the
+    /// family's checkpoints: the embedding, each block, the final norm, the head (when not
+    /// tied).
+    pub(crate) fn roles(&self) -> impl Iterator<Item = (Tensor, usize)> + '_ {
+        let blocks = (0..self.n_layers).flat_map(move |i| {
+            Tensor::BLOCK
+                .into_iter()
+                .filter(move |t| self.qkv_bias || !t.is_bias())
+                .map(move |t| (t, i))
+        });
+        let head = (!self.weight_tying).then_some((Tensor::Head, 0));
+        std::iter::once((Tensor::Embedding, 0))
+            .chain(blocks)
+            .chain(std::iter::once((Tensor::FinalNorm, 0)))
+            .chain(head)
+    }
+
+    /// The shape of a tensor, `[rows, cols]` as PyTorch stores a linear layer (`[out, in]`).
+    pub(crate) fn shape(&self, tensor: Tensor) -> Vec<usize> {
+        let (d, q, kv, mlp) = (
             self.d_model,
+            self.n_heads * self.head_dim,
             self.n_kv_heads * self.head_dim,
             self.mlp_hidden_size,
         );
-        let t = |name: &str| format!("model.transformer.{name}.weight");
-        let blocks = (0..self.n_layers).flat_map(move |i| {
-            let p = move |name: &str| format!("model.transformer.blocks.{i}.{name}.weight");
-            [
-                (p("attn_norm"), vec![d]),
-                (p("q_proj"), vec![d, d]),
-                (p("k_proj"), vec![kv, d]),
-                (p("v_proj"), vec![kv, d]),
-                (p("attn_out"), vec![d, d]),
-                (p("ff_norm"), vec![d]),
-                (p("ff_proj"), vec![mlp, d]),
-                (p("up_proj"), vec![mlp, d]),
-                (p("ff_out"), vec![d, mlp]),
-            ]
-        });
-        let head = (!self.weight_tying).then(|| (t("ff_out"), vec![self.embedding_size, d]));
-        std::iter::once((t("wte"), vec![self.embedding_size, d]))
-            .chain(blocks)
-            .chain(std::iter::once((t("ln_f"), vec![d])))
-            .chain(head)
+        match tensor {
+            Tensor::Embedding | Tensor::Head => vec![self.embedding_size, d],
+            Tensor::FinalNorm | Tensor::AttnNorm | Tensor::MlpNorm => vec![d],
+            Tensor::Query => vec![q, d],
+            Tensor::Key | Tensor::Value => vec![kv, d],
+            Tensor::QueryBias => vec![q],
+            Tensor::KeyBias | Tensor::ValueBias => vec![kv],
+            Tensor::AttnOut => vec![d, q],
+            Tensor::Gate | Tensor::Up => vec![mlp, d],
+            Tensor::Down => vec![d, mlp],
+        }
     }
 }

@@ -12,7 +12,7 @@ use crate::error::{ForwardError, LoadError};
 use crate::gemm::{GemmScratch, Isa, MatRef, Out, Rhs, gemm};
 use crate::kv_cache::{KvCache, KvUse};
 use crate::model::Model;
-use crate::ops::{par_rms_norm, par_rope, rms_norm, silu_mul};
+use crate::ops::{par_bias_rope, par_rms_norm, rms_norm, silu_mul};
 use crate::parallel::par_rows;
 use crate::threads::Pool;
 use crate::{Kernel, attention};
@@ -352,10 +352,11 @@ impl Context {
                 Out::new(&mut b.qkv, tokens, qkv_width, qkv_width),
                 false,
             );
-            par_rope(
+            par_bias_rope(
                 pool,
                 c,
                 (&b.rope_cos, &b.rope_sin),
+                block.qkv_bias.as_deref(),
                 &mut b.qkv,
                 tokens,
                 &positions,
@@ -475,6 +476,10 @@ impl MaskPredictor for Context {
 
     fn max_sequence_length(&self) -> usize {
         self.model.config.max_sequence_length
+    }
+
+    fn shifted_logits(&self) -> bool {
+        self.model.config.shifted_logits
     }
 
     fn forward(

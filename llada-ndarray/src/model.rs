@@ -9,6 +9,7 @@ use half::{bf16, f16};
 use crate::config::Config;
 use crate::error::LoadError;
 use crate::gemm::{Dtype, PackedMatrix};
+use crate::models::Tensor;
 pub use crate::quant::Quantization;
 use crate::quant::{QuantType, dequantize_row, format_for, quantize_row};
 
@@ -105,6 +106,8 @@ pub(crate) struct Block {
     pub(crate) attn_norm: Vec<f32>,
     /// `q_proj`, `k_proj` and `v_proj` stacked: one multiplication gives all three.
     pub(crate) qkv: PackedMatrix,
+    /// Their biases, stacked the same way (Dream's), added after the multiplication.
+    pub(crate) qkv_bias: Option<Vec<f32>>,
     pub(crate) attn_out: PackedMatrix,
     pub(crate) ff_norm: Vec<f32>,
     /// `ff_proj` (gate) and `up_proj` stacked.
@@ -184,31 +187,41 @@ impl Model {
         quantize: Option<QuantType>,
     ) -> Result<Self, LoadError> {
         ckpt.check(&config)?;
-        let t = |name: &str| format!("model.transformer.{name}.weight");
-        let norm =
-            |name: String| -> Result<Vec<f32>, LoadError> { Ok(ckpt.tensor(&name)?.to_f32_vec()) };
-        let wte_name = t("wte");
-        let wte = ckpt.tensor(&wte_name)?;
+        let family = config.family;
+        let name = |tensor: Tensor, layer: usize| family.checkpoint_name(tensor, layer);
+        let vector = |tensor: Tensor, layer: usize| -> Result<Vec<f32>, LoadError> {
+            Ok(ckpt.tensor(&name(tensor, layer))?.to_f32_vec())
+        };
+        let wte = ckpt.tensor(&name(Tensor::Embedding, 0))?;
         let embedding = Table::load(wte, config.d_model, quantize);
         let q = quantize;
         let head = if config.weight_tying {
-            ckpt.pack(&[wte_name], q)?
+            ckpt.pack(&[name(Tensor::Embedding, 0)], q)?
         } else {
-            ckpt.pack(&[t("ff_out")], q)?
+            ckpt.pack(&[name(Tensor::Head, 0)], q)?
         };
         let mut blocks = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
-            let b = |name: &str| format!("model.transformer.blocks.{i}.{name}.weight");
+            let b = |tensor: Tensor| name(tensor, i);
+            let qkv_bias = if config.qkv_bias {
+                let mut bias = vector(Tensor::QueryBias, i)?;
+                bias.extend(vector(Tensor::KeyBias, i)?);
+                bias.extend(vector(Tensor::ValueBias, i)?);
+                Some(bias)
+            } else {
+                None
+            };
             blocks.push(Block {
-                attn_norm: norm(b("attn_norm"))?,
-                qkv: ckpt.pack(&[b("q_proj"), b("k_proj"), b("v_proj")], q)?,
-                attn_out: ckpt.pack(&[b("attn_out")], q)?,
-                ff_norm: norm(b("ff_norm"))?,
-                gate_up: ckpt.pack(&[b("ff_proj"), b("up_proj")], q)?,
-                ff_out: ckpt.pack(&[b("ff_out")], q)?,
+                attn_norm: vector(Tensor::AttnNorm, i)?,
+                qkv: ckpt.pack(&[b(Tensor::Query), b(Tensor::Key), b(Tensor::Value)], q)?,
+                qkv_bias,
+                attn_out: ckpt.pack(&[b(Tensor::AttnOut)], q)?,
+                ff_norm: vector(Tensor::MlpNorm, i)?,
+                gate_up: ckpt.pack(&[b(Tensor::Gate), b(Tensor::Up)], q)?,
+                ff_out: ckpt.pack(&[b(Tensor::Down)], q)?,
             });
         }
-        let ln_f = norm(t("ln_f"))?;
+        let ln_f = vector(Tensor::FinalNorm, 0)?;
         Ok(Self::assemble(
             config,
             embedding,
@@ -242,8 +255,8 @@ impl Model {
         }
     }
 
-    /// Loads a GGUF file written by llama.cpp's converter for LLaDA (architecture `llada`):
-    /// one file is the whole model. F32, F16 and BF16 tensors are kept in their type, the
+    /// Loads a GGUF file written by llama.cpp's converter for LLaDA (architecture `llada`) or
+    /// Dream (`dream`): one file is the whole model. F32, F16 and BF16 tensors are kept in their type, the
     /// block-quantized ones (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) in their blocks,
     /// widened inside the matrix kernel; any other type is [`LoadError::Dtype`] naming the
     /// tensor. The file's map is released once the weights are packed.
@@ -278,7 +291,9 @@ impl Model {
         let norms: usize = self
             .blocks
             .iter()
-            .map(|b| (b.attn_norm.len() + b.ff_norm.len()) * 4)
+            .map(|b| {
+                (b.attn_norm.len() + b.ff_norm.len() + b.qkv_bias.as_ref().map_or(0, Vec::len)) * 4
+            })
             .sum();
         matrices + norms + self.embedding.bytes() + self.head.bytes() + self.ln_f.len() * 4
     }
@@ -296,12 +311,12 @@ impl Model {
 }
 
 /// The rotary embedding's inverse frequencies, computed the way the reference computes them
-/// in f32: `inv_freq[i] = 1 / θ^(2i/d)`.
+/// in f32: `inv_freq[i] = 1 / θ^(2i/d)`, `d` the rotated dimensions of a head.
 pub(crate) fn rope_inv_freq(config: &Config) -> Vec<f32> {
-    let half = config.head_dim / 2;
+    let half = config.rotary_dim / 2;
     (0..half)
         .map(|i| {
-            let exponent = (2 * i) as f32 / config.head_dim as f32;
+            let exponent = (2 * i) as f32 / config.rotary_dim as f32;
             (1.0 / (config.rope_theta as f32 as f64).powf(f64::from(exponent))) as f32
         })
         .collect()

@@ -147,30 +147,35 @@ pub(crate) fn par_rms_norm<S: Send>(
     });
 }
 
-/// Rotary embedding of the queries and keys (not the values) of `tokens` rows of `qkv`
-/// (`[tokens, (n_heads + 2 n_kv_heads) · head_dim]`): the computed `positions` of each batch
-/// row, one after the other.
-pub(crate) fn par_rope<S: Send>(
+/// The projections' biases (when the model has them: `bias` as wide as a row) added to, and
+/// the rotary embedding applied to the queries and keys (not the values) of, `tokens` rows of
+/// `qkv` (`[tokens, (n_heads + 2 n_kv_heads) · head_dim]`): the computed `positions` of each
+/// batch row, one after the other. The first `rotary_dim` dimensions of each head rotate.
+pub(crate) fn par_bias_rope<S: Send>(
     pool: &Pool<S>,
     c: &Config,
     (cos, sin): (&[f32], &[f32]),
+    bias: Option<&[f32]>,
     qkv: &mut [f32],
     tokens: usize,
     positions: &Range<usize>,
 ) {
     let hd = c.head_dim;
-    let half = hd / 2;
+    let half = c.rotary_dim / 2;
     let width = (c.n_heads + 2 * c.n_kv_heads) * hd;
     let rotated = (c.n_heads + c.n_kv_heads) * hd;
     let span = positions.len();
     par_rows(pool, qkv, tokens, width, &|t, row| {
+        if let Some(bias) = bias {
+            row.iter_mut().zip(bias).for_each(|(x, &b)| *x += b);
+        }
         let position = positions.start + t % span;
         let (cos, sin) = (
             &cos[position * half..][..half],
             &sin[position * half..][..half],
         );
         for head in row[..rotated].chunks_exact_mut(hd) {
-            rope(head, cos, sin);
+            rope(&mut head[..2 * half], cos, sin);
         }
     });
 }

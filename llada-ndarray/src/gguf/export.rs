@@ -1,7 +1,8 @@
-//! Writing a LLaDA checkpoint as a GGUF file that llama.cpp runs: architecture `llada`, its
-//! hyper-parameter keys, llama.cpp's tensor names with the rows of `attn_q` / `attn_k`
-//! interleaved for its rotary layout, and each matrix in the type llama.cpp's converter
-//! (`f32`, `f16`) or `llama-quantize` (`q8_0`, `q4_0`, `q4_k_m`, `q6_k`) would give it.
+//! Writing a checkpoint as a GGUF file that llama.cpp runs: the family's architecture (`llada`,
+//! `dream`) and hyper-parameter keys, llama.cpp's tensor names (with the rows of LLaDA's
+//! `attn_q` / `attn_k` interleaved for its rotary layout), and each matrix in the type
+//! llama.cpp's converter (`f32`, `f16`) or `llama-quantize` (`q8_0`, `q4_0`, `q4_k_m`, `q6_k`)
+//! would give it.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -12,6 +13,7 @@ use half::f16;
 use super::{GgufFile, GgufWriter, TensorType, Value};
 use crate::config::Config;
 use crate::error::LoadError;
+use crate::models::{Family, Tensor};
 use crate::quant::{QuantType, quantize_row};
 use crate::weights::Checkpoint;
 
@@ -93,10 +95,10 @@ impl std::str::FromStr for FileType {
 /// What a matrix is in the model, for the choice of its type.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
+    /// Norms and biases: always f32.
     Norm,
     /// The output layer, or the token embedding when it is also the output layer.
     Output,
-    Embedding,
     /// `attn_v` and `ffn_down`: the matrices Q4_K_M gives more bits in some layers.
     MoreBits,
     Other,
@@ -183,52 +185,44 @@ struct Planned {
     rows: usize,
     cols: usize,
     ty: TensorType,
-    /// `Some(head_dim)` for `attn_q` / `attn_k`, whose rows llama.cpp interleaves.
+    /// `Some(head_dim)` for LLaDA's `attn_q` / `attn_k`, whose rows llama.cpp interleaves.
     interleave: Option<usize>,
+    /// A vector (norm, bias): one GGUF dimension.
+    vector: bool,
 }
 
 /// The tensors of `config`'s checkpoint, in file order, with llama.cpp's names and the types
 /// `file_type` gives them.
 fn plan(config: &Config, file_type: FileType) -> Vec<Planned> {
     let n = config.n_layers;
+    let interleaved = config.family.gguf_interleaves_qk();
     let mut out = Vec::new();
-    for (source, shape) in config.tensors() {
+    for (tensor, layer) in config.roles() {
+        let shape = config.shape(tensor);
         let (rows, cols) = match shape[..] {
             [cols] => (1, cols),
             [rows, cols] => (rows, cols),
             _ => unreachable!("the configuration has vectors and matrices only"),
         };
-        let name = gguf_name(&source);
-        let base = name.strip_suffix(".weight").expect("a weight");
-        let (layer, part) = match base.strip_prefix("blk.") {
-            Some(rest) => {
-                let (layer, part) = rest.split_once('.').expect("blk.N.part");
-                (layer.parse().expect("a layer number"), part)
-            }
-            None => (0, base),
-        };
-        let role = match part {
-            "attn_norm" | "ffn_norm" | "output_norm" => Role::Norm,
-            "token_embd" if config.weight_tying => Role::Output,
-            "token_embd" => Role::Embedding,
-            "output" => Role::Output,
-            "attn_v" | "ffn_down" => Role::MoreBits,
+        let vector = shape.len() == 1;
+        let role = match tensor {
+            _ if vector => Role::Norm,
+            Tensor::Embedding if config.weight_tying => Role::Output,
+            Tensor::Head => Role::Output,
+            Tensor::Value | Tensor::Down => Role::MoreBits,
+            // A token embedding that is not the output layer is quantized like any matrix.
             _ => Role::Other,
         };
-        let interleave = matches!(part, "attn_q" | "attn_k").then_some(config.head_dim);
-        // A token embedding that is not the output layer is quantized like any matrix.
-        let role = if role == Role::Embedding {
-            Role::Other
-        } else {
-            role
-        };
+        let interleave = (interleaved && matches!(tensor, Tensor::Query | Tensor::Key))
+            .then_some(config.head_dim);
         out.push(Planned {
             ty: choose(file_type, role, layer, n, cols),
-            source,
-            name,
+            source: config.family.checkpoint_name(tensor, layer),
+            name: tensor.gguf_name(layer),
             rows,
             cols,
             interleave,
+            vector,
         });
     }
     out
@@ -265,7 +259,8 @@ pub struct Written {
 }
 
 /// Writes the checkpoint `weights` (a safetensors file or shard index) of `config` as a GGUF
-/// file at `out` with `file_type`'s tensor types and llama.cpp's `llada` metadata, plus
+/// file at `out` with `file_type`'s tensor types and llama.cpp's metadata for the family's
+/// architecture (`llada`, `dream`), plus
 /// `extra` metadata (the tokenizer, chat template, name: whatever the caller has). Rows are
 /// converted a slice at a time on all cores, so the file is never held in memory. The file
 /// appears whole or not at all: it is written beside `out` under a temporary name and
@@ -288,7 +283,7 @@ pub fn write_checkpoint(
     )
 }
 
-/// Writes the model of a LLaDA GGUF file again with `file_type`'s tensor types, as
+/// Writes the model of a GGUF file again with `file_type`'s tensor types, as
 /// `llama-quantize` does: its float tensors (F32, F16, BF16) are converted, its metadata
 /// (tokenizer, chat template, ...) is kept except the file type, and `extra` is added. A
 /// tensor already quantized is copied when it keeps its type; quantizing it into another
@@ -301,8 +296,9 @@ pub fn requantize(
     out: &Path,
 ) -> Result<Written, LoadError> {
     let config = Config::from_value(super::config_json(file)?)?;
-    for (name, shape) in config.tensors() {
-        let name = gguf_name(&name);
+    let arch = format!("{}.", config.family.gguf_arch());
+    for (tensor, layer) in config.roles() {
+        let (name, shape) = (tensor.gguf_name(layer), config.shape(tensor));
         let info = file.tensor(&name).ok_or_else(|| LoadError::MissingTensor {
             name: name.clone(),
             expected: shape.clone(),
@@ -320,7 +316,7 @@ pub fn requantize(
         .keys()
         // What `metadata` writes from the configuration and the file type is written anew.
         .filter(|k| !matches!(*k, "general.file_type" | "general.quantization_version"))
-        .filter(|k| !k.starts_with("llada.") || k.starts_with("llada.decoding."))
+        .filter(|k| !k.starts_with(arch.as_str()) || k.starts_with("llada.decoding."))
         .filter(|k| !k.starts_with("diffusion."))
         .map(|k| (k.to_string(), file.get(k).expect("a listed key").clone()))
         .collect();
@@ -413,41 +409,8 @@ fn write(
     })
 }
 
-/// llama.cpp's name of a checkpoint tensor.
-fn gguf_name(checkpoint: &str) -> String {
-    let rest = checkpoint
-        .strip_prefix("model.transformer.")
-        .and_then(|s| s.strip_suffix(".weight"))
-        .expect("checkpoint tensors are model.transformer.*.weight");
-    let name = match rest.split_once('.') {
-        None => match rest {
-            "wte" => "token_embd".to_string(),
-            "ln_f" => "output_norm".to_string(),
-            "ff_out" => "output".to_string(),
-            other => unreachable!("unexpected tensor {other}"),
-        },
-        Some((_blocks, layer_part)) => {
-            let (layer, part) = layer_part.split_once('.').expect("blocks.N.part");
-            let gguf = match part {
-                "attn_norm" => "attn_norm",
-                "q_proj" => "attn_q",
-                "k_proj" => "attn_k",
-                "v_proj" => "attn_v",
-                "attn_out" => "attn_output",
-                "ff_norm" => "ffn_norm",
-                "ff_proj" => "ffn_gate",
-                "up_proj" => "ffn_up",
-                "ff_out" => "ffn_down",
-                other => unreachable!("unexpected block tensor {other}"),
-            };
-            format!("blk.{layer}.{gguf}")
-        }
-    };
-    format!("{name}.weight")
-}
-
 fn dims(p: &Planned) -> Vec<u64> {
-    if p.rows == 1 && p.name.ends_with("norm.weight") {
+    if p.vector {
         vec![p.cols as u64]
     } else {
         vec![p.cols as u64, p.rows as u64]
@@ -461,40 +424,49 @@ fn partial_path(out: &Path) -> PathBuf {
     out.with_file_name(name)
 }
 
-/// llama.cpp's `llada` hyper-parameters for `config`, as its converter writes them.
+/// llama.cpp's hyper-parameters of the family's architecture for `config`, as its converter
+/// writes them.
 fn metadata(config: &Config, file_type: FileType) -> Vec<(String, Value)> {
     let u = |v: usize| Value::Uint(v as u64);
-    let mut out = vec![
-        ("general.architecture", Value::String("llada".into())),
-        ("general.type", Value::String("model".into())),
-        ("general.file_type", Value::Uint(file_type.code())),
-        ("general.quantization_version", Value::Uint(2)),
-        ("llada.vocab_size", u(config.vocab_size)),
-        ("llada.context_length", u(config.max_sequence_length)),
-        ("llada.embedding_length", u(config.d_model)),
-        ("llada.feed_forward_length", u(config.mlp_hidden_size)),
-        ("llada.block_count", u(config.n_layers)),
-        ("llada.attention.head_count", u(config.n_heads)),
-        ("llada.attention.head_count_kv", u(config.n_kv_heads)),
-        ("llada.rope.freq_base", Value::Float(config.rope_theta)),
-        ("llada.rope.dimension_count", u(config.head_dim)),
-        (
-            "llada.attention.layer_norm_rms_epsilon",
-            Value::Float(config.rms_norm_eps),
-        ),
-        ("llada.attention.causal", Value::Bool(false)),
-        ("diffusion.shift_logits", Value::Bool(false)),
+    let arch = config.family.gguf_arch();
+    let k = config.family.gguf_keys();
+    let key = |name: &str| format!("{arch}.{name}");
+    let mut out: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        ("general.type".into(), Value::String("model".into())),
+        ("general.file_type".into(), Value::Uint(file_type.code())),
+        ("general.quantization_version".into(), Value::Uint(2)),
+        (key("vocab_size"), u(config.vocab_size)),
+        (k.max_sequence_length.into(), u(config.max_sequence_length)),
+        (k.d_model.into(), u(config.d_model)),
+        (k.mlp_hidden_size.into(), u(config.mlp_hidden_size)),
+        (k.n_layers.into(), u(config.n_layers)),
+        (k.n_heads.into(), u(config.n_heads)),
+        (k.n_kv_heads.into(), u(config.n_kv_heads)),
+        (k.rope_theta.into(), Value::Float(config.rope_theta)),
+        (k.rotary_dim.into(), u(config.rotary_dim)),
+        (k.rms_norm_eps.into(), Value::Float(config.rms_norm_eps)),
+        (key("attention.causal"), Value::Bool(false)),
     ];
+    // llama.cpp writes `false` for LLaDA and no key for Dream (which `llama-diffusion-cli`
+    // reads as shifted): write the key when it is not what the architecture implies.
+    let implied = config.family == Family::Dream;
+    if config.shifted_logits != implied || config.family == Family::Llada {
+        out.push((
+            "diffusion.shift_logits".into(),
+            Value::Bool(config.shifted_logits),
+        ));
+    }
     for (key, id) in [
         ("tokenizer.ggml.mask_token_id", config.mask_token_id),
         ("tokenizer.ggml.eos_token_id", config.eos_token_id),
         ("tokenizer.ggml.padding_token_id", config.pad_token_id),
     ] {
         if let Some(id) = id {
-            out.push((key, Value::Uint(id.into())));
+            out.push((key.into(), Value::Uint(id.into())));
         }
     }
-    out.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    out
 }
 
 /// Why a tensor could not be written: its source, or the destination.

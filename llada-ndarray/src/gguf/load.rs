@@ -4,15 +4,13 @@
 
 use half::{bf16, f16};
 
-use super::{GgufFile, TensorInfo, TensorType, Value};
+use super::{GgufFile, TensorInfo, TensorType};
 use crate::config::Config;
 use crate::error::LoadError;
 use crate::gemm::{NR, PackedMatrix, PanelData, Segment};
 use crate::model::{Block, Model, Table};
+use crate::models::{Family, GgufConfig, Tensor};
 use crate::quant::{QuantType, dequantize_row, format_for};
-
-/// The architecture name llama.cpp's converter writes for LLaDA.
-const ARCHITECTURE: &str = "llada";
 
 /// The quantized formats this backend runs, by ggml type code.
 pub(super) fn quant_type(ty: TensorType) -> Option<QuantType> {
@@ -29,81 +27,32 @@ pub(super) fn quant_type(ty: TensorType) -> Option<QuantType> {
     })
 }
 
-fn meta<'a>(file: &'a GgufFile, key: &'static str) -> Result<&'a Value, LoadError> {
-    file.get(key).ok_or(LoadError::MissingField { field: key })
-}
-
-fn meta_u64(file: &GgufFile, key: &'static str) -> Result<u64, LoadError> {
-    meta(file, key)?
-        .as_u64()
-        .ok_or_else(|| LoadError::ConfigField {
-            field: key.to_string(),
-            reason: "expected an unsigned integer".into(),
-        })
-}
-
-fn meta_f64(file: &GgufFile, key: &'static str) -> Result<f64, LoadError> {
-    meta(file, key)?
-        .as_f64()
-        .ok_or_else(|| LoadError::ConfigField {
-            field: key.to_string(),
-            reason: "expected a number".into(),
-        })
-}
-
-/// The `config.json` a LLaDA checkpoint with this file's hyper-parameters would have: what
-/// [`Config::from_value`] and the `llada` pipeline read, so a GGUF file and a checkpoint
-/// directory describe a model the same way. Special ids come from the `tokenizer.ggml.*` ids
-/// when the file has them.
-pub fn config_json(file: &GgufFile) -> Result<serde_json::Value, LoadError> {
-    let arch = meta(file, "general.architecture")?
+/// The family of a GGUF file (its `general.architecture`), if this backend runs it.
+pub(crate) fn family_of(file: &GgufFile) -> Result<Family, LoadError> {
+    let arch = file
+        .get("general.architecture")
+        .ok_or(LoadError::MissingField {
+            field: "general.architecture",
+        })?
         .as_str()
         .unwrap_or_default();
-    if arch != ARCHITECTURE {
-        return Err(LoadError::Unsupported {
-            field: "general.architecture",
-            value: arch.to_string(),
-            reason: "only LLaDA files (architecture \"llada\") are implemented",
-        });
-    }
-    let embedding = file
-        .tensor("token_embd.weight")
-        .ok_or_else(|| LoadError::MissingTensor {
-            name: "token_embd.weight".into(),
-            expected: Vec::new(),
-        })?;
-    let embedding_size = embedding.dims.get(1).copied().unwrap_or(0);
-    let vocab_size = file
-        .get("tokenizer.ggml.tokens")
-        .and_then(Value::as_array)
-        .map_or(embedding_size, |t| t.len() as u64);
-    let n_heads = meta_u64(file, "llada.attention.head_count")?;
-    let mut config = serde_json::json!({
-        "d_model": meta_u64(file, "llada.embedding_length")?,
-        "n_heads": n_heads,
-        "n_kv_heads": file.get("llada.attention.head_count_kv").and_then(Value::as_u64).unwrap_or(n_heads),
-        "n_layers": meta_u64(file, "llada.block_count")?,
-        "mlp_hidden_size": meta_u64(file, "llada.feed_forward_length")?,
-        "vocab_size": vocab_size,
-        "embedding_size": embedding_size,
-        "rope_theta": meta_f64(file, "llada.rope.freq_base")?,
-        "rms_norm_eps": meta_f64(file, "llada.attention.layer_norm_rms_epsilon")?,
-        "max_sequence_length": meta_u64(file, "llada.context_length")?,
-        "block_type": "llama",
-        "activation_type": "silu",
-        "layer_norm_type": "rms",
-        "weight_tying": file.tensor("output.weight").is_none(),
-    });
-    for (field, key) in [
-        ("mask_token_id", "tokenizer.ggml.mask_token_id"),
-        ("eos_token_id", "tokenizer.ggml.eos_token_id"),
-        ("pad_token_id", "tokenizer.ggml.padding_token_id"),
-    ] {
-        if let Some(id) = file.get(key).and_then(Value::as_u64) {
-            config[field] = id.into();
-        }
-    }
-    Ok(config)
+    Family::of_gguf_arch(arch).ok_or_else(|| LoadError::Unsupported {
+        field: "general.architecture",
+        value: arch.to_string(),
+        reason: "the ndarray backend runs LLaDA (\"llada\") and Dream (\"dream\") files",
+    })
+}
+
+/// The `config.json` a checkpoint with this file's hyper-parameters would have, in its
+/// family's keys: what [`Config::from_value`] and the `llada` pipeline read, so a GGUF file and
+/// a checkpoint directory describe a model the same way. Special ids come from the
+/// `tokenizer.ggml.*` ids when the file has them, and `diffusion.shift_logits` is followed
+/// when present (llama.cpp writes `false` for LLaDA and nothing for Dream, whose logits
+/// are shifted).
+pub fn config_json(file: &GgufFile) -> Result<serde_json::Value, LoadError> {
+    let family = family_of(file)?;
+    let hyper = GgufConfig::read(file, &family.gguf_keys())?;
+    Ok(family.gguf_config(&hyper))
 }
 
 /// A tensor the model needs, checked: present, of its shape (checkpoint order `[rows, cols]`)
@@ -326,7 +275,8 @@ fn table(file: &GgufFile, w: &Weight<'_>, quantize: Option<QuantType>) -> Table 
     }
 }
 
-/// Loads the model a LLaDA GGUF file holds, with `config` (from [`config_json`]).
+/// Loads the model a GGUF file holds, with `config` (from [`config_json`]): every tensor of the
+/// family checked (present, shape, type) before any is packed.
 pub(crate) fn load_model(
     file: &GgufFile,
     config: Config,
@@ -334,39 +284,58 @@ pub(crate) fn load_model(
 ) -> Result<Model, LoadError> {
     let q = quantize;
     let c = &config;
-    let (d, kv, mlp) = (c.d_model, c.n_kv_heads * c.head_dim, c.mlp_hidden_size);
+    let w = |tensor: Tensor, layer: usize| weight(file, &tensor.gguf_name(layer), &c.shape(tensor));
     // Check every tensor before packing any.
-    let embedding = weight(file, "token_embd.weight", &[c.embedding_size, d])?;
+    let embedding = w(Tensor::Embedding, 0)?;
     let head = if c.weight_tying {
         None
     } else {
-        Some(weight(file, "output.weight", &[c.embedding_size, d])?)
+        Some(w(Tensor::Head, 0)?)
     };
-    let ln_f = weight(file, "output_norm.weight", &[d])?;
+    let ln_f = w(Tensor::FinalNorm, 0)?;
     // Grown as the tensors are found: a file that claims a billion layers fails at the first
     // missing one, having allocated nothing for the others.
     let mut layers = Vec::new();
     for i in 0..c.n_layers {
-        let w =
-            |name: &str, shape: &[usize]| weight(file, &format!("blk.{i}.{name}.weight"), shape);
-        layers.push([
-            w("attn_norm", &[d])?,
-            w("attn_q", &[d, d])?,
-            w("attn_k", &[kv, d])?,
-            w("attn_v", &[kv, d])?,
-            w("attn_output", &[d, d])?,
-            w("ffn_norm", &[d])?,
-            w("ffn_gate", &[mlp, d])?,
-            w("ffn_up", &[mlp, d])?,
-            w("ffn_down", &[d, mlp])?,
-        ]);
+        let biases = if c.qkv_bias {
+            Some([
+                w(Tensor::QueryBias, i)?,
+                w(Tensor::KeyBias, i)?,
+                w(Tensor::ValueBias, i)?,
+            ])
+        } else {
+            None
+        };
+        layers.push((
+            [
+                w(Tensor::AttnNorm, i)?,
+                w(Tensor::Query, i)?,
+                w(Tensor::Key, i)?,
+                w(Tensor::Value, i)?,
+                w(Tensor::AttnOut, i)?,
+                w(Tensor::MlpNorm, i)?,
+                w(Tensor::Gate, i)?,
+                w(Tensor::Up, i)?,
+                w(Tensor::Down, i)?,
+            ],
+            biases,
+        ));
     }
-    let hd = c.head_dim;
+    // LLaDA's query and key rows are interleaved per head in its files.
+    let qk_order = c.family.gguf_interleaves_qk().then_some(c.head_dim);
     let mut blocks = Vec::with_capacity(c.n_layers);
-    for [attn_norm, wq, k, v, out, ff_norm, gate, up, down] in layers {
+    for ([attn_norm, wq, k, v, out, ff_norm, gate, up, down], biases) in layers {
+        let qkv_bias = biases.map(|b| {
+            let mut bias = Vec::with_capacity(b.iter().map(|t| t.cols).sum());
+            for t in &b {
+                bias.extend(t.to_f32_vec(file));
+            }
+            bias
+        });
         blocks.push(Block {
             attn_norm: attn_norm.to_f32_vec(file),
-            qkv: stack(file, &[(wq, Some(hd)), (k, Some(hd)), (v, None)], q)?,
+            qkv: stack(file, &[(wq, qk_order), (k, qk_order), (v, None)], q)?,
+            qkv_bias,
             attn_out: stack(file, &[(out, None)], q)?,
             ff_norm: ff_norm.to_f32_vec(file),
             gate_up: stack(file, &[(gate, None), (up, None)], q)?,
@@ -375,14 +344,7 @@ pub(crate) fn load_model(
     }
     let head = match head {
         Some(h) => stack(file, &[(h, None)], q)?,
-        None => stack(
-            file,
-            &[(
-                weight(file, "token_embd.weight", &[c.embedding_size, d])?,
-                None,
-            )],
-            q,
-        )?,
+        None => stack(file, &[(w(Tensor::Embedding, 0)?, None)], q)?,
     };
     let embedding = table(file, &embedding, q);
     let ln_f = ln_f.to_f32_vec(file);

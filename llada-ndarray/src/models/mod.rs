@@ -1,0 +1,328 @@
+//! Model families. Each file here reads one family's files onto the shared [`Config`]: its
+//! `config.json` keys, its checkpoint's tensor names, and its GGUF architecture; the forward
+//! pass (`context.rs`) reads only the description. Adding a dense family is a file here, a
+//! variant of [`Family`] with its arms below, its fixture and its tests.
+//!
+//! | | LLaDA | Dream |
+//! |---|---|---|
+//! | attention | grouped-query, no biases | grouped-query, q/k/v biases |
+//! | rotary embedding | rotate-half, whole head; GGUF q/k rows interleaved for llama.cpp | rotate-half, whole head; GGUF rows as the checkpoint |
+//! | mask | bidirectional | bidirectional |
+//! | MLP | SwiGLU | SwiGLU |
+//! | head | untied (or tied) | untied (or tied) |
+//! | logits | unshifted | shifted: position i reads row i − 1 |
+
+mod dream;
+mod llada;
+
+use crate::config::Config;
+use crate::error::LoadError;
+use crate::gguf::{GgufFile, Value};
+
+/// A model family this backend runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Family {
+    /// LLaDA-8B and LLaDA-1.5 (GSAI-ML): `config.json` with OLMo's keys (`model_type`
+    /// `llada`), GGUF architecture `llada`.
+    Llada,
+    /// Dream-v0-7B (HKUNLP), DiffuCoder, Dream-Coder: a Qwen2 body (`model_type` `Dream`),
+    /// GGUF architecture `dream`, logits shifted by one position.
+    Dream,
+}
+
+/// One tensor of a model, by what it is for (every family has these; a family's file names
+/// them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tensor {
+    Embedding,
+    AttnNorm,
+    Query,
+    Key,
+    Value,
+    QueryBias,
+    KeyBias,
+    ValueBias,
+    AttnOut,
+    MlpNorm,
+    Gate,
+    Up,
+    Down,
+    FinalNorm,
+    Head,
+}
+
+impl Tensor {
+    /// A block's tensors, in checkpoint order (biases only where the family has them).
+    pub(crate) const BLOCK: [Tensor; 12] = [
+        Tensor::AttnNorm,
+        Tensor::Query,
+        Tensor::Key,
+        Tensor::Value,
+        Tensor::QueryBias,
+        Tensor::KeyBias,
+        Tensor::ValueBias,
+        Tensor::AttnOut,
+        Tensor::MlpNorm,
+        Tensor::Gate,
+        Tensor::Up,
+        Tensor::Down,
+    ];
+
+    pub(crate) fn is_bias(self) -> bool {
+        matches!(
+            self,
+            Tensor::QueryBias | Tensor::KeyBias | Tensor::ValueBias
+        )
+    }
+
+    /// llama.cpp's name of this tensor (of block `layer`), the same for every architecture.
+    pub(crate) fn gguf_name(self, layer: usize) -> String {
+        let block = |name: &str| format!("blk.{layer}.{name}");
+        match self {
+            Tensor::Embedding => "token_embd.weight".into(),
+            Tensor::FinalNorm => "output_norm.weight".into(),
+            Tensor::Head => "output.weight".into(),
+            Tensor::AttnNorm => block("attn_norm.weight"),
+            Tensor::Query => block("attn_q.weight"),
+            Tensor::Key => block("attn_k.weight"),
+            Tensor::Value => block("attn_v.weight"),
+            Tensor::QueryBias => block("attn_q.bias"),
+            Tensor::KeyBias => block("attn_k.bias"),
+            Tensor::ValueBias => block("attn_v.bias"),
+            Tensor::AttnOut => block("attn_output.weight"),
+            Tensor::MlpNorm => block("ffn_norm.weight"),
+            Tensor::Gate => block("ffn_gate.weight"),
+            Tensor::Up => block("ffn_up.weight"),
+            Tensor::Down => block("ffn_down.weight"),
+        }
+    }
+}
+
+impl Family {
+    /// The name used in files and messages: `"llada"`, `"dream"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Llada => "llada",
+            Family::Dream => "dream",
+        }
+    }
+
+    /// The family of a `config.json`: its `model_type`, else its `architectures`, else
+    /// LLaDA's OLMo keys (`d_model`). Anything else is [`LoadError::Unsupported`].
+    pub(crate) fn of_config(value: &serde_json::Value) -> Result<Self, LoadError> {
+        let model_type = value.get("model_type").and_then(serde_json::Value::as_str);
+        let architectures: Vec<&str> = value
+            .get("architectures")
+            .and_then(serde_json::Value::as_array)
+            .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
+            .unwrap_or_default();
+        let is = |types: &[&str], classes: &[&str]| {
+            model_type.is_some_and(|t| types.iter().any(|k| k.eq_ignore_ascii_case(t)))
+                || architectures.iter().any(|a| classes.contains(a))
+        };
+        if is(dream::MODEL_TYPES, dream::ARCHITECTURES) {
+            Ok(Family::Dream)
+        } else if is(llada::MODEL_TYPES, llada::ARCHITECTURES)
+            || (model_type.is_none() && value.get("d_model").is_some())
+        {
+            Ok(Family::Llada)
+        } else {
+            Err(LoadError::Unsupported {
+                field: "model_type",
+                value: model_type.unwrap_or("(none)").to_string(),
+                reason: "the ndarray backend runs LLaDA (\"llada\") and Dream (\"Dream\") models",
+            })
+        }
+    }
+
+    /// The family of a GGUF architecture name, if this backend runs it.
+    pub(crate) fn of_gguf_arch(arch: &str) -> Option<Self> {
+        [Family::Llada, Family::Dream]
+            .into_iter()
+            .find(|f| f.gguf_arch() == arch)
+    }
+
+    /// Reads and checks a `config.json` of this family.
+    pub(crate) fn config(self, value: serde_json::Value) -> Result<Config, LoadError> {
+        match self {
+            Family::Llada => llada::config(value),
+            Family::Dream => dream::config(value),
+        }
+    }
+
+    /// The name of `tensor` (of block `layer`) in this family's safetensors checkpoints.
+    pub(crate) fn checkpoint_name(self, tensor: Tensor, layer: usize) -> String {
+        match self {
+            Family::Llada => llada::checkpoint_name(tensor, layer),
+            Family::Dream => dream::checkpoint_name(tensor, layer),
+        }
+    }
+
+    /// llama.cpp's architecture name (`general.architecture`).
+    pub fn gguf_arch(self) -> &'static str {
+        match self {
+            Family::Llada => llada::GGUF_ARCH,
+            Family::Dream => dream::GGUF_ARCH,
+        }
+    }
+
+    /// Whether llama.cpp's converter interleaves the rows of each query and key head (for its
+    /// "normal" rotary layout): LLaDA's files, whose rows the loader puts back.
+    pub(crate) fn gguf_interleaves_qk(self) -> bool {
+        match self {
+            Family::Llada => llada::GGUF_INTERLEAVED_QK,
+            Family::Dream => dream::GGUF_INTERLEAVED_QK,
+        }
+    }
+
+    /// The metadata keys of its GGUF architecture.
+    pub(crate) fn gguf_keys(self) -> GgufKeys {
+        match self {
+            Family::Llada => llada::GGUF_KEYS,
+            Family::Dream => dream::GGUF_KEYS,
+        }
+    }
+
+    /// The `config.json` a checkpoint with a GGUF file's hyper-parameters would have, in this
+    /// family's keys.
+    pub(crate) fn gguf_config(self, gguf: &GgufConfig) -> serde_json::Value {
+        match self {
+            Family::Llada => llada::gguf_config(gguf),
+            Family::Dream => dream::gguf_config(gguf),
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The hyper-parameters llama.cpp writes for every architecture (`<arch>.*` keys), the special
+/// ids of `tokenizer.ggml.*`, and `diffusion.shift_logits` when the file has it.
+#[derive(Clone, Debug)]
+pub(crate) struct GgufConfig {
+    pub(crate) d_model: u64,
+    pub(crate) n_heads: u64,
+    pub(crate) n_kv_heads: u64,
+    pub(crate) n_layers: u64,
+    pub(crate) mlp_hidden_size: u64,
+    pub(crate) vocab_size: u64,
+    pub(crate) embedding_size: u64,
+    pub(crate) rope_theta: f64,
+    pub(crate) rms_norm_eps: f64,
+    pub(crate) max_sequence_length: u64,
+    pub(crate) rotary_dim: Option<u64>,
+    pub(crate) weight_tying: bool,
+    pub(crate) shift_logits: Option<bool>,
+    pub(crate) mask_token_id: Option<u64>,
+    pub(crate) eos_token_id: Option<u64>,
+    pub(crate) pad_token_id: Option<u64>,
+    pub(crate) bos_token_id: Option<u64>,
+}
+
+/// The metadata keys of one architecture, `<arch>.embedding_length` and so on.
+pub(crate) struct GgufKeys {
+    pub(crate) d_model: &'static str,
+    pub(crate) n_heads: &'static str,
+    pub(crate) n_kv_heads: &'static str,
+    pub(crate) n_layers: &'static str,
+    pub(crate) mlp_hidden_size: &'static str,
+    pub(crate) rope_theta: &'static str,
+    pub(crate) rms_norm_eps: &'static str,
+    pub(crate) max_sequence_length: &'static str,
+    pub(crate) rotary_dim: &'static str,
+}
+
+/// The [`GgufKeys`] of architecture `$arch`.
+macro_rules! gguf_keys {
+    ($arch:literal) => {
+        $crate::models::GgufKeys {
+            d_model: concat!($arch, ".embedding_length"),
+            n_heads: concat!($arch, ".attention.head_count"),
+            n_kv_heads: concat!($arch, ".attention.head_count_kv"),
+            n_layers: concat!($arch, ".block_count"),
+            mlp_hidden_size: concat!($arch, ".feed_forward_length"),
+            rope_theta: concat!($arch, ".rope.freq_base"),
+            rms_norm_eps: concat!($arch, ".attention.layer_norm_rms_epsilon"),
+            max_sequence_length: concat!($arch, ".context_length"),
+            rotary_dim: concat!($arch, ".rope.dimension_count"),
+        }
+    };
+}
+use gguf_keys;
+
+fn meta<'a>(file: &'a GgufFile, key: &'static str) -> Result<&'a Value, LoadError> {
+    file.get(key).ok_or(LoadError::MissingField { field: key })
+}
+
+fn meta_u64(file: &GgufFile, key: &'static str) -> Result<u64, LoadError> {
+    meta(file, key)?
+        .as_u64()
+        .ok_or_else(|| LoadError::ConfigField {
+            field: key.to_string(),
+            reason: "expected an unsigned integer".into(),
+        })
+}
+
+fn meta_f64(file: &GgufFile, key: &'static str) -> Result<f64, LoadError> {
+    meta(file, key)?
+        .as_f64()
+        .ok_or_else(|| LoadError::ConfigField {
+            field: key.to_string(),
+            reason: "expected a number".into(),
+        })
+}
+
+impl GgufConfig {
+    /// Reads the hyper-parameters of a file whose architecture's keys are `keys`.
+    pub(crate) fn read(file: &GgufFile, keys: &GgufKeys) -> Result<Self, LoadError> {
+        let embedding =
+            file.tensor("token_embd.weight")
+                .ok_or_else(|| LoadError::MissingTensor {
+                    name: "token_embd.weight".into(),
+                    expected: Vec::new(),
+                })?;
+        let embedding_size = embedding.dims.get(1).copied().unwrap_or(0);
+        let vocab_size = file
+            .get("tokenizer.ggml.tokens")
+            .and_then(Value::as_array)
+            .map_or(embedding_size, |t| t.len() as u64);
+        let n_heads = meta_u64(file, keys.n_heads)?;
+        let id = |name: &str| file.get(name).and_then(Value::as_u64);
+        let shift_logits = match file.get("diffusion.shift_logits") {
+            None => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(_) => {
+                return Err(LoadError::ConfigField {
+                    field: "diffusion.shift_logits".into(),
+                    reason: "expected a boolean".into(),
+                });
+            }
+        };
+        Ok(Self {
+            d_model: meta_u64(file, keys.d_model)?,
+            n_heads,
+            n_kv_heads: file
+                .get(keys.n_kv_heads)
+                .and_then(Value::as_u64)
+                .unwrap_or(n_heads),
+            n_layers: meta_u64(file, keys.n_layers)?,
+            mlp_hidden_size: meta_u64(file, keys.mlp_hidden_size)?,
+            vocab_size,
+            embedding_size,
+            rope_theta: meta_f64(file, keys.rope_theta)?,
+            rms_norm_eps: meta_f64(file, keys.rms_norm_eps)?,
+            max_sequence_length: meta_u64(file, keys.max_sequence_length)?,
+            rotary_dim: file.get(keys.rotary_dim).and_then(Value::as_u64),
+            weight_tying: file.tensor("output.weight").is_none(),
+            shift_logits,
+            mask_token_id: id("tokenizer.ggml.mask_token_id"),
+            eos_token_id: id("tokenizer.ggml.eos_token_id"),
+            pad_token_id: id("tokenizer.ggml.padding_token_id"),
+            bos_token_id: id("tokenizer.ggml.bos_token_id"),
+        })
+    }
+}
