@@ -40,7 +40,7 @@
 
 // Version of the C ABI: incremented on every incompatible change of this header (a field added
 // to a struct, a signature changed). Compare with llada_abi_version() at start-up.
-#define LLADA_ABI_VERSION 2
+#define LLADA_ABI_VERSION 3
 
 // Backend: the pure-Rust one on `model.safetensors`.
 #define LLADA_BACKEND_NDARRAY 0
@@ -81,6 +81,10 @@
 // Remasking: negative entropy.
 #define LLADA_REMASKING_ENTROPY 3
 
+// Remasking: Dream's `origin`, with LLADA_COMMIT_TIMESTEPS only: each masked position is
+// committed with probability 1 - s/t at each step.
+#define LLADA_REMASKING_ORIGIN 4
+
 // Commit rule: the reference schedule (`commit_value` unused).
 #define LLADA_COMMIT_SCHEDULE 0
 
@@ -93,6 +97,13 @@
 // Commit rule: the entropy-bounded sampler (`commit_value` is gamma, e.g. 0.1); `steps`
 // unused.
 #define LLADA_COMMIT_ENTROPY_BOUNDED 3
+
+// Commit rule: Dream's time schedule (`commit_value` is its `eps`, e.g. 0.001): times from 1
+// to eps over the steps, int(m (1 - s/t)) of the m masks left committed per step, ranked by
+// `remasking` (LLADA_REMASKING_LOW_CONFIDENCE is Dream's `maskgit_plus`,
+// LLADA_REMASKING_MARGIN its `topk_margin`, LLADA_REMASKING_ENTROPY its `entropy`,
+// LLADA_REMASKING_ORIGIN its `origin`); temperature, top_k and top_p as Dream applies them.
+#define LLADA_COMMIT_TIMESTEPS 4
 
 // Key/value cache: none (every step a full forward pass).
 #define LLADA_CACHE_NONE 0
@@ -212,6 +223,9 @@ typedef struct llada_generate_params {
   // Stop at end of text: once a completed block holds EOS or EOT, fill the rest with EOS
   // without running its blocks (the answer up to EOS/EOT is the same).
   bool stop_at_eos;
+  // Dream's `alg_temp`: with LLADA_COMMIT_SCHEDULE or LLADA_COMMIT_TIMESTEPS, draw the
+  // positions to commit from softmax(confidence / alg_temp); 0 takes the most confident.
+  float alg_temp;
 } llada_generate_params;
 
 // One chat message.
@@ -325,7 +339,9 @@ llada_status llada_model_special_tokens(const struct llada_model *model,
 
 // The generation parameters that fit `model`: the lengths it declares (its
 // generation_config.json `llada_decoding`), else the reference chat settings (gen_length 128,
-// steps 128, blocks of 32), with its special ids; the rest as llada_generate_default_params.
+// steps 128, blocks of 32), with its special ids; for a Dream model its own decoding
+// (LLADA_COMMIT_TIMESTEPS with its eps, its `alg` as the remasking, its steps, temperature,
+// top_p, top_k, alg_temp); the rest as llada_generate_default_params.
 //
 // # Safety
 // `model` must be a live model, `out` valid.

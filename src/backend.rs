@@ -113,6 +113,8 @@ pub(crate) struct OrtWeights {
     path: PathBuf,
     options: OrtOptions,
     max_len: Option<usize>,
+    /// What the model's `config.json` says of its logits (Dream's are shifted).
+    shifted: bool,
     /// The session opened at load time (so a bad model or a missing runtime fails there),
     /// handed to the first pipeline: one session per pipeline, none thrown away.
     first: Mutex<Option<llada_ort::OrtPredictor>>,
@@ -136,6 +138,7 @@ impl OrtWeights {
         if let Some(max_len) = self.max_len {
             builder = builder.max_sequence_length(max_len);
         }
+        builder = builder.shifted_logits(self.shifted);
         builder
             .build()
             .map_err(|e| BackendError::wrap("ort", Stage::Load, e).into())
@@ -203,6 +206,7 @@ impl SharedWeights {
                     path: path.clone(),
                     options: options.clone(),
                     max_len: files.max_sequence_length(),
+                    shifted: files.shifted_logits(),
                     first: Mutex::new(None),
                 };
                 let session = weights.session(options.threads)?;
@@ -263,6 +267,15 @@ impl MaskPredictor for Backend {
             Backend::Ndarray(b) => b.max_sequence_length(),
             #[cfg(feature = "ort")]
             Backend::Ort(b) => b.max_sequence_length(),
+        }
+    }
+
+    fn shifted_logits(&self) -> bool {
+        match self {
+            #[cfg(feature = "ndarray")]
+            Backend::Ndarray(b) => b.shifted_logits(),
+            #[cfg(feature = "ort")]
+            Backend::Ort(b) => b.shifted_logits(),
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use llada_core::GenerateParams;
+use llada_core::{CommitRule, GenerateParams, Remasking};
 
 use crate::backend::BackendChoice;
 use crate::chat::ChatTemplate;
@@ -72,9 +72,10 @@ impl WeightSource {
 /// `{"llada_decoding": {"gen_length": 128, "steps": 128, "block_length": 32}}`.
 pub const DECODING_KEY: &str = "llada_decoding";
 
-/// The decoding lengths that fit a model: the ones it declares ([`DECODING_KEY`]), else the
-/// reference chat settings (LLaDA's `chat.py`: 128 tokens, 128 steps, blocks of 32).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The decoding defaults that fit a model: the lengths it declares ([`DECODING_KEY`]), else
+/// the reference chat settings (LLaDA's `chat.py`: 128 tokens, 128 steps, blocks of 32); and
+/// for a Dream model its own `diffusion_generate` settings ([`DreamDecoding`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct DecodingDefaults {
     /// Tokens to generate.
@@ -83,8 +84,11 @@ pub struct DecodingDefaults {
     pub steps: usize,
     /// Semi-autoregressive block length.
     pub block_length: usize,
-    /// Whether the model declared them (else they are the reference chat settings).
+    /// Whether the model declared them (else they are the reference chat settings, or
+    /// Dream's own).
     pub declared: bool,
+    /// Dream's decoding rule and sampling settings, for a Dream model.
+    pub dream: Option<DreamDecoding>,
 }
 
 impl Default for DecodingDefaults {
@@ -95,11 +99,141 @@ impl Default for DecodingDefaults {
             steps: 128,
             block_length: 32,
             declared: false,
+            dream: None,
         }
     }
 }
 
+/// Dream's decoding settings, as its `generation_config.json` holds them for
+/// `diffusion_generate`: `alg` (`origin`, `maskgit_plus`, `topk_margin`, `entropy`), `eps`,
+/// `alg_temp`, `temperature`, `top_p`, `top_k` (and `steps`, `max_new_tokens` for the
+/// lengths). Absent keys take Dream's own defaults (`origin`, `eps` 0.001, 512 steps,
+/// temperature 0, no filters).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct DreamDecoding {
+    /// `alg` as a ranking (`origin` is [`Remasking::Origin`]).
+    pub remasking: Remasking,
+    /// `eps`: the last time of the schedule.
+    pub eps: f64,
+    /// `alg_temp` (0 for none).
+    pub alg_temp: f32,
+    /// `temperature`.
+    pub temperature: f32,
+    /// `top_p` (1 for none).
+    pub top_p: f32,
+    /// `top_k` (0 for none).
+    pub top_k: usize,
+}
+
+impl Default for DreamDecoding {
+    fn default() -> Self {
+        Self {
+            remasking: Remasking::Origin,
+            eps: 1e-3,
+            alg_temp: 0.0,
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+        }
+    }
+}
+
+/// Dream's default number of steps (`DreamGenerationConfig`), and the answer length when a
+/// Dream model declares none.
+const DREAM_STEPS: usize = 512;
+
+impl DreamDecoding {
+    /// The settings of a Dream `generation_config.json` (`path` names it in errors), with the
+    /// lengths it implies: `max_new_tokens` (else `steps`) tokens in `steps` steps, one block.
+    fn read(
+        value: &serde_json::Value,
+        path: &Path,
+    ) -> Result<(Self, Option<(usize, usize)>), Error> {
+        let bad = |key: &'static str, reason: String| Error::Declaration {
+            path: path.to_path_buf(),
+            key,
+            reason,
+        };
+        let number = |key: &'static str| -> Result<Option<f64>, Error> {
+            match value.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_f64()
+                    .filter(|x| x.is_finite() && *x >= 0.0)
+                    .map(Some)
+                    .ok_or_else(|| bad(key, format!("expected a non-negative number, found {v}"))),
+            }
+        };
+        let count = |key: &'static str| -> Result<Option<usize>, Error> {
+            match value.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .filter(|&x| x > 0)
+                    .map(|x| Some(x as usize))
+                    .ok_or_else(|| bad(key, format!("expected a positive integer, found {v}"))),
+            }
+        };
+        let mut dream = Self::default();
+        if let Some(alg) = value.get("alg").filter(|v| !v.is_null()) {
+            let name = alg.as_str().unwrap_or_default();
+            dream.remasking = match name {
+                "origin" | "maskgit_plus" | "topk_margin" | "entropy" => {
+                    name.parse().expect("Dream's algorithm names parse")
+                }
+                _ => {
+                    return Err(bad(
+                        "alg",
+                        format!("{alg} is not one of origin, maskgit_plus, topk_margin, entropy"),
+                    ));
+                }
+            };
+        }
+        if let Some(eps) = number("eps")? {
+            dream.eps = eps;
+        }
+        dream.alg_temp = number("alg_temp")?.unwrap_or(0.0) as f32;
+        dream.temperature = number("temperature")?.unwrap_or(0.0) as f32;
+        dream.top_p = number("top_p")?.map_or(1.0, |p| p as f32);
+        dream.top_k = count("top_k")?.unwrap_or(0);
+        let steps = count("steps")?;
+        let gen_length = count("max_new_tokens")?;
+        let lengths = match (gen_length, steps) {
+            (None, None) => None,
+            (g, s) => {
+                let steps = s.unwrap_or(DREAM_STEPS);
+                Some((g.unwrap_or(steps), steps))
+            }
+        };
+        Ok((dream, lengths))
+    }
+
+    /// `params` with Dream's rule: the time schedule with `eps`, the ranking, `alg_temp` and
+    /// the sampling settings.
+    pub fn apply(&self, params: GenerateParams) -> GenerateParams {
+        params
+            .with_commit(CommitRule::Timesteps(self.eps))
+            .with_remasking(self.remasking)
+            .with_alg_temp(self.alg_temp)
+            .with_temperature(self.temperature)
+            .with_top_p(self.top_p)
+            .with_top_k(self.top_k)
+    }
+}
+
 impl DecodingDefaults {
+    /// Dream's own defaults: 512 tokens in 512 steps, one block, `origin` with `eps` 0.001.
+    pub(crate) fn dream() -> Self {
+        Self {
+            gen_length: DREAM_STEPS,
+            steps: DREAM_STEPS,
+            block_length: DREAM_STEPS,
+            declared: false,
+            dream: Some(DreamDecoding::default()),
+        }
+    }
+
     /// The lengths `generation_config` declares under [`DECODING_KEY`], if it does; `path`
     /// names the file in errors.
     fn declared_in(
@@ -135,6 +269,7 @@ impl DecodingDefaults {
             steps: field("steps")?,
             block_length: field("block_length")?,
             declared: true,
+            dream: None,
         };
         defaults
             .apply(GenerateParams::default())
@@ -143,20 +278,25 @@ impl DecodingDefaults {
         Ok(Some(defaults))
     }
 
-    /// `params` with these lengths.
+    /// `params` with these lengths (and Dream's rule for a Dream model).
     pub fn apply(&self, params: GenerateParams) -> GenerateParams {
-        params
+        let params = params
             .with_gen_length(self.gen_length)
             .with_steps(self.steps)
-            .with_block_length(self.block_length)
+            .with_block_length(self.block_length);
+        match &self.dream {
+            Some(dream) => dream.apply(params),
+            None => params,
+        }
     }
 
     /// Where they come from, for help texts and logs.
     pub fn source(&self) -> &'static str {
-        if self.declared {
-            "the model's generation_config.json `llada_decoding`"
-        } else {
-            "the reference chat settings; the model declares none"
+        match (self.declared, self.dream.is_some()) {
+            (true, false) => "the model's generation_config.json `llada_decoding`",
+            (true, true) => "the model's generation_config.json (Dream's keys or `llada_decoding`)",
+            (false, true) => "Dream's own defaults; the model declares none",
+            (false, false) => "the reference chat settings; the model declares none",
         }
     }
 }
@@ -278,14 +418,38 @@ impl ModelFiles {
             };
         let template = ChatTemplate::from_tokenizer_config(&tokenizer_config)?;
         let special = SpecialTokens::resolve(&config, &tokenizer_config, &tokenizer)?;
-        Ok(Self {
+        let family_defaults = if is_dream(&config) {
+            DecodingDefaults::dream()
+        } else {
+            DecodingDefaults::default()
+        };
+        let decoding = match crate::gguf::decoding(&file)? {
+            Some(declared) => DecodingDefaults {
+                dream: family_defaults.dream,
+                ..declared
+            },
+            None => family_defaults,
+        };
+        let files = Self {
             config,
             tokenizer,
             template,
             special,
-            decoding: crate::gguf::decoding(&file)?.unwrap_or_default(),
+            decoding,
             weights: WeightSource::Gguf(path.to_path_buf()),
-        })
+        };
+        // A generation_config.json beside the file (a GGUF file in its model's directory)
+        // declares the decoding settings as it does for the directory.
+        match beside("generation_config.json") {
+            Some(generation) => {
+                let bytes = std::fs::read(&generation).map_err(|source| Error::Io {
+                    path: generation.clone(),
+                    source,
+                })?;
+                files.with_generation_config(&bytes, &generation)
+            }
+            None => Ok(files),
+        }
     }
 
     /// These files with the decoding lengths a `generation_config.json` (its bytes; `path`
@@ -296,7 +460,33 @@ impl ModelFiles {
                 path: path.to_path_buf(),
                 source,
             })?;
-        if let Some(declared) = DecodingDefaults::declared_in(&value, path)? {
+        let declared = DecodingDefaults::declared_in(&value, path)?;
+        if self.is_dream() {
+            // Dream's keys; `llada_decoding`, when there too, sets the lengths.
+            let (dream, lengths) = DreamDecoding::read(&value, path)?;
+            self.decoding.dream = Some(dream);
+            if let Some((gen_length, steps)) = lengths {
+                self.decoding = DecodingDefaults {
+                    gen_length,
+                    steps,
+                    block_length: gen_length,
+                    declared: true,
+                    dream: Some(dream),
+                };
+                let check = self.decoding.apply(GenerateParams::default());
+                check.validate().map_err(|e| Error::Declaration {
+                    path: path.to_path_buf(),
+                    key: "steps",
+                    reason: e.to_string(),
+                })?;
+            }
+            if let Some(declared) = declared {
+                self.decoding = DecodingDefaults {
+                    dream: Some(dream),
+                    ..declared
+                };
+            }
+        } else if let Some(declared) = declared {
             self.decoding = declared;
         }
         Ok(self)
@@ -336,14 +526,43 @@ impl ModelFiles {
         let tokenizer = Tokenizer::from_bytes(tokenizer, tokenizer_path)?;
         let template = ChatTemplate::from_tokenizer_config(&tokenizer_config)?;
         let special = SpecialTokens::resolve(&config, &tokenizer_config, &tokenizer)?;
+        let decoding = if is_dream(&config) {
+            DecodingDefaults::dream()
+        } else {
+            DecodingDefaults::default()
+        };
         Ok(Self {
             config,
             tokenizer,
             template,
             special,
-            decoding: DecodingDefaults::default(),
+            decoding,
             weights,
         })
+    }
+
+    /// The model family its `config.json` names: `"dream"` for Dream (and DiffuCoder,
+    /// Dream-Coder: `model_type` `Dream`), else `"llada"`.
+    pub fn family(&self) -> &'static str {
+        if self.is_dream() { "dream" } else { "llada" }
+    }
+
+    fn is_dream(&self) -> bool {
+        is_dream(&self.config)
+    }
+
+    /// Whether the model's prediction for position `i` is its output row `i − 1`: Dream's
+    /// (unless its config says `"shift_logits": false`), or any config that says
+    /// `"shift_logits": true`.
+    pub fn shifted_logits(&self) -> bool {
+        match self
+            .config
+            .get("shift_logits")
+            .and_then(serde_json::Value::as_bool)
+        {
+            Some(shift) => shift,
+            None => self.is_dream(),
+        }
     }
 
     /// `config.json`, parsed.
@@ -351,11 +570,12 @@ impl ModelFiles {
         &self.config
     }
 
-    /// `max_sequence_length` of `config.json`, if it has one.
+    /// The longest sequence `config.json` allows (`max_sequence_length`, or
+    /// `max_position_embeddings` in Qwen2-style configs), if it says.
     pub fn max_sequence_length(&self) -> Option<usize> {
-        self.config
-            .get("max_sequence_length")
-            .and_then(serde_json::Value::as_u64)
+        ["max_sequence_length", "max_position_embeddings"]
+            .iter()
+            .find_map(|key| self.config.get(*key).and_then(serde_json::Value::as_u64))
             .map(|v| v as usize)
     }
 
@@ -412,4 +632,18 @@ impl ModelFiles {
                 .with_eot_id(self.special.eot),
         )
     }
+}
+
+/// Whether a `config.json` is a Dream model's: `model_type` `Dream` or a Dream class in
+/// `architectures` (the ndarray backend recognises the family the same way).
+fn is_dream(config: &serde_json::Value) -> bool {
+    let model_type = config.get("model_type").and_then(serde_json::Value::as_str);
+    model_type.is_some_and(|t| t.eq_ignore_ascii_case("dream"))
+        || config
+            .get("architectures")
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|a| {
+                a.iter()
+                    .any(|c| matches!(c.as_str(), Some("DreamModel" | "DreamForCausalLM")))
+            })
 }

@@ -49,6 +49,12 @@ fn pre_tokenizer(name: &str) -> Option<serde_json::Value> {
         // The Ling (inclusionAI) tokenizer, which LLaDA-8B uses (126,464 tokens, `<role>`,
         // `[gMASK]`): llama.cpp's converter recognises it as Ling-lite's (`bailingmoe`). Single
         // digits; the regex as llama.cpp runs it (its possessive quantifiers made greedy).
+        // Qwen2's (Dream, DiffuCoder): single digits; its tokenizer also normalises to NFC
+        // (see `normalizer`).
+        "qwen2" => serde_json::json!({"type": "Sequence", "pretokenizers": [
+            split(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"),
+            byte_level(false),
+        ]}),
         "bailingmoe" | "bailingmoe2" | "llada-moe" => {
             serde_json::json!({"type": "Sequence", "pretokenizers": [
                 split(r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"),
@@ -57,6 +63,15 @@ fn pre_tokenizer(name: &str) -> Option<serde_json::Value> {
         }
         _ => return None,
     })
+}
+
+/// The normaliser that goes with a pre-tokenizer of [`pre_tokenizer`]: NFC for Qwen2's, whose
+/// `tokenizer.json` has it (GGUF files do not record normalisers).
+fn normalizer(pre_name: &str) -> serde_json::Value {
+    match pre_name {
+        "qwen2" => serde_json::json!({"type": "NFC"}),
+        _ => serde_json::Value::Null,
+    }
 }
 
 /// The tokenizer of a GGUF file's `tokenizer.ggml.*` metadata (a byte-level BPE, as llama.cpp's
@@ -85,7 +100,7 @@ pub(crate) fn tokenizer(file: &GgufFile) -> Result<Tokenizer, Error> {
         .unwrap_or("default");
     let pre = pre_tokenizer(pre_name).ok_or_else(|| {
         bad(format!(
-            "pre-tokenizer {pre_name:?} (tokenizer.ggml.pre) is not supported (gpt-2, llama-bpe and bailingmoe are); put the model's tokenizer.json and tokenizer_config.json beside the file"
+            "pre-tokenizer {pre_name:?} (tokenizer.ggml.pre) is not supported (gpt-2, llama-bpe, qwen2 and bailingmoe are); put the model's tokenizer.json and tokenizer_config.json beside the file"
         ))
     })?;
     let tokens = strings(file, "tokenizer.ggml.tokens")?;
@@ -123,7 +138,7 @@ pub(crate) fn tokenizer(file: &GgufFile) -> Result<Tokenizer, Error> {
         "truncation": null,
         "padding": null,
         "added_tokens": added,
-        "normalizer": null,
+        "normalizer": normalizer(pre_name),
         "pre_tokenizer": pre,
         "post_processor": null,
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
@@ -197,7 +212,7 @@ fn pre_tokenizer_name(pre: &serde_json::Value) -> Option<&'static str> {
             && a.get("pretokenizers").map(|p| p.as_array().map(Vec::len))
                 == b.get("pretokenizers").map(|p| p.as_array().map(Vec::len))
     };
-    ["gpt-2", "llama-bpe", "bailingmoe"]
+    ["gpt-2", "llama-bpe", "qwen2", "bailingmoe"]
         .into_iter()
         .find(|name| {
             let known = pre_tokenizer(name).expect("a supported name");
@@ -242,7 +257,7 @@ pub(crate) fn tokenizer_metadata(
     }
     let pre = pre_tokenizer_name(&json["pre_tokenizer"]).ok_or_else(|| {
         bad(format!(
-            "pre-tokenizer {} has no llama.cpp name here (gpt-2, llama-bpe and bailingmoe do)",
+            "pre-tokenizer {} has no llama.cpp name here (gpt-2, llama-bpe, qwen2 and bailingmoe do)",
             json["pre_tokenizer"]
         ))
     })?;

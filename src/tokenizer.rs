@@ -80,15 +80,16 @@ impl Tokenizer {
 }
 
 /// Ids of the special tokens, from the model's files: `config.json` (`mask_token_id`,
-/// `eos_token_id`, `pad_token_id`) and the tokenizer (`<|mdm_mask|>`, `<|eot_id|>`, the
-/// `bos_token`/`eos_token` of `tokenizer_config.json`).
+/// `eos_token_id`, `pad_token_id`) and the tokenizer (`<|mdm_mask|>` or `<|mask|>`,
+/// `<|eot_id|>` or `<|im_end|>`, the `bos_token`/`eos_token` of `tokenizer_config.json`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpecialTokens {
     /// The mask token.
     pub mask: u32,
     /// End of text.
     pub eos: u32,
-    /// End of turn (`<|eot_id|>`); equal to `eos` for models without one.
+    /// End of turn (`<|eot_id|>`, or ChatML's `<|im_end|>`); equal to `eos` for models
+    /// without one.
     pub eot: u32,
     /// Beginning of text, if the model has one.
     pub bos: Option<u32>,
@@ -116,17 +117,23 @@ impl SpecialTokens {
                 .or_else(|| value.get("content").and_then(|c| c.as_str()))?;
             tokenizer.token_to_id(text)
         };
+        // LLaDA's mask is `<|mdm_mask|>`, Dream's `<|mask|>`.
         let mask = from_config("mask_token_id")
             .or_else(|| tokenizer.token_to_id("<|mdm_mask|>"))
+            .or_else(|| tokenizer.token_to_id("<|mask|>"))
             .ok_or(Error::MissingSpecialToken {
-                name: "mask (mask_token_id or <|mdm_mask|>)",
+                name: "mask (mask_token_id, <|mdm_mask|> or <|mask|>)",
             })?;
         let eos = from_config("eos_token_id")
             .or_else(|| from_token("eos_token"))
             .ok_or(Error::MissingSpecialToken {
                 name: "eos (eos_token_id or eos_token)",
             })?;
-        let eot = tokenizer.token_to_id("<|eot_id|>").unwrap_or(eos);
+        // LLaDA's end of turn is `<|eot_id|>`; ChatML models' (Dream) `<|im_end|>`.
+        let eot = tokenizer
+            .token_to_id("<|eot_id|>")
+            .or_else(|| tokenizer.token_to_id("<|im_end|>"))
+            .unwrap_or(eos);
         let bos = from_token("bos_token");
         let pad = from_config("pad_token_id")
             .or_else(|| from_token("pad_token"))

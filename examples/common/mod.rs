@@ -35,6 +35,20 @@ pub(crate) enum RemaskingFlag {
     Entropy,
 }
 
+/// Dream's algorithms (`alg` of its `diffusion_generate`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[clap(rename_all = "snake_case")]
+pub(crate) enum AlgFlag {
+    /// Each mask is committed with probability 1 - s/t at each step.
+    Origin,
+    /// The most probable first (the probability of the proposed token).
+    MaskgitPlus,
+    /// The largest top-1 minus top-2 probability first.
+    TopkMargin,
+    /// The lowest entropy first.
+    Entropy,
+}
+
 /// Where the model is and what runs it.
 #[derive(Args, Debug)]
 pub(crate) struct ModelArgs {
@@ -74,7 +88,8 @@ impl ModelArgs {
 
 /// Sampling flags. The lengths default to what the model declares (`llada_decoding` in its
 /// generation_config.json; the bundled model declares 16 tokens, 16 steps, blocks of 8), else
-/// to the reference chat settings (128 tokens, 128 steps, blocks of 32).
+/// to the reference chat settings (128 tokens, 128 steps, blocks of 32). A Dream model's
+/// defaults are its own (`alg`, `steps`, `eps`, ... of its generation_config.json).
 #[derive(Args, Debug)]
 pub(crate) struct SamplingArgs {
     /// Tokens to generate [default: the model's generation_config.json `llada_decoding`, else
@@ -85,24 +100,37 @@ pub(crate) struct SamplingArgs {
     /// `llada_decoding`, else 128; with --gen-length alone, as many per token as the model's].
     #[arg(long)]
     pub(crate) steps: Option<usize>,
-    /// Semi-autoregressive block length [default: the model's `llada_decoding`, else 32].
+    /// Semi-autoregressive block length [default: the model's `llada_decoding`, else 32; one
+    /// block (the whole answer) for Dream models and with --alg].
     #[arg(long)]
     pub(crate) block_length: Option<usize>,
-    /// Sampling temperature (0 = argmax).
-    #[arg(long, default_value_t = 0.0)]
-    pub(crate) temperature: f32,
+    /// Sampling temperature (0 = argmax) [default: the model's, else 0].
+    #[arg(long)]
+    pub(crate) temperature: Option<f32>,
     /// Classifier-free guidance scale (0 = off).
     #[arg(long, default_value_t = 0.0)]
     pub(crate) cfg_scale: f32,
-    /// How to pick the positions to commit.
-    #[arg(long, value_enum, default_value_t = RemaskingFlag::LowConfidence)]
-    pub(crate) remasking: RemaskingFlag,
-    /// Sample among the k most likely tokens (0 = off).
-    #[arg(long, default_value_t = 0)]
-    pub(crate) top_k: usize,
-    /// Nucleus sampling threshold (1 = off).
-    #[arg(long, default_value_t = 1.0)]
-    pub(crate) top_p: f32,
+    /// How to pick the positions to commit [default: the model's, else low-confidence].
+    #[arg(long, value_enum)]
+    pub(crate) remasking: Option<RemaskingFlag>,
+    /// Sample among the k most likely tokens (0 = off) [default: the model's, else 0].
+    #[arg(long)]
+    pub(crate) top_k: Option<usize>,
+    /// Nucleus sampling threshold (1 = off) [default: the model's, else 1].
+    #[arg(long)]
+    pub(crate) top_p: Option<f32>,
+    /// Dream's decoding (its `diffusion_generate`): the time schedule from 1 to --eps over
+    /// --steps, committing int(m (1 - s/t)) of the m masks left per step, ranked by this
+    /// algorithm [default for Dream models: the model's `alg`].
+    #[arg(long, value_enum, conflicts_with_all = ["threshold", "factor", "eb_gamma"])]
+    pub(crate) alg: Option<AlgFlag>,
+    /// The last time of Dream's schedule [default: the model's, else 0.001].
+    #[arg(long)]
+    pub(crate) eps: Option<f64>,
+    /// Dream's alg_temp: draw the positions to commit from softmax(confidence / alg_temp)
+    /// instead of taking the most confident (0 = off) [default: the model's, else 0].
+    #[arg(long)]
+    pub(crate) alg_temp: Option<f32>,
     /// Random seed (temperature > 0, random remasking).
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
@@ -145,22 +173,47 @@ impl SamplingArgs {
     pub(crate) fn params(&self, pipeline: &Pipeline) -> GenerateParams {
         let defaults = pipeline.default_params();
         let gen_length = self.gen_length.unwrap_or(defaults.gen_length);
-        // With only --gen-length, keep the model's steps per token (one, for the reference).
+        // With only --gen-length, keep the model's steps per token (one, for the reference),
+        // and a model that decodes its answer as one block (Dream) keeps one block; so does
+        // Dream's rule asked for by --alg.
         let steps = self
             .steps
             .unwrap_or(gen_length * defaults.steps / defaults.gen_length.max(1));
-        let remasking = match self.remasking {
-            RemaskingFlag::LowConfidence => Remasking::LowConfidence,
-            RemaskingFlag::Random => Remasking::Random,
-            RemaskingFlag::Margin => Remasking::Margin,
-            RemaskingFlag::Entropy => Remasking::Entropy,
+        let one_block = defaults.block_length == defaults.gen_length || self.alg.is_some();
+        let block_length = self.block_length.unwrap_or(if one_block {
+            gen_length
+        } else {
+            defaults.block_length
+        });
+        let eps = self.eps.or(defaults.commit.timesteps_eps()).unwrap_or(1e-3);
+        let mut remasking = match self.remasking {
+            Some(RemaskingFlag::LowConfidence) => Remasking::LowConfidence,
+            Some(RemaskingFlag::Random) => Remasking::Random,
+            Some(RemaskingFlag::Margin) => Remasking::Margin,
+            Some(RemaskingFlag::Entropy) => Remasking::Entropy,
+            None => defaults.remasking,
         };
-        let commit = match (self.threshold, self.factor, self.eb_gamma) {
-            (Some(t), _, _) => CommitRule::Threshold(t),
-            (_, Some(f), _) => CommitRule::Factor(f),
-            (_, _, Some(g)) => CommitRule::EntropyBounded(g),
+        let commit = match (self.threshold, self.factor, self.eb_gamma, self.alg) {
+            (Some(t), _, _, _) => CommitRule::Threshold(t),
+            (_, Some(f), _, _) => CommitRule::Factor(f),
+            (_, _, Some(g), _) => CommitRule::EntropyBounded(g),
+            (_, _, _, Some(alg)) => {
+                remasking = match alg {
+                    AlgFlag::Origin => Remasking::Origin,
+                    AlgFlag::MaskgitPlus => Remasking::LowConfidence,
+                    AlgFlag::TopkMargin => Remasking::Margin,
+                    AlgFlag::Entropy => Remasking::Entropy,
+                };
+                CommitRule::Timesteps(eps)
+            }
+            _ if defaults.commit.timesteps_eps().is_some() => CommitRule::Timesteps(eps),
             _ => CommitRule::Schedule,
         };
+        // Dream's origin has no meaning outside its schedule: another rule ranks by
+        // confidence.
+        if remasking == Remasking::Origin && commit.timesteps_eps().is_none() {
+            remasking = Remasking::LowConfidence;
+        }
         let cache = match self.cache {
             CacheFlag::None => CacheMode::None,
             CacheFlag::Prefix => CacheMode::Prefix,
@@ -169,12 +222,13 @@ impl SamplingArgs {
         defaults
             .with_gen_length(gen_length)
             .with_steps(steps)
-            .with_block_length(self.block_length.unwrap_or(defaults.block_length))
-            .with_temperature(self.temperature)
+            .with_block_length(block_length)
+            .with_temperature(self.temperature.unwrap_or(defaults.temperature))
             .with_cfg_scale(self.cfg_scale)
             .with_remasking(remasking)
-            .with_top_k(self.top_k)
-            .with_top_p(self.top_p)
+            .with_top_k(self.top_k.unwrap_or(defaults.top_k))
+            .with_top_p(self.top_p.unwrap_or(defaults.top_p))
+            .with_alg_temp(self.alg_temp.unwrap_or(defaults.alg_temp))
             .with_seed(self.seed)
             .with_commit(commit)
             .with_max_passes_per_block(self.max_passes_per_block)
@@ -189,8 +243,20 @@ impl SamplingArgs {
         let defaults = pipeline.model().files().decoding_defaults();
         let given =
             self.gen_length.is_some() || self.steps.is_some() || self.block_length.is_some();
+        let rule = match params.commit {
+            CommitRule::Timesteps(eps) => format!(
+                ", Dream's schedule with eps {eps} and {}",
+                match params.remasking {
+                    Remasking::Origin => "origin",
+                    Remasking::LowConfidence => "maskgit_plus",
+                    Remasking::Margin => "topk_margin",
+                    other => other.as_str(),
+                }
+            ),
+            _ => String::new(),
+        };
         format!(
-            "gen_length {}, steps {}, blocks of {} ({})",
+            "gen_length {}, steps {}, blocks of {}{rule} ({})",
             params.gen_length,
             params.steps,
             params.block_length,

@@ -31,7 +31,7 @@ pub const LLADA_VERSION_MINOR: u32 = 1;
 pub const LLADA_VERSION_PATCH: u32 = 0;
 /// Version of the C ABI: incremented on every incompatible change of this header (a field added
 /// to a struct, a signature changed). Compare with llada_abi_version() at start-up.
-pub const LLADA_ABI_VERSION: u32 = 2;
+pub const LLADA_ABI_VERSION: u32 = 3;
 
 /// A loaded model: tokenizer, chat template, special ids and weights. Shared by contexts;
 /// thread-safe.
@@ -315,7 +315,9 @@ pub unsafe extern "C" fn llada_model_special_tokens(
 
 /// The generation parameters that fit `model`: the lengths it declares (its
 /// generation_config.json `llada_decoding`), else the reference chat settings (gen_length 128,
-/// steps 128, blocks of 32), with its special ids; the rest as llada_generate_default_params.
+/// steps 128, blocks of 32), with its special ids; for a Dream model its own decoding
+/// (LLADA_COMMIT_TIMESTEPS with its eps, its `alg` as the remasking, its steps, temperature,
+/// top_p, top_k, alg_temp); the rest as llada_generate_default_params.
 ///
 /// # Safety
 /// `model` must be a live model, `out` valid.
@@ -329,16 +331,7 @@ pub unsafe extern "C" fn llada_model_default_generate_params(
         let model = unsafe { non_null(model, "model") }?;
         // SAFETY: caller's contract.
         let out = unsafe { non_null_mut(out, "out") }?;
-        let defaults = model.inner.default_params();
-        *out = LladaGenerateParams {
-            steps: defaults.steps as u32,
-            gen_length: defaults.gen_length as u32,
-            block_length: defaults.block_length as u32,
-            mask_id: defaults.mask_id,
-            eos_id: defaults.eos_id,
-            eot_id: defaults.eot_id,
-            ..llada_generate_default_params()
-        };
+        *out = LladaGenerateParams::from_rust(&model.inner.default_params());
         Ok(())
     })
 }

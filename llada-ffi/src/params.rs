@@ -36,6 +36,9 @@ pub const LLADA_REMASKING_RANDOM: u32 = 1;
 pub const LLADA_REMASKING_MARGIN: u32 = 2;
 /// Remasking: negative entropy.
 pub const LLADA_REMASKING_ENTROPY: u32 = 3;
+/// Remasking: Dream's `origin`, with LLADA_COMMIT_TIMESTEPS only: each masked position is
+/// committed with probability 1 - s/t at each step.
+pub const LLADA_REMASKING_ORIGIN: u32 = 4;
 
 /// Commit rule: the reference schedule (`commit_value` unused).
 pub const LLADA_COMMIT_SCHEDULE: u32 = 0;
@@ -46,6 +49,12 @@ pub const LLADA_COMMIT_FACTOR: u32 = 2;
 /// Commit rule: the entropy-bounded sampler (`commit_value` is gamma, e.g. 0.1); `steps`
 /// unused.
 pub const LLADA_COMMIT_ENTROPY_BOUNDED: u32 = 3;
+/// Commit rule: Dream's time schedule (`commit_value` is its `eps`, e.g. 0.001): times from 1
+/// to eps over the steps, int(m (1 - s/t)) of the m masks left committed per step, ranked by
+/// `remasking` (LLADA_REMASKING_LOW_CONFIDENCE is Dream's `maskgit_plus`,
+/// LLADA_REMASKING_MARGIN its `topk_margin`, LLADA_REMASKING_ENTROPY its `entropy`,
+/// LLADA_REMASKING_ORIGIN its `origin`); temperature, top_k and top_p as Dream applies them.
+pub const LLADA_COMMIT_TIMESTEPS: u32 = 4;
 
 /// Key/value cache: none (every step a full forward pass).
 pub const LLADA_CACHE_NONE: u32 = 0;
@@ -125,6 +134,9 @@ pub struct LladaGenerateParams {
     /// Stop at end of text: once a completed block holds EOS or EOT, fill the rest with EOS
     /// without running its blocks (the answer up to EOS/EOT is the same).
     pub stop_at_eos: bool,
+    /// Dream's `alg_temp`: with LLADA_COMMIT_SCHEDULE or LLADA_COMMIT_TIMESTEPS, draw the
+    /// positions to commit from softmax(confidence / alg_temp); 0 takes the most confident.
+    pub alg_temp: f32,
 }
 
 /// Monte Carlo log-likelihood parameters.
@@ -194,6 +206,7 @@ pub extern "C" fn llada_generate_default_params() -> LladaGenerateParams {
         logits_eos_inf: false,
         confidence_eos_eot_inf: false,
         stop_at_eos: false,
+        alg_temp: 0.0,
     }
 }
 
@@ -216,6 +229,7 @@ impl LladaGenerateParams {
             LLADA_REMASKING_RANDOM => Remasking::Random,
             LLADA_REMASKING_MARGIN => Remasking::Margin,
             LLADA_REMASKING_ENTROPY => Remasking::Entropy,
+            LLADA_REMASKING_ORIGIN => Remasking::Origin,
             other => return Err(Failure::invalid(format!("unknown remasking value {other}"))),
         };
         let commit = match self.commit_rule {
@@ -223,6 +237,7 @@ impl LladaGenerateParams {
             LLADA_COMMIT_THRESHOLD => CommitRule::Threshold(self.commit_value),
             LLADA_COMMIT_FACTOR => CommitRule::Factor(self.commit_value),
             LLADA_COMMIT_ENTROPY_BOUNDED => CommitRule::EntropyBounded(self.commit_value),
+            LLADA_COMMIT_TIMESTEPS => CommitRule::Timesteps(self.commit_value),
             other => return Err(Failure::invalid(format!("unknown commit rule {other}"))),
         };
         let cache = match self.cache {
@@ -256,7 +271,8 @@ impl LladaGenerateParams {
             .with_commit(commit)
             .with_cache(cache)
             .with_max_passes_per_block(self.max_passes_per_block as usize)
-            .with_stop_at_eos(self.stop_at_eos);
+            .with_stop_at_eos(self.stop_at_eos)
+            .with_alg_temp(self.alg_temp);
         params.validate()?;
         Ok(params)
     }
@@ -309,4 +325,41 @@ pub(crate) unsafe fn slice_arg<'a, T>(
     }
     // SAFETY: the caller's contract.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+impl LladaGenerateParams {
+    /// The C form of `params` (the model's defaults): its rule, ranking and sampling settings
+    /// with the enum values above.
+    pub(crate) fn from_rust(params: &GenerateParams) -> Self {
+        let (commit_rule, commit_value) = match params.commit {
+            CommitRule::Threshold(t) => (LLADA_COMMIT_THRESHOLD, t),
+            CommitRule::Factor(f) => (LLADA_COMMIT_FACTOR, f),
+            CommitRule::EntropyBounded(g) => (LLADA_COMMIT_ENTROPY_BOUNDED, g),
+            CommitRule::Timesteps(eps) => (LLADA_COMMIT_TIMESTEPS, eps),
+            _ => (LLADA_COMMIT_SCHEDULE, 0.0),
+        };
+        let remasking = match params.remasking {
+            Remasking::Random => LLADA_REMASKING_RANDOM,
+            Remasking::Margin => LLADA_REMASKING_MARGIN,
+            Remasking::Entropy => LLADA_REMASKING_ENTROPY,
+            Remasking::Origin => LLADA_REMASKING_ORIGIN,
+            _ => LLADA_REMASKING_LOW_CONFIDENCE,
+        };
+        LladaGenerateParams {
+            steps: params.steps as u32,
+            gen_length: params.gen_length as u32,
+            block_length: params.block_length as u32,
+            remasking,
+            mask_id: params.mask_id,
+            eos_id: params.eos_id,
+            eot_id: params.eot_id,
+            top_k: params.top_k as u32,
+            commit_rule,
+            commit_value,
+            temperature: params.temperature,
+            top_p: params.top_p,
+            alg_temp: params.alg_temp,
+            ..llada_generate_default_params()
+        }
+    }
 }

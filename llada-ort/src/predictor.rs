@@ -85,6 +85,7 @@ pub struct OrtPredictorBuilder {
     logits: Option<String>,
     max_sequence_length: Option<usize>,
     vocab_size: Option<usize>,
+    shifted_logits: Option<bool>,
 }
 
 impl OrtPredictorBuilder {
@@ -141,6 +142,14 @@ impl OrtPredictorBuilder {
     /// Logits per position, for models whose output leaves it dynamic.
     pub fn vocab_size(mut self, vocab: usize) -> Self {
         self.vocab_size = Some(vocab);
+        self
+    }
+
+    /// Whether the model's prediction for position `i` is its output row `i − 1` (Dream;
+    /// see [`MaskPredictor::shifted_logits`]). Default: what the export's metadata says
+    /// (`llada.shift_logits`, written by the project's exporter), else `false`.
+    pub fn shifted_logits(mut self, shifted: bool) -> Self {
+        self.shifted_logits = Some(shifted);
         self
     }
 
@@ -298,6 +307,7 @@ pub struct OrtPredictor {
     vocab: usize,
     max_len: usize,
     providers: Vec<&'static str>,
+    shifted: bool,
 }
 
 impl std::fmt::Debug for OrtPredictor {
@@ -331,6 +341,7 @@ impl OrtPredictor {
             logits: None,
             max_sequence_length: None,
             vocab_size: None,
+            shifted_logits: None,
         }
     }
 
@@ -475,7 +486,22 @@ impl OrtPredictor {
                 )));
             }
         };
-        tracing::debug!(model = %path.display(), ids = %ids_name, mask = ?mask_name, logits = %logits_name, vocab, "ONNX predictor ready");
+        let declared = session
+            .metadata()
+            .ok()
+            .and_then(|m| m.custom("llada.shift_logits"));
+        let shifted = match (options.shifted_logits, declared.as_deref()) {
+            (Some(shifted), _) => shifted,
+            (None, None) => false,
+            (None, Some("true")) => true,
+            (None, Some("false")) => false,
+            (None, Some(other)) => {
+                return Err(bad(format!(
+                    "metadata llada.shift_logits is {other:?}, expected \"true\" or \"false\""
+                )));
+            }
+        };
+        tracing::debug!(model = %path.display(), ids = %ids_name, mask = ?mask_name, logits = %logits_name, vocab, shifted, "ONNX predictor ready");
         Ok(Self {
             session,
             path,
@@ -487,6 +513,7 @@ impl OrtPredictor {
             vocab,
             max_len,
             providers,
+            shifted,
         })
     }
 
@@ -587,6 +614,10 @@ impl MaskPredictor for OrtPredictor {
 
     fn max_sequence_length(&self) -> usize {
         self.max_len
+    }
+
+    fn shifted_logits(&self) -> bool {
+        self.shifted
     }
 
     fn forward(

@@ -60,11 +60,15 @@ fn generate_params(b: &mut Bytes<'_>) -> LladaGenerateParams {
             raw % 40
         }
     };
+    let (steps, gen_length, block_length) = (length(b), length(b), length(b));
+    // The remasking word's upper bits give Dream's alg_temp (no byte read for it, so the
+    // committed seeds keep their meaning).
+    let remasking = b.u32();
     LladaGenerateParams {
-        steps: length(b),
-        gen_length: length(b),
-        block_length: length(b),
-        remasking: b.u32() % 6,
+        steps,
+        gen_length,
+        block_length,
+        remasking: remasking % 6,
         mask_id: b.u32(),
         eos_id: b.u32(),
         eot_id: b.u32(),
@@ -80,6 +84,7 @@ fn generate_params(b: &mut Bytes<'_>) -> LladaGenerateParams {
         logits_eos_inf: b.bool(),
         confidence_eos_eot_inf: b.bool(),
         stop_at_eos: b.bool(),
+        alg_temp: ((remasking >> 8) & 0xff) as f32 / 64.0,
     }
 }
 

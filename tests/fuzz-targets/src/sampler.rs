@@ -7,7 +7,7 @@ use std::convert::Infallible;
 
 use llada_core::{
     CacheMode, Canvas, CommitRule, ForwardRequest, GenerateParams, Generation, Limits,
-    MaskPredictor, Remasking, WorkspaceBuf, WorkspaceSizes, tokens_to_commit,
+    MaskPredictor, Remasking, WorkspaceBuf, WorkspaceSizes, timesteps_to_commit, tokens_to_commit,
 };
 
 use crate::Bytes;
@@ -19,6 +19,8 @@ struct ArbitraryLogits {
     state: u64,
     special: u8,
     passes: usize,
+    /// Whether it declares shifted logits (Dream's).
+    shifted: bool,
 }
 
 impl ArbitraryLogits {
@@ -49,6 +51,10 @@ impl MaskPredictor for ArbitraryLogits {
         self.max_len
     }
 
+    fn shifted_logits(&self) -> bool {
+        self.shifted
+    }
+
     fn forward(
         &mut self,
         request: &ForwardRequest<'_>,
@@ -69,8 +75,9 @@ impl MaskPredictor for ArbitraryLogits {
 }
 
 /// Generation parameters, read in this order: steps, gen_length, block_length, the mask,
-/// EOS and EOT ids, remasking, commit rule (and its value), cache, temperature, cfg scale,
-/// top_p, top_k, seed, pass cap, three flags.
+/// EOS and EOT ids, remasking, commit rule (and its value; the rule's byte also gives Dream's
+/// eps, origin and alg_temp), cache, temperature, cfg scale, top_p, top_k, seed, pass cap,
+/// three flags.
 fn params(b: &mut Bytes<'_>, vocab: usize) -> GenerateParams {
     let id = |b: &mut Bytes<'_>| {
         let raw = b.u32();
@@ -99,11 +106,26 @@ fn params(b: &mut Bytes<'_>, vocab: usize) -> GenerateParams {
         Remasking::Margin,
         Remasking::Entropy,
     ][b.below(3)];
-    let commit = match b.u8() % 4 {
+    // The rule's byte also picks Dream's schedule (no byte read for it, so the committed
+    // seeds keep their meaning): its eps, origin and alg_temp from the byte's other bits.
+    let rule = b.u8();
+    let commit = match rule % 4 {
+        0 if rule >= 128 => CommitRule::Timesteps(f64::from(rule - 128) / 128.0),
         0 => CommitRule::Schedule,
         1 => CommitRule::Threshold(value(b)),
         2 => CommitRule::Factor(value(b)),
         _ => CommitRule::EntropyBounded(value(b)),
+    };
+    let timesteps = matches!(commit, CommitRule::Timesteps(_));
+    let remasking = if timesteps && rule & 4 != 0 {
+        Remasking::Origin
+    } else {
+        remasking
+    };
+    let alg_temp = if rule & 8 != 0 && !commit.is_adaptive() {
+        0.5
+    } else {
+        0.0
     };
     let cache = [CacheMode::None, CacheMode::Prefix, CacheMode::Dual][b.below(2)];
     let temperature = float(b);
@@ -131,6 +153,7 @@ fn params(b: &mut Bytes<'_>, vocab: usize) -> GenerateParams {
         .with_logits_eos_inf(b.bool())
         .with_confidence_eos_eot_inf(b.bool())
         .with_stop_at_eos(b.bool())
+        .with_alg_temp(alg_temp)
 }
 
 /// The bytes: vocabulary, prompts, parameters and the logits' seed.
@@ -147,12 +170,16 @@ pub fn sampler(data: &[u8]) {
         })
         .collect();
     let pad = b.u32() % vocab as u32;
+    let state = b.u64();
+    // One byte: how often logits are special, and (a bit the seeds left clear) a shift.
+    let special = b.u8();
     let mut predictor = ArbitraryLogits {
         vocab,
         max_len,
-        state: b.u64(),
-        special: b.u8() % 64,
+        state,
+        special: special % 64,
         passes: 0,
+        shifted: special & 64 != 0,
     };
     if b.bool() {
         params = params.with_steps(params.gen_length);
@@ -253,6 +280,15 @@ pub fn sampler(data: &[u8]) {
                     chosen || filled || old[p] == new[p],
                     "position {p} changed uncommitted"
                 );
+            }
+            let left = old[span.clone()].iter().filter(|&&t| t == mask).count();
+            if let (CommitRule::Timesteps(eps), false) =
+                (params.commit, params.remasking == Remasking::Origin)
+            {
+                // Dream's count on the masks left (the proposals may be the mask id itself).
+                let expected =
+                    timesteps_to_commit(left, event.steps_per_block(), event.step(), eps as f32);
+                assert!(committed.len() <= expected, "row {r} step {}", event.step());
             }
             if params.commit == CommitRule::Schedule && !params.stop_at_eos {
                 let expected =
