@@ -438,8 +438,13 @@ mod tests {
             pieces("bailingmoe", "I've 12345\n\n"),
             ["I", "'ve", "Ġ", "1", "2", "3", "4", "5", "ĊĊ"]
         );
-        assert!(pre_tokenizer("qwen2").is_none());
-        for name in ["gpt-2", "llama-bpe", "bailingmoe"] {
+        // Qwen2's (Dream) splits every digit too, and keeps a newline run apart.
+        assert_eq!(
+            pieces("qwen2", "I've 12345\n\n"),
+            ["I", "'ve", "Ġ", "1", "2", "3", "4", "5", "ĊĊ"]
+        );
+        assert!(pre_tokenizer("falcon").is_none());
+        for name in ["gpt-2", "llama-bpe", "qwen2", "bailingmoe"] {
             assert_eq!(
                 pre_tokenizer_name(&pre_tokenizer(name).unwrap()),
                 Some(name),

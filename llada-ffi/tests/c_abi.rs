@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use llada_test_support::{bundled_model, fixture, held_out_answered};
+use llada_test_support::{bundled_model, dream_model, fixture, held_out_answered};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -226,6 +226,58 @@ fn a_llama_cpp_gguf_file_alone_answers_through_the_c_abi() {
         answer,
         "prompt {prompt:?}"
     );
+}
+
+/// A Dream directory and llama.cpp's Dream GGUF file through the C ABI: Dream's own rule by
+/// default, and each of its four algorithms reachable, giving the tokens of the PyTorch
+/// transcription of Dream's sampler (tests/fixtures/dream_reference.py; its float32 or its
+/// float64 run) from the directory.
+#[test]
+fn dream_models_and_their_algorithms_answer_through_the_c_abi() {
+    let dir = scratch();
+    let exe = dir.path().join("dream");
+    let flags = [&["-std=c99", "-Wall", "-Wextra", "-Werror"], SANITIZE].concat();
+    compile("gcc", &flags, &[c_test("dream.c")], &exe);
+    let eval = llada_test_support::EvalSet::load(&dream_model().join("eval.json")).unwrap();
+    let index = 1;
+    let item = &eval.items[index];
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dream_model().join("dream_reference.json")).unwrap(),
+    )
+    .unwrap();
+    let outputs = |alg: &str, run: &str| -> Vec<u32> {
+        let config = reference["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["alg"] == alg && c["steps"] == 16)
+            .unwrap();
+        serde_json::from_value(config[run]["outputs"][index].clone()).unwrap()
+    };
+    let gguf = dir.path().join("tiny-dream-f16.gguf");
+    std::fs::copy(fixture("tiny-dream/gguf/tiny-dream-f16.gguf"), &gguf).unwrap();
+    let mut lines_of = Vec::new();
+    for model in [dream_model(), gguf] {
+        let out = run(sanitized(Command::new(&exe).arg(&model).arg(&item.prompt)));
+        let lines: Vec<Vec<u32>> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split(' ').map(|t| t.parse().unwrap()).collect())
+            .collect();
+        assert_eq!(lines.len(), 4, "{}", model.display());
+        lines_of.push(lines);
+    }
+    for (alg, ours) in ["origin", "maskgit_plus", "topk_margin", "entropy"]
+        .into_iter()
+        .zip(&lines_of[0])
+    {
+        assert!(
+            *ours == outputs(alg, "f32") || *ours == outputs(alg, "f64"),
+            "{alg}: {ours:?} vs the transcription's {:?}",
+            outputs(alg, "f32")
+        );
+    }
+    // llama.cpp's F16 file: Dream's rule by default too (the program checks), 16 ids each.
+    assert!(lines_of[1].iter().all(|l| l.len() == 16));
 }
 
 #[test]

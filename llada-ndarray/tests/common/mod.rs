@@ -29,8 +29,12 @@ pub(crate) fn i64s(st: &SafeTensors<'_>, name: &str) -> (Vec<usize>, Vec<i64>) {
 }
 
 pub(crate) fn golden_cases() -> Vec<GoldenCase> {
-    let bytes =
-        std::fs::read(bundled_model().join("golden_logits.safetensors")).expect("golden logits");
+    golden_cases_of(&bundled_model())
+}
+
+/// The golden cases of the model in `dir` (its `golden_logits.safetensors`).
+pub(crate) fn golden_cases_of(dir: &Path) -> Vec<GoldenCase> {
+    let bytes = std::fs::read(dir.join("golden_logits.safetensors")).expect("golden logits");
     let st = SafeTensors::deserialize(&bytes).expect("golden logits parse");
     let mut names: Vec<String> = st
         .names()

@@ -24,6 +24,12 @@ pub fn bundled_model() -> PathBuf {
     fixture("tiny-llada")
 }
 
+/// The bundled tiny Dream-shaped model (`tests/fixtures/tiny-dream`): a Qwen2 body with q/k/v
+/// biases and shifted logits, saved as Dream's release is (bf16, two shards).
+pub fn dream_model() -> PathBuf {
+    fixture("tiny-dream")
+}
+
 /// An `eval.json` set: prompts with their answers and token ids, and the generation lengths
 /// the model was trained for.
 #[derive(Clone, Debug, Deserialize)]

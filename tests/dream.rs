@@ -1,0 +1,457 @@
+//! Dream through the whole library, on the bundled Dream-shaped model (tests/fixtures/tiny-dream):
+//! its own decoding against a PyTorch transcription of Dream's `_sample`, token for token for
+//! each of its four algorithms; llama.cpp's answers on the GGUF files its converter made; the
+//! other decoding rules on a model with shifted logits; ONNX Runtime; and the files' defaults.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use llada::core::rand_core::{Rng, SeedableRng};
+use llada::core::{CacheMode, CommitRule, GenerateParams, Remasking, SamplerRng};
+use llada::{BackendChoice, Model, OrtOptions, Pipeline};
+use llada_test_support::{EvalSet, dream_model, fixture, ort_library};
+
+fn eval() -> EvalSet {
+    EvalSet::load(&dream_model().join("eval.json")).unwrap()
+}
+
+fn ndarray() -> Pipeline {
+    Pipeline::open(dream_model(), &BackendChoice::Ndarray).unwrap()
+}
+
+/// The generated ids of one prompt.
+fn generate(pipeline: &mut Pipeline, prompt: &[u32], params: &GenerateParams) -> (Vec<u32>, usize) {
+    let out = pipeline
+        .generate_ids(&[prompt.to_vec()], params, |_| ControlFlow::Continue(()))
+        .unwrap()
+        .remove(0);
+    (out.output_ids, out.forward_passes)
+}
+
+#[derive(serde::Deserialize)]
+struct Outputs {
+    outputs: Vec<Vec<u32>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Run {
+    alg: String,
+    steps: usize,
+    f32: Outputs,
+    f64: Outputs,
+}
+
+#[derive(serde::Deserialize)]
+struct Reference {
+    gen_length: usize,
+    eps: f64,
+    seed: u64,
+    rng_check: Vec<u64>,
+    configs: Vec<Run>,
+}
+
+fn reference() -> Reference {
+    let text = std::fs::read_to_string(dream_model().join("dream_reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Dream's rule with `alg` (its name) over `steps`, as `diffusion_generate` runs it: one
+/// block, temperature 0, no filters.
+fn dream_params(base: GenerateParams, alg: &str, steps: usize, r: &Reference) -> GenerateParams {
+    base.with_gen_length(r.gen_length)
+        .with_block_length(r.gen_length)
+        .with_steps(steps)
+        .with_commit(CommitRule::Timesteps(r.eps))
+        .with_remasking(alg.parse::<Remasking>().unwrap())
+        .with_temperature(0.0)
+        .with_top_p(1.0)
+        .with_top_k(0)
+        .with_alg_temp(0.0)
+        .with_seed(r.seed)
+}
+
+/// tests/fixtures/dream_reference.py transcribes Dream's `DreamGenerationMixin._sample` and
+/// runs it in PyTorch on this model for every eval prompt, each algorithm and two step counts
+/// (16 and 5 over 16 tokens), in float32 and float64; `origin` draws its coins from this
+/// library's generator (checked here). Ours gives the same tokens; a float32 near-tie that
+/// decides differently is settled by the float64 run, and such items are listed.
+#[test]
+fn dreams_four_algorithms_equal_a_transcription_of_dreams_sampler() {
+    let r = reference();
+    let mut rng = SamplerRng::seed_from_u64(0);
+    let ours: Vec<u64> = (0..r.rng_check.len()).map(|_| rng.next_u64()).collect();
+    assert_eq!(ours, r.rng_check, "the transcription's generator is ours");
+    let mut pipeline = ndarray();
+    let eval = eval();
+    let mut algorithms: Vec<&str> = r.configs.iter().map(|c| c.alg.as_str()).collect();
+    algorithms.sort_unstable();
+    algorithms.dedup();
+    assert_eq!(
+        algorithms,
+        ["entropy", "maskgit_plus", "origin", "topk_margin"]
+    );
+    let mut near_ties = Vec::new();
+    for run in &r.configs {
+        let params = dream_params(pipeline.default_params(), &run.alg, run.steps, &r);
+        assert_eq!(run.f32.outputs.len(), eval.items.len());
+        for (i, item) in eval.items.iter().enumerate() {
+            let (out, _) = generate(&mut pipeline, &item.prompt_ids, &params);
+            if out != run.f32.outputs[i] {
+                assert_eq!(
+                    out, run.f64.outputs[i],
+                    "{} steps {}, item {i} {:?}: differs from the transcription in float32 and float64",
+                    run.alg, run.steps, item.prompt
+                );
+                near_ties.push(format!("{} steps {} item {i}", run.alg, run.steps));
+            }
+        }
+    }
+    eprintln!(
+        "float32 near-ties settled by the float64 transcription: {}",
+        if near_ties.is_empty() {
+            "none".to_string()
+        } else {
+            near_ties.join("; ")
+        }
+    );
+}
+
+/// The model's files, read as Dream's: its generation_config.json's `alg`, `steps`, `eps` and
+/// `max_new_tokens`, ChatML, `<|mask|>` and `<|im_end|>`.
+#[test]
+fn a_dream_directory_brings_dreams_own_defaults() {
+    let model = Model::load(dream_model(), &BackendChoice::Ndarray).unwrap();
+    let files = model.files();
+    assert_eq!(files.family(), "dream");
+    assert!(files.shifted_logits());
+    let generation: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dream_model().join("generation_config.json")).unwrap(),
+    )
+    .unwrap();
+    let params = model.default_params();
+    assert_eq!(
+        params.commit,
+        CommitRule::Timesteps(generation["eps"].as_f64().unwrap())
+    );
+    assert_eq!(
+        params.remasking,
+        generation["alg"].as_str().unwrap().parse().unwrap()
+    );
+    assert_eq!(params.steps as u64, generation["steps"].as_u64().unwrap());
+    assert_eq!(
+        params.gen_length as u64,
+        generation["max_new_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(
+        params.block_length, params.gen_length,
+        "one block, as Dream"
+    );
+    let tokenizer = model.tokenizer();
+    let special = model.special_tokens();
+    assert_eq!(Some(special.mask), tokenizer.token_to_id("<|mask|>"));
+    assert_eq!(Some(special.eot), tokenizer.token_to_id("<|im_end|>"));
+    assert_eq!(Some(special.eos), tokenizer.token_to_id("<|endoftext|>"));
+    for item in &eval().items {
+        assert_eq!(
+            model.chat_prompt_ids(&item.prompt).unwrap(),
+            item.prompt_ids
+        );
+    }
+}
+
+/// Dream's defaults answer the eval set as the transcription does with the same algorithm.
+#[test]
+fn dreams_defaults_answer_the_held_out_prompts() {
+    let mut pipeline = ndarray();
+    let params = pipeline.default_params();
+    let eval = eval();
+    let (mut exact, n) = (0usize, eval.items.len());
+    for item in &eval.items {
+        let out = pipeline
+            .generate_ids(&[item.prompt_ids.clone()], &params, |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap()
+            .remove(0);
+        exact += usize::from(out.answer_ids == item.answer_ids);
+    }
+    eprintln!("Dream defaults: exact match {exact}/{n}");
+    assert!(exact * 2 > n, "exact match {exact}/{n}");
+}
+
+/// LLaDA's rules on a model with shifted logits: the reference schedule over blocks,
+/// Fast-dLLM's threshold with and without the block-wise caches, the factor rule, the
+/// entropy-bounded sampler and stopping at end of text all run, and the cached ones keep the
+/// uncached answers' accuracy.
+#[test]
+fn llada_rules_and_caches_run_on_dream() {
+    let mut pipeline = ndarray();
+    let eval = eval();
+    let base = pipeline
+        .default_params()
+        .with_commit(CommitRule::Schedule)
+        .with_remasking(Remasking::LowConfidence)
+        .with_gen_length(16)
+        .with_steps(16)
+        .with_block_length(8);
+    let score = |pipeline: &mut Pipeline, params: &GenerateParams| {
+        let (mut exact, mut passes) = (0usize, 0usize);
+        for item in &eval.items {
+            let out = pipeline
+                .generate_ids(&[item.prompt_ids.clone()], params, |_| {
+                    ControlFlow::Continue(())
+                })
+                .unwrap()
+                .remove(0);
+            exact += usize::from(out.answer_ids == item.answer_ids);
+            passes += out.forward_passes;
+        }
+        (exact, passes as f64 / eval.items.len() as f64)
+    };
+    let (reference, reference_passes) = score(&mut pipeline, &base);
+    eprintln!("schedule, blocks of 8: exact {reference}, {reference_passes:.2} passes");
+    let threshold = base.with_commit(CommitRule::Threshold(0.9));
+    let (uncached, _) = score(&mut pipeline, &threshold);
+    for (name, params) in [
+        ("threshold 0.9", threshold),
+        (
+            "threshold 0.9 + prefix cache",
+            threshold.with_cache(CacheMode::Prefix),
+        ),
+        (
+            "threshold 0.9 + dual cache",
+            threshold.with_cache(CacheMode::Dual),
+        ),
+        ("factor 1.0", base.with_commit(CommitRule::Factor(1.0))),
+        (
+            "entropy-bounded 0.1",
+            base.with_commit(CommitRule::EntropyBounded(0.1)),
+        ),
+        ("schedule + stop at EOS", base.with_stop_at_eos(true)),
+    ] {
+        let (exact, passes) = score(&mut pipeline, &params);
+        eprintln!("{name}: exact {exact}, {passes:.2} passes per answer");
+        assert!(passes <= reference_passes, "{name}: {passes} passes");
+        if params.cache != CacheMode::None {
+            assert!(
+                exact + eval.items.len() / 50 >= uncached,
+                "{name}: exact {exact} vs {uncached} without a cache"
+            );
+        }
+    }
+}
+
+/// llama.cpp's answers on the files its converter made (make_dream_gguf.py): blocks of one
+/// token, one step each, so both engines decode left to right on the shifted logits of the
+/// same weights, and every algorithm ranks a single candidate.
+fn agreement_with_llama_cpp(ty: &str) -> usize {
+    let path = fixture("tiny-dream/gguf/llama_cpp_answers.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let answers: Vec<String> = json["files"][ty]["answers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let eval = eval();
+    assert_eq!(answers.len(), eval.items.len());
+    // The file alone in a directory: its tokenizer and template from its metadata.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(format!("tiny-dream-{ty}.gguf"));
+    std::fs::copy(
+        fixture(&format!("tiny-dream/gguf/tiny-dream-{ty}.gguf")),
+        &file,
+    )
+    .unwrap();
+    let model = Model::load(&file, &BackendChoice::Ndarray).unwrap();
+    let mut pipeline = Pipeline::with_threads(model.clone(), Some(1)).unwrap();
+    let params = pipeline
+        .default_params()
+        .with_commit(CommitRule::Schedule)
+        .with_remasking(Remasking::LowConfidence)
+        .with_gen_length(16)
+        .with_steps(16)
+        .with_block_length(1);
+    let mut same = 0;
+    for (item, theirs) in eval.items.iter().zip(&answers) {
+        assert_eq!(
+            model.chat_prompt_ids(&item.prompt).unwrap(),
+            item.prompt_ids
+        );
+        let (out, passes) = generate(&mut pipeline, &item.prompt_ids, &params);
+        assert_eq!(passes, 16);
+        // llama.cpp prints every non-special token of the answer positions.
+        let ours = model.tokenizer().decode(&out, true).unwrap();
+        same += usize::from(&ours == theirs);
+    }
+    let n = eval.items.len();
+    eprintln!("tiny-dream {ty}: same answer as llama-diffusion-cli {same}/{n}");
+    same
+}
+
+#[test]
+fn answers_match_llama_diffusion_cli_on_its_f16_dream_file() {
+    let same = agreement_with_llama_cpp("f16");
+    assert!(same * 100 >= 98 * eval().items.len(), "{same}");
+}
+
+/// Q4_K_M: our integer products and llama.cpp's round activations alike but sum in another
+/// order, so a near-tie may go the other way.
+#[test]
+fn answers_match_llama_diffusion_cli_on_its_q4_k_m_dream_file() {
+    let same = agreement_with_llama_cpp("q4_k_m");
+    assert!(same * 100 >= 95 * eval().items.len(), "{same}");
+}
+
+/// A Dream GGUF file made by llama.cpp's converter carries everything Dream needs but its
+/// decoding settings, which take Dream's own defaults (`origin`, eps 0.001, 512 steps) with its
+/// ids and ChatML from the metadata.
+#[test]
+fn a_dream_gguf_file_alone_takes_dreams_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiny-dream-f16.gguf");
+    std::fs::copy(fixture("tiny-dream/gguf/tiny-dream-f16.gguf"), &file).unwrap();
+    let model = Model::load(&file, &BackendChoice::Ndarray).unwrap();
+    let directory = Model::load(dream_model(), &BackendChoice::Ndarray).unwrap();
+    assert_eq!(model.files().family(), "dream");
+    assert!(model.files().shifted_logits());
+    assert_eq!(model.special_tokens(), directory.special_tokens());
+    assert_eq!(
+        model.chat_template().map(|t| t.source()),
+        directory.chat_template().map(|t| t.source())
+    );
+    let params = model.default_params();
+    assert_eq!(params.commit, CommitRule::Timesteps(1e-3));
+    assert_eq!(params.remasking, Remasking::Origin);
+    assert_eq!(
+        (params.steps, params.gen_length, params.block_length),
+        (512, 512, 512)
+    );
+}
+
+fn ort() -> Pipeline {
+    let choice = BackendChoice::Ort(OrtOptions::default().with_library(Some(ort_library())));
+    Pipeline::open(dream_model(), &choice).unwrap()
+}
+
+/// The ONNX export of the Dream model (tests/fixtures/export_onnx.py, which declares the
+/// shift in its metadata) answers as the ndarray backend does with Dream's rule.
+#[test]
+fn onnx_runtime_runs_dream_with_the_same_answers() {
+    let r = reference();
+    let mut onnx = ort();
+    let mut rust = ndarray();
+    assert_eq!(onnx.backend_name(), "ort");
+    let eval = eval();
+    for alg in ["entropy", "origin"] {
+        let params = dream_params(rust.default_params(), alg, 16, &r);
+        let mut same = 0;
+        let items: Vec<_> = eval.items.iter().step_by(10).collect();
+        for item in &items {
+            let (a, _) = generate(&mut onnx, &item.prompt_ids, &params);
+            let (b, _) = generate(&mut rust, &item.prompt_ids, &params);
+            same += usize::from(a == b);
+        }
+        eprintln!("ORT vs ndarray, {alg}: {same}/{} the same", items.len());
+        assert!(same + 1 >= items.len(), "{alg}: {same}/{}", items.len());
+    }
+}
+
+/// ONNX Runtime's logits of the Dream export are transformers' within 1e-4.
+#[test]
+fn onnx_runtime_gives_transformers_logits_for_dream() {
+    use llada::core::{ForwardRequest, MaskPredictor};
+    use safetensors::SafeTensors;
+    let mut predictor = llada::ort::OrtPredictor::builder(dream_model().join("model.onnx"))
+        .library(ort_library())
+        .build()
+        .unwrap();
+    assert!(predictor.shifted_logits(), "the export declares the shift");
+    let bytes = std::fs::read(dream_model().join("golden_logits.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let ints = |name: &str| -> (Vec<usize>, Vec<i64>) {
+        let t = st.tensor(name).unwrap();
+        let v = t
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        (t.shape().to_vec(), v)
+    };
+    for case in 0..3 {
+        let (shape, ids) = ints(&format!("case{case}.input_ids"));
+        let (_, mask) = ints(&format!("case{case}.attention_mask"));
+        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+        let mask: Vec<u8> = mask.iter().map(|&m| m as u8).collect();
+        let request = ForwardRequest::new(&ids, shape[0], shape[1])
+            .unwrap()
+            .with_attention_mask(&mask)
+            .unwrap();
+        let mut got = vec![0.0; request.logits_len(predictor.vocab_size())];
+        predictor.forward(&request, &mut got).unwrap();
+        let want: Vec<f32> = st
+            .tensor(&format!("case{case}.logits"))
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let diff = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!("ORT case{case}: max |diff| {diff:e}");
+        assert!(diff < 1e-4, "case{case}: {diff}");
+    }
+}
+
+/// Path of an example binary built by `cargo test` next to the test binaries.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name)
+}
+
+/// `generate --json` on the Dream directory with nothing but the prompt: Dream's own
+/// defaults, and the ids it prints are the pipeline's.
+#[test]
+fn the_generate_example_runs_dream_with_its_defaults() {
+    let item = &eval().items[0];
+    let run = |model: &PathBuf, extra: &[&str]| {
+        let output = std::process::Command::new(example("generate"))
+            .env_remove("RUST_LOG")
+            .arg("--model")
+            .arg(model)
+            .args(extra)
+            .args(["--json", "--prompt", &item.prompt])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let prompt: Vec<u32> = serde_json::from_value(json["prompt_ids"].clone()).unwrap();
+        let out: Vec<u32> = serde_json::from_value(json["output_ids"].clone()).unwrap();
+        assert_eq!(prompt, item.prompt_ids);
+        out
+    };
+    let mut pipeline = ndarray();
+    let defaults = pipeline.default_params();
+    let (expected, _) = generate(&mut pipeline, &item.prompt_ids, &defaults);
+    assert_eq!(run(&dream_model(), &[]), expected);
+    // The GGUF file alone: Dream's own defaults but for the length, which the tiny model's
+    // 256 positions cannot hold at 512.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiny-dream-f16.gguf");
+    std::fs::copy(fixture("tiny-dream/gguf/tiny-dream-f16.gguf"), &file).unwrap();
+    let out = run(&file, &["--gen-length", "16"]);
+    assert_eq!(out.len(), 16);
+}
