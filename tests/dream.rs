@@ -455,3 +455,45 @@ fn the_generate_example_runs_dream_with_its_defaults() {
     let out = run(&file, &["--gen-length", "16"]);
     assert_eq!(out.len(), 16);
 }
+
+/// The GGUF writer on a Dream directory: a `dream` file (no q/k interleaving, the biases, no
+/// shift key, llama.cpp's tensor names) that is the directory's model; its Q4_K_M mix has the
+/// tensor types and shapes llama-quantize gave llama.cpp's own conversion.
+#[test]
+fn a_written_dream_file_is_the_directorys_model() {
+    use llada::ModelFiles;
+    use llada::ndarray::gguf::{FileType, GgufFile};
+    let files = ModelFiles::open(dream_model(), &BackendChoice::Ndarray).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f32_path = dir.path().join("dream-f32.gguf");
+    files.write_gguf(&f32_path, FileType::F32).unwrap();
+    let file = GgufFile::open(&f32_path).unwrap();
+    assert_eq!(
+        file.get("general.architecture").and_then(|v| v.as_str()),
+        Some("dream")
+    );
+    assert!(file.get("diffusion.shift_logits").is_none());
+    assert!(file.tensor("blk.0.attn_q.bias").is_some());
+    let written = Model::load(&f32_path, &BackendChoice::Ndarray).unwrap();
+    let directory = Model::load(dream_model(), &BackendChoice::Ndarray).unwrap();
+    assert_eq!(written.special_tokens(), directory.special_tokens());
+    let (mut a, mut b) = (
+        Pipeline::new(written).unwrap(),
+        Pipeline::new(directory).unwrap(),
+    );
+    let params = b.default_params();
+    for item in eval().items.iter().take(12) {
+        let (x, _) = generate(&mut a, &item.prompt_ids, &params);
+        let (y, _) = generate(&mut b, &item.prompt_ids, &params);
+        assert_eq!(x, y, "{:?}", item.prompt);
+    }
+    let q4_path = dir.path().join("dream-q4_k_m.gguf");
+    files.write_gguf(&q4_path, FileType::Q4KM).unwrap();
+    let ours = GgufFile::open(&q4_path).unwrap();
+    let theirs = GgufFile::open(fixture("tiny-dream/gguf/tiny-dream-q4_k_m.gguf")).unwrap();
+    assert_eq!(ours.tensors().len(), theirs.tensors().len());
+    for t in theirs.tensors() {
+        let o = ours.tensor(&t.name).unwrap();
+        assert_eq!((o.ty, &o.dims), (t.ty, &t.dims), "{}", t.name);
+    }
+}
