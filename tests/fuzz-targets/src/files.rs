@@ -7,7 +7,7 @@ use llada::{BackendChoice, Message, ModelFiles, WeightSource};
 use llada_core::ForwardRequest;
 use llada_ndarray::gguf::GgufFile;
 use llada_ndarray::{Context, ContextOptions, LoadOptions, Model};
-use llada_test_support::bundled_model;
+use llada_test_support::{bundled_model, dream_model};
 
 use crate::{Bytes, scratch_path};
 
@@ -86,16 +86,31 @@ pub fn safetensors(data: &[u8]) {
     }
 }
 
-/// The bytes are `config.json` beside the bundled weights.
+/// The bytes are `config.json` beside the bundled weights: the LLaDA model's, or the Dream
+/// model's (two shards) when the bytes are a Dream configuration.
 pub fn config(data: &[u8]) {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = llada_ndarray::Config::from_json(text);
-    }
-    let dir = model_dir("config");
-    copy_once(
-        &bundled_model().join("model.safetensors"),
-        &dir.join("model.safetensors"),
-    );
+    let family = std::str::from_utf8(data)
+        .ok()
+        .and_then(|text| llada_ndarray::Config::from_json(text).ok())
+        .map(|c| c.family);
+    let dir = if family == Some(llada_ndarray::Family::Dream) {
+        let dir = model_dir("config-dream");
+        for name in [
+            "model.safetensors.index.json",
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+        ] {
+            copy_once(&dream_model().join(name), &dir.join(name));
+        }
+        dir
+    } else {
+        let dir = model_dir("config");
+        copy_once(
+            &bundled_model().join("model.safetensors"),
+            &dir.join("model.safetensors"),
+        );
+        dir
+    };
     std::fs::write(dir.join("config.json"), data).expect("the scratch file");
     if let Ok(model) = Model::load(&dir) {
         run(model);

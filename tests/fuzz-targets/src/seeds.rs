@@ -8,25 +8,31 @@ fn bundled(name: &str) -> Vec<u8> {
     std::fs::read(bundled_model().join(name)).expect("a bundled file")
 }
 
-/// A GGUF file of a LLaDA model 32 wide with one layer and an 8-token byte-level vocabulary:
-/// F32 norms, F16 and Q8_0 matrices, a tokenizer and a chat template in its metadata.
-fn tiny_gguf() -> Vec<u8> {
+/// A GGUF file of a model 32 wide with one layer and an 8-token byte-level vocabulary: F32
+/// norms, F16 and Q8_0 matrices, a tokenizer and a chat template in its metadata. Of
+/// architecture `llada`, or `dream` (with F32 q/k/v biases and Qwen2's pre-tokenizer).
+fn tiny_gguf(arch: &str) -> Vec<u8> {
     let (d, hd, mlp, vocab) = (32u64, 16u64, 32u64, 8u64);
+    let dream = arch == "dream";
     let mut w = GgufWriter::new();
+    let key = |name: &str| format!("{arch}.{name}");
     for (k, v) in [
-        ("general.architecture", Value::String("llada".into())),
-        ("llada.context_length", Value::Uint(16)),
-        ("llada.embedding_length", Value::Uint(d)),
-        ("llada.block_count", Value::Uint(1)),
-        ("llada.feed_forward_length", Value::Uint(mlp)),
-        ("llada.attention.head_count", Value::Uint(d / hd)),
-        ("llada.attention.head_count_kv", Value::Uint(1)),
-        ("llada.rope.freq_base", Value::Float(10000.0)),
-        ("llada.attention.layer_norm_rms_epsilon", Value::Float(1e-5)),
-        ("tokenizer.ggml.model", Value::String("gpt2".into())),
-        ("tokenizer.ggml.pre", Value::String("gpt-2".into())),
+        ("general.architecture".to_string(), Value::String(arch.into())),
+        (key("context_length"), Value::Uint(16)),
+        (key("embedding_length"), Value::Uint(d)),
+        (key("block_count"), Value::Uint(1)),
+        (key("feed_forward_length"), Value::Uint(mlp)),
+        (key("attention.head_count"), Value::Uint(d / hd)),
+        (key("attention.head_count_kv"), Value::Uint(1)),
+        (key("rope.freq_base"), Value::Float(10000.0)),
+        (key("attention.layer_norm_rms_epsilon"), Value::Float(1e-5)),
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
         (
-            "tokenizer.ggml.tokens",
+            "tokenizer.ggml.pre".into(),
+            Value::String(if dream { "qwen2" } else { "gpt-2" }.into()),
+        ),
+        (
+            "tokenizer.ggml.tokens".into(),
             Value::Array(
                 ["a", "b", "Ġ", "ab", "<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|eot_id|>"]
                     .iter()
@@ -35,15 +41,15 @@ fn tiny_gguf() -> Vec<u8> {
             ),
         ),
         (
-            "tokenizer.ggml.token_type",
+            "tokenizer.ggml.token_type".into(),
             Value::Array([1, 1, 1, 1, 3, 3, 3, 3].iter().map(|&t| Value::Int(t)).collect()),
         ),
-        ("tokenizer.ggml.merges", Value::Array(vec![Value::String("a b".into())])),
-        ("tokenizer.ggml.bos_token_id", Value::Uint(4)),
-        ("tokenizer.ggml.eos_token_id", Value::Uint(5)),
-        ("tokenizer.ggml.mask_token_id", Value::Uint(6)),
+        ("tokenizer.ggml.merges".into(), Value::Array(vec![Value::String("a b".into())])),
+        ("tokenizer.ggml.bos_token_id".into(), Value::Uint(4)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::Uint(5)),
+        ("tokenizer.ggml.mask_token_id".into(), Value::Uint(6)),
         (
-            "tokenizer.chat_template",
+            "tokenizer.chat_template".into(),
             Value::String(
                 "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<|eot_id|>{% endfor %}"
                     .into(),
@@ -73,6 +79,16 @@ fn tiny_gguf() -> Vec<u8> {
         q8_0(vocab, d),
     );
     w.tensor("blk.0.attn_norm.weight", &[d], TensorType::F32, ones(d));
+    if dream {
+        let small = |n: u64| -> Vec<u8> {
+            (0..n)
+                .flat_map(|i| ((i % 5) as f32 / 100.0).to_le_bytes())
+                .collect()
+        };
+        w.tensor("blk.0.attn_q.bias", &[d], TensorType::F32, small(d));
+        w.tensor("blk.0.attn_k.bias", &[hd], TensorType::F32, small(hd));
+        w.tensor("blk.0.attn_v.bias", &[hd], TensorType::F32, small(hd));
+    }
     w.tensor("blk.0.attn_q.weight", &[d, d], TensorType::F16, f16(d * d));
     w.tensor(
         "blk.0.attn_k.weight",
@@ -218,11 +234,12 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         .to_string()
         .into_bytes()
     };
-    let gguf = tiny_gguf();
+    let gguf = tiny_gguf("llada");
     let header = r#"{"model.transformer.wte.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"__metadata__":{"format":"pt"}}"#;
     vec![
         ("gguf", "tiny-f16-q8_0.gguf", gguf.clone()),
         ("gguf", "header-only.gguf", gguf[..200.min(gguf.len())].to_vec()),
+        ("gguf", "tiny-dream.gguf", tiny_gguf("dream")),
         ("safetensors", "one-tensor.safetensors", safetensors_file(header, &[0; 16])),
         (
             "safetensors",
@@ -233,6 +250,11 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             ),
         ),
         ("config", "bundled.json", config.clone()),
+        (
+            "config",
+            "dream.json",
+            std::fs::read(fixture("tiny-dream/config.json")).expect("the Dream fixture's config"),
+        ),
         ("config", "mqa.json", {
             let mut v: serde_json::Value = serde_json::from_slice(&config).expect("JSON");
             v["multi_query_attention"] = true.into();
