@@ -120,12 +120,15 @@ fn partial_text(tokenizer: &Tokenizer, ids: &[u32], mask: u32) -> String {
     text
 }
 
-/// A multi-turn conversation kept the way LLaDA's reference chat loop keeps it: as token ids,
-/// each previous answer appended without its EOS padding.
+/// A multi-turn conversation. For LLaDA models it is kept the way LLaDA's reference chat loop
+/// keeps it: as token ids, each previous answer appended without its EOS padding. For other
+/// families (Dream's ChatML) each turn renders the whole conversation with the chat template,
+/// the previous answers as assistant messages, as their own chat code does.
 #[derive(Clone, Debug, Default)]
 pub struct Conversation {
     history: Vec<u32>,
     turns: usize,
+    messages: Vec<Message>,
 }
 
 impl Conversation {
@@ -481,7 +484,10 @@ impl Pipeline {
     /// One turn of a multi-turn chat: the user's message is formatted with the chat template
     /// and appended to the conversation (its BOS dropped after the first turn), the answer is
     /// generated, and the conversation keeps prompt and answer minus EOS tokens, as LLaDA's
-    /// reference chat loop does.
+    /// reference chat loop does. For other families (Dream) the whole conversation, previous
+    /// answers as assistant messages, is rendered again by the chat template each turn, as
+    /// Hugging Face's `apply_chat_template` does (Dream's template adds its default system
+    /// message once, before the first turn).
     pub fn chat(
         &mut self,
         conversation: &mut Conversation,
@@ -489,11 +495,18 @@ impl Pipeline {
         params: &GenerateParams,
         on_step: impl FnMut(&Progress<'_>) -> ControlFlow<()>,
     ) -> Result<Generated, Error> {
-        let turn = self.model.chat_prompt_ids(user)?;
         let special = self.model.special_tokens();
-        let prompt = if conversation.turns == 0 {
-            turn
+        let by_ids = self.model.files().family() == "llada";
+        let prompt = if !by_ids {
+            let mut messages = conversation.messages.clone();
+            messages.push(Message::user(user));
+            self.model
+                .tokenizer()
+                .encode(&self.model.format_chat(&messages)?)?
+        } else if conversation.turns == 0 {
+            self.model.chat_prompt_ids(user)?
         } else {
+            let turn = self.model.chat_prompt_ids(user)?;
             let bos = special.bos;
             let skip = usize::from(bos.is_some() && turn.first() == bos.as_ref());
             [conversation.history.as_slice(), &turn[skip..]].concat()
@@ -501,6 +514,12 @@ impl Pipeline {
         let generated = self
             .generate_ids(std::slice::from_ref(&prompt), params, on_step)?
             .remove(0);
+        if !by_ids {
+            conversation.messages.push(Message::user(user));
+            conversation
+                .messages
+                .push(Message::new("assistant", generated.text.clone()));
+        }
         conversation.history = prompt
             .iter()
             .chain(&generated.output_ids)

@@ -497,3 +497,49 @@ fn a_written_dream_file_is_the_directorys_model() {
         assert_eq!((o.ty, &o.dims), (t.ty, &t.dims), "{}", t.name);
     }
 }
+
+/// A second turn of a Dream chat is the whole conversation rendered by its ChatML template:
+/// one system message, the first answer as an assistant message, then the new question.
+#[test]
+fn a_dream_chat_renders_the_whole_conversation_each_turn() {
+    use llada::{Conversation, Message};
+    let mut pipeline = ndarray();
+    let params = pipeline.default_params();
+    let mut conversation = Conversation::new();
+    let first = pipeline
+        .chat(&mut conversation, "reverse:pen,frog,rock", &params, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(first.text, "rock,frog,pen");
+    let second = pipeline
+        .chat(&mut conversation, "sort:wolf,lamp,fox", &params, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    let model = pipeline.model().clone();
+    let expected = model
+        .tokenizer()
+        .encode(
+            &model
+                .format_chat(&[
+                    Message::user("reverse:pen,frog,rock"),
+                    Message::new("assistant", "rock,frog,pen"),
+                    Message::user("sort:wolf,lamp,fox"),
+                ])
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(second.prompt_ids, expected);
+    let system = model
+        .tokenizer()
+        .encode("You are a helpful assistant.")
+        .unwrap();
+    let count = second
+        .prompt_ids
+        .windows(system.len())
+        .filter(|w| *w == system.as_slice())
+        .count();
+    assert_eq!(count, 1, "one system message");
+    assert_eq!(conversation.turns(), 2);
+}
