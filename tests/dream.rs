@@ -168,7 +168,7 @@ fn dreams_defaults_answer_the_held_out_prompts() {
     let (mut exact, n) = (0usize, eval.items.len());
     for item in &eval.items {
         let out = pipeline
-            .generate_ids(&[item.prompt_ids.clone()], &params, |_| {
+            .generate_ids(std::slice::from_ref(&item.prompt_ids), &params, |_| {
                 ControlFlow::Continue(())
             })
             .unwrap()
@@ -198,7 +198,7 @@ fn llada_rules_and_caches_run_on_dream() {
         let (mut exact, mut passes) = (0usize, 0usize);
         for item in &eval.items {
             let out = pipeline
-                .generate_ids(&[item.prompt_ids.clone()], params, |_| {
+                .generate_ids(std::slice::from_ref(&item.prompt_ids), params, |_| {
                     ControlFlow::Continue(())
                 })
                 .unwrap()
