@@ -364,7 +364,10 @@ pub struct GenerationStats {
 /// between equal confidences go to the lower position. Steps in which no row has anything to
 /// commit are skipped without a forward pass; they cannot change the result. With an adaptive
 /// [`CommitRule`] a block instead takes passes until no row has a mask left in it, each
-/// committing the top-1 of every row and what the rule admits.
+/// committing the top-1 of every row and what the rule admits. With Dream's
+/// [`CommitRule::Timesteps`] each step commits its share of the masks left (see there). With a
+/// predictor whose logits are [shifted](MaskPredictor::shifted_logits), each pass asks for the
+/// rows one position before the block.
 #[derive(Debug)]
 pub struct Generation<'a> {
     params: GenerateParams,
