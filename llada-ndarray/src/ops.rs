@@ -207,6 +207,38 @@ mod tests {
     }
 
     #[test]
+    fn biases_are_added_before_the_rotation_and_only_the_rotary_dimensions_turn() {
+        let text = r#"{"model_type": "Dream", "hidden_size": 8, "num_attention_heads": 1,
+            "num_key_value_heads": 1, "num_hidden_layers": 1, "intermediate_size": 4,
+            "vocab_size": 4, "max_position_embeddings": 8, "rms_norm_eps": 1e-6,
+            "rope_theta": 10000.0}"#;
+        let mut c = Config::from_json(text).unwrap();
+        c.rotary_dim = 4;
+        let inv_freq = crate::model::rope_inv_freq(&c);
+        assert_eq!(inv_freq.len(), 2);
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        crate::model::grow_rope(&inv_freq, (&mut cos, &mut sin), 4);
+        let pool = Pool::new(vec![(), ()]).unwrap();
+        // One token at position 3: q, k, v of one head of 8.
+        let row: Vec<f32> = (0..24).map(|i| i as f32 / 10.0).collect();
+        let bias: Vec<f32> = (0..24).map(|i| 1.0 - i as f32 / 50.0).collect();
+        let mut qkv = row.clone();
+        par_bias_rope(&pool, &c, (&cos, &sin), Some(&bias), &mut qkv, 1, &(3..4));
+        let biased: Vec<f32> = row.iter().zip(&bias).map(|(x, b)| x + b).collect();
+        for head in 0..2 {
+            let (got, want) = (
+                &qkv[head * 8..(head + 1) * 8],
+                &biased[head * 8..(head + 1) * 8],
+            );
+            let mut turned = want[..4].to_vec();
+            rope(&mut turned, &cos[6..8], &sin[6..8]);
+            assert_eq!(got[..4], turned[..], "head {head}: the rotary half");
+            assert_eq!(got[4..], want[4..], "head {head}: the rest passes through");
+        }
+        assert_eq!(qkv[16..], biased[16..], "values are not rotated");
+    }
+
+    #[test]
     fn masked_softmax_ignores_hidden_keys() {
         let mut s = array![[1.0f32, 2.0, 100.0]];
         masked_softmax(Isa::detect(), s.view_mut(), 1.0, Some(&[1, 1, 0]));
