@@ -113,8 +113,9 @@ pub(crate) struct OrtWeights {
     path: PathBuf,
     options: OrtOptions,
     max_len: Option<usize>,
-    /// What the model's `config.json` says of its logits (Dream's are shifted).
-    shifted: bool,
+    /// What the model's `config.json` says of its logits (Dream's are shifted), if anything;
+    /// otherwise the export's metadata decides.
+    shifted: Option<bool>,
     /// The session opened at load time (so a bad model or a missing runtime fails there),
     /// handed to the first pipeline: one session per pipeline, none thrown away.
     first: Mutex<Option<llada_ort::OrtPredictor>>,
@@ -138,7 +139,9 @@ impl OrtWeights {
         if let Some(max_len) = self.max_len {
             builder = builder.max_sequence_length(max_len);
         }
-        builder = builder.shifted_logits(self.shifted);
+        if let Some(shifted) = self.shifted {
+            builder = builder.shifted_logits(shifted);
+        }
         builder
             .build()
             .map_err(|e| BackendError::wrap("ort", Stage::Load, e).into())
@@ -206,7 +209,7 @@ impl SharedWeights {
                     path: path.clone(),
                     options: options.clone(),
                     max_len: files.max_sequence_length(),
-                    shifted: files.shifted_logits(),
+                    shifted: files.declared_shift(),
                     first: Mutex::new(None),
                 };
                 let session = weights.session(options.threads)?;

@@ -19,7 +19,8 @@ pub enum WeightSource {
     Safetensors(PathBuf),
     /// An ONNX export (`model.onnx`, external data beside it): for ONNX Runtime.
     Onnx(PathBuf),
-    /// A GGUF file (llama.cpp's format, architecture `llada`): for the ndarray backend.
+    /// A GGUF file (llama.cpp's format, architecture `llada` or `dream`): for the ndarray
+    /// backend.
     Gguf(PathBuf),
 }
 
@@ -176,6 +177,10 @@ impl DreamDecoding {
             }
         };
         let mut dream = Self::default();
+        // Each value is checked as Dream's rule will use it, naming its key.
+        let check = |key: &'static str, params: GenerateParams| {
+            params.validate().map_err(|e| bad(key, e.to_string()))
+        };
         if let Some(alg) = value.get("alg").filter(|v| !v.is_null()) {
             let name = alg.as_str().unwrap_or_default();
             dream.remasking = match name {
@@ -197,6 +202,15 @@ impl DreamDecoding {
         dream.temperature = number("temperature")?.unwrap_or(0.0) as f32;
         dream.top_p = number("top_p")?.map_or(1.0, |p| p as f32);
         dream.top_k = count("top_k")?.unwrap_or(0);
+        let rule = GenerateParams::default()
+            .with_steps(1)
+            .with_gen_length(1)
+            .with_block_length(1)
+            .with_commit(CommitRule::Timesteps(dream.eps));
+        check("eps", rule)?;
+        check("alg_temp", rule.with_alg_temp(dream.alg_temp))?;
+        check("temperature", rule.with_temperature(dream.temperature))?;
+        check("top_p", rule.with_top_p(dream.top_p))?;
         let steps = count("steps")?;
         let gen_length = count("max_new_tokens")?;
         let lengths = match (gen_length, steps) {
@@ -423,33 +437,34 @@ impl ModelFiles {
         } else {
             DecodingDefaults::default()
         };
-        let decoding = match crate::gguf::decoding(&file)? {
-            Some(declared) => DecodingDefaults {
-                dream: family_defaults.dream,
-                ..declared
-            },
-            None => family_defaults,
-        };
-        let files = Self {
+        let declared = crate::gguf::decoding(&file)?;
+        let mut files = Self {
             config,
             tokenizer,
             template,
             special,
-            decoding,
+            decoding: family_defaults,
             weights: WeightSource::Gguf(path.to_path_buf()),
         };
-        // A generation_config.json beside the file (a GGUF file in its model's directory)
-        // declares the decoding settings as it does for the directory.
-        match beside("generation_config.json") {
-            Some(generation) => {
-                let bytes = std::fs::read(&generation).map_err(|source| Error::Io {
-                    path: generation.clone(),
-                    source,
-                })?;
-                files.with_generation_config(&bytes, &generation)
-            }
-            None => Ok(files),
+        // llama.cpp writes none of Dream's decoding settings: a Dream file in its model's
+        // directory takes them from the generation_config.json beside it.
+        if files.is_dream()
+            && let Some(generation) = beside("generation_config.json")
+        {
+            let bytes = std::fs::read(&generation).map_err(|source| Error::Io {
+                path: generation.clone(),
+                source,
+            })?;
+            files = files.with_generation_config(&bytes, &generation)?;
         }
+        // The lengths the file itself declares win.
+        if let Some(declared) = declared {
+            files.decoding = DecodingDefaults {
+                dream: files.decoding.dream,
+                ..declared
+            };
+        }
+        Ok(files)
     }
 
     /// These files with the decoding lengths a `generation_config.json` (its bytes; `path`
@@ -555,13 +570,19 @@ impl ModelFiles {
     /// (unless its config says `"shift_logits": false`), or any config that says
     /// `"shift_logits": true`.
     pub fn shifted_logits(&self) -> bool {
+        self.declared_shift().unwrap_or(false)
+    }
+
+    /// What `config.json` says of the shift, when it says anything: a `shift_logits` key, or
+    /// a Dream model. (Otherwise an ONNX export's own metadata decides.)
+    pub(crate) fn declared_shift(&self) -> Option<bool> {
         match self
             .config
             .get("shift_logits")
             .and_then(serde_json::Value::as_bool)
         {
-            Some(shift) => shift,
-            None => self.is_dream(),
+            Some(shift) => Some(shift),
+            None => self.is_dream().then_some(true),
         }
     }
 

@@ -142,7 +142,8 @@ impl Conversation {
         self.turns
     }
 
-    /// The ids the next turn builds on.
+    /// The ids of the conversation so far (prompts and answers, EOS dropped): what LLaDA's
+    /// next turn builds on. Other families render their next prompt from the messages.
     pub fn history(&self) -> &[u32] {
         &self.history
     }

@@ -543,3 +543,40 @@ fn a_dream_chat_renders_the_whole_conversation_each_turn() {
     assert_eq!(count, 1, "one system message");
     assert_eq!(conversation.turns(), 2);
 }
+
+/// A Dream generation_config.json with a value Dream's rule cannot take is refused when the
+/// model loads, naming the key.
+#[test]
+fn a_bad_dream_generation_config_names_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(dream_model()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let original: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dream_model().join("generation_config.json")).unwrap(),
+    )
+    .unwrap();
+    for (key, value) in [
+        ("eps", serde_json::json!(1.5)),
+        ("top_p", serde_json::json!(0.0)),
+        ("alg", serde_json::json!("greedy")),
+        ("steps", serde_json::json!(0)),
+        ("alg_temp", serde_json::json!(-1.0)),
+    ] {
+        let mut config = original.clone();
+        config[key] = value;
+        std::fs::write(
+            dir.path().join("generation_config.json"),
+            config.to_string(),
+        )
+        .unwrap();
+        let err = llada::ModelFiles::open(dir.path(), &BackendChoice::Ndarray).unwrap_err();
+        assert!(
+            matches!(&err, llada::Error::Declaration { key: k, .. } if *k == key),
+            "{key}: {err}"
+        );
+    }
+}

@@ -101,7 +101,7 @@ pub(crate) struct SamplingArgs {
     #[arg(long)]
     pub(crate) steps: Option<usize>,
     /// Semi-autoregressive block length [default: the model's `llada_decoding`, else 32; one
-    /// block (the whole answer) for Dream models and with --alg].
+    /// block (the whole answer) with Dream's rule: Dream models, --alg, --eps].
     #[arg(long)]
     pub(crate) block_length: Option<usize>,
     /// Sampling temperature (0 = argmax) [default: the model's, else 0].
@@ -122,10 +122,11 @@ pub(crate) struct SamplingArgs {
     /// Dream's decoding (its `diffusion_generate`): the time schedule from 1 to --eps over
     /// --steps, committing int(m (1 - s/t)) of the m masks left per step, ranked by this
     /// algorithm [default for Dream models: the model's `alg`].
-    #[arg(long, value_enum, conflicts_with_all = ["threshold", "factor", "eb_gamma"])]
+    #[arg(long, value_enum, conflicts_with_all = ["threshold", "factor", "eb_gamma", "remasking"])]
     pub(crate) alg: Option<AlgFlag>,
-    /// The last time of Dream's schedule [default: the model's, else 0.001].
-    #[arg(long)]
+    /// The last time of Dream's schedule (asks for Dream's rule, ranked by --remasking)
+    /// [default: the model's, else 0.001].
+    #[arg(long, conflicts_with_all = ["threshold", "factor", "eb_gamma"])]
     pub(crate) eps: Option<f64>,
     /// Dream's alg_temp: draw the positions to commit from softmax(confidence / alg_temp)
     /// instead of taking the most confident (0 = off) [default: the model's, else 0].
@@ -175,11 +176,14 @@ impl SamplingArgs {
         let gen_length = self.gen_length.unwrap_or(defaults.gen_length);
         // With only --gen-length, keep the model's steps per token (one, for the reference),
         // and a model that decodes its answer as one block (Dream) keeps one block; so does
-        // Dream's rule asked for by --alg.
+        // Dream's rule asked for by --alg or --eps.
         let steps = self
             .steps
             .unwrap_or(gen_length * defaults.steps / defaults.gen_length.max(1));
-        let one_block = defaults.block_length == defaults.gen_length || self.alg.is_some();
+        let model_rule = defaults.commit.timesteps_eps().is_some();
+        let asked = self.alg.is_some() || self.eps.is_some();
+        let dream_rule = asked || model_rule;
+        let one_block = asked || (model_rule && defaults.block_length == defaults.gen_length);
         let block_length = self.block_length.unwrap_or(if one_block {
             gen_length
         } else {
@@ -206,8 +210,15 @@ impl SamplingArgs {
                 };
                 CommitRule::Timesteps(eps)
             }
-            _ if defaults.commit.timesteps_eps().is_some() => CommitRule::Timesteps(eps),
+            _ if dream_rule => CommitRule::Timesteps(eps),
             _ => CommitRule::Schedule,
+        };
+        // A model's alg_temp (Dream's) goes with its fixed counts, not with an adaptive rule
+        // asked for on the command line.
+        let alg_temp = match self.alg_temp {
+            Some(t) => t,
+            None if commit.is_adaptive() => 0.0,
+            None => defaults.alg_temp,
         };
         // Dream's origin has no meaning outside its schedule: another rule ranks by
         // confidence.
@@ -228,7 +239,7 @@ impl SamplingArgs {
             .with_remasking(remasking)
             .with_top_k(self.top_k.unwrap_or(defaults.top_k))
             .with_top_p(self.top_p.unwrap_or(defaults.top_p))
-            .with_alg_temp(self.alg_temp.unwrap_or(defaults.alg_temp))
+            .with_alg_temp(alg_temp)
             .with_seed(self.seed)
             .with_commit(commit)
             .with_max_passes_per_block(self.max_passes_per_block)

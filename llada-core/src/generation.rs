@@ -565,6 +565,8 @@ impl<'a> Generation<'a> {
         start..start + self.params.block_length
     }
 
+    /// Counts the masks of every row in the block that starts: the schedule's counts come
+    /// from them, and under Dream's rule they are kept up to date as the masks left.
     fn start_block(&mut self) {
         self.block_forwards = 0;
         for row in 0..self.batch {
@@ -598,12 +600,13 @@ impl<'a> Generation<'a> {
     fn row_has_work(&self, row: usize) -> bool {
         match self.params.commit {
             // Dream's origin may commit any mask at any step.
+            // `block_masks` holds the masks left in the block under this rule.
             CommitRule::Timesteps(_) if self.params.remasking == Remasking::Origin => {
-                self.remaining_masks(row) > 0
+                self.block_masks[row] > 0
             }
             CommitRule::Timesteps(eps) => {
                 timesteps_to_commit(
-                    self.remaining_masks(row),
+                    self.block_masks[row] as usize,
                     self.schedule.steps_per_block,
                     self.step,
                     eps as f32,
@@ -675,7 +678,7 @@ impl<'a> Generation<'a> {
             // Dream's counts grow as time runs out (and the last step takes every mask left):
             // while masks remain, the next step may have work (at most MAX_TIMESTEPS steps).
             let counts_grow = matches!(self.params.commit, CommitRule::Timesteps(_))
-                && (0..self.batch).any(|row| self.remaining_masks(row) > 0);
+                && self.block_masks[..self.batch].iter().any(|&m| m > 0);
             if counts_grow {
                 self.step += 1;
                 continue;
@@ -905,6 +908,13 @@ impl<'a> Generation<'a> {
                 count += 1;
             }
             self.committed_len[row] = count as u32;
+        }
+        if matches!(rule, CommitRule::Timesteps(_)) {
+            // Dream's counts are shares of the masks left: keep them for the steps to come
+            // (a proposal may be the mask id itself, so count rather than subtract).
+            for row in 0..self.batch {
+                self.block_masks[row] = self.remaining_masks(row) as u32;
+            }
         }
 
         let (block_index, step_index) = (self.block, self.step);

@@ -116,7 +116,12 @@ pub enum CommitRule {
     /// `steps / num_blocks` steps of its own. Tokens and confidences follow Dream's
     /// `sample_tokens`: the logits are divided by the temperature and filtered by top-p,
     /// then top-k (at every temperature), and the confidence is taken from those
-    /// probabilities. With [`Remasking::Origin`], Dream's `origin` algorithm.
+    /// probabilities. With [`Remasking::Origin`], Dream's `origin` algorithm, which runs a
+    /// forward pass at every step (its coins are drawn after it, as Dream draws them).
+    ///
+    /// In a batch each row counts its own masks in its block; Dream counts the masks of the
+    /// whole canvas averaged over the batch, which is the same for prompts followed by equal
+    /// answers (every row then has as many masks) and differs for infilling canvases.
     Timesteps(f64),
 }
 
@@ -202,7 +207,8 @@ pub struct GenerateParams {
     pub remasking: Remasking,
     /// The mask token id.
     pub mask_id: u32,
-    /// Seed of the sampler's random number generator (temperature > 0, random remasking).
+    /// Seed of the sampler's random number generator (temperature > 0, random remasking,
+    /// Dream's `origin` and `alg_temp`).
     pub seed: u64,
     /// Forbid end-of-text: its logit is set to negative infinity.
     pub logits_eos_inf: bool,
@@ -217,17 +223,21 @@ pub struct GenerateParams {
     pub eos_id: u32,
     /// The end-of-turn id used by `confidence_eos_eot_inf`.
     pub eot_id: u32,
-    /// Sample only among the `top_k` largest logits (temperature > 0); `0` disables.
+    /// Sample only among the `top_k` largest logits (temperature > 0; under
+    /// [`CommitRule::Timesteps`] at every temperature, as Dream filters); `0` disables.
     pub top_k: usize,
     /// Sample only among the smallest set of tokens whose probability reaches `top_p`
-    /// (temperature > 0); `1.0` disables.
+    /// (temperature > 0; under [`CommitRule::Timesteps`] at every temperature, with Dream's
+    /// rule: every token whose preceding cumulative probability does not exceed `top_p`);
+    /// `1.0` disables.
     pub top_p: f32,
     /// How many positions a step commits (the reference schedule by default).
     pub commit: CommitRule,
     /// The key/value cache asked of the backend (none by default).
     pub cache: CacheMode,
     /// With an adaptive [`CommitRule`], the most passes a block may take: the last one commits
-    /// every mask left. `0` (the default) sets no cap. Ignored by the schedule.
+    /// every mask left. `0` (the default) sets no cap. Ignored by the schedule and the
+    /// timesteps rule.
     pub max_passes_per_block: usize,
     /// Stop at end of text: once a completed block of a row holds `eos_id` or `eot_id`, that
     /// row's later masked positions are filled with `eos_id` without running their blocks, and
@@ -326,7 +336,8 @@ impl GenerateParams {
         self.cfg_scale > 0.0
     }
 
-    /// Whether top-k or top-p filtering is in effect (it only matters when sampling).
+    /// Whether top-k or top-p filtering is in effect (when sampling, and under
+    /// [`CommitRule::Timesteps`] at every temperature).
     pub fn filters_vocabulary(&self) -> bool {
         // Dream's rule filters the probabilities its confidences come from at every temperature.
         let samples = self.temperature > 0.0 || matches!(self.commit, CommitRule::Timesteps(_));

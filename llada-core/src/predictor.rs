@@ -51,7 +51,8 @@ pub struct ForwardRequest<'a> {
 pub struct CacheHint {
     /// Which positions the cache may freeze.
     pub mode: crate::CacheMode,
-    /// The block being denoised (canvas positions).
+    /// The block being denoised (canvas positions), and with shifted logits the position
+    /// before it, whose output row holds the block's first prediction.
     pub span: Range<usize>,
     /// The first step of a block: run the full forward pass and (re)fill the cache. Otherwise
     /// only the tokens inside `span` changed since the last call.

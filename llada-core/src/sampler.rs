@@ -152,7 +152,8 @@ pub(crate) fn propose<R: Rng + ?Sized>(
                 .fold(f32::NEG_INFINITY, |m, (_, &v)| m.max(v));
             (1.0 - f64::from(exp_f32(second - max))) / sum_exp(row, max)
         }
-        // Σ p ln p = Σ e·d / s − ln s.
+        // Σ p ln p = Σ e·d / s − ln s. (Origin needs the timesteps rule, which proposes
+        // through `propose_dream`; it never gets here.)
         Remasking::Entropy | Remasking::Random | Remasking::Origin => {
             let (sum, weighted) = sum_exp_weighted(row, max);
             weighted / sum - libm::log(sum)
@@ -187,8 +188,11 @@ fn propose_dream<R: Rng + ?Sized>(
     } else {
         argmax(row)
     };
-    if params.remasking == Remasking::Random {
-        return (token as u32, unit(rng));
+    match params.remasking {
+        Remasking::Random => return (token as u32, unit(rng)),
+        // Origin's coins decide what is committed: no confidence is needed.
+        Remasking::Origin => return (token as u32, 0.0),
+        _ => {}
     }
     if !max.is_finite() {
         return (token as u32, 0.0);

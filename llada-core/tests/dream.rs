@@ -409,3 +409,24 @@ fn combinations_that_do_not_go_together_are_typed_errors() {
     assert_eq!("topk_margin".parse(), Ok(Remasking::Margin));
     assert_eq!("origin".parse(), Ok(Remasking::Origin));
 }
+
+#[test]
+fn a_million_steps_walk_their_empty_ones_without_passes() {
+    // Most of 2^20 steps commit nothing: they are stepped over on the counts kept per row
+    // (no scan of the block per step), and each pass commits at least one token.
+    let params = dream()
+        .with_steps(llada_core::MAX_TIMESTEPS)
+        .with_gen_length(64)
+        .with_block_length(64);
+    let (canvas, committed, passes) =
+        run(&mut HashPredictor::new(VOCAB, MASK, 9), &params).unwrap();
+    assert!(!canvas.contains(&MASK));
+    assert!(
+        passes <= 64 && committed.iter().all(|c| !c.is_empty()),
+        "{passes}"
+    );
+    assert!(matches!(
+        dream().with_steps(llada_core::MAX_TIMESTEPS + 1).validate(),
+        Err(Error::OutOfRange { .. })
+    ));
+}

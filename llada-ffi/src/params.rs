@@ -353,7 +353,8 @@ impl LladaGenerateParams {
             mask_id: params.mask_id,
             eos_id: params.eos_id,
             eot_id: params.eot_id,
-            top_k: params.top_k as u32,
+            // Wider than the C field: u32::MAX filters nothing, as any k past the vocabulary.
+            top_k: u32::try_from(params.top_k).unwrap_or(u32::MAX),
             commit_rule,
             commit_value,
             temperature: params.temperature,

@@ -1,6 +1,8 @@
-//! A pure-Rust LLaDA backend: loads LLaDA checkpoints exactly as published (Hugging Face
-//! safetensors, single-file or sharded, f32, bf16 or f16) and runs the mask predictor on the
-//! CPU with `ndarray`, using every core.
+//! A pure-Rust backend for LLaDA-style diffusion models: loads LLaDA and Dream checkpoints
+//! exactly as published (Hugging Face safetensors, single-file or sharded, f32, bf16 or f16;
+//! llama.cpp's GGUF files) and runs the mask predictor on the CPU with `ndarray`, using every
+//! core. Each family's files are read in `models/` onto one [`Config`] that the forward pass
+//! reads.
 //!
 //! A [`Model`] holds the weights and is shared between threads; each thread that generates
 //! creates a [`Context`], which owns the activation buffers and worker threads and implements

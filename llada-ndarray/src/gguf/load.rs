@@ -1,6 +1,7 @@
-//! A LLaDA model from a GGUF file written by llama.cpp's converter (architecture `llada`):
-//! hyper-parameters from the `llada.*` metadata, tensors by llama.cpp's names, the rows of
-//! `attn_q` / `attn_k` put back in the checkpoint's order, quantized weights kept quantized.
+//! A model from a GGUF file written by llama.cpp's converter (architecture `llada` or
+//! `dream`): hyper-parameters from the architecture's metadata, tensors by llama.cpp's names
+//! (LLaDA's `attn_q` / `attn_k` rows put back in the checkpoint's order), quantized weights
+//! kept quantized.
 
 use half::{bf16, f16};
 

@@ -108,8 +108,9 @@ impl Family {
         }
     }
 
-    /// The family of a `config.json`: its `model_type`, else its `architectures`, else
-    /// LLaDA's OLMo keys (`d_model`). Anything else is [`LoadError::Unsupported`].
+    /// The family of a `config.json`: its `model_type` or `architectures`, else LLaDA's OLMo
+    /// keys (`d_model`, whatever the `model_type`: LLaDA fine-tunes rename it). Anything else
+    /// is [`LoadError::Unsupported`].
     pub(crate) fn of_config(value: &serde_json::Value) -> Result<Self, LoadError> {
         let model_type = value.get("model_type").and_then(serde_json::Value::as_str);
         let architectures: Vec<&str> = value
@@ -123,9 +124,7 @@ impl Family {
         };
         if is(dream::MODEL_TYPES, dream::ARCHITECTURES) {
             Ok(Family::Dream)
-        } else if is(llada::MODEL_TYPES, llada::ARCHITECTURES)
-            || (model_type.is_none() && value.get("d_model").is_some())
-        {
+        } else if is(llada::MODEL_TYPES, llada::ARCHITECTURES) || value.get("d_model").is_some() {
             Ok(Family::Llada)
         } else {
             Err(LoadError::Unsupported {
