@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use llada::core::rand_core::{Rng, SeedableRng};
 use llada::core::{CacheMode, CommitRule, GenerateParams, Remasking, SamplerRng};
 use llada::{BackendChoice, Model, OrtOptions, Pipeline};
-use llada_test_support::{EvalSet, dream_model, fixture, ort_library};
+use llada_test_support::{
+    EvalSet, dream_model, example_binary as example, fixture, golden_cases_in, ort_library,
+};
 
 fn eval() -> EvalSet {
     EvalSet::load(&dream_model().join("eval.json")).unwrap()
@@ -362,60 +364,28 @@ fn onnx_runtime_runs_dream_with_the_same_answers() {
 #[test]
 fn onnx_runtime_gives_transformers_logits_for_dream() {
     use llada::core::{ForwardRequest, MaskPredictor};
-    use safetensors::SafeTensors;
     let mut predictor = llada::ort::OrtPredictor::builder(dream_model().join("model.onnx"))
         .library(ort_library())
         .build()
         .unwrap();
     assert!(predictor.shifted_logits(), "the export declares the shift");
-    let bytes = std::fs::read(dream_model().join("golden_logits.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let ints = |name: &str| -> (Vec<usize>, Vec<i64>) {
-        let t = st.tensor(name).unwrap();
-        let v = t
-            .data()
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-            .collect();
-        (t.shape().to_vec(), v)
-    };
-    for case in 0..3 {
-        let (shape, ids) = ints(&format!("case{case}.input_ids"));
-        let (_, mask) = ints(&format!("case{case}.attention_mask"));
-        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-        let mask: Vec<u8> = mask.iter().map(|&m| m as u8).collect();
-        let request = ForwardRequest::new(&ids, shape[0], shape[1])
+    let cases = golden_cases_in(&dream_model().join("golden_logits.safetensors"), "");
+    assert_eq!(cases.len(), 3);
+    for case in &cases {
+        let request = ForwardRequest::new(&case.ids, case.batch, case.seq)
             .unwrap()
-            .with_attention_mask(&mask)
+            .with_attention_mask(&case.mask)
             .unwrap();
         let mut got = vec![0.0; request.logits_len(predictor.vocab_size())];
         predictor.forward(&request, &mut got).unwrap();
-        let want: Vec<f32> = st
-            .tensor(&format!("case{case}.logits"))
-            .unwrap()
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
         let diff = got
             .iter()
-            .zip(&want)
+            .zip(&case.logits)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
-        eprintln!("ORT case{case}: max |diff| {diff:e}");
-        assert!(diff < 1e-4, "case{case}: {diff}");
+        eprintln!("ORT {}: max |diff| {diff:e}", case.name);
+        assert!(diff < 1e-4, "{}: {diff}", case.name);
     }
-}
-
-/// Path of an example binary built by `cargo test` next to the test binaries.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name)
 }
 
 /// `generate --json` on the Dream directory with nothing but the prompt: Dream's own

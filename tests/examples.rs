@@ -4,14 +4,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use llada_test_support::{bundled_model, eval_set, fixture, held_out_answered, ort_library};
-
-/// Path of an example binary built by `cargo test` next to the test binaries.
-fn example(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    dir.join("examples").join(name)
-}
+use llada_test_support::{
+    bundled_model, eval_set, example_binary as example, fixture, held_out_answered, ort_library,
+};
 
 fn generate() -> Command {
     let path = example("generate");

@@ -143,15 +143,7 @@ pub(crate) fn propose<R: Rng + ?Sized>(
     }
     let confidence = match strategy {
         Remasking::LowConfidence => f64::from(exp_f32(row[token] - max)) / sum_exp(row, max),
-        Remasking::Margin => {
-            let top = argmax(row);
-            let second = row
-                .iter()
-                .enumerate()
-                .filter(|&(i, _)| i != top)
-                .fold(f32::NEG_INFINITY, |m, (_, &v)| m.max(v));
-            (1.0 - f64::from(exp_f32(second - max))) / sum_exp(row, max)
-        }
+        Remasking::Margin => margin(row, max, sum_exp(row, max)),
         // Σ p ln p = Σ e·d / s − ln s. (Origin needs the timesteps rule, which proposes
         // through `propose_dream`; it never gets here.)
         Remasking::Entropy | Remasking::Random | Remasking::Origin => {
@@ -160,6 +152,18 @@ pub(crate) fn propose<R: Rng + ?Sized>(
         }
     };
     (token as u32, confidence)
+}
+
+/// Top-1 minus top-2 probability of a row whose largest logit is `max` and whose
+/// `Σ exp(l − max)` is `sum` (0 when the two largest are equal).
+fn margin(row: &[f32], max: f32, sum: f64) -> f64 {
+    let top = argmax(row);
+    let second = row
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != top)
+        .fold(f32::NEG_INFINITY, |m, (_, &v)| m.max(v));
+    (1.0 - f64::from(exp_f32(second - max))) / sum
 }
 
 /// Dream's `sample_tokens`: the logits divided by the temperature, filtered by top-p and then
@@ -199,15 +203,7 @@ fn propose_dream<R: Rng + ?Sized>(
     }
     let sum = sum_exp(row, max);
     let confidence = match params.remasking {
-        Remasking::Margin => {
-            let top = argmax(row);
-            let second = row
-                .iter()
-                .enumerate()
-                .filter(|&(i, _)| i != top)
-                .fold(f32::NEG_INFINITY, |m, (_, &v)| m.max(v));
-            (1.0 - f64::from(exp_f32(second - max))) / sum
-        }
+        Remasking::Margin => margin(row, max, sum),
         Remasking::Entropy => row
             .iter()
             .map(|&l| {

@@ -12,8 +12,7 @@ use llada_core::ForwardRequest;
 use llada_core::MaskPredictor;
 use llada_core::testing::{Expectations, check_predictor};
 use llada_ndarray::{Config, Context, ContextOptions, Family, Kernel, LoadError, Model};
-use llada_test_support::{dream_model, fixture};
-use safetensors::SafeTensors;
+use llada_test_support::{dream_model, fixture, golden_cases_in};
 
 fn logits(context: &mut Context, ids: &[u32], mask: &[u8], batch: usize, seq: usize) -> Vec<f32> {
     let vocab = context.model().config().embedding_size;
@@ -81,17 +80,16 @@ fn without_its_biases_the_model_is_another_model() {
 #[test]
 fn llama_cpps_dream_files_give_the_logits_of_their_weights() {
     let dir = fixture("tiny-dream/gguf");
-    let bytes = std::fs::read(dir.join("reference_logits.safetensors")).unwrap();
-    let reference = SafeTensors::deserialize(&bytes).unwrap();
-    let tensor = |name: &str| reference.tensor(name).unwrap();
-    let ints = |name: &str| -> Vec<i64> {
-        tensor(name)
-            .data()
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    };
     let directory = Model::load(dream_model()).unwrap();
+    let shape = |c: &Config| {
+        (
+            c.d_model,
+            c.n_heads,
+            c.n_kv_heads,
+            c.n_layers,
+            c.embedding_size,
+        )
+    };
     for ty in ["f16", "q8_0", "q4_k_m"] {
         let model = Arc::new(Model::from_gguf(dir.join(format!("tiny-dream-{ty}.gguf"))).unwrap());
         let c = model.config();
@@ -100,48 +98,19 @@ fn llama_cpps_dream_files_give_the_logits_of_their_weights() {
             c.shifted_logits,
             "{ty}: no diffusion.shift_logits key means shifted"
         );
-        assert_eq!(
-            (
-                c.d_model,
-                c.n_heads,
-                c.n_kv_heads,
-                c.n_layers,
-                c.embedding_size
-            ),
-            (
-                directory.config().d_model,
-                directory.config().n_heads,
-                directory.config().n_kv_heads,
-                directory.config().n_layers,
-                directory.config().embedding_size
-            ),
-            "{ty}"
-        );
+        assert_eq!(shape(c), shape(directory.config()), "{ty}");
         // The weights widened to f32 in the kernel: the logits of the dequantized weights.
         let options = ContextOptions::default()
             .with_threads(2)
             .with_dequantized_products();
         let mut context = Context::with_options(Arc::clone(&model), options).unwrap();
-        for case in 0..3 {
-            let shape = tensor(&format!("case{case}.input_ids")).shape().to_vec();
-            let (batch, seq) = (shape[0], shape[1]);
-            let ids: Vec<u32> = ints(&format!("case{case}.input_ids"))
-                .iter()
-                .map(|&i| i as u32)
-                .collect();
-            let mask: Vec<u8> = ints(&format!("case{case}.attention_mask"))
-                .iter()
-                .map(|&m| m as u8)
-                .collect();
-            let got = logits(&mut context, &ids, &mask, batch, seq);
-            let want: Vec<f32> = tensor(&format!("{ty}.case{case}.logits"))
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            let diff = max_abs_diff(&got, &want);
-            eprintln!("{ty} case{case}: max |diff| {diff:e}");
-            assert!(diff < 1e-4, "{ty} case{case}: max |diff| {diff}");
+        let cases = golden_cases_in(&dir.join("reference_logits.safetensors"), &format!("{ty}."));
+        assert_eq!(cases.len(), 3);
+        for case in &cases {
+            let got = logits(&mut context, &case.ids, &case.mask, case.batch, case.seq);
+            let diff = max_abs_diff(&got, &case.logits);
+            eprintln!("{ty} {}: max |diff| {diff:e}", case.name);
+            assert!(diff < 1e-4, "{ty} {}: max |diff| {diff}", case.name);
         }
         let ratio = model.weights_bytes() as f64 / model.checkpoint_bytes() as f64;
         assert!(ratio <= 1.05, "{ty}: weights take {ratio:.3} x the file");

@@ -7,15 +7,7 @@ use std::path::Path;
 use llada_test_support::bundled_model;
 use safetensors::SafeTensors;
 
-/// One golden forward pass of the fixture: inputs and the PyTorch logits.
-pub(crate) struct GoldenCase {
-    pub(crate) name: String,
-    pub(crate) batch: usize,
-    pub(crate) seq: usize,
-    pub(crate) ids: Vec<u32>,
-    pub(crate) mask: Vec<u8>,
-    pub(crate) logits: Vec<f32>,
-}
+pub(crate) use llada_test_support::GoldenCase;
 
 /// An int64 tensor's shape and values.
 pub(crate) fn i64s(st: &SafeTensors<'_>, name: &str) -> (Vec<usize>, Vec<i64>) {
@@ -34,35 +26,7 @@ pub(crate) fn golden_cases() -> Vec<GoldenCase> {
 
 /// The golden cases of the model in `dir` (its `golden_logits.safetensors`).
 pub(crate) fn golden_cases_of(dir: &Path) -> Vec<GoldenCase> {
-    let bytes = std::fs::read(dir.join("golden_logits.safetensors")).expect("golden logits");
-    let st = SafeTensors::deserialize(&bytes).expect("golden logits parse");
-    let mut names: Vec<String> = st
-        .names()
-        .iter()
-        .filter_map(|n| n.strip_suffix(".input_ids").map(str::to_string))
-        .collect();
-    names.sort();
-    names
-        .into_iter()
-        .map(|name| {
-            let (shape, ids) = i64s(&st, &format!("{name}.input_ids"));
-            let (_, mask) = i64s(&st, &format!("{name}.attention_mask"));
-            let logits = st.tensor(&format!("{name}.logits")).unwrap();
-            let logits = logits
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
-            GoldenCase {
-                name,
-                batch: shape[0],
-                seq: shape[1],
-                ids: ids.iter().map(|&i| i as u32).collect(),
-                mask: mask.iter().map(|&m| m as u8).collect(),
-                logits,
-            }
-        })
-        .collect()
+    llada_test_support::golden_cases_in(&dir.join("golden_logits.safetensors"), "")
 }
 
 /// The logits of `model` for one golden case (two threads; quantized weights widened to f32,

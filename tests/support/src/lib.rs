@@ -125,6 +125,84 @@ pub fn answer_of(output: &[u32]) -> &[u32] {
     &output[..end]
 }
 
+/// One golden forward pass of a fixture: inputs and reference logits.
+#[derive(Clone, Debug)]
+pub struct GoldenCase {
+    /// `case{N}`.
+    pub name: String,
+    /// Rows.
+    pub batch: usize,
+    /// Tokens per row.
+    pub seq: usize,
+    /// Input ids, `[batch, seq]`.
+    pub ids: Vec<u32>,
+    /// Attention mask, `[batch, seq]` (0 = padding).
+    pub mask: Vec<u8>,
+    /// Reference logits, `[batch, seq, vocab]`.
+    pub logits: Vec<f32>,
+}
+
+/// The cases of a golden-logits file: `case{N}.input_ids` and `case{N}.attention_mask` (int64
+/// `[B, L]`) with the logits `{prefix}case{N}.logits` (float32 `[B, L, V]`): `prefix` is empty
+/// for a model's `golden_logits.safetensors`, the file type (`"f16."`) for a GGUF reference.
+///
+/// # Panics
+/// If the file is missing or malformed.
+pub fn golden_cases_in(path: &Path, prefix: &str) -> Vec<GoldenCase> {
+    let bytes =
+        std::fs::read(path).unwrap_or_else(|e| panic!("golden logits {}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("golden logits parse");
+    let tensor = |name: &str| {
+        st.tensor(name)
+            .unwrap_or_else(|e| panic!("{}: {name}: {e}", path.display()))
+    };
+    let ints = |name: &str| -> (Vec<usize>, Vec<i64>) {
+        let t = tensor(name);
+        let v = t
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect();
+        (t.shape().to_vec(), v)
+    };
+    let mut names: Vec<String> = st
+        .names()
+        .iter()
+        .filter_map(|n| n.strip_suffix(".input_ids").map(str::to_string))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let (shape, ids) = ints(&format!("{name}.input_ids"));
+            let (_, mask) = ints(&format!("{name}.attention_mask"));
+            let logits = tensor(&format!("{prefix}{name}.logits"))
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                .collect();
+            GoldenCase {
+                name,
+                batch: shape[0],
+                seq: shape[1],
+                ids: ids.iter().map(|&i| i as u32).collect(),
+                mask: mask.iter().map(|&m| m as u8).collect(),
+                logits,
+            }
+        })
+        .collect()
+}
+
+/// Path of an example binary that `cargo test` built beside the running test binary.
+pub fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in <profile>/deps");
+    profile.join("examples").join(name)
+}
+
 /// `ORT_DYLIB_PATH`, which the test command sets.
 ///
 /// # Panics
