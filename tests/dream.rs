@@ -292,14 +292,17 @@ fn agreement_with_llama_cpp(ty: &str) -> usize {
     same
 }
 
+/// Q8_0: both engines quantize the activations to 8-bit blocks and sum the blocks' products
+/// in integers, but add the blocks up in another order, so a near-tie may go the other way.
 #[test]
-fn answers_match_llama_diffusion_cli_on_its_f16_dream_file() {
-    let same = agreement_with_llama_cpp("f16");
-    assert!(same * 100 >= 98 * eval().items.len(), "{same}");
+fn answers_match_llama_diffusion_cli_on_its_q8_0_dream_file() {
+    let same = agreement_with_llama_cpp("q8_0");
+    assert!(same * 100 >= 95 * eval().items.len(), "{same}");
 }
 
-/// Q4_K_M: our integer products and llama.cpp's round activations alike but sum in another
-/// order, so a near-tie may go the other way.
+/// Q4_K_M (with llama-quantize's fallbacks for rows that are not whole super-blocks): the
+/// same, and formats without integer kernels here are widened to f32 where llama.cpp
+/// multiplies them in integers.
 #[test]
 fn answers_match_llama_diffusion_cli_on_its_q4_k_m_dream_file() {
     let same = agreement_with_llama_cpp("q4_k_m");
@@ -312,8 +315,8 @@ fn answers_match_llama_diffusion_cli_on_its_q4_k_m_dream_file() {
 #[test]
 fn a_dream_gguf_file_alone_takes_dreams_defaults() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("tiny-dream-f16.gguf");
-    std::fs::copy(fixture("tiny-dream/gguf/tiny-dream-f16.gguf"), &file).unwrap();
+    let file = dir.path().join("tiny-dream-q8_0.gguf");
+    std::fs::copy(fixture("tiny-dream/gguf/tiny-dream-q8_0.gguf"), &file).unwrap();
     let model = Model::load(&file, &BackendChoice::Ndarray).unwrap();
     let directory = Model::load(dream_model(), &BackendChoice::Ndarray).unwrap();
     assert_eq!(model.files().family(), "dream");
@@ -420,8 +423,8 @@ fn the_generate_example_runs_dream_with_its_defaults() {
     // The GGUF file alone: Dream's own defaults but for the length, which the tiny model's
     // 256 positions cannot hold at 512.
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("tiny-dream-f16.gguf");
-    std::fs::copy(fixture("tiny-dream/gguf/tiny-dream-f16.gguf"), &file).unwrap();
+    let file = dir.path().join("tiny-dream-q8_0.gguf");
+    std::fs::copy(fixture("tiny-dream/gguf/tiny-dream-q8_0.gguf"), &file).unwrap();
     let out = run(&file, &["--gen-length", "16"]);
     assert_eq!(out.len(), 16);
 }

@@ -254,8 +254,8 @@ fn dream_models_and_their_algorithms_answer_through_the_c_abi() {
             .unwrap();
         serde_json::from_value(config[run]["outputs"][index].clone()).unwrap()
     };
-    let gguf = dir.path().join("tiny-dream-f16.gguf");
-    std::fs::copy(fixture("tiny-dream/gguf/tiny-dream-f16.gguf"), &gguf).unwrap();
+    let gguf = dir.path().join("tiny-dream-q8_0.gguf");
+    std::fs::copy(fixture("tiny-dream/gguf/tiny-dream-q8_0.gguf"), &gguf).unwrap();
     let mut lines_of = Vec::new();
     for model in [dream_model(), gguf] {
         let out = run(sanitized(Command::new(&exe).arg(&model).arg(&item.prompt)));
@@ -276,7 +276,7 @@ fn dream_models_and_their_algorithms_answer_through_the_c_abi() {
             outputs(alg, "f32")
         );
     }
-    // llama.cpp's F16 file: Dream's rule by default too (the program checks), 16 ids each.
+    // llama.cpp's Q8_0 file: Dream's rule by default too (the program checks), 16 ids each.
     assert!(lines_of[1].iter().all(|l| l.len() == 16));
 }
 
