@@ -109,6 +109,8 @@ fn mid_config() -> Config {
         mask_token_id: None,
         eos_token_id: None,
         pad_token_id: None,
+        qk_norm: false,
+        moe: None,
     }
 }
 

@@ -145,6 +145,7 @@ impl Layer {
             c,
             (&self.cos, &self.sin),
             None,
+            None,
             qkv,
             tokens,
             &(0..tokens),

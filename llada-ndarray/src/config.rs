@@ -51,6 +51,45 @@ pub struct Config {
     pub eos_token_id: Option<u32>,
     /// `pad_token_id`, if the file has it.
     pub pad_token_id: Option<u32>,
+    /// Whether each head's queries and keys go through an RMSNorm of their own (over the
+    /// head's dimensions, one weight per dimension shared by the heads) before the rotary
+    /// embedding: LLaDA-MoE's `qk_layernorm`.
+    pub qk_norm: bool,
+    /// The mixture-of-experts MLP, for the families that have one (LLaDA-MoE); `None`: every
+    /// layer's MLP is the dense SwiGLU of `mlp_hidden_size`.
+    pub moe: Option<MoeConfig>,
+}
+
+/// A mixture-of-experts MLP: a router picks `experts_per_token` of `experts` SwiGLU experts
+/// for each token and the layer's output is their weighted sum (plus a shared expert that
+/// every token goes through, when the model has one).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct MoeConfig {
+    /// Experts per layer.
+    pub experts: usize,
+    /// Experts each token goes through (top-k of the router's scores).
+    pub experts_per_token: usize,
+    /// Width of each expert's SwiGLU hidden layer.
+    pub expert_hidden_size: usize,
+    /// Width of the shared expert's hidden layer, if the layers have one.
+    pub shared_expert_hidden_size: Option<usize>,
+    /// Whether a per-expert bias (a tensor of the checkpoint) is added to the router's
+    /// probabilities before the choice, and stays in the weights (LLaDA-MoE's `expert_bias`).
+    pub expert_bias: bool,
+    /// Whether the chosen experts' weights are divided by their sum (`norm_topk_prob`);
+    /// LLaDA-MoE's are not.
+    pub normalize_weights: bool,
+    /// Per layer: whether its MLP is the mixture (else the dense SwiGLU of
+    /// [`Config::mlp_hidden_size`]).
+    pub layers: Vec<bool>,
+}
+
+impl MoeConfig {
+    /// Whether layer `layer`'s MLP is the mixture.
+    pub fn is_moe_layer(&self, layer: usize) -> bool {
+        self.layers.get(layer).copied().unwrap_or(false)
+    }
 }
 
 pub(crate) fn unsupported(
@@ -233,6 +272,24 @@ impl Config {
         Ok(self)
     }
 
+    /// Width of an expert's hidden layer (0 without experts).
+    pub(crate) fn expert_width(&self) -> usize {
+        self.moe.as_ref().map_or(0, |m| m.expert_hidden_size)
+    }
+
+    /// Width of the shared expert's hidden layer (0 without one).
+    pub(crate) fn shared_width(&self) -> usize {
+        self.moe
+            .as_ref()
+            .and_then(|m| m.shared_expert_hidden_size)
+            .unwrap_or(0)
+    }
+
+    /// Whether layer `layer`'s MLP is a mixture of experts.
+    pub fn is_moe_layer(&self, layer: usize) -> bool {
+        self.moe.as_ref().is_some_and(|m| m.is_moe_layer(layer))
+    }
+
     /// Parameter count of the weights this configuration implies (saturating: a
     /// configuration that claims more than `usize` holds reports `usize::MAX`).
     pub fn parameter_count(&self) -> usize {
@@ -263,17 +320,48 @@ impl Config {
     /// family's checkpoints: the embedding, each block, the final norm, the head (when not
     /// tied).
     pub(crate) fn roles(&self) -> impl Iterator<Item = (Tensor, usize)> + '_ {
-        let blocks = (0..self.n_layers).flat_map(move |i| {
-            Tensor::BLOCK
-                .into_iter()
-                .filter(move |t| self.qkv_bias || !t.is_bias())
-                .map(move |t| (t, i))
-        });
+        let blocks = (0..self.n_layers).flat_map(move |i| self.block_roles(i).map(move |t| (t, i)));
         let head = (!self.weight_tying).then_some((Tensor::Head, 0));
         std::iter::once((Tensor::Embedding, 0))
             .chain(blocks)
             .chain(std::iter::once((Tensor::FinalNorm, 0)))
             .chain(head)
+    }
+
+    /// The tensors of block `layer`, in checkpoint order: attention (biases and query/key
+    /// norms where the model has them), then the dense MLP or the router and the experts.
+    pub(crate) fn block_roles(&self, layer: usize) -> Box<dyn Iterator<Item = Tensor> + '_> {
+        let attention = Tensor::ATTENTION
+            .into_iter()
+            .filter(move |t| self.qkv_bias || !t.is_bias())
+            .filter(move |t| self.qk_norm || !t.is_qk_norm());
+        let mlp_norm = std::iter::once(Tensor::MlpNorm);
+        match self.moe.as_ref().filter(|m| m.is_moe_layer(layer)) {
+            None => Box::new(attention.chain(mlp_norm).chain(Tensor::DENSE_MLP)),
+            Some(moe) => {
+                let bias = moe.expert_bias.then_some(Tensor::ExpertBias);
+                let experts = (0..moe.experts).flat_map(|e| {
+                    [
+                        Tensor::ExpertGate(e),
+                        Tensor::ExpertUp(e),
+                        Tensor::ExpertDown(e),
+                    ]
+                });
+                let shared = moe
+                    .shared_expert_hidden_size
+                    .map(|_| Tensor::SHARED_EXPERT)
+                    .into_iter()
+                    .flatten();
+                Box::new(
+                    attention
+                        .chain(mlp_norm)
+                        .chain(std::iter::once(Tensor::Router))
+                        .chain(bias)
+                        .chain(experts)
+                        .chain(shared),
+                )
+            }
+        }
     }
 
     /// The shape of a tensor, `[rows, cols]` as PyTorch stores a linear layer (`[out, in]`).
@@ -294,6 +382,19 @@ impl Config {
             Tensor::AttnOut => vec![d, q],
             Tensor::Gate | Tensor::Up => vec![mlp, d],
             Tensor::Down => vec![d, mlp],
+            Tensor::QueryNorm | Tensor::KeyNorm => vec![self.head_dim],
+            Tensor::Router | Tensor::ExpertBias => {
+                let experts = self.moe.as_ref().map_or(0, |m| m.experts);
+                if tensor == Tensor::Router {
+                    vec![experts, d]
+                } else {
+                    vec![experts]
+                }
+            }
+            Tensor::ExpertGate(_) | Tensor::ExpertUp(_) => vec![self.expert_width(), d],
+            Tensor::ExpertDown(_) => vec![d, self.expert_width()],
+            Tensor::SharedGate | Tensor::SharedUp => vec![self.shared_width(), d],
+            Tensor::SharedDown => vec![d, self.shared_width()],
         }
     }
 }

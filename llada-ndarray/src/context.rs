@@ -4,14 +4,16 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use llada_core::math::{exp_in_place, max_value};
 use llada_core::{CacheMode, ForwardRequest, MaskPredictor, ShapeError};
 use ndarray::{ArrayView2, ArrayViewMut2, s};
 
 use crate::attention::{KvSource, PackedKv, QUERY_TILE, Queries, attention, kv_block};
+use crate::config::MoeConfig;
 use crate::error::{ForwardError, LoadError};
-use crate::gemm::{GemmScratch, Isa, MatRef, Out, Rhs, gemm};
+use crate::gemm::{GemmScratch, Isa, MatRef, Out, Rhs, gemm, gemm_groups};
 use crate::kv_cache::{KvCache, KvUse};
-use crate::model::Model;
+use crate::model::{Experts, Mlp, Model, Swiglu};
 use crate::ops::{par_bias_rope, par_rms_norm, rms_norm, silu_mul};
 use crate::parallel::par_rows;
 use crate::threads::Pool;
@@ -60,8 +62,11 @@ struct Buffers {
     qkv: Vec<f32>,
     /// Attention output `[tokens, d_model]`.
     attn: Vec<f32>,
-    /// Gate and up projections `[tokens, 2 · mlp_hidden_size]`.
+    /// Gate and up projections `[tokens, 2 · mlp_hidden_size]` (of the dense MLP or the
+    /// shared expert), or of the rows routed to the experts `[tokens · k, 2 · expert width]`.
     gate_up: Vec<f32>,
+    /// A mixture's routing tables, kept here so that a warm step allocates nothing.
+    routes: Routes,
     /// Final-norm rows of the logits window `[batch · window, d_model]`.
     head_in: Vec<f32>,
     /// Keys of every (row, kv head), transposed and packed into kernel panels.
@@ -73,10 +78,33 @@ struct Buffers {
     rope_sin: Vec<f32>,
 }
 
+/// What the router of a mixture layer decided, and the rows it gathers.
+#[derive(Default)]
+struct Routes {
+    /// Router scores, then probabilities, `[tokens, experts]`.
+    scores: Vec<f32>,
+    /// Each token's chosen experts, in expert order, `[tokens, k]`.
+    expert: Vec<u32>,
+    /// Their weights, `[tokens, k]`.
+    weight: Vec<f32>,
+    /// The row of each (token, choice) among the gathered rows, `[tokens, k]`.
+    row: Vec<u32>,
+    /// The token of each gathered row, `[tokens · k]`.
+    token: Vec<u32>,
+    /// Rows per expert, then the next free row of each while rows are handed out.
+    rows: Vec<usize>,
+    /// First gathered row of each expert, `[experts + 1]`.
+    start: Vec<usize>,
+    /// The inputs of every (token, choice), grouped by expert, `[tokens · k, d_model]`.
+    gathered: Vec<f32>,
+    /// The experts' outputs of those rows, `[tokens · k, d_model]`.
+    out: Vec<f32>,
+}
+
 /// Grows `v` to at least `len` values (it never shrinks).
-pub(crate) fn grow(v: &mut Vec<f32>, len: usize) {
+pub(crate) fn grow<T: Clone + Default>(v: &mut Vec<T>, len: usize) {
     if v.len() < len {
-        v.resize(len, 0.0);
+        v.resize(len, T::default());
     }
 }
 
@@ -219,7 +247,24 @@ impl Context {
             tokens * (c.n_heads + 2 * c.n_kv_heads) * c.head_dim,
         );
         grow(&mut b.attn, tokens * c.d_model);
-        grow(&mut b.gate_up, tokens * 2 * c.mlp_hidden_size);
+        let mut hidden = 2 * c.mlp_hidden_size;
+        if let Some(moe) = &c.moe {
+            let (e, k) = (moe.experts, moe.experts_per_token);
+            hidden = hidden
+                .max(2 * k * moe.expert_hidden_size)
+                .max(2 * c.shared_width());
+            let r = &mut b.routes;
+            grow(&mut r.scores, tokens * e);
+            grow(&mut r.expert, tokens * k);
+            grow(&mut r.weight, tokens * k);
+            grow(&mut r.row, tokens * k);
+            grow(&mut r.token, tokens * k);
+            grow(&mut r.rows, e);
+            grow(&mut r.start, e + 1);
+            grow(&mut r.gathered, tokens * k * c.d_model);
+            grow(&mut r.out, tokens * k * c.d_model);
+        }
+        grow(&mut b.gate_up, tokens * hidden);
         grow(&mut b.head_in, tokens * c.d_model);
         let panels = batch * c.n_kv_heads * kv_block(c, seq_len);
         grow(&mut b.keys, panels);
@@ -324,7 +369,6 @@ impl Context {
         let tokens = batch * span;
         let qkv_width = (c.n_heads + 2 * c.n_kv_heads) * hd;
         let kv_dim = c.n_kv_heads * hd;
-        let mlp = c.mlp_hidden_size;
         let eps = c.rms_norm_eps as f32;
         let b = &mut self.buffers;
         let cache = &mut self.cache;
@@ -357,6 +401,10 @@ impl Context {
                 c,
                 (&b.rope_cos, &b.rope_sin),
                 block.qkv_bias.as_deref(),
+                block
+                    .qk_norm
+                    .as_ref()
+                    .map(|(q, k)| (q.as_slice(), k.as_slice())),
                 &mut b.qkv,
                 tokens,
                 &positions,
@@ -413,28 +461,20 @@ impl Context {
                 true,
             );
 
-            // MLP sub-layer: x += ff_out(silu(ff_proj(norm(x))) · up_proj(norm(x))).
+            // MLP sub-layer: x += mlp(norm(x)), a SwiGLU or a mixture of them.
             par_rms_norm(pool, &b.x, &block.ff_norm, eps, &mut b.h, tokens, d);
-            gemm(
-                pool,
-                isa,
-                MatRef::rows(&b.h, tokens, d, d),
-                Rhs::Packed(&block.gate_up),
-                Out::new(&mut b.gate_up, tokens, 2 * mlp, 2 * mlp),
-                false,
-            );
-            par_rows(pool, &mut b.gate_up, tokens, 2 * mlp, &|_, row| {
-                let (gate, up) = row.split_at_mut(mlp);
-                silu_mul(isa, gate, up);
-            });
-            gemm(
-                pool,
-                isa,
-                MatRef::rows(&b.gate_up, tokens, mlp, 2 * mlp),
-                Rhs::Packed(&block.ff_out),
-                Out::new(&mut b.x, tokens, d, d),
-                true,
-            );
+            match &block.mlp {
+                Mlp::Dense(swiglu) => {
+                    add_swiglu(pool, isa, swiglu, &b.h, &mut b.gate_up, &mut b.x, tokens, d);
+                }
+                Mlp::Experts(experts) => {
+                    let moe = c
+                        .moe
+                        .as_ref()
+                        .expect("a mixture layer has a mixture config");
+                    add_experts(pool, isa, moe, experts, b, tokens, d);
+                }
+            }
         }
 
         // Final norm and LM head, on the requested window only.
@@ -462,6 +502,212 @@ impl Context {
             false,
         );
     }
+}
+
+/// `x += down(silu(gate(h)) · up(h))` for `tokens` rows (`gate_up`: scratch of
+/// `tokens · 2 · hidden` values).
+#[allow(clippy::too_many_arguments)]
+fn add_swiglu(
+    pool: &Pool<ThreadScratch>,
+    isa: Isa,
+    swiglu: &Swiglu,
+    h: &[f32],
+    gate_up: &mut [f32],
+    x: &mut [f32],
+    tokens: usize,
+    d: usize,
+) {
+    let hidden = swiglu.gate_up.n / 2;
+    gemm(
+        pool,
+        isa,
+        MatRef::rows(h, tokens, d, d),
+        Rhs::Packed(&swiglu.gate_up),
+        Out::new(gate_up, tokens, 2 * hidden, 2 * hidden),
+        false,
+    );
+    par_rows(pool, gate_up, tokens, 2 * hidden, &|_, row| {
+        let (gate, up) = row.split_at_mut(hidden);
+        silu_mul(isa, gate, up);
+    });
+    gemm(
+        pool,
+        isa,
+        MatRef::rows(gate_up, tokens, hidden, 2 * hidden),
+        Rhs::Packed(&swiglu.down),
+        Out::new(x, tokens, d, d),
+        true,
+    );
+}
+
+/// Chooses each token's experts from its router scores (`scores`, `[tokens, experts]`,
+/// turned into probabilities in place): a softmax over every expert in f32, plus the
+/// expert bias when the model has one, the `k` largest (the lower index first among equals),
+/// their weights divided by their sum when `normalize`. The choices are written in expert
+/// order (`expert`, `weight`: `[tokens, k]`), the order in which the reference adds the
+/// experts' outputs up.
+fn route(
+    scores: &mut [f32],
+    experts: usize,
+    k: usize,
+    bias: Option<&[f32]>,
+    normalize: bool,
+    expert: &mut [u32],
+    weight: &mut [f32],
+) {
+    for ((p, chosen), weights) in scores
+        .chunks_exact_mut(experts)
+        .zip(expert.chunks_exact_mut(k))
+        .zip(weight.chunks_exact_mut(k))
+    {
+        let sum = exp_in_place(p, max_value(p));
+        let inv = 1.0 / sum;
+        p.iter_mut().for_each(|v| *v *= inv);
+        if let Some(bias) = bias {
+            p.iter_mut().zip(bias).for_each(|(v, &b)| *v += b);
+        }
+        // The k best, one pass each (k is at most a few); then in expert order.
+        for j in 0..k {
+            let mut best: Option<usize> = None;
+            for (e, &v) in p.iter().enumerate() {
+                if chosen[..j].contains(&(e as u32)) {
+                    continue;
+                }
+                // NaN scores (from NaN activations) are never better: the lowest index is
+                // taken, and the NaN reaches the output through its weight.
+                if best.is_none_or(|b| v > p[b]) {
+                    best = Some(e);
+                }
+            }
+            chosen[j] = best.unwrap_or(0) as u32;
+        }
+        chosen.sort_unstable();
+        for (w, &e) in weights.iter_mut().zip(chosen.iter()) {
+            *w = p[e as usize];
+        }
+        if normalize {
+            let total: f32 = weights.iter().sum();
+            weights.iter_mut().for_each(|w| *w /= total);
+        }
+    }
+}
+
+/// `x += Σ weight · expert(h)` over each token's chosen experts (plus the shared expert):
+/// the router's choice, the rows of each expert gathered together, each expert's SwiGLU run
+/// on its rows (all experts' products in one parallel run), and the weighted outputs added
+/// back to their tokens.
+fn add_experts(
+    pool: &Pool<ThreadScratch>,
+    isa: Isa,
+    moe: &MoeConfig,
+    m: &Experts,
+    b: &mut Buffers,
+    tokens: usize,
+    d: usize,
+) {
+    let (n_experts, k, width) = (moe.experts, moe.experts_per_token, moe.expert_hidden_size);
+    let r = &mut b.routes;
+    gemm(
+        pool,
+        isa,
+        MatRef::rows(&b.h, tokens, d, d),
+        Rhs::Packed(&m.router),
+        Out::new(&mut r.scores, tokens, n_experts, n_experts),
+        false,
+    );
+    let slots = tokens * k;
+    route(
+        &mut r.scores[..tokens * n_experts],
+        n_experts,
+        k,
+        m.bias.as_deref(),
+        moe.normalize_weights,
+        &mut r.expert[..slots],
+        &mut r.weight[..slots],
+    );
+    // Rows per expert, their first rows, and each (token, choice)'s row.
+    let (rows, start) = (&mut r.rows[..n_experts], &mut r.start[..=n_experts]);
+    rows.fill(0);
+    for &e in &r.expert[..slots] {
+        rows[e as usize] += 1;
+    }
+    start[0] = 0;
+    for e in 0..n_experts {
+        start[e + 1] = start[e] + rows[e];
+    }
+    let most_rows = rows.iter().copied().max().unwrap_or(0);
+    rows.copy_from_slice(&start[..n_experts]);
+    for (slot, &e) in r.expert[..slots].iter().enumerate() {
+        let row = rows[e as usize];
+        rows[e as usize] += 1;
+        r.row[slot] = row as u32;
+        r.token[row] = (slot / k) as u32;
+    }
+    let (h, token) = (&b.h, &r.token);
+    par_rows(pool, &mut r.gathered, slots, d, &|row, out| {
+        let t = token[row] as usize;
+        out.copy_from_slice(&h[t * d..(t + 1) * d]);
+    });
+    // Each expert's gate and up projections of its rows, the SwiGLU, its down projection.
+    let start = &r.start;
+    let gathered = &r.gathered;
+    let hidden = Out::new(&mut b.gate_up, slots, 2 * width, 2 * width);
+    gemm_groups(
+        pool,
+        isa,
+        n_experts,
+        (d, 2 * width),
+        most_rows,
+        &|e| {
+            let (first, len) = (start[e], start[e + 1] - start[e]);
+            (
+                MatRef::rows(&gathered[first * d..(first + len) * d], len, d, d),
+                Rhs::Packed(&m.experts[e].gate_up),
+                hidden.sub(first, 0, len, 2 * width),
+            )
+        },
+        false,
+    );
+    par_rows(pool, &mut b.gate_up, slots, 2 * width, &|_, row| {
+        let (gate, up) = row.split_at_mut(width);
+        silu_mul(isa, gate, up);
+    });
+    let gate_up = &b.gate_up;
+    let out = Out::new(&mut r.out, slots, d, d);
+    gemm_groups(
+        pool,
+        isa,
+        n_experts,
+        (width, d),
+        most_rows,
+        &|e| {
+            let (first, len) = (start[e], start[e + 1] - start[e]);
+            (
+                MatRef::rows(
+                    &gate_up[first * 2 * width..(first + len) * 2 * width],
+                    len,
+                    width,
+                    2 * width,
+                ),
+                Rhs::Packed(&m.experts[e].down),
+                out.sub(first, 0, len, d),
+            )
+        },
+        false,
+    );
+    // The shared expert, on every token.
+    if let Some(shared) = &m.shared {
+        add_swiglu(pool, isa, shared, &b.h, &mut b.gate_up, &mut b.x, tokens, d);
+    }
+    // Each token's weighted outputs, added to its residual in expert order.
+    let (expert_out, row, weight) = (&r.out, &r.row, &r.weight);
+    par_rows(pool, &mut b.x, tokens, d, &|t, x| {
+        for j in 0..k {
+            let (slot, w) = (row[t * k + j] as usize, weight[t * k + j]);
+            let y = &expert_out[slot * d..(slot + 1) * d];
+            x.iter_mut().zip(y).for_each(|(x, &y)| *x += w * y);
+        }
+    });
 }
 
 impl MaskPredictor for Context {

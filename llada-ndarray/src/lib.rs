@@ -52,7 +52,7 @@ mod quant;
 mod threads;
 mod weights;
 
-pub use config::Config;
+pub use config::{Config, MoeConfig};
 pub use context::{Context, ContextOptions, MAX_THREADS};
 pub use error::{ForwardError, LoadError};
 pub use gemm::isa::Kernel;

@@ -100,6 +100,56 @@ impl Table {
     }
 }
 
+/// A SwiGLU: the dense MLP of a block, or one expert of a mixture.
+#[derive(Debug)]
+pub(crate) struct Swiglu {
+    /// The gate and up projections stacked (`[2 · hidden, d_model]`): one multiplication
+    /// gives both.
+    pub(crate) gate_up: PackedMatrix,
+    /// The down projection, `[d_model, hidden]`.
+    pub(crate) down: PackedMatrix,
+}
+
+impl Swiglu {
+    fn bytes(&self) -> usize {
+        self.gate_up.bytes() + self.down.bytes()
+    }
+}
+
+/// A mixture of experts: the router and every expert of one layer.
+#[derive(Debug)]
+pub(crate) struct Experts {
+    /// The router, `[experts, d_model]`, kept in the file's type (never quantized at load: the
+    /// choice of experts is a comparison of its outputs).
+    pub(crate) router: PackedMatrix,
+    /// Added to the router's probabilities (LLaDA-MoE's `expert_bias`).
+    pub(crate) bias: Option<Vec<f32>>,
+    pub(crate) experts: Vec<Swiglu>,
+    /// The expert every token goes through, when the model has one.
+    pub(crate) shared: Option<Swiglu>,
+}
+
+/// A block's MLP.
+#[derive(Debug)]
+pub(crate) enum Mlp {
+    Dense(Swiglu),
+    Experts(Experts),
+}
+
+impl Mlp {
+    fn bytes(&self) -> usize {
+        match self {
+            Mlp::Dense(s) => s.bytes(),
+            Mlp::Experts(m) => {
+                m.router.bytes()
+                    + m.bias.as_ref().map_or(0, |b| b.len() * 4)
+                    + m.experts.iter().map(Swiglu::bytes).sum::<usize>()
+                    + m.shared.as_ref().map_or(0, Swiglu::bytes)
+            }
+        }
+    }
+}
+
 /// One transformer block.
 #[derive(Debug)]
 pub(crate) struct Block {
@@ -108,11 +158,11 @@ pub(crate) struct Block {
     pub(crate) qkv: PackedMatrix,
     /// Their biases, stacked the same way (Dream's), added after the multiplication.
     pub(crate) qkv_bias: Option<Vec<f32>>,
+    /// The per-head RMSNorm weights of the queries and of the keys (LLaDA-MoE's).
+    pub(crate) qk_norm: Option<(Vec<f32>, Vec<f32>)>,
     pub(crate) attn_out: PackedMatrix,
     pub(crate) ff_norm: Vec<f32>,
-    /// `ff_proj` (gate) and `up_proj` stacked.
-    pub(crate) gate_up: PackedMatrix,
-    pub(crate) ff_out: PackedMatrix,
+    pub(crate) mlp: Mlp,
 }
 
 /// A loaded LLaDA model. Immutable and `Sync`: share it (in an `Arc`) between the
@@ -211,14 +261,56 @@ impl Model {
             } else {
                 None
             };
+            let qk_norm = if config.qk_norm {
+                Some((vector(Tensor::QueryNorm, i)?, vector(Tensor::KeyNorm, i)?))
+            } else {
+                None
+            };
+            let swiglu = |gate: Tensor, up: Tensor, down: Tensor| -> Result<Swiglu, LoadError> {
+                Ok(Swiglu {
+                    gate_up: ckpt.pack(&[b(gate), b(up)], q)?,
+                    down: ckpt.pack(&[b(down)], q)?,
+                })
+            };
+            let mlp = match config.moe.as_ref().filter(|m| m.is_moe_layer(i)) {
+                None => Mlp::Dense(swiglu(Tensor::Gate, Tensor::Up, Tensor::Down)?),
+                Some(moe) => {
+                    let mut experts = Vec::new();
+                    for e in 0..moe.experts {
+                        experts.push(swiglu(
+                            Tensor::ExpertGate(e),
+                            Tensor::ExpertUp(e),
+                            Tensor::ExpertDown(e),
+                        )?);
+                    }
+                    let shared = match moe.shared_expert_hidden_size {
+                        Some(_) => Some(swiglu(
+                            Tensor::SharedGate,
+                            Tensor::SharedUp,
+                            Tensor::SharedDown,
+                        )?),
+                        None => None,
+                    };
+                    Mlp::Experts(Experts {
+                        router: ckpt.pack(&[b(Tensor::Router)], None)?,
+                        bias: if moe.expert_bias {
+                            Some(vector(Tensor::ExpertBias, i)?)
+                        } else {
+                            None
+                        },
+                        experts,
+                        shared,
+                    })
+                }
+            };
             blocks.push(Block {
                 attn_norm: vector(Tensor::AttnNorm, i)?,
                 qkv: ckpt.pack(&[b(Tensor::Query), b(Tensor::Key), b(Tensor::Value)], q)?,
                 qkv_bias,
+                qk_norm,
                 attn_out: ckpt.pack(&[b(Tensor::AttnOut)], q)?,
                 ff_norm: vector(Tensor::MlpNorm, i)?,
-                gate_up: ckpt.pack(&[b(Tensor::Gate), b(Tensor::Up)], q)?,
-                ff_out: ckpt.pack(&[b(Tensor::Down)], q)?,
+                mlp,
             });
         }
         let ln_f = vector(Tensor::FinalNorm, 0)?;
@@ -286,13 +378,17 @@ impl Model {
         let matrices: usize = self
             .blocks
             .iter()
-            .map(|b| b.qkv.bytes() + b.attn_out.bytes() + b.gate_up.bytes() + b.ff_out.bytes())
+            .map(|b| b.qkv.bytes() + b.attn_out.bytes() + b.mlp.bytes())
             .sum();
         let norms: usize = self
             .blocks
             .iter()
             .map(|b| {
-                (b.attn_norm.len() + b.ff_norm.len() + b.qkv_bias.as_ref().map_or(0, Vec::len)) * 4
+                (b.attn_norm.len()
+                    + b.ff_norm.len()
+                    + b.qkv_bias.as_ref().map_or(0, Vec::len)
+                    + b.qk_norm.as_ref().map_or(0, |(q, k)| q.len() + k.len()))
+                    * 4
             })
             .sum();
         matrices + norms + self.embedding.bytes() + self.head.bytes() + self.ln_f.len() * 4

@@ -51,6 +51,15 @@ pub(crate) fn rms_norm(
         });
 }
 
+/// `x ← x · rsqrt(mean(x²) + eps) · weight` in place (one head's queries or keys).
+pub(crate) fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let mean_square = sum_of_squares(ArrayView1::from(&*x)) / x.len() as f32;
+    let scale = 1.0 / (mean_square + eps).sqrt();
+    for (v, &w) in x.iter_mut().zip(weight) {
+        *v = *v * scale * w;
+    }
+}
+
 /// Σ v², in lanes so that it vectorises.
 fn sum_of_squares(x: ArrayView1<'_, f32>) -> f32 {
     match x.as_slice() {
@@ -147,19 +156,25 @@ pub(crate) fn par_rms_norm<S: Send>(
     });
 }
 
-/// The projections' biases (when the model has them: `bias` as wide as a row) added to, and
-/// the rotary embedding applied to the queries and keys (not the values) of, `tokens` rows of
-/// `qkv` (`[tokens, (n_heads + 2 n_kv_heads) · head_dim]`): the computed `positions` of each
-/// batch row, one after the other. The first `rotary_dim` dimensions of each head rotate.
+/// The projections' biases (when the model has them: `bias` as wide as a row) added to, each
+/// query and key head normalised (when the model has per-head norms: `qk_norm`, the query's
+/// and the key's weights), and the rotary embedding applied to the queries and keys (not the
+/// values) of, `tokens` rows of `qkv` (`[tokens, (n_heads + 2 n_kv_heads) · head_dim]`): the
+/// computed `positions` of each batch row, one after the other. The first `rotary_dim`
+/// dimensions of each head rotate.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn par_bias_rope<S: Send>(
     pool: &Pool<S>,
     c: &Config,
     (cos, sin): (&[f32], &[f32]),
     bias: Option<&[f32]>,
+    qk_norm: Option<(&[f32], &[f32])>,
     qkv: &mut [f32],
     tokens: usize,
     positions: &Range<usize>,
 ) {
+    let eps = c.rms_norm_eps as f32;
+    let queries = c.n_heads * c.head_dim;
     let hd = c.head_dim;
     let half = c.rotary_dim / 2;
     let width = (c.n_heads + 2 * c.n_kv_heads) * hd;
@@ -168,6 +183,15 @@ pub(crate) fn par_bias_rope<S: Send>(
     par_rows(pool, qkv, tokens, width, &|t, row| {
         if let Some(bias) = bias {
             row.iter_mut().zip(bias).for_each(|(x, &b)| *x += b);
+        }
+        if let Some((q_norm, k_norm)) = qk_norm {
+            let (q, k) = row[..rotated].split_at_mut(queries);
+            for head in q.chunks_exact_mut(hd) {
+                rms_norm_in_place(head, q_norm, eps);
+            }
+            for head in k.chunks_exact_mut(hd) {
+                rms_norm_in_place(head, k_norm, eps);
+            }
         }
         let position = positions.start + t % span;
         let (cos, sin) = (
@@ -223,7 +247,16 @@ mod tests {
         let row: Vec<f32> = (0..24).map(|i| i as f32 / 10.0).collect();
         let bias: Vec<f32> = (0..24).map(|i| 1.0 - i as f32 / 50.0).collect();
         let mut qkv = row.clone();
-        par_bias_rope(&pool, &c, (&cos, &sin), Some(&bias), &mut qkv, 1, &(3..4));
+        par_bias_rope(
+            &pool,
+            &c,
+            (&cos, &sin),
+            Some(&bias),
+            None,
+            &mut qkv,
+            1,
+            &(3..4),
+        );
         let biased: Vec<f32> = row.iter().zip(&bias).map(|(x, b)| x + b).collect();
         for head in 0..2 {
             let (got, want) = (

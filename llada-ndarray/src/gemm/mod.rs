@@ -363,6 +363,59 @@ pub(crate) fn gemm(
     });
 }
 
+/// Rows of `A` per task of [`gemm_groups`]: a popular expert's rows are split, so that one
+/// expert does not keep one thread busy while the others wait.
+const GROUP_ROWS: usize = 2 * MC;
+
+/// `C_g (+)= A_g · B_g` for every group `g < groups` (a mixture's experts: `job(g)` gives the
+/// rows routed to expert `g`, its weight, and where its rows go), as one parallel run: every
+/// group's product is cut into column blocks (and long groups into row blocks), and the
+/// threads take those tasks from one queue, so that neither a popular expert nor many small
+/// ones leave a thread idle. Every `B_g` is `[k, n]`; a group with no rows costs nothing.
+pub(crate) fn gemm_groups<'a, F>(
+    pool: &Pool<impl AsMut<GemmScratch> + Send>,
+    isa: Isa,
+    groups: usize,
+    (k, n): (usize, usize),
+    most_rows: usize,
+    job: &F,
+    accumulate: bool,
+) where
+    F: Fn(usize) -> (MatRef<'a>, Rhs<'a>, Out<'a>) + Sync,
+{
+    if groups == 0 || most_rows == 0 || n == 0 {
+        return;
+    }
+    let col_chunk = COLUMN_BLOCK * NR;
+    let col_chunks = n.div_ceil(col_chunk);
+    let row_chunks = most_rows.div_ceil(GROUP_ROWS);
+    let per_group = col_chunks * row_chunks;
+    // One product number per group, so that the integer kernels quantize each group's rows
+    // once per thread and never reuse another group's.
+    let first_product = PRODUCTS.fetch_add(groups as u64, std::sync::atomic::Ordering::Relaxed);
+    let work = most_rows * n * k * groups.min(8);
+    pool.run_sized(groups * per_group, work, &|task, scratch| {
+        let (g, chunk) = (task / per_group, task % per_group);
+        let (ri, ci) = (chunk / col_chunks, chunk % col_chunks);
+        let (a, b, c) = job(g);
+        let rows = ri * GROUP_ROWS..((ri + 1) * GROUP_ROWS).min(c.rows);
+        if rows.is_empty() {
+            return;
+        }
+        check(&a, &b, &c);
+        let cols = ci * col_chunk..((ci + 1) * col_chunk).min(c.cols);
+        let block = Block {
+            a: &a,
+            b: &b,
+            c,
+            rows,
+            cols,
+            accumulate,
+        };
+        gemm_task(isa, first_product + g as u64, block, scratch.as_mut());
+    });
+}
+
 /// `C (+)= A · B` on the calling thread.
 pub(crate) fn gemm_serial(
     isa: Isa,

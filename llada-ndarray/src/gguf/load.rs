@@ -9,7 +9,7 @@ use super::{GgufFile, TensorInfo, TensorType};
 use crate::config::Config;
 use crate::error::LoadError;
 use crate::gemm::{NR, PackedMatrix, PanelData, Segment};
-use crate::model::{Block, Model, Table};
+use crate::model::{Block, Experts, Mlp, Model, Swiglu, Table};
 use crate::models::{Family, GgufConfig, Tensor};
 use crate::quant::{QuantType, dequantize_row, format_for};
 
@@ -57,14 +57,44 @@ pub fn config_json(file: &GgufFile) -> Result<serde_json::Value, LoadError> {
 }
 
 /// A tensor the model needs, checked: present, of its shape (checkpoint order `[rows, cols]`)
-/// and of a type this backend reads.
+/// and of a type this backend reads; or rows `first_row..first_row + rows` of one (an expert
+/// of a three-dimensional `*_exps` tensor).
+#[derive(Clone, Copy)]
 struct Weight<'f> {
     info: &'f TensorInfo,
+    first_row: usize,
     rows: usize,
     cols: usize,
 }
 
+/// A three-dimensional tensor `[experts, rows, cols]` (llama.cpp's `*_exps`), checked, as one
+/// matrix of `experts · rows` rows.
+fn experts_weight<'f>(
+    file: &'f GgufFile,
+    name: &str,
+    [experts, rows, cols]: [usize; 3],
+) -> Result<Weight<'f>, LoadError> {
+    let all = rows
+        .checked_mul(experts)
+        .ok_or_else(|| LoadError::TensorShape {
+            name: name.to_string(),
+            expected: vec![experts, rows, cols],
+            found: Vec::new(),
+        })?;
+    let mut w = weight_dims(file, name, &[experts, rows, cols])?;
+    w.rows = all;
+    Ok(w)
+}
+
 fn weight<'f>(file: &'f GgufFile, name: &str, shape: &[usize]) -> Result<Weight<'f>, LoadError> {
+    weight_dims(file, name, shape)
+}
+
+fn weight_dims<'f>(
+    file: &'f GgufFile,
+    name: &str,
+    shape: &[usize],
+) -> Result<Weight<'f>, LoadError> {
     let info = file.tensor(name).ok_or_else(|| LoadError::MissingTensor {
         name: name.to_string(),
         expected: shape.to_vec(),
@@ -91,15 +121,31 @@ fn weight<'f>(file: &'f GgufFile, name: &str, shape: &[usize]) -> Result<Weight<
     let (rows, cols) = match *shape {
         [cols] => (1, cols),
         [rows, cols] => (rows, cols),
-        _ => unreachable!("vectors and matrices only"),
+        [experts, rows, cols] => (experts * rows, cols),
+        _ => unreachable!("vectors, matrices and stacks of matrices only"),
     };
-    Ok(Weight { info, rows, cols })
+    Ok(Weight {
+        info,
+        first_row: 0,
+        rows,
+        cols,
+    })
 }
 
-impl Weight<'_> {
+impl<'f> Weight<'f> {
+    /// Rows `first..first + rows` of this weight.
+    fn slice(&self, first: usize, rows: usize) -> Weight<'f> {
+        debug_assert!(first + rows <= self.rows);
+        Weight {
+            first_row: self.first_row + first,
+            rows,
+            ..*self
+        }
+    }
+
     /// Row `r` widened into `out` (`cols` values).
     fn row_f32(&self, file: &GgufFile, r: usize, out: &mut [f32]) {
-        read_row(file, self.info, self.cols, r, out);
+        read_row(file, self.info, self.cols, self.first_row + r, out);
     }
 
     fn to_f32_vec(&self, file: &GgufFile) -> Vec<f32> {
@@ -180,8 +226,9 @@ fn stack(
                 Some(q) if native => {
                     let bytes = q.row_bytes(k);
                     let raw = file.data(part.0.info);
+                    let first = part.0.first_row;
                     PackedMatrix::pack_quantized(rows, k, *q, |r, out| {
-                        let s = source(part, r);
+                        let s = first + source(part, r);
                         out.copy_from_slice(&raw[s * bytes..(s + 1) * bytes]);
                     })
                 }
@@ -217,7 +264,7 @@ fn stack(
         let bits = |r: usize, j: usize| {
             let (part, s) = locate(r);
             let data = file.data(part.0.info);
-            let at = (s * k + j) * 2;
+            let at = ((part.0.first_row + s) * k + j) * 2;
             u16::from_le_bytes([data[at], data[at + 1]])
         };
         if bf {
@@ -276,6 +323,32 @@ fn table(file: &GgufFile, w: &Weight<'_>, quantize: Option<QuantType>) -> Table 
     }
 }
 
+/// A layer's expert gate and up projections: two `[experts, width, d]` tensors, or one
+/// `[experts, 2 · width, d]` (the converter's `--fuse-gate-up-exps`: each expert's gate rows,
+/// then its up rows).
+#[derive(Clone, Copy)]
+enum ExpertRows<'f> {
+    Separate(Weight<'f>, Weight<'f>),
+    Fused(Weight<'f>),
+}
+
+/// llama.cpp's name of the fused gate and up projections of layer `layer`'s experts.
+fn gate_up_exps(layer: usize) -> String {
+    format!("blk.{layer}.ffn_gate_up_exps.weight")
+}
+
+/// A layer's MLP tensors, checked.
+enum MlpWeights<'f> {
+    Dense([Weight<'f>; 3]),
+    Experts {
+        router: Weight<'f>,
+        bias: Option<Weight<'f>>,
+        gate_up: ExpertRows<'f>,
+        down: Weight<'f>,
+        shared: Option<[Weight<'f>; 3]>,
+    },
+}
+
 /// Loads the model a GGUF file holds, with `config` (from [`config_json`]): every tensor of the
 /// family checked (present, shape, type) before any is packed.
 pub(crate) fn load_model(
@@ -307,6 +380,51 @@ pub(crate) fn load_model(
         } else {
             None
         };
+        let qk_norm = if c.qk_norm {
+            Some([w(Tensor::QueryNorm, i)?, w(Tensor::KeyNorm, i)?])
+        } else {
+            None
+        };
+        let mlp = match c.moe.as_ref().filter(|m| m.is_moe_layer(i)) {
+            None => {
+                MlpWeights::Dense([w(Tensor::Gate, i)?, w(Tensor::Up, i)?, w(Tensor::Down, i)?])
+            }
+            Some(moe) => {
+                let (e, width, d) = (moe.experts, moe.expert_hidden_size, c.d_model);
+                let gate_up = match file.tensor(&gate_up_exps(i)) {
+                    Some(_) => ExpertRows::Fused(experts_weight(
+                        file,
+                        &gate_up_exps(i),
+                        [e, 2 * width, d],
+                    )?),
+                    None => ExpertRows::Separate(
+                        experts_weight(file, &Tensor::ExpertGate(0).gguf_name(i), [e, width, d])?,
+                        experts_weight(file, &Tensor::ExpertUp(0).gguf_name(i), [e, width, d])?,
+                    ),
+                };
+                let down =
+                    experts_weight(file, &Tensor::ExpertDown(0).gguf_name(i), [e, d, width])?;
+                let shared = match moe.shared_expert_hidden_size {
+                    Some(_) => Some([
+                        w(Tensor::SharedGate, i)?,
+                        w(Tensor::SharedUp, i)?,
+                        w(Tensor::SharedDown, i)?,
+                    ]),
+                    None => None,
+                };
+                MlpWeights::Experts {
+                    router: w(Tensor::Router, i)?,
+                    bias: if moe.expert_bias {
+                        Some(w(Tensor::ExpertBias, i)?)
+                    } else {
+                        None
+                    },
+                    gate_up,
+                    down,
+                    shared,
+                }
+            }
+        };
         layers.push((
             [
                 w(Tensor::AttnNorm, i)?,
@@ -315,17 +433,16 @@ pub(crate) fn load_model(
                 w(Tensor::Value, i)?,
                 w(Tensor::AttnOut, i)?,
                 w(Tensor::MlpNorm, i)?,
-                w(Tensor::Gate, i)?,
-                w(Tensor::Up, i)?,
-                w(Tensor::Down, i)?,
             ],
             biases,
+            qk_norm,
+            mlp,
         ));
     }
     // LLaDA's query and key rows are interleaved per head in its files.
     let qk_order = c.family.gguf_interleaves_qk().then_some(c.head_dim);
     let mut blocks = Vec::with_capacity(c.n_layers);
-    for ([attn_norm, wq, k, v, out, ff_norm, gate, up, down], biases) in layers {
+    for ([attn_norm, wq, k, v, out, ff_norm], biases, qk_norm, mlp) in layers {
         let qkv_bias = biases.map(|b| {
             let mut bias = Vec::with_capacity(b.iter().map(|t| t.cols).sum());
             for t in &b {
@@ -333,14 +450,56 @@ pub(crate) fn load_model(
             }
             bias
         });
+        let swiglu = |[gate, up, down]: [Weight<'_>; 3]| -> Result<Swiglu, LoadError> {
+            Ok(Swiglu {
+                gate_up: stack(file, &[(gate, None), (up, None)], q)?,
+                down: stack(file, &[(down, None)], q)?,
+            })
+        };
+        let mlp = match mlp {
+            MlpWeights::Dense(weights) => Mlp::Dense(swiglu(weights)?),
+            MlpWeights::Experts {
+                router,
+                bias,
+                gate_up,
+                down,
+                shared,
+            } => {
+                let moe = c
+                    .moe
+                    .as_ref()
+                    .expect("a mixture layer has a mixture config");
+                let width = moe.expert_hidden_size;
+                let mut experts = Vec::with_capacity(moe.experts);
+                for e in 0..moe.experts {
+                    let (gate, up) = match gate_up {
+                        ExpertRows::Separate(gate, up) => {
+                            (gate.slice(e * width, width), up.slice(e * width, width))
+                        }
+                        ExpertRows::Fused(both) => (
+                            both.slice(2 * e * width, width),
+                            both.slice((2 * e + 1) * width, width),
+                        ),
+                    };
+                    let down = down.slice(e * c.d_model, c.d_model);
+                    experts.push(swiglu([gate, up, down])?);
+                }
+                Mlp::Experts(Experts {
+                    router: stack(file, &[(router, None)], None)?,
+                    bias: bias.map(|b| b.to_f32_vec(file)),
+                    experts,
+                    shared: shared.map(swiglu).transpose()?,
+                })
+            }
+        };
         blocks.push(Block {
             attn_norm: attn_norm.to_f32_vec(file),
             qkv: stack(file, &[(wq, qk_order), (k, qk_order), (v, None)], q)?,
             qkv_bias,
+            qk_norm: qk_norm.map(|[qn, kn]| (qn.to_f32_vec(file), kn.to_f32_vec(file))),
             attn_out: stack(file, &[(out, None)], q)?,
             ff_norm: ff_norm.to_f32_vec(file),
-            gate_up: stack(file, &[(gate, None), (up, None)], q)?,
-            ff_out: stack(file, &[(down, None)], q)?,
+            mlp,
         });
     }
     let head = match head {

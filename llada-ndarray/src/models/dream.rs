@@ -15,7 +15,7 @@
 
 use serde::Deserialize;
 
-use super::{Family, GgufConfig, GgufKeys, Tensor, gguf_keys};
+use super::{Family, GgufConfig, GgufKeys, Id, Tensor, gguf_keys};
 use crate::config::{Config, Keys, invalid, raw, require, unsupported};
 use crate::error::LoadError;
 
@@ -52,23 +52,6 @@ const REQUIRED: [&str; 8] = [
     "rms_norm_eps",
     "rope_theta",
 ];
-
-/// A token id field: Hugging Face configs allow a list (the first is used).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(untagged)]
-enum Id {
-    One(u32),
-    Many(Vec<u32>),
-}
-
-impl Id {
-    fn first(&self) -> Option<u32> {
-        match self {
-            Id::One(id) => Some(*id),
-            Id::Many(ids) => ids.first().copied(),
-        }
-    }
-}
 
 /// The fields read from Dream's `config.json` (`DreamConfig`), as written there.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -167,6 +150,8 @@ pub(super) fn config(value: serde_json::Value) -> Result<Config, LoadError> {
         mask_token_id: raw.mask_token_id.and_then(|id| id.first()),
         eos_token_id: raw.eos_token_id.and_then(|id| id.first()),
         pad_token_id: raw.pad_token_id.and_then(|id| id.first()),
+        qk_norm: false,
+        moe: None,
     }
     .checked(&KEYS)
 }
@@ -190,6 +175,17 @@ pub(super) fn checkpoint_name(tensor: Tensor, layer: usize) -> String {
         Tensor::Gate => layer_tensor("mlp.gate_proj.weight"),
         Tensor::Up => layer_tensor("mlp.up_proj.weight"),
         Tensor::Down => layer_tensor("mlp.down_proj.weight"),
+        // Dream has none of these; named as the Qwen-style families name them.
+        Tensor::QueryNorm => layer_tensor("self_attn.q_norm.weight"),
+        Tensor::KeyNorm => layer_tensor("self_attn.k_norm.weight"),
+        Tensor::Router => layer_tensor("mlp.gate.weight"),
+        Tensor::ExpertBias => layer_tensor("mlp.expert_bias"),
+        Tensor::ExpertGate(e) => layer_tensor(&format!("mlp.experts.{e}.gate_proj.weight")),
+        Tensor::ExpertUp(e) => layer_tensor(&format!("mlp.experts.{e}.up_proj.weight")),
+        Tensor::ExpertDown(e) => layer_tensor(&format!("mlp.experts.{e}.down_proj.weight")),
+        Tensor::SharedGate => layer_tensor("shared_expert.gate_proj.weight"),
+        Tensor::SharedUp => layer_tensor("shared_expert.up_proj.weight"),
+        Tensor::SharedDown => layer_tensor("shared_expert.down_proj.weight"),
     }
 }
 

@@ -289,6 +289,8 @@ fn check(raw: RawConfig) -> Result<Config, LoadError> {
         mask_token_id: raw.mask_token_id,
         eos_token_id: raw.eos_token_id,
         pad_token_id: raw.pad_token_id,
+        qk_norm: false,
+        moe: None,
     }
     .checked(&KEYS)
 }
@@ -323,6 +325,17 @@ pub(super) fn checkpoint_name(tensor: Tensor, layer: usize) -> String {
         Tensor::Gate => block("ff_proj"),
         Tensor::Up => block("up_proj"),
         Tensor::Down => block("ff_out"),
+        // LLaDA has none of these; named as OLMo's blocks would name them.
+        Tensor::QueryNorm => block("q_norm"),
+        Tensor::KeyNorm => block("k_norm"),
+        Tensor::Router => block("router"),
+        Tensor::ExpertBias => format!("model.transformer.blocks.{layer}.expert_bias"),
+        Tensor::ExpertGate(e) => block(&format!("experts.{e}.ff_proj")),
+        Tensor::ExpertUp(e) => block(&format!("experts.{e}.up_proj")),
+        Tensor::ExpertDown(e) => block(&format!("experts.{e}.ff_out")),
+        Tensor::SharedGate => block("shared_expert.ff_proj"),
+        Tensor::SharedUp => block("shared_expert.up_proj"),
+        Tensor::SharedDown => block("shared_expert.ff_out"),
     }
 }
 

@@ -3,21 +3,39 @@
 //! pass (`context.rs`) reads only the description. Adding a dense family is a file here, a
 //! variant of [`Family`] with its arms below, its fixture and its tests.
 //!
-//! | | LLaDA | Dream |
-//! |---|---|---|
-//! | attention | grouped-query, no biases | grouped-query, q/k/v biases |
-//! | rotary embedding | rotate-half, whole head; GGUF q/k rows interleaved for llama.cpp | rotate-half, whole head; GGUF rows as the checkpoint |
-//! | mask | bidirectional | bidirectional |
-//! | MLP | SwiGLU | SwiGLU |
-//! | head | untied (or tied) | untied (or tied) |
-//! | logits | unshifted | shifted: position i reads row i − 1 |
+//! | | LLaDA | Dream | LLaDA-MoE |
+//! |---|---|---|---|
+//! | attention | grouped-query, no biases | grouped-query, q/k/v biases | grouped-query, no biases, RMSNorm over each head's q and k |
+//! | rotary embedding | rotate-half, whole head; GGUF q/k rows interleaved for llama.cpp | rotate-half, whole head; GGUF rows as the checkpoint | rotate-half (partial if the config says); GGUF rows as the checkpoint |
+//! | mask | bidirectional | bidirectional | bidirectional |
+//! | MLP | SwiGLU | SwiGLU | mixture of SwiGLU experts: softmax router, top-k, weights not renormalised |
+//! | head | untied (or tied) | untied (or tied) | untied (or tied) |
+//! | logits | unshifted | shifted: position i reads row i − 1 | unshifted |
 
 mod dream;
 mod llada;
+mod llada_moe;
 
 use crate::config::Config;
 use crate::error::LoadError;
 use crate::gguf::{GgufFile, Value};
+
+/// A token id field: Hugging Face configs allow a list (the first is used).
+#[derive(Clone, Debug, serde::Deserialize, PartialEq)]
+#[serde(untagged)]
+pub(super) enum Id {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Id {
+    pub(super) fn first(&self) -> Option<u32> {
+        match self {
+            Id::One(id) => Some(*id),
+            Id::Many(ids) => ids.first().copied(),
+        }
+    }
+}
 
 /// A model family this backend runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -29,6 +47,10 @@ pub enum Family {
     /// Dream-v0-7B (HKUNLP), DiffuCoder, Dream-Coder: a Qwen2 body (`model_type` `Dream`),
     /// GGUF architecture `dream`, logits shifted by one position.
     Dream,
+    /// LLaDA-MoE-7B-A1B (inclusionAI / GSAI-ML): `config.json` with `model_type` `llada` and
+    /// `architectures` `LLaDAMoEModelLM`, GGUF architecture `llada-moe`; a mixture-of-experts
+    /// MLP and per-head query/key norms.
+    LladaMoe,
 }
 
 /// One tensor of a model, by what it is for (every family has these; a family's file names
@@ -50,11 +72,32 @@ pub(crate) enum Tensor {
     Down,
     FinalNorm,
     Head,
+    /// RMSNorm weight of each query head (`head_dim`).
+    QueryNorm,
+    /// RMSNorm weight of each key head (`head_dim`).
+    KeyNorm,
+    /// The mixture's router, `[experts, d_model]`.
+    Router,
+    /// The router's per-expert bias, `[experts]`.
+    ExpertBias,
+    /// Expert `e`'s gate projection.
+    ExpertGate(usize),
+    /// Expert `e`'s up projection.
+    ExpertUp(usize),
+    /// Expert `e`'s down projection.
+    ExpertDown(usize),
+    /// The shared expert's gate projection.
+    SharedGate,
+    /// The shared expert's up projection.
+    SharedUp,
+    /// The shared expert's down projection.
+    SharedDown,
 }
 
 impl Tensor {
-    /// A block's tensors, in checkpoint order (biases only where the family has them).
-    pub(crate) const BLOCK: [Tensor; 12] = [
+    /// A block's attention tensors, in checkpoint order (biases and norms only where the
+    /// family has them).
+    pub(crate) const ATTENTION: [Tensor; 10] = [
         Tensor::AttnNorm,
         Tensor::Query,
         Tensor::Key,
@@ -62,12 +105,17 @@ impl Tensor {
         Tensor::QueryBias,
         Tensor::KeyBias,
         Tensor::ValueBias,
+        Tensor::QueryNorm,
+        Tensor::KeyNorm,
         Tensor::AttnOut,
-        Tensor::MlpNorm,
-        Tensor::Gate,
-        Tensor::Up,
-        Tensor::Down,
     ];
+
+    /// A dense MLP's projections.
+    pub(crate) const DENSE_MLP: [Tensor; 3] = [Tensor::Gate, Tensor::Up, Tensor::Down];
+
+    /// The shared expert's projections.
+    pub(crate) const SHARED_EXPERT: [Tensor; 3] =
+        [Tensor::SharedGate, Tensor::SharedUp, Tensor::SharedDown];
 
     pub(crate) fn is_bias(self) -> bool {
         matches!(
@@ -76,7 +124,14 @@ impl Tensor {
         )
     }
 
+    pub(crate) fn is_qk_norm(self) -> bool {
+        matches!(self, Tensor::QueryNorm | Tensor::KeyNorm)
+    }
+
     /// llama.cpp's name of this tensor (of block `layer`), the same for every architecture.
+    /// The experts of a layer are one three-dimensional tensor in llama.cpp's files
+    /// (`ffn_gate_exps` and so on, `[experts, rows, cols]`): every expert's name is that
+    /// tensor's.
     pub(crate) fn gguf_name(self, layer: usize) -> String {
         let block = |name: &str| format!("blk.{layer}.{name}");
         match self {
@@ -95,6 +150,16 @@ impl Tensor {
             Tensor::Gate => block("ffn_gate.weight"),
             Tensor::Up => block("ffn_up.weight"),
             Tensor::Down => block("ffn_down.weight"),
+            Tensor::QueryNorm => block("attn_q_norm.weight"),
+            Tensor::KeyNorm => block("attn_k_norm.weight"),
+            Tensor::Router => block("ffn_gate_inp.weight"),
+            Tensor::ExpertBias => block("exp_probs_b.bias"),
+            Tensor::ExpertGate(_) => block("ffn_gate_exps.weight"),
+            Tensor::ExpertUp(_) => block("ffn_up_exps.weight"),
+            Tensor::ExpertDown(_) => block("ffn_down_exps.weight"),
+            Tensor::SharedGate => block("ffn_gate_shexp.weight"),
+            Tensor::SharedUp => block("ffn_up_shexp.weight"),
+            Tensor::SharedDown => block("ffn_down_shexp.weight"),
         }
     }
 }
@@ -105,6 +170,7 @@ impl Family {
         match self {
             Family::Llada => "llada",
             Family::Dream => "dream",
+            Family::LladaMoe => "llada-moe",
         }
     }
 
@@ -124,20 +190,28 @@ impl Family {
         };
         if is(dream::MODEL_TYPES, dream::ARCHITECTURES) {
             Ok(Family::Dream)
+        } else if is(llada_moe::MODEL_TYPES, llada_moe::ARCHITECTURES)
+            || (is(llada::MODEL_TYPES, &[])
+                && value.get("num_experts").is_some()
+                && value.get("d_model").is_none())
+        {
+            // LLaDA-MoE's `config.json` says `model_type: "llada"` as LLaDA-8B's does; its
+            // class (or its Qwen-style keys with experts) tells them apart.
+            Ok(Family::LladaMoe)
         } else if is(llada::MODEL_TYPES, llada::ARCHITECTURES) || value.get("d_model").is_some() {
             Ok(Family::Llada)
         } else {
             Err(LoadError::Unsupported {
                 field: "model_type",
                 value: model_type.unwrap_or("(none)").to_string(),
-                reason: "the ndarray backend runs LLaDA (\"llada\") and Dream (\"Dream\") models",
+                reason: "the ndarray backend runs LLaDA (\"llada\"), LLaDA-MoE (\"llada\" with `LLaDAMoEModelLM`) and Dream (\"Dream\") models",
             })
         }
     }
 
     /// The family of a GGUF architecture name, if this backend runs it.
     pub(crate) fn of_gguf_arch(arch: &str) -> Option<Self> {
-        [Family::Llada, Family::Dream]
+        [Family::Llada, Family::Dream, Family::LladaMoe]
             .into_iter()
             .find(|f| f.gguf_arch() == arch)
     }
@@ -147,6 +221,7 @@ impl Family {
         match self {
             Family::Llada => llada::config(value),
             Family::Dream => dream::config(value),
+            Family::LladaMoe => llada_moe::config(value),
         }
     }
 
@@ -155,6 +230,7 @@ impl Family {
         match self {
             Family::Llada => llada::checkpoint_name(tensor, layer),
             Family::Dream => dream::checkpoint_name(tensor, layer),
+            Family::LladaMoe => llada_moe::checkpoint_name(tensor, layer),
         }
     }
 
@@ -163,6 +239,7 @@ impl Family {
         match self {
             Family::Llada => llada::GGUF_ARCH,
             Family::Dream => dream::GGUF_ARCH,
+            Family::LladaMoe => llada_moe::GGUF_ARCH,
         }
     }
 
@@ -172,6 +249,7 @@ impl Family {
         match self {
             Family::Llada => llada::GGUF_INTERLEAVED_QK,
             Family::Dream => dream::GGUF_INTERLEAVED_QK,
+            Family::LladaMoe => llada_moe::GGUF_INTERLEAVED_QK,
         }
     }
 
@@ -180,6 +258,7 @@ impl Family {
         match self {
             Family::Llada => llada::GGUF_KEYS,
             Family::Dream => dream::GGUF_KEYS,
+            Family::LladaMoe => llada_moe::GGUF_KEYS,
         }
     }
 
@@ -189,6 +268,7 @@ impl Family {
         match self {
             Family::Llada => llada::gguf_config(gguf),
             Family::Dream => dream::gguf_config(gguf),
+            Family::LladaMoe => llada_moe::gguf_config(gguf),
         }
     }
 }
@@ -220,6 +300,11 @@ pub(crate) struct GgufConfig {
     pub(crate) eos_token_id: Option<u64>,
     pub(crate) pad_token_id: Option<u64>,
     pub(crate) bos_token_id: Option<u64>,
+    /// `<arch>.expert_count`, `<arch>.expert_used_count` and
+    /// `<arch>.expert_feed_forward_length`, for the architectures with experts.
+    pub(crate) expert_count: Option<u64>,
+    pub(crate) expert_used_count: Option<u64>,
+    pub(crate) expert_feed_forward_length: Option<u64>,
 }
 
 /// The metadata keys of one architecture, `<arch>.embedding_length` and so on.
@@ -233,6 +318,12 @@ pub(crate) struct GgufKeys {
     pub(crate) rms_norm_eps: &'static str,
     pub(crate) max_sequence_length: &'static str,
     pub(crate) rotary_dim: &'static str,
+    pub(crate) expert_count: &'static str,
+    pub(crate) expert_used_count: &'static str,
+    pub(crate) expert_feed_forward_length: &'static str,
+    /// Whether `feed_forward_length` must be there (LLaDA-MoE's converter writes none: every
+    /// layer is a mixture).
+    pub(crate) dense_mlp_required: bool,
 }
 
 /// The [`GgufKeys`] of architecture `$arch`.
@@ -248,6 +339,10 @@ macro_rules! gguf_keys {
             rms_norm_eps: concat!($arch, ".attention.layer_norm_rms_epsilon"),
             max_sequence_length: concat!($arch, ".context_length"),
             rotary_dim: concat!($arch, ".rope.dimension_count"),
+            expert_count: concat!($arch, ".expert_count"),
+            expert_used_count: concat!($arch, ".expert_used_count"),
+            expert_feed_forward_length: concat!($arch, ".expert_feed_forward_length"),
+            dense_mlp_required: true,
         }
     };
 }
@@ -309,7 +404,13 @@ impl GgufConfig {
                 .and_then(Value::as_u64)
                 .unwrap_or(n_heads),
             n_layers: meta_u64(file, keys.n_layers)?,
-            mlp_hidden_size: meta_u64(file, keys.mlp_hidden_size)?,
+            mlp_hidden_size: if keys.dense_mlp_required {
+                meta_u64(file, keys.mlp_hidden_size)?
+            } else {
+                file.get(keys.mlp_hidden_size)
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+            },
             vocab_size,
             embedding_size,
             rope_theta: meta_f64(file, keys.rope_theta)?,
@@ -322,6 +423,11 @@ impl GgufConfig {
             eos_token_id: id("tokenizer.ggml.eos_token_id"),
             pad_token_id: id("tokenizer.ggml.padding_token_id"),
             bos_token_id: id("tokenizer.ggml.bos_token_id"),
+            expert_count: file.get(keys.expert_count).and_then(Value::as_u64),
+            expert_used_count: file.get(keys.expert_used_count).and_then(Value::as_u64),
+            expert_feed_forward_length: file
+                .get(keys.expert_feed_forward_length)
+                .and_then(Value::as_u64),
         })
     }
 }
