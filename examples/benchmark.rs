@@ -28,6 +28,8 @@ use llada_test_support::CountingAllocator;
 
 #[path = "bench/llama_cpp.rs"]
 mod llama_cpp;
+#[path = "bench/moe.rs"]
+mod moe;
 #[path = "bench/python.rs"]
 mod python;
 
@@ -83,6 +85,43 @@ struct Cli {
     /// Where to write the report.
     #[arg(long, default_value = "BENCHMARKS.md")]
     out: PathBuf,
+    /// Measure only the mixture-of-experts model (its GGUF files `moe-*.gguf` in `--gguf-dir`,
+    /// made by `examples/bench/make_bench_moe.py`), and replace that section of `--out`.
+    #[arg(long)]
+    only_moe: bool,
+}
+
+/// `report` with its mixture-of-experts section (from its heading to the next `## `) replaced
+/// by `section`, or `section` appended.
+fn splice_moe_section(report: &str, section: &str) -> String {
+    const HEADING: &str = "\n## Mixture of experts";
+    match report.find(HEADING) {
+        Some(start) => {
+            let rest = &report[start + 1..];
+            let end = rest.find("\n## ").map_or(report.len(), |e| start + 1 + e);
+            format!(
+                "{}{}{}",
+                &report[..start],
+                section.trim_end(),
+                &report[end..]
+            )
+        }
+        None => format!("{}\n{}", report.trim_end(), section),
+    }
+}
+
+fn moe_section(cli: &Cli) -> anyhow::Result<Option<String>> {
+    let llama = (!cli.skip_llama_cpp).then_some(cli.llama_cpp.as_path());
+    if llama.is_some() && !moe::files(&cli.gguf_dir).is_empty() {
+        ensure_llama_cpp(cli)?;
+    }
+    moe::section(
+        &cli.gguf_dir,
+        llama,
+        cli.threads,
+        cli.repeats,
+        time_cached_steps,
+    )
 }
 
 fn median(samples: &mut [f64]) -> f64 {
@@ -533,6 +572,19 @@ fn fast_dllm_rows(threads: usize) -> anyhow::Result<FastDllm> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.only_moe {
+        let section = moe_section(&cli)?.with_context(|| {
+            format!(
+                "no moe-*.gguf in {} (make them with examples/bench/make_bench_moe.py)",
+                cli.gguf_dir.display()
+            )
+        })?;
+        let report = std::fs::read_to_string(&cli.out).unwrap_or_default();
+        std::fs::write(&cli.out, splice_moe_section(&report, &section))
+            .with_context(|| format!("writing {}", cli.out.display()))?;
+        eprintln!("{section}\nwrote {}", cli.out.display());
+        return Ok(());
+    }
     ensure_models(&cli)?;
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(cli.model.join("config.json"))?)?;
@@ -1068,6 +1120,9 @@ fn main() -> anyhow::Result<()> {
     }
     writeln!(md, ".")?;
     print!("{md}");
+    if let Some(section) = moe_section(&cli)? {
+        md.push_str(&section);
+    }
     std::fs::write(&cli.out, &md).with_context(|| format!("writing {}", cli.out.display()))?;
     eprintln!("wrote {}", cli.out.display());
     Ok(())

@@ -557,9 +557,16 @@ impl ModelFiles {
     }
 
     /// The model family its `config.json` names: `"dream"` for Dream (and DiffuCoder,
-    /// Dream-Coder: `model_type` `Dream`), else `"llada"`.
+    /// Dream-Coder: `model_type` `Dream`), `"llada-moe"` for LLaDA-MoE (`LLaDAMoEModelLM`),
+    /// else `"llada"`.
     pub fn family(&self) -> &'static str {
-        if self.is_dream() { "dream" } else { "llada" }
+        if self.is_dream() {
+            "dream"
+        } else if is_llada_moe(&self.config) {
+            "llada-moe"
+        } else {
+            "llada"
+        }
     }
 
     fn is_dream(&self) -> bool {
@@ -653,6 +660,27 @@ impl ModelFiles {
                 .with_eot_id(self.special.eot),
         )
     }
+}
+
+/// Whether a `config.json` is LLaDA-MoE's: a LLaDA-MoE class in `architectures`, or
+/// `model_type` `llada` with experts and without LLaDA-8B's `d_model` (the ndarray backend
+/// recognises the family the same way).
+pub(crate) fn is_llada_moe(config: &serde_json::Value) -> bool {
+    let model_type = config.get("model_type").and_then(serde_json::Value::as_str);
+    let by_class = config
+        .get("architectures")
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(|a| {
+            a.iter()
+                .any(|c| matches!(c.as_str(), Some("LLaDAMoEModelLM" | "LLaDAMoEModel")))
+        });
+    by_class
+        || model_type.is_some_and(|t| {
+            t.eq_ignore_ascii_case("lladamoe") || t.eq_ignore_ascii_case("llada_moe")
+        })
+        || (model_type.is_some_and(|t| t.eq_ignore_ascii_case("llada"))
+            && config.get("num_experts").is_some()
+            && config.get("d_model").is_none())
 }
 
 /// Whether a `config.json` is a Dream model's: `model_type` `Dream` or a Dream class in

@@ -117,10 +117,16 @@ impl SpecialTokens {
                 .or_else(|| value.get("content").and_then(|c| c.as_str()))?;
             tokenizer.token_to_id(text)
         };
-        // LLaDA's mask is `<|mdm_mask|>`, Dream's `<|mask|>`.
+        // LLaDA's mask is `<|mdm_mask|>`, Dream's `<|mask|>`; LLaDA-MoE's release says its
+        // mask id nowhere in its files (its `generate` and llama.cpp's converter hard-code
+        // 156895).
         let mask = from_config("mask_token_id")
             .or_else(|| tokenizer.token_to_id("<|mdm_mask|>"))
             .or_else(|| tokenizer.token_to_id("<|mask|>"))
+            .or_else(|| {
+                (crate::files::is_llada_moe(config) && tokenizer.vocab_size() > 156_895)
+                    .then_some(156_895)
+            })
             .ok_or(Error::MissingSpecialToken {
                 name: "mask (mask_token_id, <|mdm_mask|> or <|mask|>)",
             })?;
@@ -129,10 +135,12 @@ impl SpecialTokens {
             .ok_or(Error::MissingSpecialToken {
                 name: "eos (eos_token_id or eos_token)",
             })?;
-        // LLaDA's end of turn is `<|eot_id|>`; ChatML models' (Dream) `<|im_end|>`.
+        // LLaDA's end of turn is `<|eot_id|>`; ChatML models' (Dream) `<|im_end|>`; the Ling
+        // template's (LLaDA-MoE) `<|role_end|>`.
         let eot = tokenizer
             .token_to_id("<|eot_id|>")
             .or_else(|| tokenizer.token_to_id("<|im_end|>"))
+            .or_else(|| tokenizer.token_to_id("<|role_end|>"))
             .unwrap_or(eos);
         let bos = from_token("bos_token");
         let pad = from_config("pad_token_id")

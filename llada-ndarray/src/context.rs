@@ -67,6 +67,8 @@ struct Buffers {
     gate_up: Vec<f32>,
     /// A mixture's routing tables, kept here so that a warm step allocates nothing.
     routes: Routes,
+    /// Where the mixture layers' time went.
+    moe_profile: MoeProfile,
     /// Final-norm rows of the logits window `[batch · window, d_model]`.
     head_in: Vec<f32>,
     /// Keys of every (row, kv head), transposed and packed into kernel panels.
@@ -76,6 +78,28 @@ struct Buffers {
     /// Rotary cos and sin `[position, head_dim / 2]` of the longest sequence so far.
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
+}
+
+/// Where the mixture-of-experts layers of a context's forward passes spent their time, summed
+/// over layers and passes since the context was made (or [`Context::reset_moe_profile`]):
+/// the router's product, the choice of experts (softmax, top-k, grouping the rows), gathering
+/// each expert's rows, the experts' products (gate and up, SwiGLU, down; the shared expert's
+/// included), and adding the weighted outputs back. Zero for dense models.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct MoeProfile {
+    /// The router's product.
+    pub router: std::time::Duration,
+    /// Softmax, top-k and grouping the (token, expert) pairs by expert.
+    pub routing: std::time::Duration,
+    /// Copying each expert's input rows together.
+    pub gather: std::time::Duration,
+    /// The experts' gate/up products, SwiGLU and down products.
+    pub experts: std::time::Duration,
+    /// Adding each token's weighted expert outputs to its residual.
+    pub combine: std::time::Duration,
+    /// Mixture layers run (one per layer per forward pass).
+    pub layers: u64,
 }
 
 /// What the router of a mixture layer decided, and the rows it gathers.
@@ -232,6 +256,17 @@ impl Context {
     /// `neon-dotprod` (`sdot`) or `neon` (plain NEON) on aarch64.
     pub fn integer_kernel(&self) -> Option<&'static str> {
         self.isa.int8().map(|k| k.name())
+    }
+
+    /// Where the mixture-of-experts layers' time went since the context was made or the last
+    /// [`reset_moe_profile`](Self::reset_moe_profile).
+    pub fn moe_profile(&self) -> MoeProfile {
+        self.buffers.moe_profile
+    }
+
+    /// Starts [`moe_profile`](Self::moe_profile) again from zero.
+    pub fn reset_moe_profile(&mut self) {
+        self.buffers.moe_profile = MoeProfile::default();
     }
 
     /// Sizes the buffers for `batch` rows of `seq_len` tokens (with a logits window as long as
@@ -606,6 +641,14 @@ fn add_experts(
     d: usize,
 ) {
     let (n_experts, k, width) = (moe.experts, moe.experts_per_token, moe.expert_hidden_size);
+    let mut clock = std::time::Instant::now();
+    let mut lap = |phase: &mut std::time::Duration| {
+        let now = std::time::Instant::now();
+        *phase += now - clock;
+        clock = now;
+    };
+    let mut profile = b.moe_profile;
+    profile.layers += 1;
     let r = &mut b.routes;
     gemm(
         pool,
@@ -615,6 +658,7 @@ fn add_experts(
         Out::new(&mut r.scores, tokens, n_experts, n_experts),
         false,
     );
+    lap(&mut profile.router);
     let slots = tokens * k;
     route(
         &mut r.scores[..tokens * n_experts],
@@ -643,11 +687,13 @@ fn add_experts(
         r.row[slot] = row as u32;
         r.token[row] = (slot / k) as u32;
     }
+    lap(&mut profile.routing);
     let (h, token) = (&b.h, &r.token);
     par_rows(pool, &mut r.gathered, slots, d, &|row, out| {
         let t = token[row] as usize;
         out.copy_from_slice(&h[t * d..(t + 1) * d]);
     });
+    lap(&mut profile.gather);
     // Each expert's gate and up projections of its rows, the SwiGLU, its down projection.
     let start = &r.start;
     let gathered = &r.gathered;
@@ -699,6 +745,7 @@ fn add_experts(
     if let Some(shared) = &m.shared {
         add_swiglu(pool, isa, shared, &b.h, &mut b.gate_up, &mut b.x, tokens, d);
     }
+    lap(&mut profile.experts);
     // Each token's weighted outputs, added to its residual in expert order.
     let (expert_out, row, weight) = (&r.out, &r.row, &r.weight);
     par_rows(pool, &mut b.x, tokens, d, &|t, x| {
@@ -708,6 +755,8 @@ fn add_experts(
             x.iter_mut().zip(y).for_each(|(x, &y)| *x += w * y);
         }
     });
+    lap(&mut profile.combine);
+    b.moe_profile = profile;
 }
 
 impl MaskPredictor for Context {

@@ -53,7 +53,7 @@ mod threads;
 mod weights;
 
 pub use config::{Config, MoeConfig};
-pub use context::{Context, ContextOptions, MAX_THREADS};
+pub use context::{Context, ContextOptions, MAX_THREADS, MoeProfile};
 pub use error::{ForwardError, LoadError};
 pub use gemm::isa::Kernel;
 pub use model::{LoadOptions, Model, Quantization};

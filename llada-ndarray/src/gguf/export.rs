@@ -95,7 +95,8 @@ impl std::str::FromStr for FileType {
 /// What a matrix is in the model, for the choice of its type.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
-    /// Norms and biases: always f32.
+    /// Norms, biases and a mixture's router (`llama-quantize` leaves `ffn_gate_inp` alone):
+    /// always f32.
     Norm,
     /// The output layer, or the token embedding when it is also the output layer.
     Output,
@@ -178,9 +179,12 @@ fn quant_type(ty: TensorType) -> Option<QuantType> {
     .find(|&q| tensor_type(q) == ty)
 }
 
-/// One tensor to write: its checkpoint source and its GGUF form.
+/// One tensor to write: its checkpoint sources and its GGUF form.
 struct Planned {
-    source: String,
+    /// The tensors whose rows it stacks, `source_rows` rows each: one, or every expert of a
+    /// layer (llama.cpp's `*_exps` tensors are `[experts, rows, cols]`).
+    sources: Vec<String>,
+    source_rows: usize,
     name: String,
     rows: usize,
     cols: usize,
@@ -196,10 +200,24 @@ struct Planned {
 fn plan(config: &Config, file_type: FileType) -> Vec<Planned> {
     let n = config.n_layers;
     let interleaved = config.family.gguf_interleaves_qk();
+    let experts = config.moe.as_ref().map_or(0, |m| m.experts);
     let mut out = Vec::new();
     for (tensor, layer) in config.roles() {
+        // A layer's experts are one tensor of llama.cpp's, planned at the first expert.
+        let expert_sources = |of: fn(usize) -> Tensor| -> Vec<String> {
+            (0..experts)
+                .map(|e| config.family.checkpoint_name(of(e), layer))
+                .collect()
+        };
+        let sources = match tensor {
+            Tensor::ExpertGate(0) => expert_sources(Tensor::ExpertGate),
+            Tensor::ExpertUp(0) => expert_sources(Tensor::ExpertUp),
+            Tensor::ExpertDown(0) => expert_sources(Tensor::ExpertDown),
+            Tensor::ExpertGate(_) | Tensor::ExpertUp(_) | Tensor::ExpertDown(_) => continue,
+            _ => vec![config.family.checkpoint_name(tensor, layer)],
+        };
         let shape = config.shape(tensor);
-        let (rows, cols) = match shape[..] {
+        let (source_rows, cols) = match shape[..] {
             [cols] => (1, cols),
             [rows, cols] => (rows, cols),
             _ => unreachable!("the configuration has vectors and matrices only"),
@@ -207,9 +225,12 @@ fn plan(config: &Config, file_type: FileType) -> Vec<Planned> {
         let vector = shape.len() == 1;
         let role = match tensor {
             _ if vector => Role::Norm,
+            Tensor::Router => Role::Norm,
             Tensor::Embedding if config.weight_tying => Role::Output,
             Tensor::Head => Role::Output,
-            Tensor::Value | Tensor::Down => Role::MoreBits,
+            Tensor::Value | Tensor::Down | Tensor::ExpertDown(_) | Tensor::SharedDown => {
+                Role::MoreBits
+            }
             // A token embedding that is not the output layer is quantized like any matrix.
             _ => Role::Other,
         };
@@ -217,9 +238,10 @@ fn plan(config: &Config, file_type: FileType) -> Vec<Planned> {
             .then_some(config.head_dim);
         out.push(Planned {
             ty: choose(file_type, role, layer, n, cols),
-            source: config.family.checkpoint_name(tensor, layer),
+            rows: source_rows * sources.len(),
+            sources,
+            source_rows,
             name: tensor.gguf_name(layer),
-            rows,
             cols,
             interleave,
             vector,
@@ -297,16 +319,18 @@ pub fn requantize(
 ) -> Result<Written, LoadError> {
     let config = Config::from_value(super::config_json(file)?)?;
     let arch = format!("{}.", config.family.gguf_arch());
-    for (tensor, layer) in config.roles() {
-        let (name, shape) = (tensor.gguf_name(layer), config.shape(tensor));
-        let info = file.tensor(&name).ok_or_else(|| LoadError::MissingTensor {
-            name: name.clone(),
-            expected: shape.clone(),
-        })?;
+    for p in plan(&config, FileType::F32) {
+        let shape: Vec<usize> = dims(&p).iter().rev().map(|&d| d as usize).collect();
+        let info = file
+            .tensor(&p.name)
+            .ok_or_else(|| LoadError::MissingTensor {
+                name: p.name.clone(),
+                expected: shape.clone(),
+            })?;
         let found: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
         if found != shape {
             return Err(LoadError::TensorShape {
-                name,
+                name: p.name,
                 expected: shape,
                 found,
             });
@@ -344,7 +368,8 @@ fn write(
     let mut planned = plan(config, file_type);
     if let Source::Gguf(file) = source {
         for p in &mut planned {
-            p.source.clone_from(&p.name);
+            p.sources = vec![p.name.clone()];
+            p.source_rows = p.rows;
             p.interleave = None;
             let from = file.tensor(&p.name).expect("checked").ty;
             let float = matches!(from, TensorType::F32 | TensorType::F16 | TensorType::BF16);
@@ -412,6 +437,12 @@ fn write(
 fn dims(p: &Planned) -> Vec<u64> {
     if p.vector {
         vec![p.cols as u64]
+    } else if p.source_rows < p.rows || p.name.contains("_exps.") {
+        vec![
+            p.cols as u64,
+            p.source_rows as u64,
+            (p.rows / p.source_rows.max(1)) as u64,
+        ]
     } else {
         vec![p.cols as u64, p.rows as u64]
     }
@@ -448,10 +479,21 @@ fn metadata(config: &Config, file_type: FileType) -> Vec<(String, Value)> {
         (k.rms_norm_eps.into(), Value::Float(config.rms_norm_eps)),
         (key("attention.causal"), Value::Bool(false)),
     ];
+    if let Some(moe) = &config.moe {
+        out.extend([
+            (k.expert_count.into(), u(moe.experts)),
+            (k.expert_used_count.into(), u(moe.experts_per_token)),
+            (
+                k.expert_feed_forward_length.into(),
+                u(moe.expert_hidden_size),
+            ),
+        ]);
+    }
     // llama.cpp writes `false` for LLaDA and no key for Dream (which `llama-diffusion-cli`
     // reads as shifted): write the key when it is not what the architecture implies.
     let implied = config.family == Family::Dream;
-    if config.shifted_logits != implied || config.family == Family::Llada {
+    if config.shifted_logits != implied || matches!(config.family, Family::Llada | Family::LladaMoe)
+    {
         out.push((
             "diffusion.shift_logits".into(),
             Value::Bool(config.shifted_logits),
@@ -496,19 +538,25 @@ fn write_tensor(source: &Source<'_>, p: &Planned, sink: &mut dyn Write) -> Resul
     };
     // A quantized GGUF tensor that keeps its type is copied as it is.
     if let Source::Gguf(file) = source {
-        let info = file.tensor(&p.source).expect("checked");
+        let info = file.tensor(&p.sources[0]).expect("checked");
         if info.ty == p.ty {
             sink.write_all(file.data(info))?;
             return Ok(());
         }
     }
+    let per = p.source_rows.max(1);
     let read: Box<ReadRow<'_>> = match source {
         Source::Checkpoint(checkpoint) => {
-            let data = checkpoint.tensor(&p.source).map_err(Failure::Read)?;
-            Box::new(move |r, row: &mut [f32]| data.read_f32(r * p.cols, row))
+            let data = p
+                .sources
+                .iter()
+                .map(|name| checkpoint.tensor(name))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(Failure::Read)?;
+            Box::new(move |r, row: &mut [f32]| data[r / per].read_f32(r % per * p.cols, row))
         }
         Source::Gguf(file) => {
-            let info = file.tensor(&p.source).expect("checked");
+            let info = file.tensor(&p.sources[0]).expect("checked");
             Box::new(move |r, row: &mut [f32]| super::load::read_row(file, info, p.cols, r, row))
         }
     };
@@ -534,7 +582,9 @@ fn write_tensor(source: &Source<'_>, p: &Planned, sink: &mut dyn Write) -> Resul
         sink.write_all(slice)?;
     }
     if let Source::Checkpoint(checkpoint) = source {
-        checkpoint.release(&p.source);
+        for name in &p.sources {
+            checkpoint.release(name);
+        }
     }
     Ok(())
 }
