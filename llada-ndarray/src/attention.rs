@@ -55,10 +55,14 @@ pub(crate) struct PackedKv<'a> {
     block: usize,
 }
 
-/// Values per (batch row, kv head) in the packed key and value buffers: `seq` positions
-/// rounded up to whole panels, times the head dimension.
+/// Values per (batch row, kv head) in the packed key and value buffers: the keys are `seq`
+/// positions rounded up to whole panels times the head dimension, the values `seq` positions
+/// times the head dimension rounded up to whole panels (more than the keys' for heads
+/// narrower than a panel).
 pub(crate) fn kv_block(c: &Config, seq: usize) -> usize {
-    seq.div_ceil(NR) * NR * c.head_dim
+    let keys = seq.div_ceil(NR) * NR * c.head_dim;
+    let values = seq * c.head_dim.div_ceil(NR) * NR;
+    keys.max(values)
 }
 
 /// Packs the keys and values of `batch` rows of `seq` positions into `keys` and `values`

@@ -244,3 +244,10 @@ pub fn held_out_answered() -> (EvalItem, Vec<u32>) {
         .find(|(item, out)| answer_of(out) == item.answer_ids.as_slice())
         .expect("the reference answers some held-out prompt")
 }
+
+/// The bundled tiny LLaDA-MoE-shaped model (`tests/fixtures/tiny-llada-moe`): a mixture of
+/// experts with per-head query/key norms, saved as LLaDA-MoE's release is (bf16, two shards,
+/// one tensor per expert).
+pub fn llada_moe_model() -> PathBuf {
+    fixture("tiny-llada-moe")
+}
