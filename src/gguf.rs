@@ -212,10 +212,17 @@ fn pre_tokenizer_name(pre: &serde_json::Value) -> Option<&'static str> {
             && a.get("pretokenizers").map(|p| p.as_array().map(Vec::len))
                 == b.get("pretokenizers").map(|p| p.as_array().map(Vec::len))
     };
+    // Ling's own `tokenizer.json` (LLaDA-8B's, LLaDA-MoE's) writes its regex with possessive
+    // quantifiers, which llama.cpp runs made greedy (`bailingmoe`): the same name.
+    let ling_original = serde_json::json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": LING_ORIGINAL_REGEX}, "behavior": "Isolated", "invert": false},
+        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
+    ]});
     ["gpt-2", "llama-bpe", "qwen2", "bailingmoe"]
         .into_iter()
-        .find(|name| {
-            let known = pre_tokenizer(name).expect("a supported name");
+        .map(|name| (name, pre_tokenizer(name).expect("a supported name")))
+        .chain(std::iter::once(("bailingmoe", ling_original)))
+        .find(|(_, known)| {
             match (
                 pre.get("pretokenizers").and_then(|p| p.as_array()),
                 known.get("pretokenizers").and_then(|p| p.as_array()),
@@ -223,11 +230,16 @@ fn pre_tokenizer_name(pre: &serde_json::Value) -> Option<&'static str> {
                 (Some(a), Some(b)) => {
                     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y))
                 }
-                (None, None) => same(pre, &known),
+                (None, None) => same(pre, known),
                 _ => false,
             }
         })
+        .map(|(name, _)| name)
 }
+
+/// The pre-tokenizer regex of Ling's `tokenizer.json` as the tokenizer writes it (llama.cpp's
+/// `bailingmoe` runs it with its possessive quantifiers made greedy).
+const LING_ORIGINAL_REGEX: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
 
 /// The `tokenizer.*` metadata of a model's tokenizer and chat template, as llama.cpp's
 /// converter writes them for LLaDA (`gpt2` byte-level BPE, every id up to `vocab_size`, the
@@ -451,5 +463,17 @@ mod tests {
                 "{name}"
             );
         }
+        // Ling's own tokenizer.json (LLaDA-MoE's release, the bundled LLaDA-MoE fixture)
+        // writes the regex with possessive quantifiers: still llama.cpp's bailingmoe.
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/tiny-llada-moe/tokenizer.json"),
+        )
+        .unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            pre_tokenizer_name(&json["pre_tokenizer"]),
+            Some("bailingmoe")
+        );
     }
 }

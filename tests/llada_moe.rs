@@ -212,6 +212,50 @@ fn a_llada_moe_gguf_file_alone_is_the_directorys_model() {
     );
 }
 
+/// The GGUF writer on the directory: a `llada-moe` file with the tokenizer named as
+/// llama.cpp's `bailingmoe` (Ling's tokenizer.json writes its regex with possessive
+/// quantifiers) that is the directory's model (`llama-diffusion-cli` answers
+/// "rock,frog,pen" on its Q4_K_M file too: checked by hand, it is not installed here).
+#[test]
+fn a_written_llada_moe_file_is_the_directorys_model() {
+    use llada::ModelFiles;
+    use llada::ndarray::gguf::{FileType, GgufFile};
+    let files = ModelFiles::open(llada_moe_model(), &BackendChoice::Ndarray).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ours-q8_0.gguf");
+    files.write_gguf(&out, FileType::Q8_0).unwrap();
+    let gguf = GgufFile::open(&out).unwrap();
+    assert_eq!(
+        gguf.get("general.architecture").and_then(|v| v.as_str()),
+        Some("llada-moe")
+    );
+    assert_eq!(
+        gguf.get("tokenizer.ggml.pre").and_then(|v| v.as_str()),
+        Some("bailingmoe")
+    );
+    assert_eq!(
+        gguf.tensor("blk.1.ffn_up_exps.weight")
+            .map(|t| t.dims.clone()),
+        Some(vec![128, 32, 8])
+    );
+    let model = Model::load(&out, &BackendChoice::Ndarray).unwrap();
+    let directory = Model::load(llada_moe_model(), &BackendChoice::Ndarray).unwrap();
+    assert_eq!(model.special_tokens(), directory.special_tokens());
+    let mut written = Pipeline::with_threads(model, Some(2)).unwrap();
+    let mut pipeline = Pipeline::with_threads(directory, Some(2)).unwrap();
+    let params = pipeline.default_params();
+    assert_eq!(written.default_params().gen_length, params.gen_length);
+    let eval = eval();
+    let items: Vec<_> = eval.items.iter().step_by(10).collect();
+    let mut same = 0;
+    for item in &items {
+        let (a, _) = generate(&mut written, &item.prompt_ids, &params);
+        let (b, _) = generate(&mut pipeline, &item.prompt_ids, &params);
+        same += usize::from(a == b);
+    }
+    assert!(same + 1 >= items.len(), "{same}/{}", items.len());
+}
+
 /// Quantizing the checkpoint while loading quantizes the experts (the router stays as the
 /// file has it) and still answers the held-out prompts.
 #[test]
