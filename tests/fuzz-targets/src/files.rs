@@ -7,7 +7,7 @@ use llada::{BackendChoice, Message, ModelFiles, WeightSource};
 use llada_core::ForwardRequest;
 use llada_ndarray::gguf::GgufFile;
 use llada_ndarray::{Context, ContextOptions, LoadOptions, Model};
-use llada_test_support::{bundled_model, dream_model};
+use llada_test_support::{bundled_model, dream_model, llada_moe_model};
 
 use crate::{Bytes, scratch_path};
 
@@ -87,20 +87,25 @@ pub fn safetensors(data: &[u8]) {
 }
 
 /// The bytes are `config.json` beside the bundled weights: the LLaDA model's, or the Dream
-/// model's (two shards) when the bytes are a Dream configuration.
+/// or LLaDA-MoE model's (two shards) when the bytes are a Dream or LLaDA-MoE configuration.
 pub fn config(data: &[u8]) {
     let family = std::str::from_utf8(data)
         .ok()
         .and_then(|text| llada_ndarray::Config::from_json(text).ok())
         .map(|c| c.family);
-    let dir = if family == Some(llada_ndarray::Family::Dream) {
-        let dir = model_dir("config-dream");
+    let sharded = match family {
+        Some(llada_ndarray::Family::Dream) => Some(("config-dream", dream_model())),
+        Some(llada_ndarray::Family::LladaMoe) => Some(("config-llada-moe", llada_moe_model())),
+        _ => None,
+    };
+    let dir = if let Some((name, source)) = sharded {
+        let dir = model_dir(name);
         for name in [
             "model.safetensors.index.json",
             "model-00001-of-00002.safetensors",
             "model-00002-of-00002.safetensors",
         ] {
-            copy_once(&dream_model().join(name), &dir.join(name));
+            copy_once(&source.join(name), &dir.join(name));
         }
         dir
     } else {

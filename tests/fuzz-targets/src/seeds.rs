@@ -10,10 +10,18 @@ fn bundled(name: &str) -> Vec<u8> {
 
 /// A GGUF file of a model 32 wide with one layer and an 8-token byte-level vocabulary: F32
 /// norms, F16 and Q8_0 matrices, a tokenizer and a chat template in its metadata. Of
-/// architecture `llada`, or `dream` (with F32 q/k/v biases and Qwen2's pre-tokenizer).
+/// architecture `llada`, or `dream` (with F32 q/k/v biases and Qwen2's pre-tokenizer), or
+/// `llada-moe` (per-head q/k norms, an F32 router and two Q8_0 experts of width 32 in
+/// llama.cpp's 3-D tensors; with `fused`, their gate and up rows in one `ffn_gate_up_exps`).
 fn tiny_gguf(arch: &str) -> Vec<u8> {
+    moe_gguf(arch, false)
+}
+
+fn moe_gguf(arch: &str, fused: bool) -> Vec<u8> {
     let (d, hd, mlp, vocab) = (32u64, 16u64, 32u64, 8u64);
     let dream = arch == "dream";
+    let moe = arch == "llada-moe";
+    let experts = 2u64;
     let mut w = GgufWriter::new();
     let key = |name: &str| format!("{arch}.{name}");
     for (k, v) in [
@@ -57,6 +65,11 @@ fn tiny_gguf(arch: &str) -> Vec<u8> {
         ),
     ] {
         w.metadata(k, v);
+    }
+    if moe {
+        w.metadata(key("expert_count"), Value::Uint(experts));
+        w.metadata(key("expert_used_count"), Value::Uint(1));
+        w.metadata(key("expert_feed_forward_length"), Value::Uint(mlp));
     }
     let f16 = |n: u64| -> Vec<u8> {
         (0..n)
@@ -109,24 +122,58 @@ fn tiny_gguf(arch: &str) -> Vec<u8> {
         f16(d * d),
     );
     w.tensor("blk.0.ffn_norm.weight", &[d], TensorType::F32, ones(d));
-    w.tensor(
-        "blk.0.ffn_gate.weight",
-        &[d, mlp],
-        TensorType::F16,
-        f16(d * mlp),
-    );
-    w.tensor(
-        "blk.0.ffn_up.weight",
-        &[d, mlp],
-        TensorType::F16,
-        f16(d * mlp),
-    );
-    w.tensor(
-        "blk.0.ffn_down.weight",
-        &[mlp, d],
-        TensorType::F16,
-        f16(mlp * d),
-    );
+    if moe {
+        w.tensor("blk.0.attn_q_norm.weight", &[hd], TensorType::F32, ones(hd));
+        w.tensor("blk.0.attn_k_norm.weight", &[hd], TensorType::F32, ones(hd));
+        w.tensor(
+            "blk.0.ffn_gate_inp.weight",
+            &[d, experts],
+            TensorType::F32,
+            ones(d * experts),
+        );
+        if fused {
+            w.tensor(
+                "blk.0.ffn_gate_up_exps.weight",
+                &[d, 2 * mlp, experts],
+                TensorType(8),
+                q8_0(2 * mlp * experts, d),
+            );
+        } else {
+            for name in ["blk.0.ffn_gate_exps.weight", "blk.0.ffn_up_exps.weight"] {
+                w.tensor(
+                    name,
+                    &[d, mlp, experts],
+                    TensorType(8),
+                    q8_0(mlp * experts, d),
+                );
+            }
+        }
+        w.tensor(
+            "blk.0.ffn_down_exps.weight",
+            &[mlp, d, experts],
+            TensorType(8),
+            q8_0(d * experts, mlp),
+        );
+    } else {
+        w.tensor(
+            "blk.0.ffn_gate.weight",
+            &[d, mlp],
+            TensorType::F16,
+            f16(d * mlp),
+        );
+        w.tensor(
+            "blk.0.ffn_up.weight",
+            &[d, mlp],
+            TensorType::F16,
+            f16(d * mlp),
+        );
+        w.tensor(
+            "blk.0.ffn_down.weight",
+            &[mlp, d],
+            TensorType::F16,
+            f16(mlp * d),
+        );
+    }
     w.tensor("output_norm.weight", &[d], TensorType::F32, ones(d));
     w.tensor("output.weight", &[d, vocab], TensorType(8), q8_0(vocab, d));
     let mut out = Vec::new();
@@ -240,6 +287,8 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("gguf", "tiny-f16-q8_0.gguf", gguf.clone()),
         ("gguf", "header-only.gguf", gguf[..200.min(gguf.len())].to_vec()),
         ("gguf", "tiny-dream.gguf", tiny_gguf("dream")),
+        ("gguf", "tiny-llada-moe.gguf", moe_gguf("llada-moe", false)),
+        ("gguf", "tiny-llada-moe-fused.gguf", moe_gguf("llada-moe", true)),
         ("safetensors", "one-tensor.safetensors", safetensors_file(header, &[0; 16])),
         (
             "safetensors",
@@ -254,6 +303,12 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             "config",
             "dream.json",
             std::fs::read(fixture("tiny-dream/config.json")).expect("the Dream fixture's config"),
+        ),
+        (
+            "config",
+            "llada-moe.json",
+            std::fs::read(fixture("tiny-llada-moe/config.json"))
+                .expect("the LLaDA-MoE fixture's config"),
         ),
         ("config", "mqa.json", {
             let mut v: serde_json::Value = serde_json::from_slice(&config).expect("JSON");
