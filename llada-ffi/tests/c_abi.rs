@@ -368,3 +368,30 @@ fn the_cpp_example_builds_with_find_package_and_pkg_config_works() {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), answer);
     }
 }
+
+/// A LLaDA-MoE directory and llama.cpp's `llada-moe` Q4_K_M file through the C ABI (the
+/// program of the GGUF test: lengths 16, blocks of 8) answer the prompt right.
+#[test]
+fn llada_moe_models_answer_through_the_c_abi() {
+    let dir = scratch();
+    let exe = dir.path().join("gguf");
+    let flags = [&["-std=c99", "-Wall", "-Wextra", "-Werror"], SANITIZE].concat();
+    compile("gcc", &flags, &[c_test("gguf.c")], &exe);
+    let gguf = dir.path().join("tiny-llada-moe-q4_k_m.gguf");
+    std::fs::copy(
+        fixture("tiny-llada-moe/gguf/tiny-llada-moe-q4_k_m.gguf"),
+        &gguf,
+    )
+    .unwrap();
+    for model in [llada_test_support::llada_moe_model(), gguf] {
+        let out = run(sanitized(
+            Command::new(&exe).arg(&model).arg("reverse:pen,frog,rock"),
+        ));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim_end(),
+            "rock,frog,pen",
+            "{}",
+            model.display()
+        );
+    }
+}
