@@ -65,8 +65,9 @@ struct Buffers {
     /// Gate and up projections `[tokens, 2 · mlp_hidden_size]` (of the dense MLP or the
     /// shared expert), or of the rows routed to the experts `[tokens · k, 2 · expert width]`.
     gate_up: Vec<f32>,
-    /// A mixture's routing tables, kept here so that a warm step allocates nothing.
-    routes: Routes,
+    /// A mixture's routing tables, kept here so that a warm step allocates nothing (boxed:
+    /// dense models keep a context small).
+    routes: Box<Routes>,
     /// Where the mixture layers' time went.
     moe_profile: MoeProfile,
     /// Final-norm rows of the logits window `[batch · window, d_model]`.

@@ -302,7 +302,8 @@ fn the_optional_pieces_of_the_config_are_computed_as_the_reference_does() {
     assert!(diff < 1e-4, "{diff}");
     // Each piece matters: without it, the logits are another model's.
     let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    let edits: [(&str, fn(&mut serde_json::Value)); 2] = [
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [(&str, Edit); 2] = [
         ("full rotary", |v| v["partial_rotary_factor"] = 1.0.into()),
         ("no dense layer", |v| {
             v["moe_layer_freq"] = serde_json::json!([1, 1])

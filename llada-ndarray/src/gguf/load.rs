@@ -148,7 +148,7 @@ impl<'f> Weight<'f> {
         read_row(file, self.info, self.cols, self.first_row + r, out);
     }
 
-    fn to_f32_vec(&self, file: &GgufFile) -> Vec<f32> {
+    fn to_f32_vec(self, file: &GgufFile) -> Vec<f32> {
         let mut out = vec![0.0; self.rows * self.cols];
         for (r, row) in out.chunks_exact_mut(self.cols).enumerate() {
             self.row_f32(file, r, row);
