@@ -371,6 +371,15 @@ pub(crate) fn load_model(
     // missing one, having allocated nothing for the others.
     let mut layers = Vec::new();
     for i in 0..c.n_layers {
+        // In checkpoint order: the first missing tensor of a layer is its first.
+        let attention = [
+            w(Tensor::AttnNorm, i)?,
+            w(Tensor::Query, i)?,
+            w(Tensor::Key, i)?,
+            w(Tensor::Value, i)?,
+            w(Tensor::AttnOut, i)?,
+            w(Tensor::MlpNorm, i)?,
+        ];
         let biases = if c.qkv_bias {
             Some([
                 w(Tensor::QueryBias, i)?,
@@ -425,19 +434,7 @@ pub(crate) fn load_model(
                 }
             }
         };
-        layers.push((
-            [
-                w(Tensor::AttnNorm, i)?,
-                w(Tensor::Query, i)?,
-                w(Tensor::Key, i)?,
-                w(Tensor::Value, i)?,
-                w(Tensor::AttnOut, i)?,
-                w(Tensor::MlpNorm, i)?,
-            ],
-            biases,
-            qk_norm,
-            mlp,
-        ));
+        layers.push((attention, biases, qk_norm, mlp));
     }
     // LLaDA's query and key rows are interleaved per head in its files.
     let qk_order = c.family.gguf_interleaves_qk().then_some(c.head_dim);
