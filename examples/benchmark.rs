@@ -112,8 +112,32 @@ fn splice_moe_section(report: &str, section: &str) -> String {
 
 fn moe_section(cli: &Cli) -> anyhow::Result<Option<String>> {
     let llama = (!cli.skip_llama_cpp).then_some(cli.llama_cpp.as_path());
-    if llama.is_some() && !moe::files(&cli.gguf_dir).is_empty() {
+    if llama.is_some() {
         ensure_llama_cpp(cli)?;
+        if moe::files(&cli.gguf_dir).is_empty() {
+            // The model and llama.cpp's conversions of it (llama.cpp's converter and
+            // llama-quantize, from the build `ensure_llama_cpp` made).
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bench/make_bench_moe.py");
+            let build = cli
+                .llama_cpp
+                .parent()
+                .and_then(Path::parent)
+                .context("--llama-cpp names a file in a build folder's bin/")?;
+            eprintln!("generating the mixture-of-experts benchmark model and its GGUF files");
+            let status = Command::new(&cli.python)
+                .arg(&script)
+                .arg("--gguf-dir")
+                .arg(&cli.gguf_dir)
+                .arg("--llama-build")
+                .arg(build)
+                .args(["--threads", &cli.threads.to_string()])
+                .status()
+                .with_context(|| format!("running {}", cli.python.display()))?;
+            if !status.success() {
+                bail!("{} failed", script.display());
+            }
+        }
     }
     moe::section(
         &cli.gguf_dir,
