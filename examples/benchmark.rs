@@ -139,7 +139,9 @@ fn moe_section(cli: &Cli) -> anyhow::Result<Option<String>> {
             }
         }
     }
+    let (cpu, _) = cpu_description();
     moe::section(
+        &cpu,
         &cli.gguf_dir,
         llama,
         cli.threads,

@@ -53,6 +53,7 @@ fn ms(d: Duration) -> f64 {
 
 /// The report's section, or `None` without the model's files.
 pub(crate) fn section(
+    machine: &str,
     gguf_dir: &Path,
     llama_cpp_exe: Option<&Path>,
     threads: usize,
@@ -81,7 +82,7 @@ pub(crate) fn section(
         .context("the MoE benchmark files have no mask id")?;
     writeln!(
         md,
-        "\n## Mixture of experts (LLaDA-MoE architecture)\n\nThe mid-size LLaDA-MoE-shaped model of `examples/bench/make_bench_moe.py` (random weights; d_model {}, {} layers, {} heads, {} experts of width {}, top-{}, per-head q/k norms; {:.0} M parameters, about {:.0} M active per token), converted by llama.cpp's `convert_hf_to_gguf.py` (architecture `llada-moe`) and quantized by its `llama-quantize`. {threads} threads.\n",
+        "\n## Mixture of experts (LLaDA-MoE architecture)\n\nThe mid-size LLaDA-MoE-shaped model of `examples/bench/make_bench_moe.py` (random weights; d_model {}, {} layers, {} heads, {} experts of width {}, top-{}, per-head q/k norms; {:.0} M parameters, about {:.0} M active per token), converted by llama.cpp's `convert_hf_to_gguf.py` (architecture `llada-moe`) and quantized by its `llama-quantize`. {machine}, {threads} threads; `cargo run --release --example benchmark -- --only-moe` measures this section alone.\n",
         c.d_model,
         c.n_layers,
         c.n_heads,
