@@ -6,7 +6,9 @@
 //! the activations' rounding moves each logit by at most [`MAX_SHIFT`] of its row's spread
 //! (max − min), and the argmax of at least 99% of positions stays where it was. Models: the
 //! bundled one's llama.cpp Q8_0 and Q4_0 files, the second fixture model's Q4_K_M file, and
-//! its F16 file quantized to each format while loading.
+//! its F16 file quantized to each format while loading; the LLaDA-MoE fixture's Q8_0 and
+//! Q4_K_M files (experts multiplied one by one; a position whose near-tied experts the rounding
+//! reorders runs another expert, so for a mixture at most 1% of the positions may move more).
 
 mod common;
 
@@ -25,6 +27,13 @@ type Input = (Vec<u32>, usize, usize, Vec<u8>);
 
 fn tiny_inputs() -> Vec<Input> {
     golden_cases()
+        .into_iter()
+        .map(|c| (c.ids, c.batch, c.seq, c.mask))
+        .collect()
+}
+
+fn moe_inputs() -> Vec<Input> {
+    common::golden_cases_of(&llada_test_support::llada_moe_model())
         .into_iter()
         .map(|c| (c.ids, c.batch, c.seq, c.mask))
         .collect()
@@ -77,6 +86,7 @@ fn integer_products_move_logits_within_their_bound_and_keep_the_argmax() {
     let tiny = llada_test_support::fixture("tiny-llada/gguf");
     let small = llada_test_support::fixture("small-llada/gguf/small-llada-f16.gguf");
     let small_file = llada_ndarray::gguf::GgufFile::open(&small).unwrap();
+    let moe = llada_test_support::fixture("tiny-llada-moe/gguf");
     let quantized = |q| {
         let options = LoadOptions::default().with_quantize(Some(q));
         Model::from_gguf_file_with(&small_file, &options).unwrap()
@@ -117,6 +127,17 @@ fn integer_products_move_logits_within_their_bound_and_keep_the_argmax() {
             Model::from_gguf(small.with_file_name("small-llada-q4_k_m.gguf")).unwrap(),
             small_inputs(),
         ),
+        // A mixture of experts: each expert's rows are quantized apart from the others'.
+        (
+            "tiny LLaDA-MoE Q8_0 (llama.cpp)",
+            Model::from_gguf(moe.join("tiny-llada-moe-q8_0.gguf")).unwrap(),
+            moe_inputs(),
+        ),
+        (
+            "tiny LLaDA-MoE Q4_K_M (llama.cpp)",
+            Model::from_gguf(moe.join("tiny-llada-moe-q4_k_m.gguf")).unwrap(),
+            moe_inputs(),
+        ),
     ];
     let integer = ContextOptions::default().with_threads(2);
     let widened = integer.with_dequantized_products();
@@ -124,6 +145,7 @@ fn integer_products_move_logits_within_their_bound_and_keep_the_argmax() {
         let model = Arc::new(model);
         let vocab = model.config().embedding_size;
         let (mut rows, mut same, mut worst, mut kernel) = (0usize, 0usize, 0.0f32, None);
+        let mut over = 0usize;
         for input in &inputs {
             let (got, used) = logits(&model, integer, input);
             kernel = used;
@@ -144,6 +166,7 @@ fn integer_products_move_logits_within_their_bound_and_keep_the_argmax() {
                     .map(|(a, b)| (a - b).abs())
                     .fold(0.0, f32::max);
                 worst = worst.max(shift / spread);
+                over += usize::from(shift / spread > MAX_SHIFT);
                 rows += 1;
                 same += usize::from(argmax(g) == argmax(w));
             }
@@ -152,10 +175,22 @@ fn integer_products_move_logits_within_their_bound_and_keep_the_argmax() {
             "{name}: largest move {worst:.4} of a row's spread; argmax kept at {same}/{rows} ({} kernel)",
             kernel.unwrap()
         );
-        assert!(
-            worst <= MAX_SHIFT,
-            "{name}: a logit moved {worst} of its row's spread"
-        );
+        if model.config().moe.is_none() {
+            assert!(
+                worst <= MAX_SHIFT,
+                "{name}: a logit moved {worst} of its row's spread"
+            );
+        } else {
+            // A mixture's routing is a comparison: where the activations' rounding reorders a
+            // near-tie among a token's best experts, that token runs another expert and its
+            // logits move further (llama.cpp's integer products do the same). At most 1% of
+            // the positions; the others within the bound.
+            eprintln!("{name}: {over}/{rows} positions past the bound (another expert chosen)");
+            assert!(
+                over * 100 <= rows,
+                "{name}: {over}/{rows} positions moved past {MAX_SHIFT} of their spread"
+            );
+        }
         assert!(
             same * 100 >= rows * 99,
             "{name}: argmax kept at {same}/{rows} positions"
