@@ -19,7 +19,7 @@ pub enum WeightSource {
     Safetensors(PathBuf),
     /// An ONNX export (`model.onnx`, external data beside it): for ONNX Runtime.
     Onnx(PathBuf),
-    /// A GGUF file (llama.cpp's format, architecture `llada` or `dream`): for the ndarray
+    /// A GGUF file (llama.cpp's format, architecture `llada`, `llada-moe` or `dream`): for the ndarray
     /// backend.
     Gguf(PathBuf),
 }

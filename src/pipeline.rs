@@ -485,7 +485,7 @@ impl Pipeline {
     /// One turn of a multi-turn chat: the user's message is formatted with the chat template
     /// and appended to the conversation (its BOS dropped after the first turn), the answer is
     /// generated, and the conversation keeps prompt and answer minus EOS tokens, as LLaDA's
-    /// reference chat loop does. For other families (Dream) the whole conversation, previous
+    /// reference chat loop does. For other families (Dream, LLaDA-MoE) the whole conversation, previous
     /// answers as assistant messages, is rendered again by the chat template each turn, as
     /// Hugging Face's `apply_chat_template` does (Dream's template adds its default system
     /// message once, before the first turn).

@@ -120,13 +120,16 @@ impl SpecialTokens {
         // LLaDA's mask is `<|mdm_mask|>`, Dream's `<|mask|>`; LLaDA-MoE's release says its
         // mask id nowhere in its files (its `generate` and llama.cpp's converter hard-code
         // 156895).
+        // 156895 in the same case as the ndarray backend's config reader (a vocabulary that
+        // has it), before any token name, so both sides agree.
+        let release_mask = || {
+            let rows = from_config("vocab_size").unwrap_or(0);
+            (crate::files::is_llada_moe(config) && rows > 156_895).then_some(156_895)
+        };
         let mask = from_config("mask_token_id")
+            .or_else(release_mask)
             .or_else(|| tokenizer.token_to_id("<|mdm_mask|>"))
             .or_else(|| tokenizer.token_to_id("<|mask|>"))
-            .or_else(|| {
-                (crate::files::is_llada_moe(config) && tokenizer.vocab_size() > 156_895)
-                    .then_some(156_895)
-            })
             .ok_or(Error::MissingSpecialToken {
                 name: "mask (mask_token_id, <|mdm_mask|> or <|mask|>)",
             })?;

@@ -80,15 +80,41 @@ pub struct MoeConfig {
     /// Whether the chosen experts' weights are divided by their sum (`norm_topk_prob`);
     /// LLaDA-MoE's are not.
     pub normalize_weights: bool,
-    /// Per layer: whether its MLP is the mixture (else the dense SwiGLU of
-    /// [`Config::mlp_hidden_size`]).
-    pub layers: Vec<bool>,
+    /// Per layer, whether its MLP is the mixture (else the dense SwiGLU of
+    /// [`Config::mlp_hidden_size`]); `None`: every layer's is (nothing is allocated per layer
+    /// for a configuration that claims a trillion of them).
+    pub layers: Option<Vec<bool>>,
 }
 
 impl MoeConfig {
     /// Whether layer `layer`'s MLP is the mixture.
     pub fn is_moe_layer(&self, layer: usize) -> bool {
-        self.layers.get(layer).copied().unwrap_or(false)
+        self.layers
+            .as_ref()
+            .is_none_or(|l| l.get(layer).copied().unwrap_or(false))
+    }
+
+    /// The invariants the forward pass relies on, for a configuration built or changed by
+    /// hand (a `config.json` is checked when read): at least one expert per token, no more
+    /// than there are, experts of positive width.
+    pub(crate) fn check(&self) -> Result<(), LoadError> {
+        if self.experts == 0 || self.experts_per_token == 0 || self.experts_per_token > self.experts
+        {
+            return Err(invalid(
+                "num_experts_per_tok",
+                format!(
+                    "{} must be between 1 and the {} experts",
+                    self.experts_per_token, self.experts
+                ),
+            ));
+        }
+        if self.expert_hidden_size == 0 || self.shared_expert_hidden_size == Some(0) {
+            return Err(invalid(
+                "expert_intermediate_size",
+                "experts must be wider than 0".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -214,8 +240,14 @@ impl Config {
             || !self.rotary_dim.is_multiple_of(2)
             || self.rotary_dim > self.head_dim
         {
+            // A rotary part of the head comes from `partial_rotary_factor`.
+            let field = if self.rotary_dim == self.head_dim {
+                keys.n_heads
+            } else {
+                "partial_rotary_factor"
+            };
             return Err(invalid(
-                keys.n_heads,
+                field,
                 format!(
                     "rotary dimensions {} must be even, positive and at most the head dimension {}",
                     self.rotary_dim, self.head_dim

@@ -116,6 +116,8 @@ struct Routes {
     row: Vec<u32>,
     /// The token of each gathered row, `[tokens · k]`.
     token: Vec<u32>,
+    /// Scratch of the top-k selection, `[experts]`.
+    order: Vec<u32>,
     /// Rows per expert, then the next free row of each while rows are handed out.
     rows: Vec<usize>,
     /// First gathered row of each expert, `[experts + 1]`.
@@ -296,6 +298,7 @@ impl Context {
             grow(&mut r.row, tokens * k);
             grow(&mut r.token, tokens * k);
             grow(&mut r.rows, e);
+            grow(&mut r.order, e);
             grow(&mut r.start, e + 1);
             grow(&mut r.gathered, tokens * k * c.d_model);
             grow(&mut r.out, tokens * k * c.d_model);
@@ -578,16 +581,19 @@ fn add_swiglu(
 
 /// Chooses each token's experts from its router scores (`scores`, `[tokens, experts]`,
 /// turned into probabilities in place): a softmax over every expert in f32, plus the
-/// expert bias when the model has one, the `k` largest (the lower index first among equals),
-/// their weights divided by their sum when `normalize`. The choices are written in expert
-/// order (`expert`, `weight`: `[tokens, k]`), the order in which the reference adds the
-/// experts' outputs up.
+/// expert bias when the model has one, the `k` largest (the lower index first among equals,
+/// NaN before any number, as `torch.topk` ranks it), their weights divided by their sum when
+/// `normalize`. The choices are written in expert order (`expert`, `weight`: `[tokens, k]`),
+/// the order in which the reference adds the experts' outputs up. `order` is scratch of
+/// `experts` values: the choice is a selection, O(experts + k log k) per token.
+#[allow(clippy::too_many_arguments)]
 fn route(
     scores: &mut [f32],
     experts: usize,
     k: usize,
     bias: Option<&[f32]>,
     normalize: bool,
+    order: &mut [u32],
     expert: &mut [u32],
     weight: &mut [f32],
 ) {
@@ -602,21 +608,22 @@ fn route(
         if let Some(bias) = bias {
             p.iter_mut().zip(bias).for_each(|(v, &b)| *v += b);
         }
-        // The k best, one pass each (k is at most a few); then in expert order.
-        for j in 0..k {
-            let mut best: Option<usize> = None;
-            for (e, &v) in p.iter().enumerate() {
-                if chosen[..j].contains(&(e as u32)) {
-                    continue;
-                }
-                // NaN scores (from NaN activations) are never better: the lowest index is
-                // taken, and the NaN reaches the output through its weight.
-                if best.is_none_or(|b| v > p[b]) {
-                    best = Some(e);
-                }
-            }
-            chosen[j] = best.unwrap_or(0) as u32;
+        // Best first: larger score (NaN largest), then lower index.
+        let better = |a: &u32, b: &u32| {
+            let (x, y) = (p[*a as usize], p[*b as usize]);
+            let rank = |v: f32| if v.is_nan() { f32::INFINITY } else { v };
+            rank(y)
+                .total_cmp(&rank(x))
+                .then_with(|| y.is_nan().cmp(&x.is_nan()))
+                .then(a.cmp(b))
+        };
+        for (i, o) in order.iter_mut().enumerate() {
+            *o = i as u32;
         }
+        if k < experts {
+            order.select_nth_unstable_by(k - 1, better);
+        }
+        chosen.copy_from_slice(&order[..k]);
         chosen.sort_unstable();
         for (w, &e) in weights.iter_mut().zip(chosen.iter()) {
             *w = p[e as usize];
@@ -667,6 +674,7 @@ fn add_experts(
         k,
         m.bias.as_deref(),
         moe.normalize_weights,
+        &mut r.order[..n_experts],
         &mut r.expert[..slots],
         &mut r.weight[..slots],
     );
@@ -790,6 +798,44 @@ impl MaskPredictor for Context {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The top-k of the router: the largest probabilities, the lower index among equals,
+    /// in expert order, weights not renormalised unless asked; every expert when k is all.
+    #[test]
+    fn routing_takes_the_k_largest_in_expert_order() {
+        let run = |logits: &[f32], k: usize, bias: Option<&[f32]>, normalize: bool| {
+            let e = logits.len();
+            let mut scores = logits.to_vec();
+            let (mut order, mut expert, mut weight) = (vec![0; e], vec![0; k], vec![0.0; k]);
+            route(
+                &mut scores,
+                e,
+                k,
+                bias,
+                normalize,
+                &mut order,
+                &mut expert,
+                &mut weight,
+            );
+            (expert, weight, scores)
+        };
+        let (expert, weight, p) = run(&[0.0, 2.0, 1.0, 2.0, -1.0], 2, None, false);
+        assert_eq!(expert, [1, 3], "the tie goes to both, in index order");
+        assert_eq!(weight, [p[1], p[3]]);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        let (expert, _, _) = run(&[0.0, 2.0, 2.0, 2.0], 2, None, false);
+        assert_eq!(expert, [1, 2], "among equals the lower indices");
+        let (expert, weight, _) = run(&[3.0, 1.0, 2.0], 2, None, true);
+        assert_eq!(expert, [0, 2]);
+        assert!((weight.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        let (expert, _, _) = run(&[3.0, 1.0, 2.0], 3, None, false);
+        assert_eq!(expert, [0, 1, 2]);
+        // The bias counts in the choice and stays in the weights.
+        let (expert, weight, p) = run(&[3.0, 1.0, 2.0], 1, Some(&[0.0, 0.9, 0.0]), false);
+        assert_eq!(expert, [1]);
+        assert_eq!(weight, [p[1]]);
+        assert!(p[1] > 0.9);
+    }
 
     #[test]
     fn models_are_shared_and_contexts_move_between_threads() {

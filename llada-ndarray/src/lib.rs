@@ -1,4 +1,4 @@
-//! A pure-Rust backend for LLaDA-style diffusion models: loads LLaDA and Dream checkpoints
+//! A pure-Rust backend for LLaDA-style diffusion models: loads LLaDA, LLaDA-MoE and Dream checkpoints
 //! exactly as published (Hugging Face safetensors, single-file or sharded, f32, bf16 or f16;
 //! llama.cpp's GGUF files) and runs the mask predictor on the CPU with `ndarray`, using every
 //! core. Each family's files are read in `models/` onto one [`Config`] that the forward pass

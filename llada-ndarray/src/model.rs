@@ -237,6 +237,9 @@ impl Model {
         quantize: Option<QuantType>,
     ) -> Result<Self, LoadError> {
         ckpt.check(&config)?;
+        if let Some(moe) = &config.moe {
+            moe.check()?;
+        }
         let family = config.family;
         let name = |tensor: Tensor, layer: usize| family.checkpoint_name(tensor, layer);
         let vector = |tensor: Tensor, layer: usize| -> Result<Vec<f32>, LoadError> {
@@ -347,7 +350,9 @@ impl Model {
         }
     }
 
-    /// Loads a GGUF file written by llama.cpp's converter for LLaDA (architecture `llada`) or
+    /// Loads a GGUF file written by llama.cpp's converter for LLaDA (architecture `llada`),
+    /// LLaDA-MoE (`llada-moe`: its 3-D expert tensors sliced per expert, or the fused gate/up
+    /// layout) or
     /// Dream (`dream`): one file is the whole model. F32, F16 and BF16 tensors are kept in their type, the
     /// block-quantized ones (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) in their blocks,
     /// widened inside the matrix kernel; any other type is [`LoadError::Dtype`] naming the

@@ -35,7 +35,7 @@ fn llada_moe_logits_match_transformers_qwen3_moe_within_1e4_with_every_kernel() 
     assert!(c.qk_norm && !c.qkv_bias && !c.shifted_logits && !c.weight_tying);
     let moe = c.moe.as_ref().unwrap();
     assert!(moe.experts_per_token > 1 && moe.experts > moe.experts_per_token);
-    assert!(!moe.normalize_weights && moe.layers.iter().all(|&m| m));
+    assert!(!moe.normalize_weights && moe.layers.is_none());
     assert_eq!(model.weights_dtype(), "bf16");
     assert!(model.weights_bytes() as f64 <= 1.05 * model.checkpoint_bytes() as f64);
     let cases = golden_cases_of(&llada_moe_model());
@@ -233,6 +233,12 @@ fn llada_moe_configs_are_read_in_their_keys_and_what_the_reference_lacks_is_refu
         let err = config_error(|v| v[field] = value.clone());
         assert!(unsupported(field, &err), "{field}: {err}");
     }
+    // The reference indexes a list: a number is the wrong type, named.
+    let err = config_error(|v| v["moe_layer_freq"] = serde_json::json!(2));
+    assert!(
+        matches!(&err, LoadError::ConfigField { field, .. } if field == "moe_layer_freq"),
+        "{err}"
+    );
     for (field, value) in [
         ("num_experts_per_tok", serde_json::json!(1000)),
         ("num_experts", serde_json::json!(-1)),
@@ -264,6 +270,94 @@ fn llada_moe_configs_are_read_in_their_keys_and_what_the_reference_lacks_is_refu
     );
 }
 
+/// A configuration claiming a trillion layers allocates nothing per layer: the checkpoint's
+/// third layer is the first missing tensor. A mixture changed by hand to choose no expert is
+/// refused when the model loads, not a panic in the forward pass.
+#[test]
+fn hostile_llada_moe_configurations_are_typed_errors() {
+    let text = std::fs::read_to_string(llada_moe_model().join("config.json")).unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    value.as_object_mut().unwrap().remove("moe_layer_freq");
+    value["num_hidden_layers"] = (1u64 << 40).into();
+    let config = Config::from_value(value).unwrap();
+    let index = llada_moe_model().join("model.safetensors.index.json");
+    let err = Model::from_safetensors(config, &index).unwrap_err();
+    assert!(
+        matches!(&err, LoadError::MissingTensor { name, .. } if name.starts_with("model.layers.2.")),
+        "{err}"
+    );
+    let mut config = Config::from_file(llada_moe_model().join("config.json")).unwrap();
+    config.moe.as_mut().unwrap().experts_per_token = 0;
+    let err = Model::from_safetensors(config, &index).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LoadError::InvalidConfig {
+                field: "num_experts_per_tok",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// What llama.cpp's `llada-moe` cannot express is not written into a file of that name; a
+/// file of ours or llama.cpp's is written again with its experts' three dimensions.
+#[test]
+fn the_gguf_writer_refuses_what_llada_moe_files_cannot_hold_and_rewrites_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let variants = fixture("tiny-llada-moe-variants");
+    let config = Config::from_file(variants.join("config.json")).unwrap();
+    let out = dir.path().join("variants.gguf");
+    let err = write_checkpoint(
+        &config,
+        &variants.join("model.safetensors"),
+        FileType::F32,
+        &[],
+        &out,
+    )
+    .unwrap_err();
+    assert!(matches!(err, LoadError::Unsupported { .. }), "{err}");
+    assert!(!out.exists(), "nothing half-written");
+    // llama.cpp's Q8_0 file, written again as Q8_0 (its tensors copied): the same dims and
+    // the same logits.
+    let source = fixture("tiny-llada-moe/gguf/tiny-llada-moe-q8_0.gguf");
+    let file = llada_ndarray::gguf::GgufFile::open(&source).unwrap();
+    let again = dir.path().join("again.gguf");
+    let written = llada_ndarray::gguf::requantize(&file, FileType::Q8_0, &[], &again).unwrap();
+    let up = written
+        .tensors
+        .iter()
+        .find(|t| t.name == "blk.1.ffn_up_exps.weight")
+        .unwrap();
+    assert_eq!(up.dims, [128, 32, 8]);
+    let case = &golden_cases_in(
+        &fixture("tiny-llada-moe/gguf/reference_logits.safetensors"),
+        "q8_0.",
+    )[0];
+    let model = Arc::new(Model::load(&again).unwrap());
+    let options = ContextOptions::default()
+        .with_threads(2)
+        .with_dequantized_products();
+    let mut context = Context::with_options(model, options).unwrap();
+    let got = logits(&mut context, &case.ids, &case.mask, case.batch, case.seq);
+    assert!(max_abs_diff(&got, &case.logits) < 1e-4);
+    // The fused layout is read, not rewritten: a clear refusal.
+    let fused = fixture("tiny-llada-moe/gguf/tiny-llada-moe-q8_0-fused.gguf");
+    let file = llada_ndarray::gguf::GgufFile::open(&fused).unwrap();
+    let err = llada_ndarray::gguf::requantize(&file, FileType::Q8_0, &[], &again).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LoadError::Unsupported {
+                field: "ffn_gate_up_exps",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
 /// A configuration claiming more experts than the checkpoint has is refused before anything
 /// is packed, naming the router whose shape differs.
 #[test]
@@ -291,7 +385,7 @@ fn the_optional_pieces_of_the_config_are_computed_as_the_reference_does() {
     let model = Arc::new(Model::load(&dir).unwrap());
     let c = model.config();
     let moe = c.moe.as_ref().unwrap();
-    assert_eq!(moe.layers, [false, true]);
+    assert_eq!(moe.layers.as_deref(), Some(&[false, true][..]));
     assert!(moe.expert_bias && moe.shared_expert_hidden_size.is_some());
     assert_eq!(c.rotary_dim * 2, c.head_dim);
     let case = &golden_cases_of(&dir)[0];

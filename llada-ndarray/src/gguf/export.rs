@@ -1,5 +1,5 @@
 //! Writing a checkpoint as a GGUF file that llama.cpp runs: the family's architecture (`llada`,
-//! `dream`) and hyper-parameter keys, llama.cpp's tensor names (with the rows of LLaDA's
+//! `llada-moe`, `dream`) and hyper-parameter keys, llama.cpp's tensor names (with the rows of LLaDA's
 //! `attn_q` / `attn_k` interleaved for its rotary layout), and each matrix in the type
 //! llama.cpp's converter (`f32`, `f16`) or `llama-quantize` (`q8_0`, `q4_0`, `q4_k_m`, `q6_k`)
 //! would give it.
@@ -282,7 +282,8 @@ pub struct Written {
 
 /// Writes the checkpoint `weights` (a safetensors file or shard index) of `config` as a GGUF
 /// file at `out` with `file_type`'s tensor types and llama.cpp's metadata for the family's
-/// architecture (`llada`, `dream`), plus
+/// architecture (`llada`, `llada-moe`, `dream`; a LLaDA-MoE configuration llama.cpp's
+/// architecture cannot express is [`LoadError::Unsupported`]), plus
 /// `extra` metadata (the tokenizer, chat template, name: whatever the caller has). Rows are
 /// converted a slice at a time on all cores, so the file is never held in memory. The file
 /// appears whole or not at all: it is written beside `out` under a temporary name and
@@ -318,6 +319,18 @@ pub fn requantize(
     out: &Path,
 ) -> Result<Written, LoadError> {
     let config = Config::from_value(super::config_json(file)?)?;
+    if let Some(fused) = file
+        .tensors()
+        .iter()
+        .map(|t| t.name.as_str())
+        .find(|n| n.ends_with("ffn_gate_up_exps.weight"))
+    {
+        return Err(LoadError::Unsupported {
+            field: "ffn_gate_up_exps",
+            value: fused.to_string(),
+            reason: "files with fused expert gate/up tensors are read but not rewritten: write from the checkpoint or an unfused file",
+        });
+    }
     let arch = format!("{}.", config.family.gguf_arch());
     for p in plan(&config, FileType::F32) {
         let shape: Vec<usize> = dims(&p).iter().rev().map(|&d| d as usize).collect();
@@ -358,6 +371,36 @@ enum Source<'a> {
     Gguf(&'a GgufFile),
 }
 
+/// What llama.cpp's `llada-moe` architecture cannot express: a file written with them would
+/// load as another model (here, and in llama.cpp), so writing one is refused.
+fn expressible(config: &Config) -> Result<(), LoadError> {
+    let Some(moe) = config
+        .moe
+        .as_ref()
+        .filter(|_| config.family == Family::LladaMoe)
+    else {
+        return Ok(());
+    };
+    let refuse = |field: &'static str, value: String| LoadError::Unsupported {
+        field,
+        value,
+        reason: "llama.cpp's llada-moe files have no shared experts, expert biases, dense layers or missing q/k norms",
+    };
+    if let Some(width) = moe.shared_expert_hidden_size {
+        return Err(refuse("shared_expert_intermediate_size", width.to_string()));
+    }
+    if moe.expert_bias {
+        return Err(refuse("moe_router_enable_expert_bias", "true".into()));
+    }
+    if let Some(layers) = &moe.layers {
+        return Err(refuse("moe_layer_freq", format!("{layers:?}")));
+    }
+    if !config.qk_norm {
+        return Err(refuse("qk_layernorm", "false".into()));
+    }
+    Ok(())
+}
+
 fn write(
     source: &Source<'_>,
     config: &Config,
@@ -365,11 +408,13 @@ fn write(
     extra: &[(String, Value)],
     out: &Path,
 ) -> Result<Written, LoadError> {
+    expressible(config)?;
     let mut planned = plan(config, file_type);
     if let Source::Gguf(file) = source {
         for p in &mut planned {
+            // Its rows are the file's tensor's, in order (`source_rows` keeps the expert
+            // tensors' three dimensions).
             p.sources = vec![p.name.clone()];
-            p.source_rows = p.rows;
             p.interleave = None;
             let from = file.tensor(&p.name).expect("checked").ty;
             let float = matches!(from, TensorType::F32 | TensorType::F16 | TensorType::BF16);

@@ -1,5 +1,5 @@
-//! A model from a GGUF file written by llama.cpp's converter (architecture `llada` or
-//! `dream`): hyper-parameters from the architecture's metadata, tensors by llama.cpp's names
+//! A model from a GGUF file written by llama.cpp's converter (architecture `llada`,
+//! `llada-moe` or `dream`): hyper-parameters from the architecture's metadata, tensors by llama.cpp's names
 //! (LLaDA's `attn_q` / `attn_k` rows put back in the checkpoint's order), quantized weights
 //! kept quantized.
 
@@ -40,7 +40,7 @@ pub(crate) fn family_of(file: &GgufFile) -> Result<Family, LoadError> {
     Family::of_gguf_arch(arch).ok_or_else(|| LoadError::Unsupported {
         field: "general.architecture",
         value: arch.to_string(),
-        reason: "the ndarray backend runs LLaDA (\"llada\") and Dream (\"dream\") files",
+        reason: "the ndarray backend runs LLaDA (\"llada\"), LLaDA-MoE (\"llada-moe\") and Dream (\"dream\") files",
     })
 }
 
@@ -358,6 +358,22 @@ pub(crate) fn load_model(
 ) -> Result<Model, LoadError> {
     let q = quantize;
     let c = &config;
+    if let Some(moe) = &c.moe {
+        moe.check()?;
+        // Tensors of pieces the architecture's metadata cannot declare (llama.cpp's
+        // `llada-moe` has none): a file holding them is another model, not this one.
+        let unused = file.tensors().iter().map(|t| t.name.as_str()).find(|n| {
+            (moe.shared_expert_hidden_size.is_none() && n.contains("_shexp."))
+                || (!moe.expert_bias && n.contains(".exp_probs_b."))
+        });
+        if let Some(name) = unused {
+            return Err(LoadError::Unsupported {
+                field: "general.architecture",
+                value: format!("{} with {name}", c.family.gguf_arch()),
+                reason: "the file has shared-expert or expert-bias tensors its architecture does not use",
+            });
+        }
+    }
     let w = |tensor: Tensor, layer: usize| weight(file, &tensor.gguf_name(layer), &c.shape(tensor));
     // Check every tensor before packing any.
     let embedding = w(Tensor::Embedding, 0)?;
@@ -404,7 +420,7 @@ pub(crate) fn load_model(
                     Some(_) => ExpertRows::Fused(experts_weight(
                         file,
                         &gate_up_exps(i),
-                        [e, 2 * width, d],
+                        [e, width.saturating_mul(2), d],
                     )?),
                     None => ExpertRows::Separate(
                         experts_weight(file, &Tensor::ExpertGate(0).gguf_name(i), [e, width, d])?,

@@ -76,15 +76,6 @@ const REQUIRED: [&str; 10] = [
     "max_position_embeddings",
 ];
 
-/// `moe_layer_freq`: a list with one entry per layer (1: mixture, 0: dense), or a number `n`
-/// (every `n`-th layer a mixture).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(untagged)]
-enum LayerFreq {
-    Every(i64),
-    PerLayer(Vec<i64>),
-}
-
 /// The fields read from LLaDA-MoE's `config.json` (`LLaDAConfig` of its remote code), as
 /// written there. Sizes the class defaults to -1 are read as signed numbers so that a
 /// placeholder is refused by name rather than by type.
@@ -124,8 +115,9 @@ struct RawConfig {
     qk_layernorm: Option<bool>,
     #[serde(default)]
     norm_topk_prob: Option<bool>,
+    /// One entry per layer (1: mixture, 0: dense), as the reference indexes it.
     #[serde(default)]
-    moe_layer_freq: Option<LayerFreq>,
+    moe_layer_freq: Option<Vec<i64>>,
     #[serde(default)]
     moe_router_enable_expert_bias: Option<bool>,
     #[serde(default)]
@@ -241,7 +233,9 @@ pub(super) fn config(value: serde_json::Value) -> Result<Config, LoadError> {
     }
     let rotary_dim = match raw.partial_rotary_factor {
         None => head_dim,
-        Some(f) if f > 0.0 && f <= 1.0 => (head_dim as f64 * f) as usize,
+        // The reference truncates `head_dim * factor`; the small margin keeps a factor written
+        // as rotary / head_dim (a GGUF file's) from landing one below.
+        Some(f) if f > 0.0 && f <= 1.0 => (head_dim as f64 * f + 1e-9) as usize,
         Some(f) => {
             return Err(invalid(
                 "partial_rotary_factor",
@@ -271,15 +265,9 @@ pub(super) fn config(value: serde_json::Value) -> Result<Config, LoadError> {
         Some(n) if n < 0 => None,
         Some(n) => Some(positive("shared_expert_intermediate_size", n)?),
     };
-    let layers: Vec<bool> = match &raw.moe_layer_freq {
-        None => vec![true; raw.num_hidden_layers],
-        Some(LayerFreq::Every(n)) => {
-            let n = positive("moe_layer_freq", *n)?;
-            (0..raw.num_hidden_layers)
-                .map(|i| (i + 1).is_multiple_of(n))
-                .collect()
-        }
-        Some(LayerFreq::PerLayer(v)) => {
+    let layers: Option<Vec<bool>> = match &raw.moe_layer_freq {
+        None => None,
+        Some(v) => {
             if v.len() != raw.num_hidden_layers {
                 return Err(invalid(
                     "moe_layer_freq",
@@ -290,7 +278,8 @@ pub(super) fn config(value: serde_json::Value) -> Result<Config, LoadError> {
                     ),
                 ));
             }
-            v.iter()
+            let layers = v
+                .iter()
                 .map(|&f| match f {
                     0 => Ok(false),
                     1 => Ok(true),
@@ -299,13 +288,15 @@ pub(super) fn config(value: serde_json::Value) -> Result<Config, LoadError> {
                         format!("entry {other} must be 0 (dense) or 1 (mixture)"),
                     )),
                 })
-                .collect::<Result<_, _>>()?
+                .collect::<Result<Vec<bool>, _>>()?;
+            // Every layer a mixture: the same as no list.
+            (!layers.iter().all(|&m| m)).then_some(layers)
         }
     };
     let dense = raw.dense_intermediate_size.filter(|&n| n > 0);
     let mlp_hidden_size = match dense {
         Some(n) => n as usize,
-        None if layers.iter().all(|&m| m) => expert_hidden_size,
+        None if layers.is_none() => expert_hidden_size,
         None => {
             return Err(invalid(
                 "dense_intermediate_size",
