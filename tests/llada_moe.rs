@@ -326,7 +326,7 @@ fn onnx_runtime_runs_llada_moe_with_the_same_answers() {
 
 /// `generate` on the directory with nothing but the prompt answers it (its
 /// `generation_config.json` gives the lengths), and on llama.cpp's Q4_K_M file alone too with
-/// the lengths given (llama.cpp writes none).
+/// the answer's length given (llama.cpp writes none).
 #[test]
 fn the_generate_example_runs_llada_moe() {
     let run = |model: &std::path::Path, extra: &[&str]| {
@@ -346,14 +346,9 @@ fn the_generate_example_runs_llada_moe() {
         String::from_utf8(output.stdout).unwrap().trim().to_string()
     };
     assert_eq!(run(&llada_moe_model(), &[]), "rock,frog,pen");
-    let lengths = [
-        "--gen-length",
-        "16",
-        "--steps",
-        "16",
-        "--block-length",
-        "16",
-    ];
+    // llama.cpp's file declares no lengths (LLaDA's chat defaults, blocks of 32):
+    // `--gen-length 16` alone makes the answer one block of 16 tokens in 16 steps.
+    let lengths = ["--gen-length", "16"];
     assert_eq!(
         run(
             &fixture("tiny-llada-moe/gguf/tiny-llada-moe-q4_k_m.gguf"),

@@ -176,7 +176,7 @@ impl SamplingArgs {
         let gen_length = self.gen_length.unwrap_or(defaults.gen_length);
         // With only --gen-length, keep the model's steps per token (one, for the reference),
         // and a model that decodes its answer as one block (Dream) keeps one block; so does
-        // Dream's rule asked for by --alg or --eps.
+        // Dream's rule asked for by --alg or --eps; a shorter answer than a block is one block.
         let steps = self
             .steps
             .unwrap_or(gen_length * defaults.steps / defaults.gen_length.max(1));
@@ -184,10 +184,12 @@ impl SamplingArgs {
         let asked = self.alg.is_some() || self.eps.is_some();
         let dream_rule = asked || model_rule;
         let one_block = asked || (model_rule && defaults.block_length == defaults.gen_length);
+        // A default block longer than the answer asked for is the answer (`--gen-length 16` on
+        // a model whose blocks are 32).
         let block_length = self.block_length.unwrap_or(if one_block {
             gen_length
         } else {
-            defaults.block_length
+            defaults.block_length.min(gen_length)
         });
         let eps = self.eps.or(defaults.commit.timesteps_eps()).unwrap_or(1e-3);
         let mut remasking = match self.remasking {
