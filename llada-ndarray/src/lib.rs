@@ -44,6 +44,7 @@ mod error;
 mod gemm;
 pub mod gguf;
 mod kv_cache;
+mod mlp;
 mod model;
 mod models;
 mod ops;
@@ -53,8 +54,9 @@ mod threads;
 mod weights;
 
 pub use config::{Config, MoeConfig};
-pub use context::{Context, ContextOptions, MAX_THREADS, MoeProfile};
+pub use context::{Context, ContextOptions, MAX_THREADS};
 pub use error::{ForwardError, LoadError};
 pub use gemm::isa::Kernel;
+pub use mlp::MoeProfile;
 pub use model::{LoadOptions, Model, Quantization};
 pub use models::Family;
