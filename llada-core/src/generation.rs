@@ -6,7 +6,7 @@ use core::ops::{ControlFlow, Range};
 use rand_core::SeedableRng;
 
 use crate::error::{Error, GenerateError, ShapeError};
-use crate::params::{CacheMode, CommitRule, GenerateParams, Remasking, check_id};
+use crate::params::{BlockGrid, CacheMode, CommitRule, GenerateParams, Remasking, check_id};
 use crate::predictor::{CacheHint, ForwardRequest, LogitRows, MaskPredictor, TokenId};
 use crate::rng::{SamplerRng, open01, unit};
 use crate::sampler::propose;
@@ -23,6 +23,8 @@ pub struct Limits {
     /// Whether position `i`'s prediction is output row `i − 1`
     /// ([`MaskPredictor::shifted_logits`]).
     pub shifted_logits: bool,
+    /// Whether the model attends block-causally ([`MaskPredictor::block_causal`]).
+    pub block_causal: bool,
 }
 
 impl Limits {
@@ -32,6 +34,7 @@ impl Limits {
             vocab_size: predictor.vocab_size(),
             max_sequence_length: predictor.max_sequence_length(),
             shifted_logits: predictor.shifted_logits(),
+            block_causal: predictor.block_causal(),
         }
     }
 }
@@ -217,6 +220,10 @@ impl<'a> Canvas<'a> {
     }
 }
 
+/// A row of a block that LLaDA2.1's editing has finished (a pass without masks changed
+/// nothing).
+const ROW_DONE: u32 = u32::MAX;
+
 /// Mask ids in `ids`.
 fn masks_in(ids: &[TokenId], mask_id: TokenId) -> usize {
     ids.iter().filter(|&&id| id == mask_id).count()
@@ -259,6 +266,8 @@ pub struct StepEvent<'a> {
     canvas: &'a [TokenId],
     committed: &'a [u32],
     committed_len: &'a [u32],
+    edited: &'a [u32],
+    edited_len: &'a [u32],
     block_length: usize,
 }
 
@@ -319,6 +328,19 @@ impl<'a> StepEvent<'a> {
     pub fn committed(&self, row: usize) -> &'a [u32] {
         let start = row * self.block_length;
         &self.committed[start..start + self.committed_len[row] as usize]
+    }
+
+    /// Canvas positions of `row` whose token this step rewrote (LLaDA2.1's
+    /// [editing](crate::Editing)), in position order; empty without editing.
+    ///
+    /// # Panics
+    /// If `row >= batch`.
+    pub fn edited(&self, row: usize) -> &'a [u32] {
+        if self.edited_len.is_empty() {
+            return &[];
+        }
+        let start = row * self.block_length;
+        &self.edited[start..start + self.edited_len[row] as usize]
     }
 }
 
@@ -392,6 +414,12 @@ pub struct Generation<'a> {
     committed: &'a mut [u32],
     committed_len: &'a mut [u32],
     block_masks: &'a mut [u32],
+    /// With editing: positions rewritten in the last step, `[batch, block_length]`.
+    edited: &'a mut [u32],
+    edited_len: &'a mut [u32],
+    /// With editing: per row, the edit-only passes run in the current block, or
+    /// [`ROW_DONE`] once a pass changed nothing.
+    post_steps: &'a mut [u32],
     rng: SamplerRng,
     schedule: BlockSchedule,
     block: usize,
@@ -422,6 +450,18 @@ impl<'a> Generation<'a> {
         } = canvas;
         let vocab = limits.vocab_size;
         params.validate_for(vocab, limits.max_sequence_length, prompt_len)?;
+        if limits.block_causal && params.grid != BlockGrid::Absolute {
+            return Err(Error::Combination {
+                what: "a block-causal model (LLaDA2.x)",
+                needs: "the absolute block grid (GenerateParams::grid = BlockGrid::Absolute)",
+            });
+        }
+        if limits.shifted_logits && params.grid == BlockGrid::Absolute {
+            return Err(Error::Combination {
+                what: "the absolute block grid",
+                needs: "a model with unshifted logits",
+            });
+        }
         if limits.shifted_logits && prompt_len == 0 {
             // Position 0 would read row 0 along with position 1.
             return Err(Error::Zero {
@@ -430,7 +470,7 @@ impl<'a> Generation<'a> {
         }
         let sizes = WorkspaceSizes::for_generation(params, batch, prompt_len, vocab)?;
         workspace.check(&sizes)?;
-        let seq_len = prompt_len + params.gen_length;
+        let seq_len = params.canvas_len(prompt_len);
         if tokens.len() != batch * seq_len {
             return Err(ShapeError::Length {
                 what: "canvas",
@@ -480,6 +520,10 @@ impl<'a> Generation<'a> {
         let committed = take(&mut ints, batch * block);
         let committed_len = take(&mut ints, batch);
         let block_masks = take(&mut ints, batch);
+        let editing = params.editing.is_some();
+        let edited = take(&mut ints, if editing { batch * block } else { 0 });
+        let edited_len = take(&mut ints, if editing { batch } else { 0 });
+        let post_steps = take(&mut ints, if editing { batch } else { 0 });
         let is_prompt = take(&mut flags, batch * seq_len);
         let model_attention = take(&mut flags, cfg_inputs);
         let confidence = take(&mut scores, batch * block);
@@ -492,6 +536,7 @@ impl<'a> Generation<'a> {
             model_attention[mask.len()..].copy_from_slice(mask);
         }
         committed_len.fill(0);
+        edited_len.fill(0);
 
         let mut generation = Self {
             params: *params,
@@ -511,8 +556,11 @@ impl<'a> Generation<'a> {
             committed,
             committed_len,
             block_masks,
+            edited,
+            edited_len,
+            post_steps,
             rng: SamplerRng::seed_from_u64(params.seed),
-            schedule: BlockSchedule::new(params),
+            schedule: BlockSchedule::new(params, prompt_len),
             block: 0,
             step: 0,
             block_forwards: 0,
@@ -561,14 +609,19 @@ impl<'a> Generation<'a> {
     }
 
     fn block_span(&self) -> Range<usize> {
-        let start = self.prompt_len + self.block * self.params.block_length;
-        start..start + self.params.block_length
+        let length = self.params.block_length;
+        let start = match self.params.grid {
+            BlockGrid::FromPrompt => self.prompt_len + self.block * length,
+            BlockGrid::Absolute => (self.prompt_len / length + self.block) * length,
+        };
+        start..start + length
     }
 
     /// Counts the masks of every row in the block that starts: the schedule's counts come
     /// from them, and under Dream's rule they are kept up to date as the masks left.
     fn start_block(&mut self) {
         self.block_forwards = 0;
+        self.post_steps.fill(0);
         for row in 0..self.batch {
             self.block_masks[row] = self.remaining_masks(row) as u32;
         }
@@ -587,6 +640,16 @@ impl<'a> Generation<'a> {
     /// Steps (forward passes) a block may take: the schedule's, or with an adaptive rule its
     /// cap (every pass commits at least one mask, so never more than the block's length).
     fn steps_per_block(&self) -> usize {
+        if let (CommitRule::Llada2(_), Some(editing)) = (self.params.commit, self.params.editing) {
+            // LLaDA2.1 passes while masks remain (each commits at least one) and then edits
+            // for at most `max_post_steps` passes; this bound only stops a model that keeps
+            // proposing the mask id, on which the reference would loop forever.
+            return self
+                .params
+                .block_length
+                .max(self.schedule.steps_per_block)
+                .saturating_add(editing.max_post_steps);
+        }
         if !self.params.commit.is_adaptive() {
             return self.schedule.steps_per_block;
         }
@@ -619,6 +682,12 @@ impl<'a> Generation<'a> {
                     self.step,
                 ) > 0
             }
+            // LLaDA2.1: masks to fill, or edit-only passes left until one changes nothing.
+            CommitRule::Llada2(_) if self.params.editing.is_some() => {
+                let post = self.post_steps[row];
+                let max = self.params.editing.map_or(0, |e| e.max_post_steps);
+                post != ROW_DONE && (self.remaining_masks(row) > 0 || (post as usize) < max)
+            }
             // Rules commit at least one token per pass: work remains while masks do.
             _ => self.remaining_masks(row) > 0,
         }
@@ -629,7 +698,9 @@ impl<'a> Generation<'a> {
     /// take. Each pass commits at least one mask, so that bound is only reached when the
     /// predictor keeps proposing the mask id itself, which would otherwise loop forever.
     fn block_done(&self) -> bool {
-        if self.params.commit.is_adaptive() {
+        if matches!(self.params.commit, CommitRule::Llada2(_)) {
+            self.step >= self.steps_per_block() || (0..self.batch).all(|r| !self.row_has_work(r))
+        } else if self.params.commit.is_adaptive() {
             self.step >= self.steps_per_block()
                 || (0..self.batch).all(|row| self.remaining_masks(row) == 0)
         } else {
@@ -642,8 +713,19 @@ impl<'a> Generation<'a> {
     fn stop_rows_at_eos(&mut self) {
         let span = self.block_span();
         let (eos, eot, mask) = (self.params.eos_id, self.params.eot_id, self.params.mask_id);
-        for row in self.canvas.chunks_exact_mut(self.seq_len) {
-            if row[span.clone()].iter().any(|&id| id == eos || id == eot) {
+        // On the absolute grid the prompt's tail may share the block: only generated
+        // positions count (the reference looks from the prompt's end).
+        let absolute = self.params.grid == BlockGrid::Absolute;
+        for (row, given) in self
+            .canvas
+            .chunks_exact_mut(self.seq_len)
+            .zip(self.is_prompt.chunks_exact(self.seq_len))
+        {
+            let ends = row[span.clone()]
+                .iter()
+                .zip(&given[span.clone()])
+                .any(|(&id, &g)| (g == 0 || !absolute) && (id == eos || id == eot));
+            if ends {
                 for id in &mut row[span.end..] {
                     if *id == mask {
                         *id = eos;
@@ -724,6 +806,9 @@ impl<'a> Generation<'a> {
         let window = LogitRows::new(span.clone(), self.shifted).window;
         let cache_span = window.start.min(span.start)..span.end;
         let mut request = ForwardRequest::from_parts(ids, rows, self.seq_len, attention, window);
+        if self.params.grid == BlockGrid::Absolute {
+            request = request.with_block_causal(self.params.block_length).ok()?;
+        }
         if self.params.cache != CacheMode::None {
             let hint = CacheHint {
                 mode: self.params.cache,
@@ -764,10 +849,14 @@ impl<'a> Generation<'a> {
         } else {
             &[&*cond]
         };
+        let editing = self.params.editing;
         for row in 0..self.batch {
             let base = row * self.seq_len;
             for position in span.clone() {
-                if self.canvas[base + position] != mask_id {
+                // Editing reads the predictions of the generated tokens too.
+                let read = self.canvas[base + position] == mask_id
+                    || (editing.is_some() && self.is_prompt[base + position] == 0);
+                if !read {
                     continue;
                 }
                 let at = (row * window + rows_of.row(position)) * vocab;
@@ -791,11 +880,36 @@ impl<'a> Generation<'a> {
         let origin = self.params.remasking == Remasking::Origin;
         for row in 0..self.batch {
             self.committed_len[row] = 0;
+            if editing.is_some() {
+                self.edited_len[row] = 0;
+            }
             // How many to commit whatever the rule says: the schedule's count, Dream's
             // count, or the top-1 (all that is left on the last pass) for a rule.
             let base = row * self.seq_len;
             let left = masks_in(&self.canvas[base + span.start..base + span.end], mask_id);
             let k = match rule {
+                // LLaDA2: the pass's share of the block, counted on the whole block; with
+                // editing a pass may have no mask and still edit.
+                // (`row_has_work`, inline: the logits are borrowed.)
+                CommitRule::Llada2(_)
+                    if editing.is_some_and(|e| {
+                        let post = self.post_steps[row];
+                        post == ROW_DONE || (left == 0 && post as usize >= e.max_post_steps)
+                    }) =>
+                {
+                    continue;
+                }
+                CommitRule::Llada2(_) if left == 0 && editing.is_none() => continue,
+                CommitRule::Llada2(_) if left == 0 => 0,
+                CommitRule::Llada2(_) => {
+                    let share = tokens_to_commit(block, self.schedule.steps_per_block, self.step);
+                    // LLaDA2.1 takes `num_to_transfer` (1) per pass, however long the block runs.
+                    if editing.is_some() {
+                        share.max(1)
+                    } else {
+                        share
+                    }
+                }
                 _ if left == 0 => continue,
                 // Dream's origin decides each position on its own below.
                 CommitRule::Timesteps(_) if origin => left,
@@ -810,7 +924,7 @@ impl<'a> Generation<'a> {
                 _ if last_pass => left,
                 _ => 1,
             };
-            if k == 0 {
+            if k == 0 && !matches!(rule, CommitRule::Llada2(_)) {
                 continue;
             }
             let canvas_row = &mut self.canvas[row * self.seq_len..(row + 1) * self.seq_len];
@@ -827,10 +941,17 @@ impl<'a> Generation<'a> {
                 _ => 1.0,
             };
             let mut k = k;
+            let given = &self.is_prompt[row * self.seq_len..(row + 1) * self.seq_len];
             for (j, position) in span.clone().enumerate() {
                 let candidate =
                     canvas_row[position] == mask_id && (!origin || unit(&mut self.rng) < transfer);
-                confidence[j] = if candidate { 0.0 } else { f64::NEG_INFINITY };
+                // LLaDA2.1 also predicts every generated token of the block, to edit it.
+                let editable = editing.is_some() && !candidate && given[position] == 0;
+                confidence[j] = if candidate || editable {
+                    0.0
+                } else {
+                    f64::NEG_INFINITY
+                };
             }
             if origin {
                 k = confidence.iter().filter(|&&c| c == 0.0).count();
@@ -869,6 +990,31 @@ impl<'a> Generation<'a> {
                     *c = if key.is_finite() { key } else { f64::MIN };
                 }
             }
+            // LLaDA2.1's edits: generated tokens the model now predicts differently, with a
+            // probability above the editing threshold, decided on the tokens before this pass
+            // and taken out of the ranking of the masks.
+            let mut edits = 0;
+            if let Some(editing) = editing {
+                let edited = &mut self.edited[row * block..(row + 1) * block];
+                for (j, position) in span.clone().enumerate() {
+                    let written = canvas_row[position] != mask_id && given[position] == 0;
+                    if !written {
+                        continue;
+                    }
+                    if proposals[j] != canvas_row[position] && confidence[j] > editing.threshold {
+                        edited[edits] = position as u32;
+                        edits += 1;
+                    }
+                    confidence[j] = f64::NEG_INFINITY;
+                }
+                self.edited_len[row] = edits as u32;
+            }
+            // LLaDA2: every mask above the threshold when there are at least `k`, else the
+            // `k` most confident.
+            let above = match rule {
+                CommitRule::Llada2(t) => confidence.iter().filter(|&&c| c > t).count(),
+                _ => 0,
+            };
             let committed = &mut self.committed[row * block..(row + 1) * block];
             let mut count = 0;
             // Entropy of the positions committed so far (the entropy-bounded rule's sum).
@@ -897,6 +1043,11 @@ impl<'a> Generation<'a> {
                         CommitRule::EntropyBounded(gamma) => entropy <= gamma,
                         _ => false,
                     };
+                let admitted = match rule {
+                    CommitRule::Llada2(t) if above >= k => c > t,
+                    CommitRule::Llada2(_) => count < k,
+                    _ => admitted,
+                };
                 if !admitted {
                     break;
                 }
@@ -908,6 +1059,21 @@ impl<'a> Generation<'a> {
                 count += 1;
             }
             self.committed_len[row] = count as u32;
+            if editing.is_some() {
+                for &position in &self.edited[row * block..row * block + edits] {
+                    let j = position as usize - span.start;
+                    canvas_row[position as usize] = proposals[j];
+                }
+                // A pass that began without masks is an edit-only pass; one that changed
+                // nothing ends the row's block.
+                if left == 0 {
+                    self.post_steps[row] = if edits == 0 {
+                        ROW_DONE
+                    } else {
+                        self.post_steps[row] + 1
+                    };
+                }
+            }
         }
         if matches!(rule, CommitRule::Timesteps(_)) {
             // Dream's counts are shares of the masks left: keep them for the steps to come
@@ -933,6 +1099,8 @@ impl<'a> Generation<'a> {
             canvas: self.canvas,
             committed: self.committed,
             committed_len: self.committed_len,
+            edited: self.edited,
+            edited_len: self.edited_len,
             block_length: block,
         })
     }

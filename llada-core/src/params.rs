@@ -123,13 +123,27 @@ pub enum CommitRule {
     /// whole canvas averaged over the batch, which is the same for prompts followed by equal
     /// answers (every row then has as many masks) and differs for infilling canvases.
     Timesteps(f64),
+    /// LLaDA2.x's rule (inclusionAI's `generate` of `LLaDA2MoeModelLM`): at pass `i` of a
+    /// block, every masked position whose confidence (the probability of its proposed token)
+    /// is strictly above `threshold`, if there are at least `n_i` of them; otherwise the `n_i`
+    /// most confident (fewer if fewer are masked). `n_i` splits the block's length over its
+    /// steps (`block_length / s`, plus one in the first `block_length % s` passes, counted on
+    /// the whole block even where the prompt's tail fills part of it). A block ends when it has
+    /// no mask left or after its `s` passes; no pass is skipped. Tokens at temperature > 0 as
+    /// LLaDA2 draws them: logits divided by the temperature, top-k, then top-p, the
+    /// confidence taken from what is left. With [`GenerateParams::editing`], LLaDA2.1's
+    /// token editing joins it.
+    Llada2(f64),
 }
 
 impl CommitRule {
     /// Whether a block runs until it has no mask left (the threshold, factor and
     /// entropy-bounded rules).
     pub const fn is_adaptive(self) -> bool {
-        !matches!(self, CommitRule::Schedule | CommitRule::Timesteps(_))
+        !matches!(
+            self,
+            CommitRule::Schedule | CommitRule::Timesteps(_) | CommitRule::Llada2(_)
+        )
     }
 
     /// Dream's `eps`, for [`CommitRule::Timesteps`].
@@ -167,6 +181,49 @@ impl CacheMode {
             CacheMode::Dual => "dual",
         }
     }
+}
+
+/// Where the blocks of a generation lie, and how the model attends across them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BlockGrid {
+    /// LLaDA's semi-autoregressive blocks: `block_length` positions each from the end of the
+    /// prompt, `gen_length` a multiple of it, `steps` split evenly over them; the model attends
+    /// bidirectionally over the whole canvas.
+    #[default]
+    FromPrompt,
+    /// Block diffusion (LLaDA2.x, trained so): blocks at `k · block_length` from position 0,
+    /// so the prompt's tail shares the first generated block; attention is bidirectional inside
+    /// a block and causal across blocks (each pass asks the predictor for exactly that, see
+    /// [`ForwardRequest::block_causal`](crate::ForwardRequest::block_causal)), so finished
+    /// blocks never change and a prefix cache of their keys and values is exact. `steps`
+    /// counts per block. The canvas runs to the end of the last block:
+    /// [`GenerateParams::canvas_len`] positions, past `prompt_len + gen_length` by fewer
+    /// than `block_length`; those extra positions are decoded with their block, and the
+    /// answer is the first `gen_length`.
+    Absolute,
+}
+
+/// LLaDA2.1's token editing, beside [`CommitRule::Llada2`]: in every pass, each position of
+/// the current block that already holds a generated token (not the prompt, not a mask) is
+/// rewritten when the model's token there differs and its probability is strictly above
+/// `threshold`; the positions committed from masks in the same pass are not. Once the block
+/// has no mask left, edit-only passes follow until one changes nothing or `max_post_steps`
+/// of them have run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Editing {
+    /// Probability a changed token needs to replace a written one (0.9 in LLaDA2.1).
+    pub threshold: f64,
+    /// Most edit-only passes after a block's last mask (16 in LLaDA2.1).
+    pub max_post_steps: usize,
+}
+
+impl Editing {
+    /// LLaDA2.1's defaults: threshold 0.9, at most 16 edit-only passes per block.
+    pub const LLADA21: Editing = Editing {
+        threshold: 0.9,
+        max_post_steps: 16,
+    };
 }
 
 /// Parameters of the reverse process. The defaults are those of LLaDA's reference
@@ -252,6 +309,11 @@ pub struct GenerateParams {
     /// positions instead of taken most confident first. `0` (the default) takes the most
     /// confident.
     pub alg_temp: f32,
+    /// Where the blocks lie and how attention crosses them (LLaDA's blocks from the prompt by
+    /// default; [`BlockGrid::Absolute`] for block-diffusion models).
+    pub grid: BlockGrid,
+    /// LLaDA2.1's token editing, with [`CommitRule::Llada2`] only (`None`: LLaDA2.0's rule).
+    pub editing: Option<Editing>,
 }
 
 impl Default for GenerateParams {
@@ -276,6 +338,8 @@ impl Default for GenerateParams {
             max_passes_per_block: 0,
             stop_at_eos: false,
             alg_temp: 0.0,
+            grid: BlockGrid::FromPrompt,
+            editing: None,
         }
     }
 }
@@ -318,17 +382,70 @@ setters!(GenerateParams {
     with_max_passes_per_block => max_passes_per_block: usize,
     with_stop_at_eos => stop_at_eos: bool,
     with_alg_temp => alg_temp: f32,
+    with_grid => grid: BlockGrid,
+    with_editing => editing: Option<Editing>,
 });
 
 impl GenerateParams {
-    /// Number of semi-autoregressive blocks (valid parameters only).
+    /// Number of semi-autoregressive blocks (valid parameters only). On the
+    /// [absolute grid](BlockGrid::Absolute) the count depends on the prompt: this is the
+    /// count for a prompt that ends on a block boundary (see [`blocks_for`](Self::blocks_for)).
     pub fn num_blocks(&self) -> usize {
-        self.gen_length / self.block_length.max(1)
+        match self.grid {
+            BlockGrid::FromPrompt => self.gen_length / self.block_length.max(1),
+            BlockGrid::Absolute => self.gen_length.div_ceil(self.block_length.max(1)),
+        }
     }
 
-    /// Steps spent on each block (valid parameters only).
+    /// Number of blocks decoded after a prompt of `prompt_len` tokens (valid parameters
+    /// only): on the absolute grid, from the block holding position `prompt_len` to the one
+    /// holding the last generated position.
+    pub fn blocks_for(&self, prompt_len: usize) -> usize {
+        match self.grid {
+            BlockGrid::FromPrompt => self.num_blocks(),
+            BlockGrid::Absolute => {
+                let block = self.block_length.max(1);
+                self.canvas_len(prompt_len) / block - prompt_len / block
+            }
+        }
+    }
+
+    /// Positions of a canvas row for a prompt of `prompt_len` tokens: `prompt_len +
+    /// gen_length`, rounded up to a whole block on the absolute grid.
+    pub fn canvas_len(&self, prompt_len: usize) -> usize {
+        let len = prompt_len.saturating_add(self.gen_length);
+        match self.grid {
+            BlockGrid::FromPrompt => len,
+            BlockGrid::Absolute => {
+                let block = self.block_length.max(1);
+                len.div_ceil(block).saturating_mul(block)
+            }
+        }
+    }
+
+    /// Steps spent on each block (valid parameters only): `steps / num_blocks`, or `steps`
+    /// itself on the absolute grid.
     pub fn steps_per_block(&self) -> usize {
-        self.steps / self.num_blocks().max(1)
+        match self.grid {
+            BlockGrid::FromPrompt => self.steps / self.num_blocks().max(1),
+            BlockGrid::Absolute => self.steps,
+        }
+    }
+
+    /// LLaDA2.0's decoding as its reference `generate` ships it: block diffusion on the
+    /// absolute grid with blocks of 32, 32 passes at most per block, [`CommitRule::Llada2`]
+    /// at 0.95, temperature 0, and a stop after the block in which end of text appears
+    /// (`stop_at_eos`; the reference stops there too). Set the model's `mask_id` and
+    /// `eos_id` (and `eot_id` = `eos_id`: LLaDA2 stops on end of text only), and
+    /// [`editing`](Self::editing) for LLaDA2.1.
+    pub fn llada2() -> Self {
+        Self::default()
+            .with_grid(BlockGrid::Absolute)
+            .with_block_length(32)
+            .with_steps(32)
+            .with_gen_length(2048)
+            .with_commit(CommitRule::Llada2(0.95))
+            .with_stop_at_eos(true)
     }
 
     /// Whether classifier-free guidance doubles the batch.
@@ -357,18 +474,20 @@ impl GenerateParams {
                 return Err(Error::Zero { name });
             }
         }
-        if !self.gen_length.is_multiple_of(self.block_length) {
-            return Err(Error::BlockLength {
-                gen_length: self.gen_length,
-                block_length: self.block_length,
-            });
-        }
-        let num_blocks = self.num_blocks();
-        if !self.steps.is_multiple_of(num_blocks) {
-            return Err(Error::Steps {
-                steps: self.steps,
-                num_blocks,
-            });
+        if self.grid == BlockGrid::FromPrompt {
+            if !self.gen_length.is_multiple_of(self.block_length) {
+                return Err(Error::BlockLength {
+                    gen_length: self.gen_length,
+                    block_length: self.block_length,
+                });
+            }
+            let num_blocks = self.num_blocks();
+            if !self.steps.is_multiple_of(num_blocks) {
+                return Err(Error::Steps {
+                    steps: self.steps,
+                    num_blocks,
+                });
+            }
         }
         for (name, value) in [
             ("temperature", self.temperature),
@@ -422,6 +541,42 @@ impl GenerateParams {
                     value: eps,
                 });
             }
+            CommitRule::Llada2(t) if (0.0..=1.0).contains(&t) => {}
+            CommitRule::Llada2(t) => {
+                return Err(Error::OutOfRange {
+                    name: "threshold",
+                    range: "[0, 1]",
+                    value: t,
+                });
+            }
+        }
+        let llada2 = matches!(self.commit, CommitRule::Llada2(_));
+        if let Some(editing) = self.editing {
+            if !llada2 {
+                return Err(Error::Combination {
+                    what: "token editing",
+                    needs: "LLaDA2's rule (CommitRule::Llada2)",
+                });
+            }
+            if !(0.0..=1.0).contains(&editing.threshold) {
+                return Err(Error::OutOfRange {
+                    name: "editing threshold",
+                    range: "[0, 1]",
+                    value: editing.threshold,
+                });
+            }
+        }
+        if llada2 && self.remasking != Remasking::LowConfidence {
+            return Err(Error::Combination {
+                what: "a remasking other than low_confidence",
+                needs: "another commit rule (LLaDA2's thresholds are probabilities)",
+            });
+        }
+        if llada2 && self.confidence_eos_eot_inf {
+            return Err(Error::Combination {
+                what: "confidence_eos_eot_inf",
+                needs: "LLaDA's sampling (not LLaDA2's rule)",
+            });
         }
         let timesteps = matches!(self.commit, CommitRule::Timesteps(_));
         if self.remasking == Remasking::Origin && !timesteps {
@@ -430,7 +585,7 @@ impl GenerateParams {
                 needs: "the timesteps rule (CommitRule::Timesteps)",
             });
         }
-        if self.alg_temp > 0.0 && self.commit.is_adaptive() {
+        if self.alg_temp > 0.0 && (self.commit.is_adaptive() || llada2) {
             return Err(Error::Combination {
                 what: "alg_temp",
                 needs: "a fixed count per step (the schedule or the timesteps rule)",
@@ -468,7 +623,7 @@ impl GenerateParams {
         if self.confidence_eos_eot_inf {
             check_id("eot_id", self.eot_id, vocab)?;
         }
-        let length = prompt_len.saturating_add(self.gen_length);
+        let length = self.canvas_len(prompt_len);
         if length > max_sequence_length {
             return Err(Error::TooLong {
                 length,

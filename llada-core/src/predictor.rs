@@ -42,6 +42,7 @@ pub struct ForwardRequest<'a> {
     attention_mask: Option<&'a [u8]>,
     window: Range<usize>,
     cache: Option<CacheHint>,
+    block_causal: Option<usize>,
 }
 
 /// What the sampler tells a backend that keeps a key/value cache (see
@@ -83,6 +84,7 @@ impl<'a> ForwardRequest<'a> {
             attention_mask: None,
             window: 0..seq_len,
             cache: None,
+            block_causal: None,
         })
     }
 
@@ -102,6 +104,7 @@ impl<'a> ForwardRequest<'a> {
             attention_mask,
             window,
             cache: None,
+            block_causal: None,
         }
     }
 
@@ -142,6 +145,43 @@ impl<'a> ForwardRequest<'a> {
         }
         self.cache = Some(hint);
         Ok(self)
+    }
+
+    /// Asks for block-causal attention on the absolute grid of blocks of `block` positions
+    /// (LLaDA2.x's block diffusion): position `p` attends to every position of its own block
+    /// and of the blocks before it, `0..(p / block + 1) · block`, and to nothing after. The
+    /// logits of the window then depend only on the positions up to the end of its last
+    /// block ([`attended_end`](Self::attended_end)); a backend may skip the rest.
+    pub fn with_block_causal(mut self, block: usize) -> Result<Self, ShapeError> {
+        if block == 0 {
+            return Err(ShapeError::Empty {
+                what: "attention block",
+            });
+        }
+        self.block_causal = Some(block);
+        Ok(self)
+    }
+
+    /// The block of block-causal attention, or `None` for bidirectional attention.
+    pub fn block_causal(&self) -> Option<usize> {
+        self.block_causal
+    }
+
+    /// The positions whose keys position `position` attends to end here: the end of its
+    /// block (at most `seq_len`) with block-causal attention, else `seq_len`.
+    pub fn visible_end(&self, position: usize) -> usize {
+        match self.block_causal {
+            Some(block) => (position / block + 1)
+                .saturating_mul(block)
+                .min(self.seq_len),
+            None => self.seq_len,
+        }
+    }
+
+    /// Every position the window's logits depend on lies before this: the end of the window's
+    /// last block with block-causal attention, else `seq_len`.
+    pub fn attended_end(&self) -> usize {
+        self.visible_end(self.window.end - 1)
     }
 
     /// The cache hint, when the sampler runs with a cache mode.
@@ -273,6 +313,13 @@ pub trait MaskPredictor {
         false
     }
 
+    /// Whether the model was trained with block-causal attention (LLaDA2.x's block
+    /// diffusion): the sampler then decodes on the [absolute grid](crate::BlockGrid::Absolute)
+    /// and asks for block-causal passes. `false` by default.
+    fn block_causal(&self) -> bool {
+        false
+    }
+
     /// Runs the model on `request` and writes the logits of the requested window into
     /// `logits`, row-major `[batch, window.len(), vocab_size]`. `logits.len()` is exactly
     /// `request.logits_len(self.vocab_size())`; a predictor must check this and the ids
@@ -298,6 +345,10 @@ impl<P: MaskPredictor + ?Sized> MaskPredictor for &mut P {
 
     fn shifted_logits(&self) -> bool {
         (**self).shifted_logits()
+    }
+
+    fn block_causal(&self) -> bool {
+        (**self).block_causal()
     }
 
     fn forward(

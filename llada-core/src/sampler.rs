@@ -111,6 +111,9 @@ pub(crate) fn propose<R: Rng + ?Sized>(
     if matches!(params.commit, CommitRule::Timesteps(_)) {
         return propose_dream(row, params, rng, scratch);
     }
+    if matches!(params.commit, CommitRule::Llada2(_)) && params.temperature > 0.0 {
+        return propose_llada2(row, params, rng, scratch);
+    }
     let (token, mut max) = if params.temperature > 0.0 {
         (gumbel_argmax(row, params, rng, scratch), f32::NAN)
     } else {
@@ -218,6 +221,73 @@ fn propose_dream<R: Rng + ?Sized>(
         _ => f64::from(exp_f32(row[token] - max)) / sum,
     };
     (token as u32, confidence)
+}
+
+/// LLaDA2's `_sample_with_temperature_topk_topp` at temperature > 0: the logits divided by
+/// the temperature, the `top_k` largest kept, then among those the smallest set whose
+/// preceding cumulative probability does not exceed `top_p`, a draw from the softmax of what
+/// is left, and that token's probability there as its confidence.
+fn propose_llada2<R: Rng + ?Sized>(
+    row: &mut [f32],
+    params: &GenerateParams,
+    rng: &mut R,
+    scratch: &mut [f32],
+) -> (u32, f64) {
+    if params.temperature != 1.0 {
+        row.iter_mut().for_each(|l| *l /= params.temperature);
+    }
+    if params.top_p < 1.0 || params.top_k > 0 {
+        let threshold = llada2_filter_threshold(row, params.top_k, params.top_p, scratch);
+        row.iter_mut()
+            .filter(|l| **l < threshold)
+            .for_each(|l| *l = f32::NEG_INFINITY);
+    }
+    let max = max_value(row);
+    let token = gumbel_max(row, 1.0, f32::NEG_INFINITY, rng);
+    if !max.is_finite() {
+        return (token as u32, 0.0);
+    }
+    let confidence = f64::from(exp_f32(row[token] - max)) / sum_exp(row, max);
+    (token as u32, confidence)
+}
+
+/// The smallest logit LLaDA2's filters keep: the `top_k` largest first (ties at the cut
+/// kept), then, sorted descending, every one whose preceding cumulative probability (over
+/// the survivors) does not exceed `top_p`. `scratch` holds a vocabulary row.
+fn llada2_filter_threshold(row: &[f32], top_k: usize, top_p: f32, scratch: &mut [f32]) -> f32 {
+    let vocab = row.len();
+    let scratch = &mut scratch[..vocab];
+    scratch.copy_from_slice(row);
+    let mut kept = vocab;
+    if top_k > 0 && top_k < vocab {
+        scratch.select_nth_unstable_by(top_k - 1, descending);
+        let cut = scratch[top_k - 1];
+        // Every logit tied with the k-th survives, as `logits < min_values` keeps them.
+        kept = row.iter().filter(|&&l| l >= cut).count();
+        scratch.copy_from_slice(row);
+    }
+    scratch.sort_unstable_by(descending);
+    if top_p >= 1.0 {
+        return if kept >= vocab {
+            f32::NEG_INFINITY
+        } else {
+            scratch[kept - 1]
+        };
+    }
+    let candidates = &scratch[..kept];
+    let max = candidates[0];
+    if !max.is_finite() {
+        return f32::NEG_INFINITY;
+    }
+    let total = sum_exp(candidates, max);
+    let mut cumulative = 0.0f64;
+    for (i, &l) in candidates.iter().enumerate() {
+        cumulative += f64::from(exp_f32(l - max));
+        if cumulative / total > f64::from(top_p) {
+            return candidates[i];
+        }
+    }
+    candidates[kept - 1]
 }
 
 /// The smallest logit Dream's filters keep: top-p first (sorted descending, every token whose

@@ -11,9 +11,9 @@ pub(crate) struct BlockSchedule {
 }
 
 impl BlockSchedule {
-    pub(crate) fn new(params: &GenerateParams) -> Self {
+    pub(crate) fn new(params: &GenerateParams, prompt_len: usize) -> Self {
         Self {
-            num_blocks: params.num_blocks(),
+            num_blocks: params.blocks_for(prompt_len),
             steps_per_block: params.steps_per_block(),
         }
     }

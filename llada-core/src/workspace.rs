@@ -53,8 +53,12 @@ impl WorkspaceSizes {
             return Err(Error::Zero { name: "vocab" });
         }
         let rows = mul(&[batch, if params.uses_cfg() { 2 } else { 1 }])?;
-        let seq = add(&[prompt_len, params.gen_length])?;
+        let seq = params.canvas_len(prompt_len);
+        if seq == usize::MAX {
+            return Err(Error::Shape(ShapeError::Overflow));
+        }
         let block = params.block_length;
+        let editing = params.editing.is_some();
         let cfg_inputs = if params.uses_cfg() {
             mul(&[rows, seq])?
         } else {
@@ -69,7 +73,12 @@ impl WorkspaceSizes {
                     0
                 },
             ])?,
-            tokens: add(&[cfg_inputs, mul(&[batch, block, 2])?, mul(&[batch, 2])?])?,
+            // Proposals, committed positions (and edited ones), their counts, block counters.
+            tokens: add(&[
+                cfg_inputs,
+                mul(&[batch, block, if editing { 3 } else { 2 }])?,
+                mul(&[batch, if editing { 3 } else { 2 }])?,
+            ])?,
             flags: add(&[mul(&[batch, seq])?, cfg_inputs])?,
             scores: mul(&[batch, block])?,
         })
