@@ -105,6 +105,18 @@
 // LLADA_REMASKING_ORIGIN its `origin`); temperature, top_k and top_p as Dream applies them.
 #define LLADA_COMMIT_TIMESTEPS 4
 
+// Commit rule: LLaDA2.x's (`commit_value` is its threshold, 0.95 in the release): every
+// masked position of the block above the threshold when there are at least the pass's share
+// (`block_length / steps`), else that share, most confident first; `steps` per block.
+#define LLADA_COMMIT_LLADA2 5
+
+// Block grid: LLaDA's blocks from the end of the prompt, bidirectional attention.
+#define LLADA_GRID_FROM_PROMPT 0
+
+// Block grid: block diffusion (LLaDA2.x): blocks from position 0, block-causal attention,
+// `steps` per block.
+#define LLADA_GRID_ABSOLUTE 1
+
 // Key/value cache: none (every step a full forward pass).
 #define LLADA_CACHE_NONE 0
 
@@ -226,6 +238,15 @@ typedef struct llada_generate_params {
   // Dream's `alg_temp`: with LLADA_COMMIT_SCHEDULE or LLADA_COMMIT_TIMESTEPS, draw the
   // positions to commit from softmax(confidence / alg_temp); 0 takes the most confident.
   float alg_temp;
+  // One of LLADA_GRID_*.
+  uint32_t block_grid;
+  // LLaDA2.1's token editing (with LLADA_COMMIT_LLADA2): rewrite a generated token of the
+  // block when the model's token there differs with probability above editing_threshold.
+  bool editing;
+  // The editing threshold (0.9 in LLaDA2.1).
+  double editing_threshold;
+  // The most edit-only passes after a block's last mask (16 in LLaDA2.1).
+  uint32_t max_post_steps;
 } llada_generate_params;
 
 // One chat message.

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use llada_core::{CommitRule, GenerateParams, Remasking};
+use llada_core::{BlockGrid, CacheMode, CommitRule, GenerateParams, Remasking};
 
 use crate::backend::BackendChoice;
 use crate::chat::ChatTemplate;
@@ -90,6 +90,10 @@ pub struct DecodingDefaults {
     pub declared: bool,
     /// Dream's decoding rule and sampling settings, for a Dream model.
     pub dream: Option<DreamDecoding>,
+    /// LLaDA2.x's block diffusion: the absolute block grid, LLaDA2's threshold rule at 0.95,
+    /// a stop after the block that holds end of text, the (exact) prefix cache; `steps`
+    /// counts per block.
+    pub block_diffusion: bool,
 }
 
 impl Default for DecodingDefaults {
@@ -101,6 +105,7 @@ impl Default for DecodingDefaults {
             block_length: 32,
             declared: false,
             dream: None,
+            block_diffusion: false,
         }
     }
 }
@@ -245,6 +250,21 @@ impl DecodingDefaults {
             block_length: DREAM_STEPS,
             declared: false,
             dream: Some(DreamDecoding::default()),
+            block_diffusion: false,
+        }
+    }
+
+    /// LLaDA2.x's defaults, as its reference `generate` ships them: up to 2048 tokens in
+    /// blocks of 32 on the absolute grid, at most 32 passes per block, threshold 0.95,
+    /// stopping after the block in which end of text appears.
+    pub(crate) fn llada2() -> Self {
+        Self {
+            gen_length: 2048,
+            steps: 32,
+            block_length: 32,
+            declared: false,
+            dream: None,
+            block_diffusion: true,
         }
     }
 
@@ -284,6 +304,7 @@ impl DecodingDefaults {
             block_length: field("block_length")?,
             declared: true,
             dream: None,
+            block_diffusion: false,
         };
         defaults
             .apply(GenerateParams::default())
@@ -292,12 +313,22 @@ impl DecodingDefaults {
         Ok(Some(defaults))
     }
 
-    /// `params` with these lengths (and Dream's rule for a Dream model).
+    /// `params` with these lengths (and Dream's rule for a Dream model, LLaDA2's block
+    /// diffusion for a LLaDA2.x model).
     pub fn apply(&self, params: GenerateParams) -> GenerateParams {
         let params = params
             .with_gen_length(self.gen_length)
             .with_steps(self.steps)
             .with_block_length(self.block_length);
+        let params = if self.block_diffusion {
+            params
+                .with_grid(BlockGrid::Absolute)
+                .with_commit(CommitRule::Llada2(0.95))
+                .with_stop_at_eos(true)
+                .with_cache(CacheMode::Prefix)
+        } else {
+            params
+        };
         match &self.dream {
             Some(dream) => dream.apply(params),
             None => params,
@@ -307,6 +338,12 @@ impl DecodingDefaults {
     /// Where they come from, for help texts and logs.
     pub fn source(&self) -> &'static str {
         match (self.declared, self.dream.is_some()) {
+            (true, false) if self.block_diffusion => {
+                "LLaDA2's decoding, with the lengths of the model's generation_config.json `llada_decoding`"
+            }
+            (false, false) if self.block_diffusion => {
+                "LLaDA2's reference decoding (blocks of 32, threshold 0.95); the model declares no lengths"
+            }
             (true, false) => "the model's generation_config.json `llada_decoding`",
             (true, true) => "the model's generation_config.json (Dream's keys or `llada_decoding`)",
             (false, true) => "Dream's own defaults; the model declares none",
@@ -434,6 +471,8 @@ impl ModelFiles {
         let special = SpecialTokens::resolve(&config, &tokenizer_config, &tokenizer)?;
         let family_defaults = if is_dream(&config) {
             DecodingDefaults::dream()
+        } else if is_llada2(&config) {
+            DecodingDefaults::llada2()
         } else {
             DecodingDefaults::default()
         };
@@ -461,6 +500,7 @@ impl ModelFiles {
         if let Some(declared) = declared {
             files.decoding = DecodingDefaults {
                 dream: files.decoding.dream,
+                block_diffusion: files.decoding.block_diffusion,
                 ..declared
             };
         }
@@ -487,6 +527,7 @@ impl ModelFiles {
                     block_length: gen_length,
                     declared: true,
                     dream: Some(dream),
+                    block_diffusion: false,
                 };
                 let check = self.decoding.apply(GenerateParams::default());
                 check.validate().map_err(|e| Error::Declaration {
@@ -502,7 +543,10 @@ impl ModelFiles {
                 };
             }
         } else if let Some(declared) = declared {
-            self.decoding = declared;
+            self.decoding = DecodingDefaults {
+                block_diffusion: self.decoding.block_diffusion,
+                ..declared
+            };
         }
         Ok(self)
     }
@@ -543,6 +587,8 @@ impl ModelFiles {
         let special = SpecialTokens::resolve(&config, &tokenizer_config, &tokenizer)?;
         let decoding = if is_dream(&config) {
             DecodingDefaults::dream()
+        } else if is_llada2(&config) {
+            DecodingDefaults::llada2()
         } else {
             DecodingDefaults::default()
         };
@@ -558,10 +604,12 @@ impl ModelFiles {
 
     /// The model family its `config.json` names: `"dream"` for Dream (and DiffuCoder,
     /// Dream-Coder: `model_type` `Dream`), `"llada-moe"` for LLaDA-MoE (`LLaDAMoEModelLM`),
-    /// else `"llada"`.
+    /// `"llada2"` for LLaDA2.x (`llada2_moe`), else `"llada"`.
     pub fn family(&self) -> &'static str {
         if self.is_dream() {
             "dream"
+        } else if is_llada2(&self.config) {
+            "llada2"
         } else if is_llada_moe(&self.config) {
             "llada-moe"
         } else {
@@ -653,13 +701,34 @@ impl ModelFiles {
     /// The parameters that fit the model: its decoding lengths and its mask, EOS and EOT
     /// ids; the reference sampler's for everything else.
     pub fn default_params(&self) -> GenerateParams {
+        // LLaDA2's `generate` stops on end of text only.
+        let eot = if self.decoding.block_diffusion {
+            self.special.eos
+        } else {
+            self.special.eot
+        };
         self.decoding.apply(
             GenerateParams::default()
                 .with_mask_id(self.special.mask)
                 .with_eos_id(self.special.eos)
-                .with_eot_id(self.special.eot),
+                .with_eot_id(eot),
         )
     }
+}
+
+/// Whether a `config.json` is LLaDA2.x's: `model_type` `llada2_moe` or a LLaDA2 class in
+/// `architectures` (the ndarray backend recognises the family the same way).
+pub(crate) fn is_llada2(config: &serde_json::Value) -> bool {
+    let model_type = config.get("model_type").and_then(serde_json::Value::as_str);
+    model_type
+        .is_some_and(|t| t.eq_ignore_ascii_case("llada2_moe") || t.eq_ignore_ascii_case("llada2"))
+        || config
+            .get("architectures")
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|a| {
+                a.iter()
+                    .any(|c| matches!(c.as_str(), Some("LLaDA2MoeModelLM" | "LLaDA2MoeModel")))
+            })
 }
 
 /// Whether a `config.json` is LLaDA-MoE's: a LLaDA-MoE class in `architectures`, or

@@ -422,14 +422,15 @@ impl Pipeline {
         let batch = prompts.len();
         let prompt_len = prompts.iter().map(Vec::len).max().unwrap_or(0);
         let max = self.backend.max_sequence_length();
-        if prompt_len + params.gen_length > max {
+        // On LLaDA2's absolute grid the canvas runs to the end of the last block.
+        let seq = params.canvas_len(prompt_len);
+        if seq > max {
             return Err(Error::PromptTooLong {
                 prompt_len,
-                gen_length: params.gen_length,
+                gen_length: seq - prompt_len,
                 max,
             });
         }
-        let seq = prompt_len + params.gen_length;
         let mut canvas = vec![0; batch * seq];
         let mut attention = vec![0; batch * seq];
         let pad = self.model.special_tokens().pad;
@@ -437,7 +438,7 @@ impl Pipeline {
             &mut canvas,
             &mut attention,
             prompts,
-            params.gen_length,
+            seq - prompt_len,
             params.mask_id,
             pad,
         )?;
@@ -468,7 +469,8 @@ impl Pipeline {
             .iter()
             .enumerate()
             .map(|(row, prompt)| {
-                let output_ids = canvas[row * seq + prompt_len..(row + 1) * seq].to_vec();
+                let start = row * seq + prompt_len;
+                let output_ids = canvas[start..start + params.gen_length].to_vec();
                 let answer_ids = self.model.answer_ids(&output_ids).to_vec();
                 Ok(Generated {
                     prompt_ids: prompt.clone(),

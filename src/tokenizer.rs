@@ -124,7 +124,8 @@ impl SpecialTokens {
         // has it), before any token name, so both sides agree.
         let release_mask = || {
             let rows = from_config("vocab_size").unwrap_or(0);
-            (crate::files::is_llada_moe(config) && rows > 156_895).then_some(156_895)
+            let ling = crate::files::is_llada_moe(config) || crate::files::is_llada2(config);
+            (ling && rows > 156_895).then_some(156_895)
         };
         let mask = from_config("mask_token_id")
             .or_else(release_mask)

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use llada::core::{CacheMode, CommitRule, GenerateParams, Remasking};
+use llada::core::{BlockGrid, CacheMode, CommitRule, Editing, GenerateParams, Remasking};
 use llada::ndarray::Quantization;
 use llada::{BackendChoice, LoadOptions, Model, OrtOptions, Pipeline};
 
@@ -137,7 +137,9 @@ pub(crate) struct SamplingArgs {
     pub(crate) seed: u64,
     /// Fast-dLLM's threshold rule: each pass commits the most confident masked token and
     /// every other whose confidence reaches this (e.g. 0.9), until the block is filled;
-    /// --steps plays no part.
+    /// --steps plays no part. On a LLaDA2.x model, LLaDA2's rule with this threshold
+    /// [default there: 0.95]: every mask above it when there are at least the pass's share
+    /// of the block, else that share.
     #[arg(long, conflicts_with_all = ["factor", "eb_gamma"])]
     pub(crate) threshold: Option<f64>,
     /// Fast-dLLM's factor rule (its paper's): the n most confident while (n+1)(1-c_n) <
@@ -152,9 +154,18 @@ pub(crate) struct SamplingArgs {
     /// committing what is left (0 = no cap).
     #[arg(long, default_value_t = 0)]
     pub(crate) max_passes_per_block: usize,
-    /// Block-wise key/value cache (approximate; ndarray backend).
-    #[arg(long, value_enum, default_value_t = CacheFlag::None)]
-    pub(crate) cache: CacheFlag,
+    /// LLaDA2.1's token editing: a generated token of the block is rewritten when the model
+    /// now prefers another with a probability above this (LLaDA2.1: 0.9).
+    #[arg(long)]
+    pub(crate) editing_threshold: Option<f64>,
+    /// With --editing-threshold: the most edit-only passes after a block's last mask.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) max_post_steps: usize,
+    /// Key/value cache (ndarray backend): Fast-dLLM's block-wise cache (approximate) on
+    /// LLaDA, LLaDA-MoE and Dream; on LLaDA2.x the prefix cache is exact [default: the
+    /// model's: prefix for LLaDA2.x, else none].
+    #[arg(long, value_enum)]
+    pub(crate) cache: Option<CacheFlag>,
     /// Stop once a finished block holds end of text (EOS or EOT): the rest is filled with EOS
     /// without running its blocks. The answer up to EOS/EOT is the same; the tokens after it
     /// can differ.
@@ -173,6 +184,9 @@ impl SamplingArgs {
     /// The parameters: the model's defaults, then the flags given.
     pub(crate) fn params(&self, pipeline: &Pipeline) -> GenerateParams {
         let defaults = pipeline.default_params();
+        if defaults.grid == BlockGrid::Absolute {
+            return self.block_diffusion_params(defaults);
+        }
         let gen_length = self.gen_length.unwrap_or(defaults.gen_length);
         // With only --gen-length, keep the model's steps per token (one, for the reference),
         // and a model that decodes its answer as one block (Dream) keeps one block; so does
@@ -227,11 +241,7 @@ impl SamplingArgs {
         if remasking == Remasking::Origin && commit.timesteps_eps().is_none() {
             remasking = Remasking::LowConfidence;
         }
-        let cache = match self.cache {
-            CacheFlag::None => CacheMode::None,
-            CacheFlag::Prefix => CacheMode::Prefix,
-            CacheFlag::Dual => CacheMode::Dual,
-        };
+        let cache = self.cache_mode(defaults.cache);
         defaults
             .with_gen_length(gen_length)
             .with_steps(steps)
@@ -251,6 +261,43 @@ impl SamplingArgs {
             .with_confidence_eos_eot_inf(self.confidence_eos_eot_inf)
     }
 
+    /// The cache asked for, else the model's.
+    fn cache_mode(&self, default: CacheMode) -> CacheMode {
+        match self.cache {
+            None => default,
+            Some(CacheFlag::None) => CacheMode::None,
+            Some(CacheFlag::Prefix) => CacheMode::Prefix,
+            Some(CacheFlag::Dual) => CacheMode::Dual,
+        }
+    }
+
+    /// A block-diffusion model's parameters (LLaDA2.x): its grid and rule, with the flags
+    /// given. `--steps` counts per block; the answer need not fill whole blocks.
+    fn block_diffusion_params(&self, defaults: GenerateParams) -> GenerateParams {
+        let threshold = match defaults.commit {
+            CommitRule::Llada2(t) => t,
+            _ => 0.95,
+        };
+        let editing = self.editing_threshold.map(|threshold| Editing {
+            threshold,
+            max_post_steps: self.max_post_steps,
+        });
+        defaults
+            .with_gen_length(self.gen_length.unwrap_or(defaults.gen_length))
+            .with_steps(self.steps.unwrap_or(defaults.steps))
+            .with_block_length(self.block_length.unwrap_or(defaults.block_length))
+            .with_temperature(self.temperature.unwrap_or(defaults.temperature))
+            .with_cfg_scale(self.cfg_scale)
+            .with_top_k(self.top_k.unwrap_or(defaults.top_k))
+            .with_top_p(self.top_p.unwrap_or(defaults.top_p))
+            .with_seed(self.seed)
+            .with_commit(CommitRule::Llada2(self.threshold.unwrap_or(threshold)))
+            .with_editing(editing.or(defaults.editing))
+            .with_cache(self.cache_mode(defaults.cache))
+            .with_stop_at_eos(defaults.stop_at_eos || self.stop_at_eos)
+            .with_logits_eos_inf(self.logits_eos_inf)
+    }
+
     /// One line saying which lengths run and where they come from.
     pub(crate) fn describe(&self, pipeline: &Pipeline, params: &GenerateParams) -> String {
         let defaults = pipeline.model().files().decoding_defaults();
@@ -266,10 +313,23 @@ impl SamplingArgs {
                     other => other.as_str(),
                 }
             ),
+            CommitRule::Llada2(t) => format!(
+                ", LLaDA2's block diffusion (threshold {t}{}, {} cache)",
+                params
+                    .editing
+                    .map(|e| format!(", editing above {}", e.threshold))
+                    .unwrap_or_default(),
+                params.cache.as_str()
+            ),
             _ => String::new(),
         };
+        let per_block = if params.grid == BlockGrid::Absolute {
+            " per block"
+        } else {
+            ""
+        };
         format!(
-            "gen_length {}, steps {}, blocks of {}{rule} ({})",
+            "gen_length {}, steps {}{per_block}, blocks of {}{rule} ({})",
             params.gen_length,
             params.steps,
             params.block_length,

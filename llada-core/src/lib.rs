@@ -95,8 +95,8 @@ pub use generation::{
 };
 pub use likelihood::{LikelihoodParams, log_likelihood};
 pub use params::{
-    CacheMode, CommitRule, GenerateParams, LLADA_8B_EOS_ID, LLADA_8B_EOT_ID, LLADA_8B_MASK_ID,
-    Remasking, UnknownRemasking,
+    BlockGrid, CacheMode, CommitRule, Editing, GenerateParams, LLADA_8B_EOS_ID, LLADA_8B_EOT_ID,
+    LLADA_8B_MASK_ID, Remasking, UnknownRemasking,
 };
 pub use predictor::{CacheHint, ForwardRequest, MaskPredictor, PredictorError, TokenId};
 pub use rand_core;

@@ -77,7 +77,7 @@ impl WorkspaceSizes {
             tokens: add(&[
                 cfg_inputs,
                 mul(&[batch, block, if editing { 3 } else { 2 }])?,
-                mul(&[batch, if editing { 3 } else { 2 }])?,
+                mul(&[batch, if editing { 4 } else { 2 }])?,
             ])?,
             flags: add(&[mul(&[batch, seq])?, cfg_inputs])?,
             scores: mul(&[batch, block])?,

@@ -3,7 +3,7 @@
 use std::ffi::{CStr, c_char};
 use std::path::PathBuf;
 
-use llada::core::{CacheMode, CommitRule, GenerateParams, Remasking};
+use llada::core::{BlockGrid, CacheMode, CommitRule, Editing, GenerateParams, Remasking};
 
 use crate::status::Failure;
 
@@ -55,6 +55,16 @@ pub const LLADA_COMMIT_ENTROPY_BOUNDED: u32 = 3;
 /// LLADA_REMASKING_MARGIN its `topk_margin`, LLADA_REMASKING_ENTROPY its `entropy`,
 /// LLADA_REMASKING_ORIGIN its `origin`); temperature, top_k and top_p as Dream applies them.
 pub const LLADA_COMMIT_TIMESTEPS: u32 = 4;
+/// Commit rule: LLaDA2.x's (`commit_value` is its threshold, 0.95 in the release): every
+/// masked position of the block above the threshold when there are at least the pass's share
+/// (`block_length / steps`), else that share, most confident first; `steps` per block.
+pub const LLADA_COMMIT_LLADA2: u32 = 5;
+
+/// Block grid: LLaDA's blocks from the end of the prompt, bidirectional attention.
+pub const LLADA_GRID_FROM_PROMPT: u32 = 0;
+/// Block grid: block diffusion (LLaDA2.x): blocks from position 0, block-causal attention,
+/// `steps` per block.
+pub const LLADA_GRID_ABSOLUTE: u32 = 1;
 
 /// Key/value cache: none (every step a full forward pass).
 pub const LLADA_CACHE_NONE: u32 = 0;
@@ -137,6 +147,15 @@ pub struct LladaGenerateParams {
     /// Dream's `alg_temp`: with LLADA_COMMIT_SCHEDULE or LLADA_COMMIT_TIMESTEPS, draw the
     /// positions to commit from softmax(confidence / alg_temp); 0 takes the most confident.
     pub alg_temp: f32,
+    /// One of LLADA_GRID_*.
+    pub block_grid: u32,
+    /// LLaDA2.1's token editing (with LLADA_COMMIT_LLADA2): rewrite a generated token of the
+    /// block when the model's token there differs with probability above editing_threshold.
+    pub editing: bool,
+    /// The editing threshold (0.9 in LLaDA2.1).
+    pub editing_threshold: f64,
+    /// The most edit-only passes after a block's last mask (16 in LLaDA2.1).
+    pub max_post_steps: u32,
 }
 
 /// Monte Carlo log-likelihood parameters.
@@ -207,6 +226,10 @@ pub extern "C" fn llada_generate_default_params() -> LladaGenerateParams {
         confidence_eos_eot_inf: false,
         stop_at_eos: false,
         alg_temp: 0.0,
+        block_grid: LLADA_GRID_FROM_PROMPT,
+        editing: false,
+        editing_threshold: Editing::LLADA21.threshold,
+        max_post_steps: Editing::LLADA21.max_post_steps as u32,
     }
 }
 
@@ -238,8 +261,18 @@ impl LladaGenerateParams {
             LLADA_COMMIT_FACTOR => CommitRule::Factor(self.commit_value),
             LLADA_COMMIT_ENTROPY_BOUNDED => CommitRule::EntropyBounded(self.commit_value),
             LLADA_COMMIT_TIMESTEPS => CommitRule::Timesteps(self.commit_value),
+            LLADA_COMMIT_LLADA2 => CommitRule::Llada2(self.commit_value),
             other => return Err(Failure::invalid(format!("unknown commit rule {other}"))),
         };
+        let grid = match self.block_grid {
+            LLADA_GRID_FROM_PROMPT => BlockGrid::FromPrompt,
+            LLADA_GRID_ABSOLUTE => BlockGrid::Absolute,
+            other => return Err(Failure::invalid(format!("unknown block grid {other}"))),
+        };
+        let editing = self.editing.then_some(Editing {
+            threshold: self.editing_threshold,
+            max_post_steps: self.max_post_steps as usize,
+        });
         let cache = match self.cache {
             LLADA_CACHE_NONE => CacheMode::None,
             LLADA_CACHE_PREFIX => CacheMode::Prefix,
@@ -272,7 +305,9 @@ impl LladaGenerateParams {
             .with_cache(cache)
             .with_max_passes_per_block(self.max_passes_per_block as usize)
             .with_stop_at_eos(self.stop_at_eos)
-            .with_alg_temp(self.alg_temp);
+            .with_alg_temp(self.alg_temp)
+            .with_grid(grid)
+            .with_editing(editing);
         params.validate()?;
         Ok(params)
     }
@@ -336,8 +371,10 @@ impl LladaGenerateParams {
             CommitRule::Factor(f) => (LLADA_COMMIT_FACTOR, f),
             CommitRule::EntropyBounded(g) => (LLADA_COMMIT_ENTROPY_BOUNDED, g),
             CommitRule::Timesteps(eps) => (LLADA_COMMIT_TIMESTEPS, eps),
+            CommitRule::Llada2(t) => (LLADA_COMMIT_LLADA2, t),
             _ => (LLADA_COMMIT_SCHEDULE, 0.0),
         };
+        let editing = params.editing.unwrap_or(Editing::LLADA21);
         let remasking = match params.remasking {
             Remasking::Random => LLADA_REMASKING_RANDOM,
             Remasking::Margin => LLADA_REMASKING_MARGIN,
@@ -360,6 +397,19 @@ impl LladaGenerateParams {
             temperature: params.temperature,
             top_p: params.top_p,
             alg_temp: params.alg_temp,
+            cache: match params.cache {
+                CacheMode::Prefix => LLADA_CACHE_PREFIX,
+                CacheMode::Dual => LLADA_CACHE_DUAL,
+                _ => LLADA_CACHE_NONE,
+            },
+            stop_at_eos: params.stop_at_eos,
+            block_grid: match params.grid {
+                BlockGrid::Absolute => LLADA_GRID_ABSOLUTE,
+                _ => LLADA_GRID_FROM_PROMPT,
+            },
+            editing: params.editing.is_some(),
+            editing_threshold: editing.threshold,
+            max_post_steps: editing.max_post_steps as u32,
             ..llada_generate_default_params()
         }
     }

@@ -110,6 +110,9 @@ fn mid_config() -> Config {
         eos_token_id: None,
         pad_token_id: None,
         qk_norm: false,
+        fused_qkv: false,
+        attn_out_bias: false,
+        block_causal: false,
         moe: None,
     }
 }

@@ -65,14 +65,15 @@ pub(crate) fn kv_block(c: &Config, seq: usize) -> usize {
     keys.max(values)
 }
 
-/// Packs the keys and values of `batch` rows of `seq` positions into `keys` and `values`
-/// (each at least `batch · n_kv_heads · kv_block(seq)` long).
+/// Packs the keys and values of the first `seq` of the `rows` positions of each of `batch`
+/// rows into `keys` and `values` (each at least `batch · n_kv_heads · kv_block(seq)` long).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn pack_keys_values<'a>(
     pool: &Pool<ThreadScratch>,
     c: &Config,
     kv: &KvSource<'_>,
     batch: usize,
-    seq: usize,
+    (rows, seq): (usize, usize),
     keys: &'a mut [f32],
     values: &'a mut [f32],
 ) -> PackedKv<'a> {
@@ -84,7 +85,7 @@ pub(crate) fn pack_keys_values<'a>(
         batch * seq * 2 * c.n_kv_heads * hd * 4,
         &|task, _| {
             let (b, g) = (task / c.n_kv_heads, task % c.n_kv_heads);
-            let base = b * seq * kv.row_stride;
+            let base = b * rows * kv.row_stride;
             // qᵀ-side operand: B = Kᵀ (hd × seq), a column per position.
             let keys_t = MatRef {
                 data: &kv.data[base + kv.k + g * hd..],
@@ -112,9 +113,11 @@ pub(crate) fn pack_keys_values<'a>(
     }
 }
 
-/// Bidirectional multi-head attention with a key padding mask, one task per (row, head,
-/// query tile): `softmax(q·kᵀ/√d + mask) · v` for the computed positions' queries against
-/// every position's keys and values, into `out` (`[batch · positions, d_model]`).
+/// Multi-head attention with a key padding mask (`[batch, mask_stride]`), one task per
+/// (row, head, query tile): `softmax(q·kᵀ/√d + mask) · v` for the computed positions'
+/// queries against the keys and values of the first `seq` positions, into `out`
+/// (`[batch · positions, d_model]`). Bidirectional, or with `causal_block` block-causal:
+/// a query sees the keys up to the end of its block.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention(
     pool: &Pool<ThreadScratch>,
@@ -122,7 +125,8 @@ pub(crate) fn attention(
     c: &Config,
     queries: &Queries<'_>,
     kv: &PackedKv<'_>,
-    mask: Option<&[u8]>,
+    (mask, mask_stride): (Option<&[u8]>, usize),
+    causal_block: Option<usize>,
     batch: usize,
     seq: usize,
     out: Out<'_>,
@@ -169,12 +173,14 @@ pub(crate) fn attention(
                 false,
                 gemm_scratch,
             );
-            let key_mask = mask.map(|m| &m[b * seq..(b + 1) * seq]);
+            let key_mask = mask.map(|m| &m[b * mask_stride..b * mask_stride + seq]);
+            let causal = causal_block.map(|block| (queries.positions.start + q0, block));
             masked_softmax(
                 isa,
                 ArrayViewMut2::from_shape((rows, seq), &mut *scores).expect("tile shape"),
                 scale,
                 key_mask,
+                causal,
             );
             let target = out.sub(b * span + q0, head * hd, rows, hd);
             gemm_serial(

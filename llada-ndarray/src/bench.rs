@@ -166,7 +166,7 @@ impl Layer {
             c,
             &source,
             1,
-            seq,
+            (seq, seq),
             &mut self.keys,
             &mut self.values,
         );
@@ -177,7 +177,16 @@ impl Layer {
         };
         let out = Out::new(out, seq, c.d_model, c.d_model);
         attention(
-            &self.pool, self.isa, c, &queries, &packed, None, 1, seq, out,
+            &self.pool,
+            self.isa,
+            c,
+            &queries,
+            &packed,
+            (None, seq),
+            None,
+            1,
+            seq,
+            out,
         );
     }
 }

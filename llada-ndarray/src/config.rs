@@ -55,6 +55,15 @@ pub struct Config {
     /// head's dimensions, one weight per dimension shared by the heads) before the rotary
     /// embedding: LLaDA-MoE's `qk_layernorm`.
     pub qk_norm: bool,
+    /// Whether the checkpoint stores the query, key and value projections as one fused
+    /// matrix (rows: the query heads, then the key heads, then the value heads; LLaDA2's
+    /// `query_key_value`), with its bias fused the same way when `qkv_bias` is set.
+    pub fused_qkv: bool,
+    /// Whether the attention's output projection has a bias (LLaDA2's `use_bias`).
+    pub attn_out_bias: bool,
+    /// Whether the model was trained with block-causal attention (LLaDA2.x's block
+    /// diffusion): it is decoded on the absolute block grid and a prefix cache is exact.
+    pub block_causal: bool,
     /// The mixture-of-experts MLP, for the families that have one (LLaDA-MoE); `None`: every
     /// layer's MLP is the dense SwiGLU of `mlp_hidden_size`.
     pub moe: Option<MoeConfig>,
@@ -80,10 +89,35 @@ pub struct MoeConfig {
     /// Whether the chosen experts' weights are divided by their sum (`norm_topk_prob`);
     /// LLaDA-MoE's are not.
     pub normalize_weights: bool,
+    /// How the router's logits become scores.
+    pub gating: Gating,
+    /// Every chosen expert's weight is multiplied by this (`routed_scaling_factor`; 1 for
+    /// LLaDA-MoE, 2.5 in LLaDA2's release).
+    pub weight_scale: f32,
     /// Per layer, whether its MLP is the mixture (else the dense SwiGLU of
     /// [`Config::mlp_hidden_size`]); `None`: every layer's is (nothing is allocated per layer
     /// for a configuration that claims a trillion of them).
     pub layers: Option<Vec<bool>>,
+}
+
+/// How a router turns its logits into the scores experts are chosen by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Gating {
+    /// A softmax over every expert (f32); the expert bias, if any, is added to the
+    /// probabilities and stays in the weights (LLaDA-MoE).
+    Softmax,
+    /// A sigmoid per expert (f32); the expert bias, if any, is added only to choose, and the
+    /// weights are the unbiased scores. The experts are in `groups` groups of equal size; each
+    /// group is scored by the sum of its two best biased scores, the `used_groups` best
+    /// groups are kept and the top-k taken among their experts (LLaDA2's
+    /// `group_limited_topk`; one group is plain top-k).
+    Sigmoid {
+        /// Groups of experts (`n_group`).
+        groups: usize,
+        /// Groups kept per token (`topk_group`).
+        used_groups: usize,
+    },
 }
 
 impl MoeConfig {
@@ -106,6 +140,44 @@ impl MoeConfig {
                     "{} must be between 1 and the {} experts",
                     self.experts_per_token, self.experts
                 ),
+            ));
+        }
+        if let Gating::Sigmoid {
+            groups,
+            used_groups,
+        } = self.gating
+        {
+            let size = if groups == 0 {
+                0
+            } else {
+                self.experts / groups
+            };
+            if groups == 0 || !self.experts.is_multiple_of(groups) || (groups > 1 && size < 2) {
+                return Err(invalid(
+                    "n_group",
+                    format!(
+                        "{groups} groups must split the {} experts evenly, at least two per group",
+                        self.experts
+                    ),
+                ));
+            }
+            if used_groups == 0
+                || used_groups > groups
+                || used_groups * size < self.experts_per_token
+            {
+                return Err(invalid(
+                    "topk_group",
+                    format!(
+                        "{used_groups} groups of {size} experts must be between 1 and the {groups} groups and hold the {} experts per token",
+                        self.experts_per_token
+                    ),
+                ));
+            }
+        }
+        if !(self.weight_scale.is_finite()) {
+            return Err(invalid(
+                "routed_scaling_factor",
+                format!("{} must be finite", self.weight_scale),
             ));
         }
         if self.expert_hidden_size == 0 || self.shared_expert_hidden_size == Some(0) {
@@ -363,10 +435,17 @@ impl Config {
     /// The tensors of block `layer`, in checkpoint order: attention (biases and query/key
     /// norms where the model has them), then the dense MLP or the router and the experts.
     pub(crate) fn block_roles(&self, layer: usize) -> Box<dyn Iterator<Item = Tensor> + '_> {
-        let attention = Tensor::ATTENTION
-            .into_iter()
+        let attention = if self.fused_qkv {
+            &Tensor::FUSED_ATTENTION[..]
+        } else {
+            &Tensor::ATTENTION[..]
+        };
+        let attention = attention
+            .iter()
+            .copied()
             .filter(move |t| self.qkv_bias || !t.is_bias())
-            .filter(move |t| self.qk_norm || !t.is_qk_norm());
+            .filter(move |t| self.qk_norm || !t.is_qk_norm())
+            .filter(move |t| self.attn_out_bias || *t != Tensor::AttnOutBias);
         let mlp_norm = std::iter::once(Tensor::MlpNorm);
         match self.moe.as_ref().filter(|m| m.is_moe_layer(layer)) {
             None => Box::new(attention.chain(mlp_norm).chain(Tensor::DENSE_MLP)),
@@ -410,6 +489,9 @@ impl Config {
             Tensor::Query => vec![q, d],
             Tensor::Key | Tensor::Value => vec![kv, d],
             Tensor::QueryBias => vec![q],
+            Tensor::Qkv => vec![q + 2 * kv, d],
+            Tensor::QkvBias => vec![q + 2 * kv],
+            Tensor::AttnOutBias => vec![d],
             Tensor::KeyBias | Tensor::ValueBias => vec![kv],
             Tensor::AttnOut => vec![d, q],
             Tensor::Gate | Tensor::Up => vec![mlp, d],

@@ -14,6 +14,7 @@ use crate::kv_cache::{KvCache, KvUse};
 use crate::mlp::{MoeProfile, Routes, add_experts, add_swiglu};
 use crate::model::{Mlp, Model};
 use crate::ops::{par_bias_rope, par_rms_norm, rms_norm};
+use crate::parallel::par_rows;
 use crate::threads::Pool;
 use crate::{Kernel, attention};
 
@@ -297,6 +298,9 @@ impl Context {
     ) -> Result<(), ForwardError> {
         self.validate(request, logits)?;
         let (batch, seq) = (request.batch(), request.seq_len());
+        if let Some(block) = request.block_causal() {
+            return self.forward_block_causal(request, block, logits);
+        }
         let (positions, kv) = match request.cache() {
             None => (0..seq, KvUse::Plain),
             Some(hint) => {
@@ -325,18 +329,46 @@ impl Context {
         if kv != KvUse::Plain {
             self.cache.prepare(&self.model.config, batch, seq);
         }
-        self.run(request, positions, kv, logits);
+        self.run(request, positions, seq, kv, logits);
         if kv == KvUse::Fill {
             self.cache.filled(batch, seq);
         }
         Ok(())
     }
 
-    /// The blocks over `positions` of every row (all of them without a cache).
+    /// A block-causal pass (LLaDA2.x): only the positions up to the end of the window's block
+    /// matter. Without a cache hint they are all computed; with one, the whole blocks the
+    /// cache holds for these tokens are not, and the blocks before the hint's span (final:
+    /// nothing after them can change them) are kept for the next pass. Exact either way.
+    fn forward_block_causal(
+        &mut self,
+        request: &ForwardRequest<'_>,
+        block: usize,
+        logits: &mut [f32],
+    ) -> Result<(), ForwardError> {
+        let (batch, seq) = (request.batch(), request.seq_len());
+        let end = request.attended_end();
+        let Some(hint) = request.cache() else {
+            self.reserve(batch, end);
+            self.run(request, 0..end, end, KvUse::Plain, logits);
+            return Ok(());
+        };
+        self.reserve(batch, end);
+        self.cache.prepare(&self.model.config, batch, seq);
+        let start = self.cache.causal_reuse(request, block);
+        self.run(request, start..end, end, KvUse::Read, logits);
+        self.cache
+            .causal_filled(request, block, end, hint.span.start);
+        Ok(())
+    }
+
+    /// The blocks over `positions` of every row (all of them without a cache), attending to
+    /// the first `keys` positions (block-causally when the request says so).
     fn run(
         &mut self,
         request: &ForwardRequest<'_>,
         positions: Range<usize>,
+        keys: usize,
         kv: KvUse,
         logits: &mut [f32],
     ) {
@@ -406,12 +438,14 @@ impl Context {
                     v: kv_dim,
                 }
             };
+            // Rows per batch row of the source: the computed positions, or the cache's.
+            let source_rows = if kv == KvUse::Plain { span } else { seq };
             let packed: PackedKv<'_> = attention::pack_keys_values(
                 pool,
                 c,
                 &keys_values,
                 batch,
-                seq,
+                (source_rows, keys),
                 &mut b.keys,
                 &mut b.values,
             );
@@ -426,9 +460,10 @@ impl Context {
                 c,
                 &queries,
                 &packed,
-                request.attention_mask(),
+                (request.attention_mask(), seq),
+                request.block_causal(),
                 batch,
-                seq,
+                keys,
                 Out::new(&mut b.attn, tokens, d, d),
             );
             gemm(
@@ -439,6 +474,11 @@ impl Context {
                 Out::new(&mut b.x, tokens, d, d),
                 true,
             );
+            if let Some(bias) = &block.attn_out_bias {
+                par_rows(pool, &mut b.x, tokens, d, &|_, row| {
+                    row.iter_mut().zip(bias).for_each(|(x, &b)| *x += b);
+                });
+            }
 
             // MLP sub-layer: x += mlp(norm(x)), a SwiGLU or a mixture of them.
             par_rms_norm(pool, &b.x, &block.ff_norm, eps, &mut b.h, tokens, d);
@@ -509,6 +549,10 @@ impl MaskPredictor for Context {
 
     fn shifted_logits(&self) -> bool {
         self.model.config.shifted_logits
+    }
+
+    fn block_causal(&self) -> bool {
+        self.model.config.block_causal
     }
 
     fn forward(

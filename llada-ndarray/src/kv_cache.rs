@@ -1,6 +1,10 @@
-//! Fast-dLLM's block-wise key/value cache: the keys and values of every position, kept
-//! between the steps of a block so that a step recomputes only the block (dual cache) or the
-//! block and what follows it (prefix cache).
+//! Key/value caches. Fast-dLLM's block-wise cache: the keys and values of every position,
+//! kept between the steps of a block so that a step recomputes only the block (dual cache) or
+//! the block and what follows it (prefix cache). And the exact prefix cache of block-causal
+//! models (LLaDA2.x): the keys and values of finished blocks, which nothing after them can
+//! change, kept for as long as the tokens they were computed from stay the same.
+
+use llada_core::ForwardRequest;
 
 use crate::config::Config;
 
@@ -23,6 +27,20 @@ pub(crate) struct KvCache {
     layer_len: usize,
     /// The (batch, seq) it was filled for.
     shape: Option<(usize, usize)>,
+    /// With block-causal attention: what the cache holds exactly.
+    causal: Option<CausalPrefix>,
+    /// The tokens of the cached prefix, `[batch, prefix]` (block-causal).
+    ids: Vec<u32>,
+}
+
+/// The exact part of a block-causal cache: the first `prefix` positions (whole blocks of
+/// `block`) of `batch` rows of `seq`, computed from the tokens kept beside them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CausalPrefix {
+    batch: usize,
+    seq: usize,
+    block: usize,
+    prefix: usize,
 }
 
 impl KvCache {
@@ -31,10 +49,66 @@ impl KvCache {
         self.shape == Some((batch, seq))
     }
 
+    /// How many leading positions of every row of `request` (block-causal, blocks of
+    /// `block`) the cache holds exactly: whole blocks whose tokens, and those of every block
+    /// before them, are the ones they were computed from, and none of the window's block or
+    /// later. A pass computes the positions from there to the end of the window's block.
+    pub(crate) fn causal_reuse(&mut self, request: &ForwardRequest<'_>, block: usize) -> usize {
+        self.shape = None;
+        let (batch, seq) = (request.batch(), request.seq_len());
+        let Some(held) = self
+            .causal
+            .filter(|h| (h.batch, h.seq, h.block) == (batch, seq, block))
+        else {
+            return 0;
+        };
+        let window_block = request.window().start / block * block;
+        let mut prefix = held.prefix.min(window_block);
+        for r in 0..batch {
+            let ids = &request.row(r)[..prefix];
+            let kept = &self.ids[r * held.prefix..r * held.prefix + prefix];
+            if let Some(p) = ids.iter().zip(kept).position(|(a, b)| a != b) {
+                prefix = p / block * block;
+            }
+        }
+        prefix
+    }
+
+    /// Records that a block-causal pass over `request` computed every position before
+    /// `computed_end` (from `start` on, the others being held already), and that the
+    /// positions before `final_end` will not change: the cache now holds the whole blocks
+    /// before the smaller of the two.
+    pub(crate) fn causal_filled(
+        &mut self,
+        request: &ForwardRequest<'_>,
+        block: usize,
+        computed_end: usize,
+        final_end: usize,
+    ) {
+        let (batch, seq) = (request.batch(), request.seq_len());
+        let prefix = computed_end.min(final_end) / block * block;
+        crate::context::grow(&mut self.ids, batch * prefix);
+        for r in 0..batch {
+            self.ids[r * prefix..(r + 1) * prefix].copy_from_slice(&request.row(r)[..prefix]);
+        }
+        self.causal = Some(CausalPrefix {
+            batch,
+            seq,
+            block,
+            prefix,
+        });
+    }
+
     /// Sizes the cache for `batch × seq`; forgets its content if the shape changes.
     pub(crate) fn prepare(&mut self, c: &Config, batch: usize, seq: usize) {
         if !self.holds(batch, seq) {
             self.shape = None;
+        }
+        if self
+            .causal
+            .is_some_and(|h| (h.batch, h.seq) != (batch, seq))
+        {
+            self.causal = None;
         }
         self.layer_len = batch * seq * 2 * c.n_kv_heads * c.head_dim;
         crate::context::grow(&mut self.data, self.layer_len * c.n_layers);
@@ -43,6 +117,7 @@ impl KvCache {
     /// Marks the cache as holding a full pass of `batch × seq` (after a [`KvUse::Fill`]).
     pub(crate) fn filled(&mut self, batch: usize, seq: usize) {
         self.shape = Some((batch, seq));
+        self.causal = None;
     }
 
     /// One layer's keys and values.

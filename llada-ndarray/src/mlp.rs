@@ -5,7 +5,7 @@
 
 use llada_core::math::{exp_in_place, max_value};
 
-use crate::config::MoeConfig;
+use crate::config::{Gating, MoeConfig};
 use crate::context::{ThreadScratch, grow};
 use crate::gemm::{Isa, MatRef, Out, Rhs, gemm, gemm_groups};
 use crate::model::{Experts, Swiglu};
@@ -50,6 +50,8 @@ pub(crate) struct Routes {
     token: Vec<u32>,
     /// Scratch of the top-k selection, `[experts]`.
     order: Vec<u32>,
+    /// What the choice ranks (scores, biased as the gating says), `[experts]`.
+    choice: Vec<f32>,
     /// Rows per expert, then the next free row of each while rows are handed out.
     rows: Vec<usize>,
     /// First gathered row of each expert, `[experts + 1]`.
@@ -71,6 +73,7 @@ impl Routes {
         grow(&mut self.token, tokens * k);
         grow(&mut self.rows, e);
         grow(&mut self.order, e);
+        grow(&mut self.choice, e);
         grow(&mut self.start, e + 1);
         grow(&mut self.gathered, tokens * k * d_model);
         grow(&mut self.out, tokens * k * d_model);
@@ -114,38 +117,62 @@ pub(crate) fn add_swiglu(
 }
 
 /// Chooses each token's experts from its router scores (`scores`, `[tokens, experts]`,
-/// turned into probabilities in place): a softmax over every expert in f32, plus the
-/// expert bias when the model has one, the `k` largest (the lower index first among equals,
-/// NaN before any number, as `torch.topk` ranks it), their weights divided by their sum when
-/// `normalize`. The choices are written in expert order (`expert`, `weight`: `[tokens, k]`),
-/// the order in which the reference adds the experts' outputs up. `order` is scratch of
-/// `experts` values: the choice is a selection, O(experts + k log k) per token.
+/// turned into probabilities in place) by the model's [`Gating`]:
+/// - softmax: over every expert in f32, plus the expert bias when the model has one, the `k`
+///   largest, weighted by those (biased) probabilities;
+/// - sigmoid: per expert in f32; the bias (if any) added only to choose, in `groups` groups
+///   (each scored by the sum of its two best, the `used_groups` best kept, the others out),
+///   the `k` largest among what is left, weighted by their unbiased scores.
+///
+/// Ties go to the lower index, NaN ranks before any number (as `torch.topk`). The weights are
+/// divided by their sum when `normalize` (plus 10⁻²⁰ for the sigmoid, LLaDA2's) and multiplied
+/// by `scale`. The choices are written in expert order (`expert`, `weight`: `[tokens, k]`),
+/// the order in which the reference adds the experts' outputs up. `order` and `choice` are
+/// scratch of `experts` values: the choice is a selection, O(experts + k log k) per token.
 #[allow(clippy::too_many_arguments)]
 fn route(
     scores: &mut [f32],
-    experts: usize,
-    k: usize,
+    moe: &MoeConfig,
     bias: Option<&[f32]>,
-    normalize: bool,
     order: &mut [u32],
+    choice: &mut [f32],
     expert: &mut [u32],
     weight: &mut [f32],
 ) {
+    let (experts, k) = (moe.experts, moe.experts_per_token);
     for ((p, chosen), weights) in scores
         .chunks_exact_mut(experts)
         .zip(expert.chunks_exact_mut(k))
         .zip(weight.chunks_exact_mut(k))
     {
-        let sum = exp_in_place(p, max_value(p));
-        let inv = 1.0 / sum;
-        p.iter_mut().for_each(|v| *v *= inv);
-        if let Some(bias) = bias {
-            p.iter_mut().zip(bias).for_each(|(v, &b)| *v += b);
+        // What the choice ranks: `choice` (the probabilities, biased as the gating says).
+        match moe.gating {
+            Gating::Softmax => {
+                let sum = exp_in_place(p, max_value(p));
+                let inv = 1.0 / sum;
+                p.iter_mut().for_each(|v| *v *= inv);
+                if let Some(bias) = bias {
+                    p.iter_mut().zip(bias).for_each(|(v, &b)| *v += b);
+                }
+                choice.copy_from_slice(p);
+            }
+            Gating::Sigmoid {
+                groups,
+                used_groups,
+            } => {
+                p.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp()));
+                choice.copy_from_slice(p);
+                if let Some(bias) = bias {
+                    choice.iter_mut().zip(bias).for_each(|(v, &b)| *v += b);
+                }
+                if groups > 1 && used_groups < groups {
+                    keep_best_groups(choice, groups, used_groups, order);
+                }
+            }
         }
-        // Best first: larger score (NaN largest), then lower index.
+        let rank = |v: f32| if v.is_nan() { f32::INFINITY } else { v };
         let better = |a: &u32, b: &u32| {
-            let (x, y) = (p[*a as usize], p[*b as usize]);
-            let rank = |v: f32| if v.is_nan() { f32::INFINITY } else { v };
+            let (x, y) = (choice[*a as usize], choice[*b as usize]);
             rank(y)
                 .total_cmp(&rank(x))
                 .then_with(|| y.is_nan().cmp(&x.is_nan()))
@@ -162,17 +189,54 @@ fn route(
         for (w, &e) in weights.iter_mut().zip(chosen.iter()) {
             *w = p[e as usize];
         }
-        if normalize {
+        let sigmoid = matches!(moe.gating, Gating::Sigmoid { .. });
+        if moe.normalize_weights && (k > 1 || !sigmoid) {
             let total: f32 = weights.iter().sum();
+            let total = if sigmoid { total + 1e-20 } else { total };
             weights.iter_mut().for_each(|w| *w /= total);
+        }
+        if moe.weight_scale != 1.0 {
+            weights.iter_mut().for_each(|w| *w *= moe.weight_scale);
         }
     }
 }
 
-/// `x += Σ weight · expert(h)` over each token's chosen experts (plus the shared expert):
-/// the router's choice, the rows of each expert gathered together, each expert's SwiGLU run
-/// on its rows (all experts' products in one parallel run), and the weighted outputs added
-/// back to their tokens.
+/// Group-limited choice: the experts of `choice` in `groups` equal groups, each scored by the
+/// sum of its two largest values; all but the `used` best groups (the lower index first among
+/// equals) are set to negative infinity. `picked` is scratch of at least `groups` values.
+fn keep_best_groups(choice: &mut [f32], groups: usize, used: usize, picked: &mut [u32]) {
+    let size = choice.len() / groups;
+    let score = |g: usize| {
+        let (mut first, mut second) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+        for &v in &choice[g * size..(g + 1) * size] {
+            if v > first {
+                second = first;
+                first = v;
+            } else if v > second {
+                second = v;
+            }
+        }
+        first + second
+    };
+    let picked = &mut picked[..groups];
+    picked.fill(0);
+    for _ in 0..used {
+        let mut best: Option<(f32, usize)> = None;
+        for (g, _) in picked.iter().enumerate().filter(|(_, p)| **p == 0) {
+            let s = score(g);
+            if best.is_none_or(|(b, _)| s > b) {
+                best = Some((s, g));
+            }
+        }
+        if let Some((_, g)) = best {
+            picked[g] = 1;
+        }
+    }
+    for (g, _) in picked.iter().enumerate().filter(|(_, p)| **p == 0) {
+        choice[g * size..(g + 1) * size].fill(f32::NEG_INFINITY);
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn add_experts(
     pool: &Pool<ThreadScratch>,
@@ -205,11 +269,10 @@ pub(crate) fn add_experts(
     let slots = tokens * k;
     route(
         &mut r.scores[..tokens * n_experts],
-        n_experts,
-        k,
+        moe,
         m.bias.as_deref(),
-        moe.normalize_weights,
         &mut r.order[..n_experts],
+        &mut r.choice[..n_experts],
         &mut r.expert[..slots],
         &mut r.weight[..slots],
     );
@@ -310,21 +373,36 @@ mod tests {
     /// in expert order, weights not renormalised unless asked; every expert when k is all.
     #[test]
     fn routing_takes_the_k_largest_in_expert_order() {
+        let route_with =
+            |logits: &[f32], k: usize, bias: Option<&[f32]>, normalize: bool, gating| {
+                let e = logits.len();
+                let moe = MoeConfig {
+                    experts: e,
+                    experts_per_token: k,
+                    expert_hidden_size: 1,
+                    shared_expert_hidden_size: None,
+                    expert_bias: bias.is_some(),
+                    normalize_weights: normalize,
+                    gating,
+                    weight_scale: 1.0,
+                    layers: None,
+                };
+                let mut scores = logits.to_vec();
+                let (mut order, mut choice) = (vec![0; e], vec![0.0; e]);
+                let (mut expert, mut weight) = (vec![0; k], vec![0.0; k]);
+                route(
+                    &mut scores,
+                    &moe,
+                    bias,
+                    &mut order,
+                    &mut choice,
+                    &mut expert,
+                    &mut weight,
+                );
+                (expert, weight, scores)
+            };
         let run = |logits: &[f32], k: usize, bias: Option<&[f32]>, normalize: bool| {
-            let e = logits.len();
-            let mut scores = logits.to_vec();
-            let (mut order, mut expert, mut weight) = (vec![0; e], vec![0; k], vec![0.0; k]);
-            route(
-                &mut scores,
-                e,
-                k,
-                bias,
-                normalize,
-                &mut order,
-                &mut expert,
-                &mut weight,
-            );
-            (expert, weight, scores)
+            route_with(logits, k, bias, normalize, Gating::Softmax)
         };
         let (expert, weight, p) = run(&[0.0, 2.0, 1.0, 2.0, -1.0], 2, None, false);
         assert_eq!(expert, [1, 3], "the tie goes to both, in index order");
@@ -342,5 +420,31 @@ mod tests {
         assert_eq!(expert, [1]);
         assert_eq!(weight, [p[1]]);
         assert!(p[1] > 0.9);
+
+        // LLaDA2's sigmoid routing: the bias chooses, the unbiased scores weigh; groups of
+        // two scored by their sum, one group kept.
+        let groups = Gating::Sigmoid {
+            groups: 2,
+            used_groups: 1,
+        };
+        let logits = [2.0, -1.0, 1.0, 1.5];
+        let (expert, weight, p) = route_with(&logits, 2, Some(&[0.0, 0.0, 0.0, 0.0]), true, groups);
+        assert_eq!(
+            expert,
+            [2, 3],
+            "group 1 (0.73 + 0.82) beats group 0 (0.88 + 0.27)"
+        );
+        let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
+        assert!((p[0] - sigmoid(2.0)).abs() < 1e-6);
+        let total = sigmoid(1.0) + sigmoid(1.5);
+        assert!((weight[0] - sigmoid(1.0) / total).abs() < 1e-6);
+        let bias = [0.0, 5.0, 0.0, 0.0];
+        let (expert, weight, _) = route_with(&logits, 2, Some(&bias), true, groups);
+        assert_eq!(expert, [0, 1], "the bias moves the choice to group 0");
+        let total = sigmoid(2.0) + sigmoid(-1.0);
+        assert!(
+            (weight[1] - sigmoid(-1.0) / total).abs() < 1e-6,
+            "not the weight"
+        );
     }
 }

@@ -161,6 +161,8 @@ pub(crate) struct Block {
     /// The per-head RMSNorm weights of the queries and of the keys (LLaDA-MoE's).
     pub(crate) qk_norm: Option<(Vec<f32>, Vec<f32>)>,
     pub(crate) attn_out: PackedMatrix,
+    /// The output projection's bias (LLaDA2's `use_bias`).
+    pub(crate) attn_out_bias: Option<Vec<f32>>,
     pub(crate) ff_norm: Vec<f32>,
     pub(crate) mlp: Mlp,
 }
@@ -256,7 +258,9 @@ impl Model {
         let mut blocks = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
             let b = |tensor: Tensor| name(tensor, i);
-            let qkv_bias = if config.qkv_bias {
+            let qkv_bias = if config.qkv_bias && config.fused_qkv {
+                Some(vector(Tensor::QkvBias, i)?)
+            } else if config.qkv_bias {
                 let mut bias = vector(Tensor::QueryBias, i)?;
                 bias.extend(vector(Tensor::KeyBias, i)?);
                 bias.extend(vector(Tensor::ValueBias, i)?);
@@ -308,10 +312,19 @@ impl Model {
             };
             blocks.push(Block {
                 attn_norm: vector(Tensor::AttnNorm, i)?,
-                qkv: ckpt.pack(&[b(Tensor::Query), b(Tensor::Key), b(Tensor::Value)], q)?,
+                qkv: if config.fused_qkv {
+                    ckpt.pack(&[b(Tensor::Qkv)], q)?
+                } else {
+                    ckpt.pack(&[b(Tensor::Query), b(Tensor::Key), b(Tensor::Value)], q)?
+                },
                 qkv_bias,
                 qk_norm,
                 attn_out: ckpt.pack(&[b(Tensor::AttnOut)], q)?,
+                attn_out_bias: if config.attn_out_bias {
+                    Some(vector(Tensor::AttnOutBias, i)?)
+                } else {
+                    None
+                },
                 ff_norm: vector(Tensor::MlpNorm, i)?,
                 mlp,
             });
@@ -392,6 +405,7 @@ impl Model {
                 (b.attn_norm.len()
                     + b.ff_norm.len()
                     + b.qkv_bias.as_ref().map_or(0, Vec::len)
+                    + b.attn_out_bias.as_ref().map_or(0, Vec::len)
                     + b.qk_norm.as_ref().map_or(0, |(q, k)| q.len() + k.len()))
                     * 4
             })

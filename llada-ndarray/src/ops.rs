@@ -110,14 +110,26 @@ pub(crate) fn masked_softmax(
     mut scores: ArrayViewMut2<'_, f32>,
     scale: f32,
     key_mask: Option<&[u8]>,
+    causal: Option<(usize, usize)>,
 ) {
     wide(
         isa,
         #[inline(always)]
         || {
-            for mut row in scores.axis_iter_mut(Axis(0)) {
+            for (i, mut row) in scores.axis_iter_mut(Axis(0)).enumerate() {
                 let Some(row) = row.as_slice_mut() else {
                     continue;
+                };
+                // Block-causal attention: row i (position first + i) sees the keys up to the
+                // end of its block; the others weigh nothing.
+                let row = match causal {
+                    Some((first, block)) => {
+                        let visible = ((first + i) / block + 1) * block;
+                        let (seen, hidden) = row.split_at_mut(visible.min(row.len()));
+                        hidden.fill(0.0);
+                        seen
+                    }
+                    None => row,
                 };
                 match key_mask {
                     Some(mask) => {
@@ -274,7 +286,7 @@ mod tests {
     #[test]
     fn masked_softmax_ignores_hidden_keys() {
         let mut s = array![[1.0f32, 2.0, 100.0]];
-        masked_softmax(Isa::detect(), s.view_mut(), 1.0, Some(&[1, 1, 0]));
+        masked_softmax(Isa::detect(), s.view_mut(), 1.0, Some(&[1, 1, 0]), None);
         let e = 1.0f32.exp();
         assert!((s[[0, 0]] - 1.0 / (1.0 + e)).abs() < 1e-6);
         assert_eq!(s[[0, 2]], 0.0);

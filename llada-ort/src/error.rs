@@ -90,6 +90,17 @@ pub enum OrtError {
         /// The model file.
         path: PathBuf,
     },
+    /// The request asks for block-causal attention (LLaDA2.x's block diffusion), which the
+    /// exported graphs (bidirectional, a key padding mask only) cannot compute.
+    #[error(
+        "ONNX model {path} attends bidirectionally; a block-causal request (LLaDA2.x, blocks of {block}) needs the block mask as a graph input, which this backend's exports do not have: run LLaDA2.x on the ndarray backend"
+    )]
+    BlockCausal {
+        /// The model file.
+        path: PathBuf,
+        /// The block asked for.
+        block: usize,
+    },
     /// An input id is outside the vocabulary.
     #[error("input id {id} is outside the vocabulary of {vocab}")]
     TokenOutOfVocab {
@@ -125,9 +136,9 @@ impl PredictorError for OrtError {
             | OrtError::Output(_) => ErrorKind::Backend,
             OrtError::ModelNotFound { .. } => ErrorKind::Io,
             OrtError::Model { .. } | OrtError::Signature { .. } => ErrorKind::Model,
-            OrtError::ProviderNotCompiled(_) | OrtError::NoAttentionMask { .. } => {
-                ErrorKind::Unsupported
-            }
+            OrtError::ProviderNotCompiled(_)
+            | OrtError::NoAttentionMask { .. }
+            | OrtError::BlockCausal { .. } => ErrorKind::Unsupported,
             OrtError::Shape(_) | OrtError::TokenOutOfVocab { .. } | OrtError::TooLong { .. } => {
                 ErrorKind::InvalidInput
             }

@@ -552,6 +552,12 @@ impl OrtPredictor {
                 vocab: self.vocab,
             });
         }
+        if let Some(block) = request.block_causal() {
+            return Err(OrtError::BlockCausal {
+                path: self.path.clone(),
+                block,
+            });
+        }
         let hides_padding = request.attention_mask().is_some_and(|m| m.contains(&0));
         if self.mask_name.is_none() && hides_padding {
             return Err(OrtError::NoAttentionMask {

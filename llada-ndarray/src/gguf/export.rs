@@ -102,6 +102,9 @@ enum Role {
     Output,
     /// `attn_v` and `ffn_down`: the matrices Q4_K_M gives more bits in some layers.
     MoreBits,
+    /// A fused `attn_qkv`: Q4_K_M gives it more bits (llama.cpp: Q5_K; here Q6_K, the next
+    /// type this writer makes).
+    FusedQkv,
     Other,
 }
 
@@ -153,6 +156,7 @@ fn choose(
         FileType::Q4KM if role == Role::MoreBits && use_more_bits(layer, n_layers) => {
             QuantType::Q6_K
         }
+        FileType::Q4KM if role == Role::FusedQkv => QuantType::Q6_K,
         FileType::Q4KM => QuantType::Q4_K,
         FileType::Q6K => QuantType::Q6_K,
     };
@@ -231,6 +235,7 @@ fn plan(config: &Config, file_type: FileType) -> Vec<Planned> {
             Tensor::Value | Tensor::Down | Tensor::ExpertDown(_) | Tensor::SharedDown => {
                 Role::MoreBits
             }
+            Tensor::Qkv => Role::FusedQkv,
             // A token embedding that is not the output layer is quantized like any matrix.
             _ => Role::Other,
         };
@@ -534,10 +539,21 @@ fn metadata(config: &Config, file_type: FileType) -> Vec<(String, Value)> {
             ),
         ]);
     }
+    if config.family == Family::Llada2 {
+        out.extend(
+            crate::models::llada2::gguf_metadata(config)
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v)),
+        );
+    }
     // llama.cpp writes `false` for LLaDA and no key for Dream (which `llama-diffusion-cli`
     // reads as shifted): write the key when it is not what the architecture implies.
     let implied = config.family == Family::Dream;
-    if config.shifted_logits != implied || matches!(config.family, Family::Llada | Family::LladaMoe)
+    if config.shifted_logits != implied
+        || matches!(
+            config.family,
+            Family::Llada | Family::LladaMoe | Family::Llada2
+        )
     {
         out.push((
             "diffusion.shift_logits".into(),

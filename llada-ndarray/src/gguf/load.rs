@@ -388,20 +388,33 @@ pub(crate) fn load_model(
     let mut layers = Vec::new();
     for i in 0..c.n_layers {
         // In checkpoint order: the first missing tensor of a layer is its first.
-        let attention = [
-            w(Tensor::AttnNorm, i)?,
-            w(Tensor::Query, i)?,
-            w(Tensor::Key, i)?,
-            w(Tensor::Value, i)?,
+        let attn_norm = w(Tensor::AttnNorm, i)?;
+        let projections = if c.fused_qkv {
+            vec![w(Tensor::Qkv, i)?]
+        } else {
+            vec![
+                w(Tensor::Query, i)?,
+                w(Tensor::Key, i)?,
+                w(Tensor::Value, i)?,
+            ]
+        };
+        let attention = (
+            attn_norm,
+            projections,
             w(Tensor::AttnOut, i)?,
             w(Tensor::MlpNorm, i)?,
-        ];
-        let biases = if c.qkv_bias {
-            Some([
+        );
+        let biases = match (c.qkv_bias, c.fused_qkv) {
+            (false, _) => None,
+            (true, true) => Some(vec![w(Tensor::QkvBias, i)?]),
+            (true, false) => Some(vec![
                 w(Tensor::QueryBias, i)?,
                 w(Tensor::KeyBias, i)?,
                 w(Tensor::ValueBias, i)?,
-            ])
+            ]),
+        };
+        let out_bias = if c.attn_out_bias {
+            Some(w(Tensor::AttnOutBias, i)?)
         } else {
             None
         };
@@ -450,12 +463,12 @@ pub(crate) fn load_model(
                 }
             }
         };
-        layers.push((attention, biases, qk_norm, mlp));
+        layers.push((attention, biases, out_bias, qk_norm, mlp));
     }
     // LLaDA's query and key rows are interleaved per head in its files.
     let qk_order = c.family.gguf_interleaves_qk().then_some(c.head_dim);
     let mut blocks = Vec::with_capacity(c.n_layers);
-    for ([attn_norm, wq, k, v, out, ff_norm], biases, qk_norm, mlp) in layers {
+    for ((attn_norm, projections, out, ff_norm), biases, out_bias, qk_norm, mlp) in layers {
         let qkv_bias = biases.map(|b| {
             let mut bias = Vec::with_capacity(b.iter().map(|t| t.cols).sum());
             for t in &b {
@@ -507,10 +520,14 @@ pub(crate) fn load_model(
         };
         blocks.push(Block {
             attn_norm: attn_norm.to_f32_vec(file),
-            qkv: stack(file, &[(wq, qk_order), (k, qk_order), (v, None)], q)?,
+            qkv: match <[Weight<'_>; 3]>::try_from(projections) {
+                Ok([wq, k, v]) => stack(file, &[(wq, qk_order), (k, qk_order), (v, None)], q)?,
+                Err(fused) => stack(file, &[(fused[0], None)], q)?,
+            },
             qkv_bias,
             qk_norm: qk_norm.map(|[qn, kn]| (qn.to_f32_vec(file), kn.to_f32_vec(file))),
             attn_out: stack(file, &[(out, None)], q)?,
+            attn_out_bias: out_bias.map(|b| b.to_f32_vec(file)),
             ff_norm: ff_norm.to_f32_vec(file),
             mlp,
         });

@@ -151,6 +151,9 @@ pub(super) fn config(value: serde_json::Value) -> Result<Config, LoadError> {
         eos_token_id: raw.eos_token_id.and_then(|id| id.first()),
         pad_token_id: raw.pad_token_id.and_then(|id| id.first()),
         qk_norm: false,
+        fused_qkv: false,
+        attn_out_bias: false,
+        block_causal: false,
         moe: None,
     }
     .checked(&KEYS)
@@ -186,6 +189,11 @@ pub(super) fn checkpoint_name(tensor: Tensor, layer: usize) -> String {
         Tensor::SharedGate => layer_tensor("shared_expert.gate_proj.weight"),
         Tensor::SharedUp => layer_tensor("shared_expert.up_proj.weight"),
         Tensor::SharedDown => layer_tensor("shared_expert.down_proj.weight"),
+        // Names for the fused layout and output bias, which this family's checkpoints do not
+        // use.
+        Tensor::Qkv => layer_tensor("self_attn.qkv_proj.weight"),
+        Tensor::QkvBias => layer_tensor("self_attn.qkv_proj.bias"),
+        Tensor::AttnOutBias => layer_tensor("self_attn.o_proj.bias"),
     }
 }
 

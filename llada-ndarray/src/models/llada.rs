@@ -290,6 +290,9 @@ fn check(raw: RawConfig) -> Result<Config, LoadError> {
         eos_token_id: raw.eos_token_id,
         pad_token_id: raw.pad_token_id,
         qk_norm: false,
+        fused_qkv: false,
+        attn_out_bias: false,
+        block_causal: false,
         moe: None,
     }
     .checked(&KEYS)
@@ -336,6 +339,10 @@ pub(super) fn checkpoint_name(tensor: Tensor, layer: usize) -> String {
         Tensor::SharedGate => block("shared_expert.ff_proj"),
         Tensor::SharedUp => block("shared_expert.up_proj"),
         Tensor::SharedDown => block("shared_expert.ff_out"),
+        // Names for the fused layout, which this family's checkpoints do not use.
+        Tensor::Qkv => block("att_proj"),
+        Tensor::QkvBias => format!("model.transformer.blocks.{layer}.att_proj.bias"),
+        Tensor::AttnOutBias => format!("model.transformer.blocks.{layer}.attn_out.bias"),
     }
 }
 

@@ -25,7 +25,7 @@
 use serde::Deserialize;
 
 use super::{Family, GgufConfig, GgufKeys, Id, Tensor, gguf_keys};
-use crate::config::{Config, Keys, MoeConfig, invalid, raw, require, unsupported};
+use crate::config::{Config, Gating, Keys, MoeConfig, invalid, raw, require, unsupported};
 use crate::error::LoadError;
 
 /// `model_type` values that name LLaDA-MoE alone (its release says `llada`, which the
@@ -329,6 +329,9 @@ pub(super) fn config(value: serde_json::Value) -> Result<Config, LoadError> {
         eos_token_id: raw.eos_token_id.and_then(|id| id.first()),
         pad_token_id: raw.pad_token_id.and_then(|id| id.first()),
         qk_norm: raw.qk_layernorm.unwrap_or(false),
+        fused_qkv: false,
+        attn_out_bias: false,
+        block_causal: false,
         moe: Some(MoeConfig {
             experts,
             experts_per_token,
@@ -336,6 +339,8 @@ pub(super) fn config(value: serde_json::Value) -> Result<Config, LoadError> {
             shared_expert_hidden_size,
             expert_bias: raw.moe_router_enable_expert_bias.unwrap_or(false),
             normalize_weights: false,
+            gating: Gating::Softmax,
+            weight_scale: 1.0,
             layers,
         }),
     }
@@ -373,6 +378,11 @@ pub(super) fn checkpoint_name(tensor: Tensor, layer: usize) -> String {
         Tensor::SharedGate => layer_tensor("shared_expert.gate_proj.weight"),
         Tensor::SharedUp => layer_tensor("shared_expert.up_proj.weight"),
         Tensor::SharedDown => layer_tensor("shared_expert.down_proj.weight"),
+        // Names for the fused layout and output bias, which this family's checkpoints do not
+        // use.
+        Tensor::Qkv => layer_tensor("self_attn.qkv_proj.weight"),
+        Tensor::QkvBias => layer_tensor("self_attn.qkv_proj.bias"),
+        Tensor::AttnOutBias => layer_tensor("self_attn.o_proj.bias"),
     }
 }
 

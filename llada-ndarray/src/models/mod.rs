@@ -14,6 +14,7 @@
 
 mod dream;
 mod llada;
+pub(crate) mod llada2;
 mod llada_moe;
 
 use crate::config::Config;
@@ -51,6 +52,10 @@ pub enum Family {
     /// `architectures` `LLaDAMoEModelLM`, GGUF architecture `llada-moe`; a mixture-of-experts
     /// MLP and per-head query/key norms.
     LladaMoe,
+    /// LLaDA2.0 and LLaDA2.1 (inclusionAI): `config.json` with `model_type` `llada2_moe`,
+    /// our GGUF architecture `llada2`; block diffusion (block-causal attention), a fused
+    /// query/key/value projection, sigmoid group-limited routing with a shared expert.
+    Llada2,
 }
 
 /// One tensor of a model, by what it is for (every family has these; a family's file names
@@ -92,6 +97,12 @@ pub(crate) enum Tensor {
     SharedUp,
     /// The shared expert's down projection.
     SharedDown,
+    /// The query, key and value projections fused (LLaDA2's `query_key_value`).
+    Qkv,
+    /// Their biases, fused the same way.
+    QkvBias,
+    /// The attention output projection's bias.
+    AttnOutBias,
 }
 
 impl Tensor {
@@ -117,10 +128,21 @@ impl Tensor {
     pub(crate) const SHARED_EXPERT: [Tensor; 3] =
         [Tensor::SharedGate, Tensor::SharedUp, Tensor::SharedDown];
 
+    /// The fused attention tensors, in checkpoint order (LLaDA2).
+    pub(crate) const FUSED_ATTENTION: [Tensor; 7] = [
+        Tensor::AttnNorm,
+        Tensor::Qkv,
+        Tensor::QkvBias,
+        Tensor::QueryNorm,
+        Tensor::KeyNorm,
+        Tensor::AttnOut,
+        Tensor::AttnOutBias,
+    ];
+
     pub(crate) fn is_bias(self) -> bool {
         matches!(
             self,
-            Tensor::QueryBias | Tensor::KeyBias | Tensor::ValueBias
+            Tensor::QueryBias | Tensor::KeyBias | Tensor::ValueBias | Tensor::QkvBias
         )
     }
 
@@ -160,6 +182,9 @@ impl Tensor {
             Tensor::SharedGate => block("ffn_gate_shexp.weight"),
             Tensor::SharedUp => block("ffn_up_shexp.weight"),
             Tensor::SharedDown => block("ffn_down_shexp.weight"),
+            Tensor::Qkv => block("attn_qkv.weight"),
+            Tensor::QkvBias => block("attn_qkv.bias"),
+            Tensor::AttnOutBias => block("attn_output.bias"),
         }
     }
 }
@@ -171,6 +196,7 @@ impl Family {
             Family::Llada => "llada",
             Family::Dream => "dream",
             Family::LladaMoe => "llada-moe",
+            Family::Llada2 => "llada2",
         }
     }
 
@@ -190,6 +216,8 @@ impl Family {
         };
         if is(dream::MODEL_TYPES, dream::ARCHITECTURES) {
             Ok(Family::Dream)
+        } else if is(llada2::MODEL_TYPES, llada2::ARCHITECTURES) {
+            Ok(Family::Llada2)
         } else if is(llada_moe::MODEL_TYPES, llada_moe::ARCHITECTURES)
             || (is(llada::MODEL_TYPES, &[])
                 && value.get("num_experts").is_some()
@@ -204,16 +232,21 @@ impl Family {
             Err(LoadError::Unsupported {
                 field: "model_type",
                 value: model_type.unwrap_or("(none)").to_string(),
-                reason: "the ndarray backend runs LLaDA (\"llada\"), LLaDA-MoE (\"llada\" with `LLaDAMoEModelLM`) and Dream (\"Dream\") models",
+                reason: "the ndarray backend runs LLaDA (\"llada\"), LLaDA-MoE (\"llada\" with `LLaDAMoEModelLM`), LLaDA2.x (\"llada2_moe\") and Dream (\"Dream\") models",
             })
         }
     }
 
     /// The family of a GGUF architecture name, if this backend runs it.
     pub(crate) fn of_gguf_arch(arch: &str) -> Option<Self> {
-        [Family::Llada, Family::Dream, Family::LladaMoe]
-            .into_iter()
-            .find(|f| f.gguf_arch() == arch)
+        [
+            Family::Llada,
+            Family::Dream,
+            Family::LladaMoe,
+            Family::Llada2,
+        ]
+        .into_iter()
+        .find(|f| f.gguf_arch() == arch)
     }
 
     /// Reads and checks a `config.json` of this family.
@@ -222,6 +255,7 @@ impl Family {
             Family::Llada => llada::config(value),
             Family::Dream => dream::config(value),
             Family::LladaMoe => llada_moe::config(value),
+            Family::Llada2 => llada2::config(value),
         }
     }
 
@@ -231,6 +265,7 @@ impl Family {
             Family::Llada => llada::checkpoint_name(tensor, layer),
             Family::Dream => dream::checkpoint_name(tensor, layer),
             Family::LladaMoe => llada_moe::checkpoint_name(tensor, layer),
+            Family::Llada2 => llada2::checkpoint_name(tensor, layer),
         }
     }
 
@@ -240,6 +275,7 @@ impl Family {
             Family::Llada => llada::GGUF_ARCH,
             Family::Dream => dream::GGUF_ARCH,
             Family::LladaMoe => llada_moe::GGUF_ARCH,
+            Family::Llada2 => llada2::GGUF_ARCH,
         }
     }
 
@@ -250,6 +286,7 @@ impl Family {
             Family::Llada => llada::GGUF_INTERLEAVED_QK,
             Family::Dream => dream::GGUF_INTERLEAVED_QK,
             Family::LladaMoe => llada_moe::GGUF_INTERLEAVED_QK,
+            Family::Llada2 => llada2::GGUF_INTERLEAVED_QK,
         }
     }
 
@@ -259,6 +296,7 @@ impl Family {
             Family::Llada => llada::GGUF_KEYS,
             Family::Dream => dream::GGUF_KEYS,
             Family::LladaMoe => llada_moe::GGUF_KEYS,
+            Family::Llada2 => llada2::GGUF_KEYS,
         }
     }
 
@@ -269,6 +307,7 @@ impl Family {
             Family::Llada => llada::gguf_config(gguf),
             Family::Dream => dream::gguf_config(gguf),
             Family::LladaMoe => llada_moe::gguf_config(gguf),
+            Family::Llada2 => llada2::gguf_config(gguf),
         }
     }
 }
@@ -305,6 +344,15 @@ pub(crate) struct GgufConfig {
     pub(crate) expert_count: Option<u64>,
     pub(crate) expert_used_count: Option<u64>,
     pub(crate) expert_feed_forward_length: Option<u64>,
+    /// LLaDA2's (`llada2.*`, llama.cpp's `bailingmoe2` names): dense layers first, expert
+    /// groups, shared expert width, weight scale, and which biases the file has.
+    pub(crate) dense_layers: Option<u64>,
+    pub(crate) expert_groups: Option<u64>,
+    pub(crate) expert_used_groups: Option<u64>,
+    pub(crate) shared_width: Option<u64>,
+    pub(crate) weights_scale: Option<f64>,
+    pub(crate) qkv_bias: bool,
+    pub(crate) attn_out_bias: bool,
 }
 
 /// The metadata keys of one architecture, `<arch>.embedding_length` and so on.
@@ -428,6 +476,13 @@ impl GgufConfig {
             expert_feed_forward_length: file
                 .get(keys.expert_feed_forward_length)
                 .and_then(Value::as_u64),
+            dense_layers: file.get(llada2::GGUF_DENSE_LAYERS).and_then(Value::as_u64),
+            expert_groups: file.get(llada2::GGUF_GROUPS).and_then(Value::as_u64),
+            expert_used_groups: file.get(llada2::GGUF_USED_GROUPS).and_then(Value::as_u64),
+            shared_width: file.get(llada2::GGUF_SHARED_WIDTH).and_then(Value::as_u64),
+            weights_scale: file.get(llada2::GGUF_WEIGHTS_SCALE).and_then(Value::as_f64),
+            qkv_bias: file.tensor("blk.0.attn_qkv.bias").is_some(),
+            attn_out_bias: file.tensor("blk.0.attn_output.bias").is_some(),
         })
     }
 }
