@@ -26,6 +26,8 @@ use llada::core::{
 };
 use llada_test_support::CountingAllocator;
 
+#[path = "bench/llada2.rs"]
+mod llada2;
 #[path = "bench/llama_cpp.rs"]
 mod llama_cpp;
 #[path = "bench/moe.rs"]
@@ -89,13 +91,23 @@ struct Cli {
     /// made by `examples/bench/make_bench_moe.py`), and replace that section of `--out`.
     #[arg(long)]
     only_moe: bool,
+    /// Measure only the block-diffusion model (`llada2-q4_k_m.gguf` in `--gguf-dir`, made by
+    /// `examples/bench/make_bench_llada2.py`, beside `moe-q4_k_m.gguf`), and replace that
+    /// section of `--out`.
+    #[arg(long)]
+    only_llada2: bool,
 }
 
 /// `report` with its mixture-of-experts section (from its heading to the next `## `) replaced
 /// by `section`, or `section` appended.
 fn splice_moe_section(report: &str, section: &str) -> String {
-    const HEADING: &str = "\n## Mixture of experts";
-    match report.find(HEADING) {
+    splice_section(report, "\n## Mixture of experts", section)
+}
+
+/// `report` with the section under `heading` (to the next `## `) replaced by `section`, or
+/// `section` appended.
+fn splice_section(report: &str, heading: &str, section: &str) -> String {
+    match report.find(heading) {
         Some(start) => {
             let rest = &report[start + 1..];
             let end = rest.find("\n## ").map_or(report.len(), |e| start + 1 + e);
@@ -598,6 +610,24 @@ fn fast_dllm_rows(threads: usize) -> anyhow::Result<FastDllm> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.only_llada2 {
+        let (cpu, _) = cpu_description();
+        let section = llada2::section(&cpu, &cli.gguf_dir, cli.threads, cli.repeats)?
+            .with_context(|| {
+                format!(
+                    "no llada2-q4_k_m.gguf and moe-q4_k_m.gguf in {} (make them with examples/bench/make_bench_llada2.py and make_bench_moe.py)",
+                    cli.gguf_dir.display()
+                )
+            })?;
+        let report = std::fs::read_to_string(&cli.out).unwrap_or_default();
+        std::fs::write(
+            &cli.out,
+            splice_section(&report, "\n## Block diffusion", &section),
+        )
+        .with_context(|| format!("writing {}", cli.out.display()))?;
+        eprintln!("{section}\nwrote {}", cli.out.display());
+        return Ok(());
+    }
     if cli.only_moe {
         let section = moe_section(&cli)?.with_context(|| {
             format!(

@@ -273,19 +273,22 @@ impl DecodingDefaults {
     fn declared_in(
         generation_config: &serde_json::Value,
         path: &Path,
+        block_diffusion: bool,
     ) -> Result<Option<Self>, Error> {
         match generation_config.get(DECODING_KEY) {
-            Some(declared) => Self::from_declaration(declared, path, DECODING_KEY),
+            Some(declared) => Self::from_declaration(declared, path, DECODING_KEY, block_diffusion),
             None => Ok(None),
         }
     }
 
-    /// The lengths of a declaration `{"gen_length", "steps", "block_length"}`, checked;
+    /// The lengths of a declaration `{"gen_length", "steps", "block_length"}`, checked (for
+    /// LLaDA2's block diffusion when `block_diffusion`: steps per block, any answer length);
     /// `path` and `key` name it in errors.
     pub(crate) fn from_declaration(
         declared: &serde_json::Value,
         path: &Path,
         key: &'static str,
+        block_diffusion: bool,
     ) -> Result<Option<Self>, Error> {
         let bad = |reason: String| Error::Declaration {
             path: path.to_path_buf(),
@@ -304,7 +307,7 @@ impl DecodingDefaults {
             block_length: field("block_length")?,
             declared: true,
             dream: None,
-            block_diffusion: false,
+            block_diffusion,
         };
         defaults
             .apply(GenerateParams::default())
@@ -476,7 +479,7 @@ impl ModelFiles {
         } else {
             DecodingDefaults::default()
         };
-        let declared = crate::gguf::decoding(&file)?;
+        let declared = crate::gguf::decoding(&file, family_defaults.block_diffusion)?;
         let mut files = Self {
             config,
             tokenizer,
@@ -515,7 +518,7 @@ impl ModelFiles {
                 path: path.to_path_buf(),
                 source,
             })?;
-        let declared = DecodingDefaults::declared_in(&value, path)?;
+        let declared = DecodingDefaults::declared_in(&value, path, self.decoding.block_diffusion)?;
         if self.is_dream() {
             // Dream's keys; `llada_decoding`, when there too, sets the lengths.
             let (dream, lengths) = DreamDecoding::read(&value, path)?;

@@ -182,7 +182,10 @@ pub(crate) const DECODING_KEYS: [&str; 3] = [
 ];
 
 /// The decoding lengths the file declares ([`DECODING_KEYS`]), if it does.
-pub(crate) fn decoding(file: &GgufFile) -> Result<Option<DecodingDefaults>, Error> {
+pub(crate) fn decoding(
+    file: &GgufFile,
+    block_diffusion: bool,
+) -> Result<Option<DecodingDefaults>, Error> {
     let values: Vec<Option<u64>> = DECODING_KEYS
         .iter()
         .map(|k| file.get(k).and_then(Value::as_u64))
@@ -193,7 +196,7 @@ pub(crate) fn decoding(file: &GgufFile) -> Result<Option<DecodingDefaults>, Erro
     let declared = serde_json::json!({
         "gen_length": values[0], "steps": values[1], "block_length": values[2],
     });
-    DecodingDefaults::from_declaration(&declared, file.path(), "llada.decoding")
+    DecodingDefaults::from_declaration(&declared, file.path(), "llada.decoding", block_diffusion)
 }
 
 /// llama.cpp's token types.

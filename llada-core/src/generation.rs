@@ -621,7 +621,15 @@ impl<'a> Generation<'a> {
     /// from them, and under Dream's rule they are kept up to date as the masks left.
     fn start_block(&mut self) {
         self.block_forwards = 0;
-        self.post_steps.fill(0);
+        // A block that starts with no mask (a row stopped at end of text, or a template with
+        // nothing to fill there) is not decoded, so not edited either.
+        for row in 0..self.post_steps.len() {
+            self.post_steps[row] = if self.remaining_masks(row) == 0 {
+                ROW_DONE
+            } else {
+                0
+            };
+        }
         for row in 0..self.batch {
             self.block_masks[row] = self.remaining_masks(row) as u32;
         }
@@ -901,14 +909,11 @@ impl<'a> Generation<'a> {
                 }
                 CommitRule::Llada2(_) if left == 0 && editing.is_none() => continue,
                 CommitRule::Llada2(_) if left == 0 => 0,
+                // LLaDA2.1 falls back to `num_to_transfer` per pass however long the block
+                // runs: `block_length / steps`, at least 1 (its 1 with the defaults).
+                CommitRule::Llada2(_) if editing.is_some() => (block / self.params.steps).max(1),
                 CommitRule::Llada2(_) => {
-                    let share = tokens_to_commit(block, self.schedule.steps_per_block, self.step);
-                    // LLaDA2.1 takes `num_to_transfer` (1) per pass, however long the block runs.
-                    if editing.is_some() {
-                        share.max(1)
-                    } else {
-                        share
-                    }
+                    tokens_to_commit(block, self.schedule.steps_per_block, self.step)
                 }
                 _ if left == 0 => continue,
                 // Dream's origin decides each position on its own below.

@@ -313,6 +313,9 @@ pub struct GenerateParams {
     /// default; [`BlockGrid::Absolute`] for block-diffusion models).
     pub grid: BlockGrid,
     /// LLaDA2.1's token editing, with [`CommitRule::Llada2`] only (`None`: LLaDA2.0's rule).
+    /// With editing, a pass whose masks are all below the threshold commits
+    /// `block_length / steps` of them (at least one: LLaDA2.1's `num_to_transfer`, 1 with
+    /// `steps` = `block_length`), and `steps` sets no limit on the passes.
     pub editing: Option<Editing>,
 }
 
@@ -424,11 +427,15 @@ impl GenerateParams {
     }
 
     /// Steps spent on each block (valid parameters only): `steps / num_blocks`, or `steps`
-    /// itself on the absolute grid.
+    /// itself on the absolute grid; under LLaDA2.0's rule at most `gen_length` (its
+    /// `generate` caps the steps at `gen_length // minimal_topk`, `minimal_topk` 1).
     pub fn steps_per_block(&self) -> usize {
-        match self.grid {
-            BlockGrid::FromPrompt => self.steps / self.num_blocks().max(1),
-            BlockGrid::Absolute => self.steps,
+        match (self.grid, self.commit, self.editing) {
+            (BlockGrid::FromPrompt, _, _) => self.steps / self.num_blocks().max(1),
+            (BlockGrid::Absolute, CommitRule::Llada2(_), None) => {
+                self.steps.min(self.gen_length.max(1))
+            }
+            (BlockGrid::Absolute, _, _) => self.steps,
         }
     }
 

@@ -395,3 +395,38 @@ fn llada_moe_models_answer_through_the_c_abi() {
         );
     }
 }
+
+/// A LLaDA2 directory through the C ABI: LLaDA2's decoding by default (the program checks),
+/// answering as the LLaDA2.0 transcription does; LLaDA2.1's editing as its transcription.
+#[test]
+fn llada2_models_decode_as_llada2_through_the_c_abi() {
+    let dir = scratch();
+    let exe = dir.path().join("llada2");
+    let flags = [&["-std=c99", "-Wall", "-Wextra", "-Werror"], SANITIZE].concat();
+    compile("gcc", &flags, &[c_test("llada2.c")], &exe);
+    let model = llada_test_support::llada2_model();
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("generate_golden.json")).unwrap())
+            .unwrap();
+    let eos = golden["eos_token_id"].as_u64().unwrap() as u32;
+    let item = &golden["items"][0];
+    let out = run(sanitized(
+        Command::new(&exe)
+            .arg(&model)
+            .arg(item["prompt"].as_str().unwrap()),
+    ));
+    let lines: Vec<Vec<u32>> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split(' ').map(|t| t.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for (line, config) in lines.iter().zip(["llada20_default", "llada21_default"]) {
+        let mut ids = line.clone();
+        if let Some(end) = ids.iter().position(|&t| t == eos) {
+            ids.truncate(end + 1);
+        }
+        let want: Vec<u32> =
+            serde_json::from_value(item["results"][config]["output_ids"].clone()).unwrap();
+        assert_eq!(ids, want, "{config}");
+    }
+}

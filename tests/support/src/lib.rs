@@ -251,3 +251,38 @@ pub fn held_out_answered() -> (EvalItem, Vec<u32>) {
 pub fn llada_moe_model() -> PathBuf {
     fixture("tiny-llada-moe")
 }
+
+/// The bundled tiny LLaDA2-shaped model (`tests/fixtures/tiny-llada2`): block diffusion with a
+/// fused query/key/value projection, sigmoid group-limited routing, a shared expert and a
+/// dense first layer, saved as LLaDA2's release is (bf16, two shards, one tensor per expert,
+/// a multi-token-prediction layer inference ignores).
+pub fn llada2_model() -> PathBuf {
+    fixture("tiny-llada2")
+}
+
+/// One tensor of a safetensors file: its shape and its values widened to `f64`, for int64
+/// and float32 tensors.
+///
+/// # Panics
+/// If the file, the tensor or its type is not there.
+pub fn safetensors_tensor(path: &Path, name: &str) -> (Vec<usize>, Vec<f64>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors parse");
+    let t = st
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("{}: {name}: {e}", path.display()));
+    let values = match t.dtype() {
+        safetensors::Dtype::I64 => t
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as f64)
+            .collect(),
+        safetensors::Dtype::F32 => t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f64::from(f32::from_le_bytes(b.try_into().expect("4 bytes"))))
+            .collect(),
+        other => panic!("{name}: {other:?} tensors are not read here"),
+    };
+    (t.shape().to_vec(), values)
+}
