@@ -49,6 +49,8 @@ pub struct Progress<'a> {
     event: &'a StepEvent<'a>,
     tokenizer: &'a Tokenizer,
     prompt_len: usize,
+    /// Generated positions shown (the canvas may run further, to the end of a block).
+    gen_length: usize,
     mask: u32,
 }
 
@@ -75,13 +77,23 @@ impl Progress<'_> {
 
     /// The generated ids of `row` so far (the mask id where still masked).
     pub fn output_ids(&self, row: usize) -> &[u32] {
-        &self.event.row(row)[self.prompt_len..]
+        &self.event.row(row)[self.prompt_len..self.prompt_len + self.gen_length]
     }
 
-    /// Positions (0-based, within the generation) of the current block.
+    /// Positions (0-based, within the generation) of the current block; on LLaDA2's
+    /// absolute grid the first block starts inside the prompt, and its range here starts at 0.
     pub fn block_positions(&self) -> std::ops::Range<usize> {
         let span = self.event.block_span();
-        span.start - self.prompt_len..span.end - self.prompt_len
+        span.start.saturating_sub(self.prompt_len)..span.end.saturating_sub(self.prompt_len)
+    }
+
+    /// Positions (within the generation) of `row` whose token this step rewrote (LLaDA2.1's
+    /// editing).
+    pub fn edited(&self, row: usize) -> impl Iterator<Item = usize> + '_ {
+        self.event
+            .edited(row)
+            .iter()
+            .map(|&p| p as usize - self.prompt_len)
     }
 
     /// Positions (within the generation) of `row` committed in this step.
@@ -449,11 +461,13 @@ impl Pipeline {
         let start = Instant::now();
         let tokenizer = self.model.tokenizer();
         let mask = params.mask_id;
+        let gen_length = params.gen_length;
         let mut observer = |event: &StepEvent<'_>| {
             on_step(&Progress {
                 event,
                 tokenizer,
                 prompt_len,
+                gen_length,
                 mask,
             })
         };

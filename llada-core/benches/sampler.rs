@@ -22,6 +22,7 @@ fn per_step(c: &mut Criterion, name: &str, params: GenerateParams) {
     let prompt: Vec<u32> = (0..PROMPT as u32).collect();
     let mut canvas = vec![0u32; PROMPT + params.gen_length];
     let limits = Limits {
+        block_causal: false,
         vocab_size: VOCAB,
         max_sequence_length: 4096,
         shifted_logits: false,

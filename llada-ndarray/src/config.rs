@@ -147,11 +147,7 @@ impl MoeConfig {
             used_groups,
         } = self.gating
         {
-            let size = if groups == 0 {
-                0
-            } else {
-                self.experts / groups
-            };
+            let size = self.experts.checked_div(groups).unwrap_or(0);
             if groups == 0 || !self.experts.is_multiple_of(groups) || (groups > 1 && size < 2) {
                 return Err(invalid(
                     "n_group",

@@ -137,7 +137,8 @@ pub struct Context {
     pool: Pool<ThreadScratch>,
     isa: Isa,
     buffers: Buffers,
-    cache: KvCache,
+    /// Boxed: a context stays small beside the other backends.
+    cache: Box<KvCache>,
 }
 
 impl std::fmt::Debug for Context {
@@ -182,7 +183,7 @@ impl Context {
             pool,
             isa,
             buffers: Buffers::default(),
-            cache: KvCache::default(),
+            cache: Box::default(),
         })
     }
 

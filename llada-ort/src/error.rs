@@ -101,6 +101,15 @@ pub enum OrtError {
         /// The block asked for.
         block: usize,
     },
+    /// The model attends block-causally (it has the block-length input) and the request
+    /// asks for bidirectional attention.
+    #[error(
+        "ONNX model {path} attends block-causally (LLaDA2.x): decode it on the absolute block grid, whose requests say their block"
+    )]
+    BidirectionalRequest {
+        /// The model file.
+        path: PathBuf,
+    },
     /// An input id is outside the vocabulary.
     #[error("input id {id} is outside the vocabulary of {vocab}")]
     TokenOutOfVocab {
@@ -138,7 +147,8 @@ impl PredictorError for OrtError {
             OrtError::Model { .. } | OrtError::Signature { .. } => ErrorKind::Model,
             OrtError::ProviderNotCompiled(_)
             | OrtError::NoAttentionMask { .. }
-            | OrtError::BlockCausal { .. } => ErrorKind::Unsupported,
+            | OrtError::BlockCausal { .. }
+            | OrtError::BidirectionalRequest { .. } => ErrorKind::Unsupported,
             OrtError::Shape(_) | OrtError::TokenOutOfVocab { .. } | OrtError::TooLong { .. } => {
                 ErrorKind::InvalidInput
             }

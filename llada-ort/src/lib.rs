@@ -33,6 +33,7 @@ mod runtime;
 
 pub use error::{OrtError, RUNTIME_HINT};
 pub use predictor::{
-    ExecutionProvider, GraphOptimization, OrtPredictor, OrtPredictorBuilder, sessions_created,
+    BLOCK_LENGTH_INPUT, ExecutionProvider, GraphOptimization, OrtPredictor, OrtPredictorBuilder,
+    sessions_created,
 };
 pub use runtime::loaded_library;

@@ -270,7 +270,7 @@ impl IntBuffer {
     }
 
     /// Refills the buffer with `values` (it only grows).
-    fn fill(&mut self, values: impl ExactSizeIterator<Item = i64>) {
+    fn fill(&mut self, values: impl Iterator<Item = i64>) {
         match self {
             IntBuffer::I64(v) => {
                 v.clear();
@@ -291,11 +291,17 @@ impl IntBuffer {
     }
 }
 
+/// The graph input that makes attention block-causal: the block length, int64 `[1]`
+/// (LLaDA2.x exports).
+pub const BLOCK_LENGTH_INPUT: &str = "block_length";
+
 /// A LLaDA mask predictor running an ONNX model in ONNX Runtime.
 ///
 /// The model takes token ids `[batch, seq]` (int64 or int32) and, optionally, an attention mask
 /// of the same shape, and returns logits `[batch, seq, vocab]` (float32). Only the requested
-/// window of logit rows is copied out.
+/// window of logit rows is copied out. A model with a [`BLOCK_LENGTH_INPUT`] input attends
+/// block-causally on the absolute grid of that block length (LLaDA2.x): it answers
+/// block-causal requests, running only the positions up to the end of the window's block.
 pub struct OrtPredictor {
     session: Session,
     path: PathBuf,
@@ -308,6 +314,8 @@ pub struct OrtPredictor {
     max_len: usize,
     providers: Vec<&'static str>,
     shifted: bool,
+    /// Whether the graph has the block-length input (and the model was trained so).
+    block_causal: bool,
 }
 
 impl std::fmt::Debug for OrtPredictor {
@@ -435,12 +443,12 @@ impl OrtPredictor {
             )?,
             None => TensorElementType::Int64,
         };
-        if let Some((extra, ty)) = inputs
-            .iter()
-            .find(|(n, _)| *n != ids_name && Some(n) != mask_name.as_ref())
-        {
+        let block_causal = inputs.iter().any(|(n, _)| n == BLOCK_LENGTH_INPUT);
+        if let Some((extra, ty)) = inputs.iter().find(|(n, _)| {
+            *n != ids_name && Some(n) != mask_name.as_ref() && n != BLOCK_LENGTH_INPUT
+        }) {
             return Err(bad(format!(
-                "unexpected input `{extra}` ({}); a mask predictor feeds only token ids and an attention mask",
+                "unexpected input `{extra}` ({}); a mask predictor feeds only token ids, an attention mask and (block diffusion) `{BLOCK_LENGTH_INPUT}`",
                 describe(ty)
             )));
         }
@@ -514,6 +522,7 @@ impl OrtPredictor {
             max_len,
             providers,
             shifted,
+            block_causal,
         })
     }
 
@@ -552,19 +561,34 @@ impl OrtPredictor {
                 vocab: self.vocab,
             });
         }
-        if let Some(block) = request.block_causal() {
+        let block = request.block_causal();
+        if let (Some(block), false) = (block, self.block_causal) {
             return Err(OrtError::BlockCausal {
                 path: self.path.clone(),
                 block,
             });
         }
+        if block.is_none() && self.block_causal {
+            return Err(OrtError::BidirectionalRequest {
+                path: self.path.clone(),
+            });
+        }
+        // Block-causal: nothing after the window's block is attended to; run up to there.
+        let seq = request.attended_end();
+        let full = request.seq_len();
         let hides_padding = request.attention_mask().is_some_and(|m| m.contains(&0));
         if self.mask_name.is_none() && hides_padding {
             return Err(OrtError::NoAttentionMask {
                 path: self.path.clone(),
             });
         }
-        self.ids.fill(request.ids().iter().map(|&id| i64::from(id)));
+        self.ids.fill(
+            request
+                .ids()
+                .chunks_exact(full)
+                .flat_map(|row| &row[..seq])
+                .map(|&id| i64::from(id)),
+        );
         let run_error = OrtError::Run;
         let Self {
             session,
@@ -576,20 +600,29 @@ impl OrtPredictor {
             vocab,
             ..
         } = self;
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(2);
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(3);
         inputs.push((
             Cow::Borrowed(ids_name.as_str()),
             ids.tensor(batch, seq).map_err(run_error)?,
         ));
         if let Some(name) = mask_name {
             match request.attention_mask() {
-                Some(m) => mask.fill(m.iter().map(|&v| i64::from(v != 0))),
+                Some(m) => mask.fill(
+                    m.chunks_exact(full)
+                        .flat_map(|row| &row[..seq])
+                        .map(|&v| i64::from(v != 0)),
+                ),
                 None => mask.fill(std::iter::repeat_n(1, batch * seq)),
             }
             inputs.push((
                 Cow::Borrowed(name.as_str()),
                 mask.tensor(batch, seq).map_err(run_error)?,
             ));
+        }
+        if let Some(block) = block {
+            let value = ort::value::Tensor::from_array(([1usize], vec![block as i64]))
+                .map_err(run_error)?;
+            inputs.push((Cow::Borrowed(BLOCK_LENGTH_INPUT), value.into()));
         }
         let outputs = session.run(inputs).map_err(run_error)?;
         let value = outputs
@@ -624,6 +657,10 @@ impl MaskPredictor for OrtPredictor {
 
     fn shifted_logits(&self) -> bool {
         self.shifted
+    }
+
+    fn block_causal(&self) -> bool {
+        self.block_causal
     }
 
     fn forward(

@@ -313,11 +313,7 @@ pub(super) fn checkpoint_name(tensor: Tensor, layer: usize) -> String {
 
 /// The `config.json` of a `llada2` GGUF file's hyper-parameters, in LLaDA2's keys.
 pub(super) fn gguf_config(g: &GgufConfig) -> serde_json::Value {
-    let head_dim = if g.n_heads > 0 {
-        g.d_model / g.n_heads
-    } else {
-        0
-    };
+    let head_dim = g.d_model.checked_div(g.n_heads).unwrap_or(0);
     let mut config = serde_json::json!({
         "architectures": ["LLaDA2MoeModelLM"],
         "model_type": "llada2_moe",
@@ -354,7 +350,7 @@ pub(super) fn gguf_config(g: &GgufConfig) -> serde_json::Value {
         }
     }
     if let (Some(shared), Some(width)) = (g.shared_width, g.expert_feed_forward_length) {
-        config["num_shared_experts"] = if width > 0 { shared / width } else { 0 }.into();
+        config["num_shared_experts"] = shared.checked_div(width).unwrap_or(0).into();
     }
     if let Some(scale) = g.weights_scale {
         config["routed_scaling_factor"] = scale.into();
@@ -397,7 +393,7 @@ pub(crate) fn gguf_metadata(c: &Config) -> Vec<(&'static str, crate::gguf::Value
             Value::Float(f64::from(moe.weight_scale)),
         ),
         (GGUF_WEIGHTS_NORM, Value::Bool(moe.normalize_weights)),
-        (GGUF_GATING, Value::Uint(GATING_SIGMOID as u64)),
+        (GGUF_GATING, Value::Uint(GATING_SIGMOID)),
         (GGUF_GROUPS, Value::Uint(groups as u64)),
         (GGUF_USED_GROUPS, Value::Uint(used as u64)),
     ];

@@ -85,6 +85,11 @@ fn generate_params(b: &mut Bytes<'_>) -> LladaGenerateParams {
         confidence_eos_eot_inf: b.bool(),
         stop_at_eos: b.bool(),
         alg_temp: ((remasking >> 8) & 0xff) as f32 / 64.0,
+        // LLaDA2's grid and editing, from the same word's upper bits (2 is an unknown grid).
+        block_grid: (remasking >> 16) % 3,
+        editing: (remasking >> 18) & 1 == 1,
+        editing_threshold: f64::from((remasking >> 20) & 0xff) / 200.0,
+        max_post_steps: (remasking >> 28) & 0xf,
     }
 }
 

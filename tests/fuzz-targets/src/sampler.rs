@@ -6,8 +6,9 @@
 use std::convert::Infallible;
 
 use llada_core::{
-    CacheMode, Canvas, CommitRule, ForwardRequest, GenerateParams, Generation, Limits,
-    MaskPredictor, Remasking, WorkspaceBuf, WorkspaceSizes, timesteps_to_commit, tokens_to_commit,
+    BlockGrid, CacheMode, Canvas, CommitRule, Editing, ForwardRequest, GenerateParams, Generation,
+    Limits, MaskPredictor, Remasking, WorkspaceBuf, WorkspaceSizes, timesteps_to_commit,
+    tokens_to_commit,
 };
 
 use crate::Bytes;
@@ -21,6 +22,8 @@ struct ArbitraryLogits {
     passes: usize,
     /// Whether it declares shifted logits (Dream's).
     shifted: bool,
+    /// Whether it declares block-causal attention (LLaDA2's).
+    block_causal: bool,
 }
 
 impl ArbitraryLogits {
@@ -53,6 +56,10 @@ impl MaskPredictor for ArbitraryLogits {
 
     fn shifted_logits(&self) -> bool {
         self.shifted
+    }
+
+    fn block_causal(&self) -> bool {
+        self.block_causal
     }
 
     fn forward(
@@ -180,20 +187,38 @@ pub fn sampler(data: &[u8]) {
         special: special % 64,
         passes: 0,
         shifted: special & 64 != 0,
+        block_causal: false,
     };
     if b.bool() {
         params = params.with_steps(params.gen_length);
     }
+    // LLaDA2's block diffusion, from the special byte's top bit (the seeds leave it clear):
+    // the absolute grid, LLaDA2's rule, and LLaDA2.1's editing on odd seeds.
+    if special & 128 != 0 {
+        params = params
+            .with_grid(BlockGrid::Absolute)
+            .with_commit(CommitRule::Llada2(
+                0.5 + ((params.seed >> 1) & 15) as f64 / 32.0,
+            ))
+            .with_remasking(Remasking::LowConfidence)
+            .with_alg_temp(0.0)
+            .with_confidence_eos_eot_inf(false)
+            .with_editing((params.seed & 1 == 1).then_some(Editing {
+                threshold: 0.6,
+                max_post_steps: 2,
+            }));
+        predictor.block_causal = true;
+    }
 
     let prompt_len = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let seq = prompt_len + params.gen_length;
+    let seq = params.canvas_len(prompt_len);
     let mut tokens = vec![0u32; batch * seq];
     let mut attention = vec![0u8; batch * seq];
     let Ok(canvas) = Canvas::left_padded(
         &mut tokens,
         &mut attention,
         &prompts,
-        params.gen_length,
+        seq - prompt_len,
         params.mask_id,
         pad,
     ) else {
@@ -215,8 +240,12 @@ pub fn sampler(data: &[u8]) {
     let mask = params.mask_id;
     let start: Vec<u32> = generation.canvas().to_vec();
     let mut before = start.clone();
-    let num_blocks = params.gen_length / params.block_length;
-    let bound = if params.commit.is_adaptive() {
+    let num_blocks = params.blocks_for(prompt_len);
+    let bound = if let Some(editing) = params.editing {
+        num_blocks * (params.block_length.max(params.steps) + editing.max_post_steps)
+    } else if params.grid == BlockGrid::Absolute {
+        num_blocks * params.steps_per_block()
+    } else if params.commit.is_adaptive() {
         num_blocks
             * match params.max_passes_per_block {
                 0 => params.block_length,
@@ -273,8 +302,17 @@ pub fn sampler(data: &[u8]) {
                 );
                 assert_eq!(old[p], mask, "committed {p}, which was not masked");
             }
+            let edited = event.edited(r);
+            for &p in edited {
+                let p = p as usize;
+                assert!(
+                    span.contains(&p) && p >= prompt_len,
+                    "edited {p} outside the answer's block"
+                );
+                assert_ne!(old[p], mask, "edited {p}, which was masked");
+            }
             for p in prompt_len..seq {
-                let chosen = committed.contains(&(p as u32));
+                let chosen = committed.contains(&(p as u32)) || edited.contains(&(p as u32));
                 let filled = params.stop_at_eos && old[p] == mask && new[p] == params.eos_id;
                 assert!(
                     chosen || filled || old[p] == new[p],

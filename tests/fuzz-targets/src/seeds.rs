@@ -238,8 +238,17 @@ fn c_abi_input(commit: u32, cache: u32, mode: u8, prompt: &str) -> Vec<u8> {
 }
 
 /// A `sampler` input: one row, a 3-token prompt, greedy, commit rule `commit` (0 the
-/// schedule, 1 a threshold of 115/128, 3 the entropy bound), steps = `gen_length`.
-fn sampler_input(vocab: u32, gen_length: u32, block: u32, commit: u8, seed: u64) -> Vec<u8> {
+/// schedule, 1 a threshold of 115/128, 3 the entropy bound), steps = `gen_length`; `special`
+/// is the logits' byte (3: a few NaN/inf; its top bit asks for LLaDA2's block diffusion, with
+/// editing on odd seeds).
+fn sampler_input(
+    vocab: u32,
+    gen_length: u32,
+    block: u32,
+    commit: u8,
+    seed: u64,
+    special: u8,
+) -> Vec<u8> {
     let mut out = Vec::new();
     let u32s = |out: &mut Vec<u8>, values: &[u32]| {
         for v in values {
@@ -261,7 +270,7 @@ fn sampler_input(vocab: u32, gen_length: u32, block: u32, commit: u8, seed: u64)
     out.extend_from_slice(&[0, 0, 0]); // flags off
     u32s(&mut out, &[2, 4, 5, 6, 0]); // a 3-token prompt, pad id 0
     out.extend_from_slice(&seed.rotate_left(17).to_le_bytes()); // the logits' seed
-    out.extend_from_slice(&[3, 0]); // a few NaN/inf logits; steps as given
+    out.extend_from_slice(&[special, 0]); // the logits' byte; steps as given
     out
 }
 
@@ -341,8 +350,10 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("c_abi", "chat-threshold-dual.bin", c_abi_input(1, 2, 1, "sort:lamp,fox")),
         ("c_abi", "template.bin", c_abi_input(0, 0, 2, "user")),
         ("c_abi", "tokenize.bin", c_abi_input(0, 0, 3, "copy:a,b <|eot_id|>")),
-        ("sampler", "schedule.bin", sampler_input(12, 8, 4, 0, 1)),
-        ("sampler", "threshold.bin", sampler_input(20, 6, 3, 1, 2)),
-        ("sampler", "entropy.bin", sampler_input(6, 4, 2, 3, 3)),
+        ("sampler", "schedule.bin", sampler_input(12, 8, 4, 0, 1, 3)),
+        ("sampler", "threshold.bin", sampler_input(20, 6, 3, 1, 2, 3)),
+        ("sampler", "entropy.bin", sampler_input(6, 4, 2, 3, 3, 3)),
+        ("sampler", "llada2.bin", sampler_input(12, 7, 4, 0, 4, 128 | 3)),
+        ("sampler", "llada21.bin", sampler_input(12, 7, 4, 0, 5, 128)),
     ]
 }
