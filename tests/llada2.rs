@@ -190,9 +190,107 @@ fn onnx_runtime_refuses_block_causal_requests_by_name() {
         "{err}"
     );
     assert!(err.to_string().contains("block-causal"), "{err}");
-    // Through the pipeline: a LLaDA2 directory on ONNX Runtime has no graph to run.
+}
+
+/// The LLaDA2 export (tests/fixtures/export_onnx.py: the block mask built in the graph from
+/// its `block_length` input) gives transformers' block-causal logits, refuses bidirectional
+/// requests, and answers through the pipeline as the ndarray backend does (every pass in full:
+/// the graph has no cache).
+#[test]
+fn onnx_runtime_runs_llada2_with_the_block_mask() {
+    use llada::core::{ForwardRequest, MaskPredictor};
+    let mut predictor = llada::ort::OrtPredictor::builder(llada2_model().join("model.onnx"))
+        .library(ort_library())
+        .build()
+        .unwrap();
+    assert!(predictor.block_causal() && !predictor.shifted_logits());
+    let logits_file = llada2_model().join("golden_logits.safetensors");
+    for n in 0..3 {
+        let (shape, ids) =
+            llada_test_support::safetensors_tensor(&logits_file, &format!("case{n}.input_ids"));
+        let ids: Vec<u32> = ids.iter().map(|&v| v as u32).collect();
+        let (_, want) =
+            llada_test_support::safetensors_tensor(&logits_file, &format!("case{n}.logits_block8"));
+        let request = ForwardRequest::new(&ids, shape[0], shape[1])
+            .unwrap()
+            .with_block_causal(8)
+            .unwrap();
+        let mut got = vec![0.0; request.logits_len(predictor.vocab_size())];
+        predictor.forward(&request, &mut got).unwrap();
+        let diff = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (f64::from(*a) - b).abs())
+            .fold(0.0f64, f64::max);
+        eprintln!("ORT case{n}: max |diff| {diff:e}");
+        assert!(diff < 1e-4, "case{n}: {diff}");
+        let bidirectional = ForwardRequest::new(&ids, shape[0], shape[1]).unwrap();
+        assert!(matches!(
+            predictor.forward(&bidirectional, &mut got),
+            Err(llada::ort::OrtError::BidirectionalRequest { .. })
+        ));
+    }
+    // A batch whose second row is left-padded by more than a block: the padding's own
+    // positions see nothing but padding; the real positions agree with the ndarray backend's.
+    let (shape, first) = llada_test_support::safetensors_tensor(&logits_file, "case0.input_ids");
+    let seq = shape[1];
+    let first: Vec<u32> = first.iter().map(|&v| v as u32).collect();
+    let pad = 11;
+    let mut batch = first.clone();
+    batch.extend(std::iter::repeat_n(617, pad).chain(first[..seq - pad].iter().copied()));
+    let mask: Vec<u8> = std::iter::repeat_n(1, seq)
+        .chain(std::iter::repeat_n(0, pad))
+        .chain(std::iter::repeat_n(1, seq - pad))
+        .collect();
+    let request = ForwardRequest::new(&batch, 2, seq)
+        .unwrap()
+        .with_attention_mask(&mask)
+        .unwrap()
+        .with_block_causal(8)
+        .unwrap();
+    let vocab = predictor.vocab_size();
+    let mut onnx_logits = vec![0.0; request.logits_len(vocab)];
+    predictor.forward(&request, &mut onnx_logits).unwrap();
+    let model = std::sync::Arc::new(llada::ndarray::Model::load(llada2_model()).unwrap());
+    let mut context = llada::ndarray::Context::with_threads(model, 2).unwrap();
+    let mut rust_logits = vec![0.0; request.logits_len(vocab)];
+    context.forward(&request, &mut rust_logits).unwrap();
+    assert!(
+        rust_logits.iter().all(|v| v.is_finite()),
+        "NaN from the padding"
+    );
+    let mut worst = 0.0f32;
+    for (t, _) in mask.iter().enumerate().filter(|(_, m)| **m != 0) {
+        let (a, b) = (
+            &onnx_logits[t * vocab..(t + 1) * vocab],
+            &rust_logits[t * vocab..(t + 1) * vocab],
+        );
+        worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(worst, f32::max);
+    }
+    eprintln!("padded batch, real positions: ORT vs ndarray {worst:e}");
+    assert!(worst < 1e-4, "{worst}");
+
     let choice = BackendChoice::Ort(OrtOptions::default().with_library(Some(ort_library())));
-    assert!(Pipeline::open(llada2_model(), &choice).is_err());
+    let mut onnx = Pipeline::open(llada2_model(), &choice).unwrap();
+    let mut rust = Pipeline::open(llada2_model(), &BackendChoice::Ndarray).unwrap();
+    let params = rust.default_params();
+    let golden = golden();
+    let items: Vec<_> = golden["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .step_by(5)
+        .collect();
+    for item in &items {
+        let prompt = ids(&item["prompt_ids"]);
+        let (a, passes_a) = generate(&mut onnx, &prompt, &params);
+        let (b, passes_b) = generate(&mut rust, &prompt, &params);
+        assert_eq!((a, passes_a), (b, passes_b), "item {}", item["index"]);
+    }
 }
 
 /// `generate` on the directory with nothing but the prompt answers it, with LLaDA2.0's

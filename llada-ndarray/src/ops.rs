@@ -143,7 +143,15 @@ pub(crate) fn masked_softmax(
                     }
                     None => row.iter_mut().for_each(|s| *s *= scale),
                 }
-                let sum = exp_in_place(row, max_value(row));
+                let max = max_value(row);
+                if max == f32::NEG_INFINITY {
+                    // Every key it sees is padding (block-causal attention behind a left
+                    // padding longer than a block): a padding position, whose output no real
+                    // position reads; zeros keep NaN out of the keys and values it passes on.
+                    row.fill(0.0);
+                    continue;
+                }
+                let sum = exp_in_place(row, max);
                 let inv = 1.0 / sum;
                 row.iter_mut().for_each(|s| *s *= inv);
             }
@@ -290,5 +298,23 @@ mod tests {
         let e = 1.0f32.exp();
         assert!((s[[0, 0]] - 1.0 / (1.0 + e)).abs() < 1e-6);
         assert_eq!(s[[0, 2]], 0.0);
+    }
+
+    #[test]
+    fn block_causal_rows_see_their_blocks_and_a_row_of_padding_alone_is_zero() {
+        // Blocks of 2 from position 0; keys 0 and 1 are padding.
+        let mut s = array![[5.0f32, 5.0, 1.0, 1.0], [5.0, 5.0, 1.0, 3.0]];
+        masked_softmax(
+            Isa::detect(),
+            s.view_mut(),
+            1.0,
+            Some(&[0, 0, 1, 1]),
+            Some((1, 2)),
+        );
+        // Row 0 is position 1: it sees keys 0 and 1, both padding.
+        assert_eq!(s.row(0).to_vec(), [0.0; 4]);
+        // Row 1 is position 2: it sees keys 0..4, of which 2 and 3.
+        let e = 2.0f32.exp();
+        assert!((s[[1, 3]] - e / (1.0 + e)).abs() < 1e-6 && s[[1, 0]] == 0.0);
     }
 }
