@@ -165,7 +165,10 @@ pub enum CacheMode {
     #[default]
     None,
     /// Keys and values of the positions before the current block are computed once per block;
-    /// each step recomputes the block and everything after it.
+    /// each step recomputes the block and everything after it. On the
+    /// [absolute grid](BlockGrid::Absolute) (block-causal attention) this cache is exact:
+    /// nothing after a finished block changes it, and a step computes the block alone
+    /// (`Dual` is the same there).
     Prefix,
     /// Keys and values of every position outside the current block are computed once per block;
     /// each step recomputes the block only.
