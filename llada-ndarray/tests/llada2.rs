@@ -251,12 +251,19 @@ fn llada2_decoding_equals_the_reference_transcriptions_token_for_token_and_pass_
     let model = model();
     let mut context = Context::with_threads(model.clone(), 2).unwrap();
     let configs = golden["configs"].as_object().unwrap();
-    let items = golden["items"].as_array().unwrap();
-    assert!(items.len() >= 20);
+    // The eval items, and the out-of-distribution ones on which LLaDA2.1 edits most.
+    let stress = golden["stress_items"].as_array().unwrap();
+    let items: Vec<&serde_json::Value> = golden["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(stress)
+        .collect();
+    assert!(items.len() >= 20 && !stress.is_empty());
     let (mut edits, mut early, mut uncached_checked) = (0usize, 0usize, 0usize);
     for (name, conf) in configs {
         let params = params_of(conf);
-        for item in items {
+        for &item in &items {
             let prompt: Vec<u32> = item["prompt_ids"]
                 .as_array()
                 .unwrap()
@@ -271,7 +278,7 @@ fn llada2_decoding_equals_the_reference_transcriptions_token_for_token_and_pass_
                 .iter()
                 .map(|v| v.as_u64().unwrap() as u32)
                 .collect();
-            let index = &item["index"];
+            let index = format!("{} {}", item["kind"], item["index"]);
             assert_eq!(output, want_output, "{name}, item {index}: output");
             assert_eq!(
                 passes,
