@@ -46,7 +46,7 @@ cargo_test() {
 # qemu); `gguf` checks llama.cpp's quantized files against their dequantized weights, `int8`
 # the integer products against the widened ones, and the lib's unit tests each integer kernel
 # against its reference, bit for bit.
-quick_tests=(--lib --test parity --test dream --test llada_moe --test kernel_choice --test no_alloc --test cache
+quick_tests=(--lib --test parity --test dream --test llada_moe --test llada2 --test kernel_choice --test no_alloc --test cache
     --test loading --test gguf --test int8)
 
 # Clippy on the aarch64-only code (NEON kernels), which the x86-64 clippy run compiles out.
