@@ -31,6 +31,8 @@ pub(crate) struct KvCache {
     causal: Option<CausalPrefix>,
     /// The tokens of the cached prefix, `[batch, prefix]` (block-causal).
     ids: Vec<u32>,
+    /// Which of them were real (the attention mask; 1 everywhere without one).
+    real: Vec<u8>,
 }
 
 /// The exact part of a block-causal cache: the first `prefix` positions (whole blocks of
@@ -64,10 +66,17 @@ impl KvCache {
         };
         let window_block = request.window().start / block * block;
         let mut prefix = held.prefix.min(window_block);
+        let mask = request.attention_mask();
         for r in 0..batch {
             let ids = &request.row(r)[..prefix];
             let kept = &self.ids[r * held.prefix..r * held.prefix + prefix];
-            if let Some(p) = ids.iter().zip(kept).position(|(a, b)| a != b) {
+            let real = &self.real[r * held.prefix..r * held.prefix + prefix];
+            // A token or its padding flag changed: its block and everything after it is stale.
+            let changed = (0..prefix).find(|&p| {
+                let is_real = mask.is_none_or(|m| m[r * seq + p] != 0);
+                ids[p] != kept[p] || is_real != (real[p] != 0)
+            });
+            if let Some(p) = changed {
                 prefix = p / block * block;
             }
         }
@@ -88,8 +97,17 @@ impl KvCache {
         let (batch, seq) = (request.batch(), request.seq_len());
         let prefix = computed_end.min(final_end) / block * block;
         crate::context::grow(&mut self.ids, batch * prefix);
+        crate::context::grow(&mut self.real, batch * prefix);
         for r in 0..batch {
             self.ids[r * prefix..(r + 1) * prefix].copy_from_slice(&request.row(r)[..prefix]);
+            let real = &mut self.real[r * prefix..(r + 1) * prefix];
+            match request.attention_mask() {
+                Some(m) => real
+                    .iter_mut()
+                    .zip(&m[r * seq..r * seq + prefix])
+                    .for_each(|(o, &v)| *o = u8::from(v != 0)),
+                None => real.fill(1),
+            }
         }
         self.causal = Some(CausalPrefix {
             batch,

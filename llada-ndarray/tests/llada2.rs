@@ -355,23 +355,33 @@ fn a_cache_that_no_longer_matches_the_tokens_is_not_used() {
     };
     let mut changed = ids.clone();
     changed[1] = changed[2];
-    for (tokens, label) in [(&ids, "first"), (&changed, "changed first block")] {
-        let r = ForwardRequest::new(tokens, 1, seq)
-            .unwrap()
-            .with_window(window.clone())
-            .unwrap()
-            .with_block_causal(BLOCK)
-            .unwrap()
-            .with_cache(hint(window.clone()))
-            .unwrap();
-        let got = forward(&mut cached, &r);
-        let p = ForwardRequest::new(tokens, 1, seq)
-            .unwrap()
-            .with_window(window.clone())
-            .unwrap()
-            .with_block_causal(BLOCK)
-            .unwrap();
-        let want = forward(&mut plain, &p);
+    let all = vec![1u8; seq];
+    let mut padded = all.clone();
+    padded[..2].fill(0);
+    // The same tokens, then a token changed in the first block, then the same tokens with
+    // their first two hidden as padding: each must be computed afresh where it differs.
+    for (tokens, mask, label) in [
+        (&ids, &all, "first"),
+        (&changed, &all, "changed first block"),
+        (&changed, &padded, "padding"),
+    ] {
+        let request = |cache: bool| {
+            let r = ForwardRequest::new(tokens, 1, seq)
+                .unwrap()
+                .with_attention_mask(mask)
+                .unwrap()
+                .with_window(window.clone())
+                .unwrap()
+                .with_block_causal(BLOCK)
+                .unwrap();
+            if cache {
+                r.with_cache(hint(window.clone())).unwrap()
+            } else {
+                r
+            }
+        };
+        let got = forward(&mut cached, &request(true));
+        let want = forward(&mut plain, &request(false));
         assert!(max_abs_diff(&got, &want) < 1e-4, "{label}");
     }
 }
