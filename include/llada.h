@@ -247,6 +247,8 @@ typedef struct llada_generate_params {
   double editing_threshold;
   // The most edit-only passes after a block's last mask (16 in LLaDA2.1).
   uint32_t max_post_steps;
+  // With editing: masks a pass commits when none is above the threshold (1 in LLaDA2.1).
+  uint32_t num_to_transfer;
 } llada_generate_params;
 
 // One chat message.

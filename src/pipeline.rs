@@ -84,7 +84,8 @@ impl Progress<'_> {
     /// absolute grid the first block starts inside the prompt, and its range here starts at 0.
     pub fn block_positions(&self) -> std::ops::Range<usize> {
         let span = self.event.block_span();
-        span.start.saturating_sub(self.prompt_len)..span.end.saturating_sub(self.prompt_len)
+        let at = |p: usize| p.saturating_sub(self.prompt_len).min(self.gen_length);
+        at(span.start)..at(span.end)
     }
 
     /// Positions (within the generation) of `row` whose token this step rewrote (LLaDA2.1's
@@ -94,6 +95,7 @@ impl Progress<'_> {
             .edited(row)
             .iter()
             .map(|&p| p as usize - self.prompt_len)
+            .filter(|&p| p < self.gen_length)
     }
 
     /// Positions (within the generation) of `row` committed in this step.
@@ -102,6 +104,8 @@ impl Progress<'_> {
             .committed(row)
             .iter()
             .map(|&p| p as usize - self.prompt_len)
+            // On LLaDA2's grid the canvas may run past the answer, to the end of a block.
+            .filter(|&p| p < self.gen_length)
     }
 
     /// The partially denoised text of `row`: decoded tokens with [`MASK_PLACEHOLDER`] for every

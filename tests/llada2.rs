@@ -95,6 +95,7 @@ fn llada21_editing_runs_through_the_pipeline() {
             .with_editing(Some(Editing {
                 threshold: conf["editing_threshold"].as_f64().unwrap(),
                 max_post_steps: conf["max_post_steps"].as_u64().unwrap() as usize,
+                num_to_transfer: conf["num_to_transfer"].as_u64().unwrap() as usize,
             }))
             .with_stop_at_eos(false);
         for item in golden["items"].as_array().unwrap().iter().step_by(3) {
@@ -333,4 +334,16 @@ fn the_generate_example_runs_llada2() {
     };
     assert_eq!(run(&[]), answer);
     assert_eq!(run(&["--editing-threshold", "0.9"]), answer);
+    // The flag is read: on a LLaDA model, whose rule is not LLaDA2's, it is refused by name.
+    let output = std::process::Command::new(example("generate"))
+        .env_remove("RUST_LOG")
+        .args(["--editing-threshold", "0.9", "--prompt", "reverse:pen,frog,rock"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("token editing"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -259,6 +259,18 @@ impl SamplingArgs {
             .with_stop_at_eos(self.stop_at_eos)
             .with_logits_eos_inf(self.logits_eos_inf)
             .with_confidence_eos_eot_inf(self.confidence_eos_eot_inf)
+            // Editing is LLaDA2.1's: asked of another model it is refused by name when the
+            // generation checks its parameters.
+            .with_editing(self.editing())
+    }
+
+    /// LLaDA2.1's editing, when `--editing-threshold` asks for it.
+    fn editing(&self) -> Option<Editing> {
+        self.editing_threshold.map(|threshold| Editing {
+            threshold,
+            max_post_steps: self.max_post_steps,
+            num_to_transfer: 1,
+        })
     }
 
     /// The cache asked for, else the model's.
@@ -278,10 +290,7 @@ impl SamplingArgs {
             CommitRule::Llada2(t) => t,
             _ => 0.95,
         };
-        let editing = self.editing_threshold.map(|threshold| Editing {
-            threshold,
-            max_post_steps: self.max_post_steps,
-        });
+        let editing = self.editing();
         defaults
             .with_gen_length(self.gen_length.unwrap_or(defaults.gen_length))
             .with_steps(self.steps.unwrap_or(defaults.steps))

@@ -720,7 +720,12 @@ impl<'a> Generation<'a> {
     /// later masked positions filled with EOS.
     fn stop_rows_at_eos(&mut self) {
         let span = self.block_span();
-        let (eos, eot, mask) = (self.params.eos_id, self.params.eot_id, self.params.mask_id);
+        let (eos, mask) = (self.params.eos_id, self.params.mask_id);
+        // LLaDA2's `generate` stops on end of text only.
+        let eot = match self.params.commit {
+            CommitRule::Llada2(_) => eos,
+            _ => self.params.eot_id,
+        };
         // On the absolute grid the prompt's tail may share the block: only generated
         // positions count (the reference looks from the prompt's end).
         let absolute = self.params.grid == BlockGrid::Absolute;
@@ -909,9 +914,10 @@ impl<'a> Generation<'a> {
                 }
                 CommitRule::Llada2(_) if left == 0 && editing.is_none() => continue,
                 CommitRule::Llada2(_) if left == 0 => 0,
-                // LLaDA2.1 falls back to `num_to_transfer` per pass however long the block
-                // runs: `block_length / steps`, at least 1 (its 1 with the defaults).
-                CommitRule::Llada2(_) if editing.is_some() => (block / self.params.steps).max(1),
+                // LLaDA2.1 falls back to `num_to_transfer` per pass however long the block runs.
+                CommitRule::Llada2(_) if editing.is_some() => {
+                    editing.map_or(1, |e| e.num_to_transfer.max(1))
+                }
                 CommitRule::Llada2(_) => {
                     tokens_to_commit(block, self.schedule.steps_per_block, self.step)
                 }

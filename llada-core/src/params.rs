@@ -129,7 +129,8 @@ pub enum CommitRule {
     /// most confident (fewer if fewer are masked). `n_i` splits the block's length over its
     /// steps (`block_length / s`, plus one in the first `block_length % s` passes, counted on
     /// the whole block even where the prompt's tail fills part of it). A block ends when it has
-    /// no mask left or after its `s` passes; no pass is skipped. Tokens at temperature > 0 as
+    /// no mask left or after its `s` passes (with [`GenerateParams::editing`], see there); no
+    /// pass is skipped. Tokens at temperature > 0 as
     /// LLaDA2 draws them: logits divided by the temperature, top-k, then top-p, the
     /// confidence taken from what is left. With [`GenerateParams::editing`], LLaDA2.1's
     /// token editing joins it.
@@ -210,22 +211,29 @@ pub enum BlockGrid {
 /// LLaDA2.1's token editing, beside [`CommitRule::Llada2`]: in every pass, each position of
 /// the current block that already holds a generated token (not the prompt, not a mask) is
 /// rewritten when the model's token there differs and its probability is strictly above
-/// `threshold`; the positions committed from masks in the same pass are not. Once the block
-/// has no mask left, edit-only passes follow until one changes nothing or `max_post_steps`
-/// of them have run.
+/// `threshold`; the positions committed from masks in the same pass are not. A pass whose
+/// masks are all at or below the commit threshold commits the `num_to_transfer` most
+/// confident, however long the block runs (`steps` sets no limit with editing). Once the
+/// block has no mask left, edit-only passes follow until one changes nothing or
+/// `max_post_steps` of them have run.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Editing {
     /// Probability a changed token needs to replace a written one (0.9 in LLaDA2.1).
     pub threshold: f64,
     /// Most edit-only passes after a block's last mask (16 in LLaDA2.1).
     pub max_post_steps: usize,
+    /// Masks a pass commits when none is above the commit threshold (1 in LLaDA2.1; 0 is
+    /// taken as 1).
+    pub num_to_transfer: usize,
 }
 
 impl Editing {
-    /// LLaDA2.1's defaults: threshold 0.9, at most 16 edit-only passes per block.
+    /// LLaDA2.1's defaults: threshold 0.9, at most 16 edit-only passes per block, one token
+    /// per pass below the commit threshold.
     pub const LLADA21: Editing = Editing {
         threshold: 0.9,
         max_post_steps: 16,
+        num_to_transfer: 1,
     };
 }
 
@@ -253,11 +261,14 @@ impl Editing {
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct GenerateParams {
-    /// Total number of denoising steps, split evenly over the blocks.
+    /// Total number of denoising steps, split evenly over the blocks; on the
+    /// [absolute grid](BlockGrid::Absolute), the most passes of each block (LLaDA2.0's
+    /// `steps`).
     pub steps: usize,
     /// Number of tokens to generate after the prompt.
     pub gen_length: usize,
-    /// Length of a semi-autoregressive block; `gen_length` must be a multiple of it.
+    /// Length of a semi-autoregressive block; `gen_length` must be a multiple of it (on the
+    /// absolute grid it need not: the canvas runs to the end of the last block).
     pub block_length: usize,
     /// Gumbel-max sampling temperature; `0` takes the argmax.
     pub temperature: f32,
@@ -316,9 +327,6 @@ pub struct GenerateParams {
     /// default; [`BlockGrid::Absolute`] for block-diffusion models).
     pub grid: BlockGrid,
     /// LLaDA2.1's token editing, with [`CommitRule::Llada2`] only (`None`: LLaDA2.0's rule).
-    /// With editing, a pass whose masks are all below the threshold commits
-    /// `block_length / steps` of them (at least one: LLaDA2.1's `num_to_transfer`, 1 with
-    /// `steps` = `block_length`), and `steps` sets no limit on the passes.
     pub editing: Option<Editing>,
 }
 

@@ -262,29 +262,30 @@ fn llada2_filter_threshold(row: &[f32], top_k: usize, top_p: f32, scratch: &mut 
     if top_k > 0 && top_k < vocab {
         scratch.select_nth_unstable_by(top_k - 1, descending);
         let cut = scratch[top_k - 1];
-        // Every logit tied with the k-th survives, as `logits < min_values` keeps them.
-        kept = row.iter().filter(|&&l| l >= cut).count();
-        scratch.copy_from_slice(row);
+        if top_p >= 1.0 {
+            // Every logit tied with the k-th survives, as `logits < min_values` keeps them.
+            return cut;
+        }
+        kept = 0;
+        for &l in row.iter().filter(|&&l| l >= cut) {
+            scratch[kept] = l;
+            kept += 1;
+        }
+    } else if top_p >= 1.0 {
+        return f32::NEG_INFINITY;
     }
-    scratch.sort_unstable_by(descending);
-    if top_p >= 1.0 {
-        return if kept >= vocab {
-            f32::NEG_INFINITY
-        } else {
-            scratch[kept - 1]
-        };
-    }
-    let candidates = &scratch[..kept];
+    let candidates = &mut scratch[..kept];
+    candidates.sort_unstable_by(descending);
     let max = candidates[0];
     if !max.is_finite() {
         return f32::NEG_INFINITY;
     }
     let total = sum_exp(candidates, max);
     let mut cumulative = 0.0f64;
-    for (i, &l) in candidates.iter().enumerate() {
+    for &l in candidates.iter() {
         cumulative += f64::from(exp_f32(l - max));
         if cumulative / total > f64::from(top_p) {
-            return candidates[i];
+            return l;
         }
     }
     candidates[kept - 1]
@@ -373,6 +374,24 @@ mod tests {
 
     use super::*;
     use crate::rng::SamplerRng;
+
+    #[test]
+    fn llada2_filters_keep_the_top_k_then_the_top_p_of_those() {
+        let row = [1.0f32, 3.0, 0.0, 2.0, 2.0];
+        let mut scratch = [0.0f32; 5];
+        // Top-2 alone: the cut is the second largest, and its tie survives.
+        assert_eq!(llada2_filter_threshold(&row, 2, 1.0, &mut scratch), 2.0);
+        assert_eq!(
+            llada2_filter_threshold(&row, 0, 1.0, &mut scratch),
+            f32::NEG_INFINITY
+        );
+        // Top-3 keeps 3, 2, 2 (the tie at the cut too). Their softmax: 0.576, 0.212, 0.212:
+        // with top-p 0.5 the first crosses it and alone stays; with 0.7 the second joins.
+        assert_eq!(llada2_filter_threshold(&row, 3, 0.5, &mut scratch), 3.0);
+        assert_eq!(llada2_filter_threshold(&row, 3, 0.7, &mut scratch), 2.0);
+        // Top-p alone, over the whole row.
+        assert_eq!(llada2_filter_threshold(&row, 0, 0.3, &mut scratch), 3.0);
+    }
 
     fn params() -> GenerateParams {
         GenerateParams {

@@ -175,6 +175,7 @@ fn editing_rewrites_generated_tokens_and_stops_after_max_post_steps() {
     let params = llada2(4, 4, 4).with_editing(Some(Editing {
         threshold: 0.9,
         max_post_steps: 3,
+        num_to_transfer: 1,
     }));
     let mut p = Scripted::new(|call, _| (call % 5) as u32, |_, _| 10.0);
     let (tokens, passes) = run(&mut p, &params, &[6, 6, 6, 6]).unwrap();
@@ -199,6 +200,7 @@ fn editing_rewrites_generated_tokens_and_stops_after_max_post_steps() {
     let strict = params.with_editing(Some(Editing {
         threshold: 0.99999,
         max_post_steps: 3,
+        num_to_transfer: 1,
     }));
     let mut p = Scripted::new(|call, _| (call % 5) as u32, |_, _| 10.0);
     let (_, passes) = run(&mut p, &strict, &[6, 6, 6, 6]).unwrap();
@@ -235,4 +237,28 @@ fn a_block_causal_model_needs_the_absolute_grid() {
         .with_commit(CommitRule::Threshold(0.9))
         .with_editing(Some(Editing::LLADA21));
     assert!(matches!(editing.validate(), Err(Error::Combination { .. })));
+}
+
+#[test]
+fn both_thresholds_are_strict() {
+    // Probability exactly 1 (a gap of 100) is not above a threshold of 1: the pass takes its
+    // share (2 of 4), and a changed token at probability 1 is not above an editing threshold
+    // of 1.
+    let params = llada2(4, 4, 2).with_commit(CommitRule::Llada2(1.0));
+    let mut p = Scripted::new(|_, _| 3, |_, _| 100.0);
+    let (_, passes) = run(&mut p, &params, &[1, 2, 3, 4]).unwrap();
+    assert_eq!(passes.iter().map(|p| p.1.len()).collect::<Vec<_>>(), [2, 2]);
+    let editing = params.with_editing(Some(Editing {
+        threshold: 1.0,
+        max_post_steps: 3,
+        num_to_transfer: 2,
+    }));
+    let mut p = Scripted::new(|call, _| (call % 5) as u32, |_, _| 100.0);
+    let (_, passes) = run(&mut p, &editing, &[1, 2, 3, 4]).unwrap();
+    assert!(passes.iter().all(|p| p.2.is_empty()), "{passes:?}");
+    // num_to_transfer 2: two masks per pass, then one edit-only pass that changes nothing.
+    assert_eq!(
+        passes.iter().map(|p| p.1.len()).collect::<Vec<_>>(),
+        [2, 2, 0]
+    );
 }

@@ -156,6 +156,8 @@ pub struct LladaGenerateParams {
     pub editing_threshold: f64,
     /// The most edit-only passes after a block's last mask (16 in LLaDA2.1).
     pub max_post_steps: u32,
+    /// With editing: masks a pass commits when none is above the threshold (1 in LLaDA2.1).
+    pub num_to_transfer: u32,
 }
 
 /// Monte Carlo log-likelihood parameters.
@@ -230,6 +232,7 @@ pub extern "C" fn llada_generate_default_params() -> LladaGenerateParams {
         editing: false,
         editing_threshold: Editing::LLADA21.threshold,
         max_post_steps: Editing::LLADA21.max_post_steps as u32,
+        num_to_transfer: Editing::LLADA21.num_to_transfer as u32,
     }
 }
 
@@ -272,6 +275,7 @@ impl LladaGenerateParams {
         let editing = self.editing.then_some(Editing {
             threshold: self.editing_threshold,
             max_post_steps: self.max_post_steps as usize,
+            num_to_transfer: self.num_to_transfer as usize,
         });
         let cache = match self.cache {
             LLADA_CACHE_NONE => CacheMode::None,
@@ -410,6 +414,7 @@ impl LladaGenerateParams {
             editing: params.editing.is_some(),
             editing_threshold: editing.threshold,
             max_post_steps: editing.max_post_steps as u32,
+            num_to_transfer: editing.num_to_transfer as u32,
             ..llada_generate_default_params()
         }
     }

@@ -237,6 +237,10 @@ fn keep_best_groups(choice: &mut [f32], groups: usize, used: usize, picked: &mut
     }
 }
 
+/// `x += Σ weight · expert(h)` over each token's chosen experts (plus the shared expert):
+/// the router's choice, the rows of each expert gathered together, each expert's SwiGLU run
+/// on its rows (all experts' products in one parallel run), and the weighted outputs added
+/// back to their tokens.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn add_experts(
     pool: &Pool<ThreadScratch>,

@@ -174,10 +174,10 @@ fn params_of(conf: &serde_json::Value) -> GenerateParams {
             base.with_steps(size("steps")).with_stop_at_eos(true)
         }
         "llada2.1" => base
-            .with_steps(size("block_length") / size("num_to_transfer"))
             .with_editing(Some(Editing {
                 threshold: number("editing_threshold"),
                 max_post_steps: size("max_post_steps"),
+                num_to_transfer: size("num_to_transfer"),
             }))
             .with_stop_at_eos(conf["eos_early_stop"].as_bool().unwrap()),
         other => panic!("unknown algorithm {other}"),

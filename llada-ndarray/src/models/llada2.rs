@@ -327,10 +327,16 @@ pub(super) fn gguf_config(g: &GgufConfig) -> serde_json::Value {
         "rope_theta": g.rope_theta,
         "hidden_act": "silu",
         "tie_word_embeddings": g.weight_tying,
-        "use_qk_norm": true,
+        "use_qk_norm": g.qk_norm,
         "use_qkv_bias": g.qkv_bias,
         "use_bias": g.attn_out_bias,
-        "score_function": "sigmoid",
+        // llama.cpp's gating ids: 1 softmax, 2 sigmoid (3 sqrt-softplus); only the sigmoid is
+        // LLaDA2's, and the config reader refuses the others by name.
+        "score_function": match g.gating {
+            None | Some(GATING_SIGMOID) => "sigmoid",
+            Some(1) => "softmax",
+            Some(_) => "other",
+        },
     });
     let numbers: [(&str, Option<u64>); 7] = [
         (

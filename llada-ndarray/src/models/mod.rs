@@ -353,6 +353,9 @@ pub(crate) struct GgufConfig {
     pub(crate) weights_scale: Option<f64>,
     pub(crate) qkv_bias: bool,
     pub(crate) attn_out_bias: bool,
+    /// Whether the file has per-head query norms, and llama.cpp's gating function id.
+    pub(crate) qk_norm: bool,
+    pub(crate) gating: Option<u64>,
 }
 
 /// The metadata keys of one architecture, `<arch>.embedding_length` and so on.
@@ -483,6 +486,8 @@ impl GgufConfig {
             weights_scale: file.get(llada2::GGUF_WEIGHTS_SCALE).and_then(Value::as_f64),
             qkv_bias: file.tensor("blk.0.attn_qkv.bias").is_some(),
             attn_out_bias: file.tensor("blk.0.attn_output.bias").is_some(),
+            qk_norm: file.tensor("blk.0.attn_q_norm.weight").is_some(),
+            gating: file.get(llada2::GGUF_GATING).and_then(Value::as_u64),
         })
     }
 }

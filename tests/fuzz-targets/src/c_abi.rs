@@ -90,6 +90,7 @@ fn generate_params(b: &mut Bytes<'_>) -> LladaGenerateParams {
         editing: (remasking >> 18) & 1 == 1,
         editing_threshold: f64::from((remasking >> 20) & 0xff) / 200.0,
         max_post_steps: (remasking >> 28) & 0xf,
+        num_to_transfer: 1 + ((remasking >> 26) & 3),
     }
 }
 

@@ -206,6 +206,7 @@ pub fn sampler(data: &[u8]) {
             .with_editing((params.seed & 1 == 1).then_some(Editing {
                 threshold: 0.6,
                 max_post_steps: 2,
+                num_to_transfer: 1 + ((params.seed >> 5) & 1) as usize,
             }));
         predictor.block_causal = true;
     }
