@@ -337,7 +337,12 @@ fn the_generate_example_runs_llada2() {
     // The flag is read: on a LLaDA model, whose rule is not LLaDA2's, it is refused by name.
     let output = std::process::Command::new(example("generate"))
         .env_remove("RUST_LOG")
-        .args(["--editing-threshold", "0.9", "--prompt", "reverse:pen,frog,rock"])
+        .args([
+            "--editing-threshold",
+            "0.9",
+            "--prompt",
+            "reverse:pen,frog,rock",
+        ])
         .output()
         .unwrap();
     assert!(!output.status.success());
