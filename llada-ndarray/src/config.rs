@@ -202,6 +202,37 @@ pub(crate) fn invalid(field: &'static str, reason: String) -> LoadError {
     LoadError::InvalidConfig { field, reason }
 }
 
+/// A positive size, or the key named as invalid.
+pub(crate) fn positive(field: &'static str, value: i64) -> Result<usize, LoadError> {
+    usize::try_from(value)
+        .ok()
+        .filter(|&v| v > 0)
+        .ok_or_else(|| invalid(field, format!("{value} must be positive")))
+}
+
+/// What every Hugging Face family's forward pass here assumes, refused by name otherwise: a
+/// SiLU-gated MLP (`hidden_act`) and unscaled rotary embeddings (`rope_scaling` null).
+pub(crate) fn silu_and_plain_rope(
+    hidden_act: Option<&str>,
+    rope_scaling: Option<&serde_json::Value>,
+) -> Result<(), LoadError> {
+    if let Some(act) = hidden_act.filter(|&a| a != "silu") {
+        return Err(unsupported(
+            "hidden_act",
+            act,
+            "only SiLU-gated MLPs are implemented",
+        ));
+    }
+    if let Some(scaling) = rope_scaling.filter(|v| !v.is_null()) {
+        return Err(unsupported(
+            "rope_scaling",
+            scaling,
+            "scaled rotary embeddings are not implemented",
+        ));
+    }
+    Ok(())
+}
+
 /// A family's `config.json` names for the sizes every family has, so that errors name the
 /// key the user's file has.
 pub(crate) struct Keys {

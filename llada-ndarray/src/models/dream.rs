@@ -16,7 +16,7 @@
 use serde::Deserialize;
 
 use super::{Family, GgufConfig, GgufKeys, Id, Tensor, gguf_keys};
-use crate::config::{Config, Keys, invalid, raw, require, unsupported};
+use crate::config::{Config, Keys, invalid, raw, require, silu_and_plain_rope, unsupported};
 use crate::error::LoadError;
 
 /// `model_type` values of Dream's `config.json`.
@@ -98,20 +98,7 @@ pub(super) fn config(value: serde_json::Value) -> Result<Config, LoadError> {
         .ok_or_else(|| invalid("config", "is not a JSON object".into()))?;
     require(object, &REQUIRED)?;
     let raw: RawConfig = raw(value)?;
-    if let Some(act) = raw.hidden_act.as_deref().filter(|&a| a != "silu") {
-        return Err(unsupported(
-            "hidden_act",
-            act,
-            "only SiLU-gated MLPs are implemented",
-        ));
-    }
-    if let Some(scaling) = raw.rope_scaling.as_ref().filter(|v| !v.is_null()) {
-        return Err(unsupported(
-            "rope_scaling",
-            scaling,
-            "scaled rotary embeddings are not implemented",
-        ));
-    }
+    silu_and_plain_rope(raw.hidden_act.as_deref(), raw.rope_scaling.as_ref())?;
     if raw.use_sliding_window == Some(true) {
         return Err(unsupported(
             "use_sliding_window",

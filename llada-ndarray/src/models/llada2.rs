@@ -25,7 +25,10 @@
 use serde::Deserialize;
 
 use super::{Family, GgufConfig, GgufKeys, Id, Tensor, gguf_keys};
-use crate::config::{Config, Gating, Keys, MoeConfig, invalid, raw, require, unsupported};
+use crate::config::{
+    Config, Gating, Keys, MoeConfig, invalid, positive, raw, require, silu_and_plain_rope,
+    unsupported,
+};
 use crate::error::LoadError;
 
 /// `model_type` values of LLaDA2's `config.json`.
@@ -141,14 +144,6 @@ struct RawConfig {
     pad_token_id: Option<Id>,
 }
 
-/// A positive size, or the key named as invalid.
-fn positive(field: &'static str, value: i64) -> Result<usize, LoadError> {
-    usize::try_from(value)
-        .ok()
-        .filter(|&v| v > 0)
-        .ok_or_else(|| invalid(field, format!("{value} must be positive")))
-}
-
 /// Reads and checks a LLaDA2 `config.json`.
 pub(super) fn config(value: serde_json::Value) -> Result<Config, LoadError> {
     let object = value
@@ -156,20 +151,7 @@ pub(super) fn config(value: serde_json::Value) -> Result<Config, LoadError> {
         .ok_or_else(|| invalid("config", "is not a JSON object".into()))?;
     require(object, &REQUIRED)?;
     let raw: RawConfig = raw(value)?;
-    if let Some(act) = raw.hidden_act.as_deref().filter(|&a| a != "silu") {
-        return Err(unsupported(
-            "hidden_act",
-            act,
-            "only SiLU-gated MLPs are implemented",
-        ));
-    }
-    if let Some(scaling) = raw.rope_scaling.as_ref().filter(|v| !v.is_null()) {
-        return Err(unsupported(
-            "rope_scaling",
-            scaling,
-            "scaled rotary embeddings are not implemented",
-        ));
-    }
+    silu_and_plain_rope(raw.hidden_act.as_deref(), raw.rope_scaling.as_ref())?;
     if let Some(f) = raw.score_function.as_deref().filter(|&f| f != "sigmoid") {
         return Err(unsupported(
             "score_function",

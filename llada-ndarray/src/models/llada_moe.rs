@@ -25,7 +25,10 @@
 use serde::Deserialize;
 
 use super::{Family, GgufConfig, GgufKeys, Id, Tensor, gguf_keys};
-use crate::config::{Config, Gating, Keys, MoeConfig, invalid, raw, require, unsupported};
+use crate::config::{
+    Config, Gating, Keys, MoeConfig, invalid, positive, raw, require, silu_and_plain_rope,
+    unsupported,
+};
 use crate::error::LoadError;
 
 /// `model_type` values that name LLaDA-MoE alone (its release says `llada`, which the
@@ -139,14 +142,6 @@ struct RawConfig {
     shift_logits: Option<bool>,
 }
 
-/// A positive size, or the key named as invalid.
-fn positive(field: &'static str, value: i64) -> Result<usize, LoadError> {
-    usize::try_from(value)
-        .ok()
-        .filter(|&v| v > 0)
-        .ok_or_else(|| invalid(field, format!("{value} must be positive")))
-}
-
 /// Reads and checks a LLaDA-MoE `config.json`.
 pub(super) fn config(value: serde_json::Value) -> Result<Config, LoadError> {
     let object = value
@@ -154,20 +149,7 @@ pub(super) fn config(value: serde_json::Value) -> Result<Config, LoadError> {
         .ok_or_else(|| invalid("config", "is not a JSON object".into()))?;
     require(object, &REQUIRED)?;
     let raw: RawConfig = raw(value)?;
-    if let Some(act) = raw.hidden_act.as_deref().filter(|&a| a != "silu") {
-        return Err(unsupported(
-            "hidden_act",
-            act,
-            "only SiLU-gated MLPs are implemented",
-        ));
-    }
-    if let Some(scaling) = raw.rope_scaling.as_ref().filter(|v| !v.is_null()) {
-        return Err(unsupported(
-            "rope_scaling",
-            scaling,
-            "scaled rotary embeddings are not implemented",
-        ));
-    }
+    silu_and_plain_rope(raw.hidden_act.as_deref(), raw.rope_scaling.as_ref())?;
     if raw.attention_bias == Some(true) {
         return Err(unsupported(
             "attention_bias",
