@@ -98,7 +98,9 @@ pub use params::{
     BlockGrid, CacheMode, CommitRule, Editing, GenerateParams, LLADA_8B_EOS_ID, LLADA_8B_EOT_ID,
     LLADA_8B_MASK_ID, Remasking, UnknownRemasking,
 };
-pub use predictor::{CacheHint, ForwardRequest, MaskPredictor, PredictorError, TokenId};
+pub use predictor::{
+    CacheHint, CausalPrefix, ForwardRequest, MaskPredictor, PredictorError, TokenId,
+};
 pub use rand_core;
 pub use rng::SamplerRng;
 pub use schedule::{

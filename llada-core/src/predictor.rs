@@ -288,6 +288,113 @@ impl LogitRows {
     }
 }
 
+/// What an exact prefix cache of a block-causal model holds (LLaDA2.x): the keys and values of
+/// the first [`len`](Self::len) positions (whole blocks) of every row, computed from tokens the
+/// backend keeps beside them ([`record`](Self::record)). Nothing after a block changes its keys
+/// and values, so they stay exact for as long as its tokens, and those of every block before it,
+/// stay the same ([`reusable`](Self::reusable)). The bookkeeping is shared by the backends; the
+/// storage (the keys and values, the tokens) is theirs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CausalPrefix {
+    batch: usize,
+    seq: usize,
+    block: usize,
+    prefix: usize,
+}
+
+impl CausalPrefix {
+    /// What a block-causal pass over `request` (blocks of `block`) leaves exact: it computed
+    /// every position before `computed_end`, and the positions before `final_end` will not
+    /// change (the cache hint's span start), so the whole blocks before the smaller of the two.
+    pub fn after_pass(
+        request: &ForwardRequest<'_>,
+        block: usize,
+        computed_end: usize,
+        final_end: usize,
+    ) -> Self {
+        let block = block.max(1);
+        Self {
+            batch: request.batch(),
+            seq: request.seq_len(),
+            block,
+            prefix: computed_end.min(final_end).min(request.seq_len()) / block * block,
+        }
+    }
+
+    /// Positions held per row.
+    pub fn len(&self) -> usize {
+        self.prefix
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.prefix == 0
+    }
+
+    /// Whether it was recorded for passes of `batch` rows of `seq` positions.
+    pub fn holds_shape(&self, batch: usize, seq: usize) -> bool {
+        (self.batch, self.seq) == (batch, seq)
+    }
+
+    /// Tokens (and padding flags) to keep: `batch · len`.
+    pub fn tokens(&self) -> usize {
+        self.batch * self.prefix
+    }
+
+    /// Copies the held positions' tokens and padding flags (1 = real) of `request`, row after
+    /// row, into `ids` and `real` (each [`tokens`](Self::tokens) long).
+    pub fn record(&self, request: &ForwardRequest<'_>, ids: &mut [TokenId], real: &mut [u8]) {
+        let (prefix, seq) = (self.prefix, self.seq);
+        for r in 0..self.batch {
+            ids[r * prefix..(r + 1) * prefix].copy_from_slice(&request.row(r)[..prefix]);
+            let out = &mut real[r * prefix..(r + 1) * prefix];
+            match request.attention_mask() {
+                Some(m) => out
+                    .iter_mut()
+                    .zip(&m[r * seq..r * seq + prefix])
+                    .for_each(|(o, &v)| *o = u8::from(v != 0)),
+                None => out.fill(1),
+            }
+        }
+    }
+
+    /// How many leading positions of every row of `request` (block-causal, blocks of `block`)
+    /// are still held exactly, given the tokens and flags [`record`](Self::record)ed: whole
+    /// blocks whose tokens and padding, and those of every block before them, are unchanged, and
+    /// none of the window's block or later. A pass computes the positions from there on. 0 when
+    /// the request has another shape or block.
+    pub fn reusable(
+        &self,
+        request: &ForwardRequest<'_>,
+        block: usize,
+        ids: &[TokenId],
+        real: &[u8],
+    ) -> usize {
+        let (batch, seq) = (request.batch(), request.seq_len());
+        if (self.batch, self.seq, self.block) != (batch, seq, block) {
+            return 0;
+        }
+        let held = self.prefix;
+        let window_block = request.window().start / block * block;
+        let mut prefix = held.min(window_block);
+        let mask = request.attention_mask();
+        for r in 0..batch {
+            let row = &request.row(r)[..prefix];
+            let kept = &ids[r * held..r * held + prefix];
+            let flags = &real[r * held..r * held + prefix];
+            // A token or its padding flag changed: its block and everything after it is stale.
+            let changed = (0..prefix).find(|&p| {
+                let is_real = mask.is_none_or(|m| m[r * seq + p] != 0);
+                row[p] != kept[p] || is_real != (flags[p] != 0)
+            });
+            if let Some(p) = changed {
+                prefix = p / block * block;
+            }
+        }
+        prefix
+    }
+}
+
 /// A mask predictor: the bidirectional transformer that, given a partially masked sequence,
 /// predicts every position at once. Backends (ndarray, ONNX Runtime, a GPU runtime, a mock)
 /// implement this one trait, and the sampler drives any of them.

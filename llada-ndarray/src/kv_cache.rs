@@ -4,7 +4,7 @@
 //! models (LLaDA2.x): the keys and values of finished blocks, which nothing after them can
 //! change, kept for as long as the tokens they were computed from stay the same.
 
-use llada_core::ForwardRequest;
+use llada_core::{CausalPrefix, ForwardRequest};
 
 use crate::config::Config;
 
@@ -35,16 +35,6 @@ pub(crate) struct KvCache {
     real: Vec<u8>,
 }
 
-/// The exact part of a block-causal cache: the first `prefix` positions (whole blocks of
-/// `block`) of `batch` rows of `seq`, computed from the tokens kept beside them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct CausalPrefix {
-    batch: usize,
-    seq: usize,
-    block: usize,
-    prefix: usize,
-}
-
 impl KvCache {
     /// Whether the cache holds a whole pass of `batch` rows of `seq` positions.
     pub(crate) fn holds(&self, batch: usize, seq: usize) -> bool {
@@ -52,41 +42,18 @@ impl KvCache {
     }
 
     /// How many leading positions of every row of `request` (block-causal, blocks of
-    /// `block`) the cache holds exactly: whole blocks whose tokens, and those of every block
-    /// before them, are the ones they were computed from, and none of the window's block or
-    /// later. A pass computes the positions from there to the end of the window's block.
+    /// `block`) the cache holds exactly ([`CausalPrefix::reusable`]). A pass computes the
+    /// positions from there to the end of the window's block.
     pub(crate) fn causal_reuse(&mut self, request: &ForwardRequest<'_>, block: usize) -> usize {
         self.shape = None;
-        let (batch, seq) = (request.batch(), request.seq_len());
-        let Some(held) = self
-            .causal
-            .filter(|h| (h.batch, h.seq, h.block) == (batch, seq, block))
-        else {
-            return 0;
-        };
-        let window_block = request.window().start / block * block;
-        let mut prefix = held.prefix.min(window_block);
-        let mask = request.attention_mask();
-        for r in 0..batch {
-            let ids = &request.row(r)[..prefix];
-            let kept = &self.ids[r * held.prefix..r * held.prefix + prefix];
-            let real = &self.real[r * held.prefix..r * held.prefix + prefix];
-            // A token or its padding flag changed: its block and everything after it is stale.
-            let changed = (0..prefix).find(|&p| {
-                let is_real = mask.is_none_or(|m| m[r * seq + p] != 0);
-                ids[p] != kept[p] || is_real != (real[p] != 0)
-            });
-            if let Some(p) = changed {
-                prefix = p / block * block;
-            }
-        }
-        prefix
+        self.causal.map_or(0, |held| {
+            held.reusable(request, block, &self.ids, &self.real)
+        })
     }
 
     /// Records that a block-causal pass over `request` computed every position before
     /// `computed_end` (from `start` on, the others being held already), and that the
-    /// positions before `final_end` will not change: the cache now holds the whole blocks
-    /// before the smaller of the two.
+    /// positions before `final_end` will not change ([`CausalPrefix::after_pass`]).
     pub(crate) fn causal_filled(
         &mut self,
         request: &ForwardRequest<'_>,
@@ -94,27 +61,11 @@ impl KvCache {
         computed_end: usize,
         final_end: usize,
     ) {
-        let (batch, seq) = (request.batch(), request.seq_len());
-        let prefix = computed_end.min(final_end) / block * block;
-        crate::context::grow(&mut self.ids, batch * prefix);
-        crate::context::grow(&mut self.real, batch * prefix);
-        for r in 0..batch {
-            self.ids[r * prefix..(r + 1) * prefix].copy_from_slice(&request.row(r)[..prefix]);
-            let real = &mut self.real[r * prefix..(r + 1) * prefix];
-            match request.attention_mask() {
-                Some(m) => real
-                    .iter_mut()
-                    .zip(&m[r * seq..r * seq + prefix])
-                    .for_each(|(o, &v)| *o = u8::from(v != 0)),
-                None => real.fill(1),
-            }
-        }
-        self.causal = Some(CausalPrefix {
-            batch,
-            seq,
-            block,
-            prefix,
-        });
+        let held = CausalPrefix::after_pass(request, block, computed_end, final_end);
+        crate::context::grow(&mut self.ids, held.tokens());
+        crate::context::grow(&mut self.real, held.tokens());
+        held.record(request, &mut self.ids, &mut self.real);
+        self.causal = Some(held);
     }
 
     /// Sizes the cache for `batch × seq`; forgets its content if the shape changes.
@@ -122,10 +73,7 @@ impl KvCache {
         if !self.holds(batch, seq) {
             self.shape = None;
         }
-        if self
-            .causal
-            .is_some_and(|h| (h.batch, h.seq) != (batch, seq))
-        {
+        if self.causal.is_some_and(|h| !h.holds_shape(batch, seq)) {
             self.causal = None;
         }
         self.layer_len = batch * seq * 2 * c.n_kv_heads * c.head_dim;

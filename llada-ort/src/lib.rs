@@ -28,10 +28,12 @@
 //!   passed through to `ort`.
 
 mod error;
+mod kv;
 mod predictor;
 mod runtime;
 
 pub use error::{OrtError, RUNTIME_HINT};
+pub use kv::{LOGITS_WINDOW_INPUT, POSITION_START_INPUT};
 pub use predictor::{
     BLOCK_LENGTH_INPUT, ExecutionProvider, GraphOptimization, OrtPredictor, OrtPredictorBuilder,
     sessions_created,

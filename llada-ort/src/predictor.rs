@@ -10,6 +10,7 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use crate::error::OrtError;
+use crate::kv::KvGraph;
 use crate::runtime;
 
 /// Graph optimisation level of ONNX Runtime.
@@ -316,6 +317,8 @@ pub struct OrtPredictor {
     shifted: bool,
     /// Whether the graph has the block-length input (and the model was trained so).
     block_causal: bool,
+    /// The cached graph's interface and cache, when the model is one.
+    kv: Option<KvGraph>,
 }
 
 impl std::fmt::Debug for OrtPredictor {
@@ -444,8 +447,12 @@ impl OrtPredictor {
             None => TensorElementType::Int64,
         };
         let block_causal = inputs.iter().any(|(n, _)| n == BLOCK_LENGTH_INPUT);
+        let kv = KvGraph::detect(&inputs, &outputs, &bad)?;
         if let Some((extra, ty)) = inputs.iter().find(|(n, _)| {
-            *n != ids_name && Some(n) != mask_name.as_ref() && n != BLOCK_LENGTH_INPUT
+            *n != ids_name
+                && Some(n) != mask_name.as_ref()
+                && n != BLOCK_LENGTH_INPUT
+                && !kv.as_ref().is_some_and(|kv| kv.is_cache_input(n))
         }) {
             return Err(bad(format!(
                 "unexpected input `{extra}` ({}); a mask predictor feeds only token ids, an attention mask and (block diffusion) `{BLOCK_LENGTH_INPUT}`",
@@ -523,7 +530,16 @@ impl OrtPredictor {
             providers,
             shifted,
             block_causal,
+            kv,
         })
+    }
+
+    /// Whether the model is a cached graph (the exporter's `--graph cached`): the key/value
+    /// cache as inputs and outputs, so that `--cache prefix|dual` (and LLaDA2.x's exact prefix
+    /// cache) compute only the block, as on the ndarray backend. A plain graph runs every pass
+    /// in full.
+    pub fn has_cache(&self) -> bool {
+        self.kv.is_some()
     }
 
     /// Execution providers in use, in priority order (`"cpu"` last).
@@ -573,15 +589,23 @@ impl OrtPredictor {
                 path: self.path.clone(),
             });
         }
-        // Block-causal: nothing after the window's block is attended to; run up to there.
-        let seq = request.attended_end();
-        let full = request.seq_len();
         let hides_padding = request.attention_mask().is_some_and(|m| m.contains(&0));
         if self.mask_name.is_none() && hides_padding {
             return Err(OrtError::NoAttentionMask {
                 path: self.path.clone(),
             });
         }
+        if let Some(kv) = &mut self.kv {
+            return kv.forward(
+                &mut self.session,
+                request,
+                (self.vocab, &self.logits_name),
+                logits,
+            );
+        }
+        // Block-causal: nothing after the window's block is attended to; run up to there.
+        let seq = request.attended_end();
+        let full = request.seq_len();
         self.ids.fill(
             request
                 .ids()
