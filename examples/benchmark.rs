@@ -32,6 +32,8 @@ mod llada2;
 mod llama_cpp;
 #[path = "bench/moe.rs"]
 mod moe;
+#[path = "bench/onnx.rs"]
+mod onnx;
 #[path = "bench/python.rs"]
 mod python;
 
@@ -96,6 +98,11 @@ struct Cli {
     /// section of `--out`.
     #[arg(long)]
     only_llada2: bool,
+    /// Measure only ONNX Runtime on the mid-size model's cached graph and its 4-bit copy
+    /// (cached steps from Rust and Python, 4-bit against f32 and the GGUF files, allocations
+    /// per warm step), and replace that section of `--out`.
+    #[arg(long)]
+    only_onnx: bool,
 }
 
 /// `report` with its mixture-of-experts section (from its heading to the next `## `) replaced
@@ -237,7 +244,8 @@ fn ensure_models(cli: &Cli) -> anyhow::Result<()> {
     ] {
         let complete = dir.join("config.json").exists()
             && dir.join("model.safetensors").exists()
-            && (args.contains(&"--no-onnx") || dir.join("model.onnx").exists());
+            && (args.contains(&"--no-onnx")
+                || (dir.join("model.onnx").exists() && dir.join("model-int4.onnx").exists()));
         if complete {
             continue;
         }
@@ -454,20 +462,22 @@ where
 /// One denoising step on the ndarray backend at `prompt_len + gen_length` tokens with the
 /// logits window on the first block (32 tokens): a full forward pass, and a step that reuses
 /// the block-wise cache (dual and prefix), each a median of `repeats`.
-fn time_cached_steps(
-    context: &mut llada::ndarray::Context,
+fn time_cached_steps<P: MaskPredictor>(
+    context: &mut P,
     prompt_len: usize,
     gen_length: usize,
     mask_id: u32,
     repeats: usize,
-) -> anyhow::Result<(f64, f64, f64)> {
+) -> anyhow::Result<(f64, f64, f64)>
+where
+    P::Error: std::error::Error + Send + Sync + 'static,
+{
     let seq = prompt_len + gen_length;
     let mut ids = random_ids(11, prompt_len, context.vocab_size());
     ids.resize(seq, mask_id);
     let span = prompt_len..prompt_len + 32;
     let mut logits = vec![0.0f32; 32 * context.vocab_size()];
-    let mut time = |hint: Option<(CacheMode, bool)>,
-                    context: &mut llada::ndarray::Context|
+    let mut time = |hint: Option<(CacheMode, bool)>, context: &mut P|
      -> anyhow::Result<f64> {
         let mut request = ForwardRequest::new(&ids, 1, seq)?.with_window(span.clone())?;
         if let Some((mode, refresh)) = hint {
@@ -623,6 +633,33 @@ fn main() -> anyhow::Result<()> {
         std::fs::write(
             &cli.out,
             splice_section(&report, "\n## Block diffusion", &section),
+        )
+        .with_context(|| format!("writing {}", cli.out.display()))?;
+        eprintln!("{section}\nwrote {}", cli.out.display());
+        return Ok(());
+    }
+    if cli.only_onnx {
+        ensure_models(&cli)?;
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(cli.model.join("config.json"))?)?;
+        let mask_id = config["mask_token_id"].as_u64().context("mask_token_id")? as u32;
+        let (cpu, _) = cpu_description();
+        let inputs = onnx::Inputs {
+            model: &cli.model,
+            gguf_dir: &cli.gguf_dir,
+            python: &cli.python,
+            library: std::env::var_os("ORT_DYLIB_PATH")
+                .map(PathBuf::from)
+                .or_else(|| bench_venv_onnxruntime(&cli.python)),
+            threads: cli.threads,
+            repeats: cli.repeats,
+            skip_python: cli.skip_python,
+        };
+        let section = onnx::section(&inputs, &cpu, mask_id)?;
+        let report = std::fs::read_to_string(&cli.out).unwrap_or_default();
+        std::fs::write(
+            &cli.out,
+            splice_section(&report, "\n## ONNX Runtime", &section),
         )
         .with_context(|| format!("writing {}", cli.out.display()))?;
         eprintln!("{section}\nwrote {}", cli.out.display());

@@ -380,7 +380,8 @@ impl ModelFiles {
     /// [`WeightSource::in_dir`]). A GGUF file (recognised by its magic): the whole model, its
     /// tokenizer, special ids, chat template and decoding lengths from its metadata unless a
     /// `tokenizer.json` (with a `tokenizer_config.json`) is beside it; the ndarray backend runs
-    /// its weights.
+    /// its weights. An `.onnx` file in a model directory: that directory, with this export for
+    /// ONNX Runtime (a 4-bit or f16 copy beside `model.onnx`).
     pub fn open(dir: impl AsRef<Path>, backend: &BackendChoice) -> Result<Self, Error> {
         let dir = dir.as_ref();
         if dir.is_file() {
@@ -391,6 +392,11 @@ impl ModelFiles {
                 path: dir.to_path_buf(),
             });
         }
+        Self::open_dir(dir, WeightSource::in_dir(dir, backend)?)
+    }
+
+    /// A directory's files, with `weights` for the weights.
+    fn open_dir(dir: &Path, weights: WeightSource) -> Result<Self, Error> {
         let read = |name: &str, expected: &'static str| -> Result<(PathBuf, Vec<u8>), Error> {
             let path = dir.join(name);
             if !path.is_file() {
@@ -408,7 +414,6 @@ impl ModelFiles {
             "tokenizer_config.json",
             "the tokenizer configuration (tokenizer_config.json)",
         )?;
-        let weights = WeightSource::in_dir(dir, backend)?;
         let files = Self::parse(
             (&config_path, &config),
             (&tokenizer_path, &tokenizer),
@@ -426,7 +431,7 @@ impl ModelFiles {
         files.with_generation_config(&bytes, &generation)
     }
 
-    /// A single file: a GGUF model.
+    /// A single file: a GGUF model, or an ONNX export in a model directory (for ONNX Runtime).
     fn open_file(path: &Path, backend: &BackendChoice) -> Result<Self, Error> {
         #[cfg(feature = "ndarray")]
         if llada_ndarray::gguf::is_gguf(path) {
@@ -439,7 +444,22 @@ impl ModelFiles {
             }
             return Self::open_gguf(path);
         }
-        let _ = backend;
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+            // Another export of a model directory (4-bit, f16, ...): the rest of the model is
+            // the directory's.
+            if !matches!(backend, BackendChoice::Ort(_)) {
+                return Err(Error::WeightsFormat {
+                    backend: backend.name(),
+                    format: "onnx",
+                    path: path.to_path_buf(),
+                });
+            }
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            return Self::open_dir(
+                dir.unwrap_or(Path::new(".")),
+                WeightSource::Onnx(path.to_path_buf()),
+            );
+        }
         Err(Error::MissingDirectory {
             path: path.to_path_buf(),
         })

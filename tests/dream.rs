@@ -340,7 +340,7 @@ fn ort() -> Pipeline {
     Pipeline::open(dream_model(), &choice).unwrap()
 }
 
-/// The ONNX export of the Dream model (tests/fixtures/export_onnx.py, which declares the
+/// The ONNX export of the Dream model (llada-ort/export/export_onnx.py, which declares the
 /// shift in its metadata) answers as the ndarray backend does with Dream's rule.
 #[test]
 fn onnx_runtime_runs_dream_with_the_same_answers() {

@@ -193,7 +193,7 @@ fn onnx_runtime_refuses_block_causal_requests_by_name() {
     assert!(err.to_string().contains("block-causal"), "{err}");
 }
 
-/// The LLaDA2 export (tests/fixtures/export_onnx.py: the block mask built in the graph from
+/// The LLaDA2 export (llada-ort/export/export_onnx.py: the block mask built in the graph from
 /// its `block_length` input) gives transformers' block-causal logits, refuses bidirectional
 /// requests, and answers through the pipeline as the ndarray backend does (every pass in full:
 /// the graph has no cache).

@@ -277,7 +277,7 @@ fn ort() -> Pipeline {
 }
 
 /// ONNX Runtime's logits of the export (every expert computed, the unchosen ones weighted by
-/// zero: tests/fixtures/export_onnx.py) are transformers' within 1e-4.
+/// zero: llada-ort/export/export_onnx.py) are transformers' within 1e-4.
 #[test]
 fn onnx_runtime_gives_transformers_logits_for_llada_moe() {
     use llada::core::{ForwardRequest, MaskPredictor};

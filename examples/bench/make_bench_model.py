@@ -14,11 +14,14 @@ Outputs in OUT_DIR
                      {"format": "pt"}. Weights: N(0, 0.02^2) for every linear and embedding matrix, 1.0 for every
                      RMSNorm weight. Each tensor is drawn from its own numpy PCG64 stream seeded by (seed,
                      crc32(tensor name)), so the same seed gives the same bytes, whatever the order of writing.
-- model.onnx         unless --no-onnx: tests/fixtures/export_onnx.py's graph (inputs input_ids / attention_mask int64
-                     [batch, seq], output logits float32 [batch, seq, vocab], opset 17, float32 weights), exported
+- model.onnx         unless --no-onnx: llada-ort/export/export_onnx.py's cached graph (input_ids, attention_mask,
+                     position_start, logits_window and the past keys/values in; the logits window and the present
+                     keys/values out; opset 17, float32 weights), exported
                      from the weights as loaded back from model.safetensors (so for --dtype bf16 it holds the
                      bf16-rounded values in float32 and both engines compute the same function). One self-check
                      against PyTorch (batch 1, seq 16, max |diff| < 1e-4) follows the export.
+- model-int4.onnx    unless --no-onnx: model.onnx with 4-bit weights (ONNX Runtime's MatMulNBits quantizer, blocks of
+                     128, symmetric, accuracy_level 4: int8 activations on CPU), by export_onnx.quantize_int4.
 - make_bench_model.json  a stamp: what was generated (seed, dtype, config, init) and the sizes / sha256 of the files.
   A rerun whose request matches the stamp, and whose files are still there with the recorded sizes, does nothing;
   --force regenerates everything. New weights delete a stale model.onnx.
@@ -42,8 +45,11 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.normpath(os.path.join(HERE, "..", "..", "tests", "fixtures"))
 sys.path.insert(0, FIXTURES)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "llada-ort", "export"))
 
 GENERATOR_VERSION = 1
+INT4_NAME = "model-int4.onnx"
+INT4_BLOCK = 128
 STAMP_NAME = "make_bench_model.json"
 INIT_STD = 0.02
 
@@ -208,9 +214,11 @@ def onnx_self_check(onnx_path: str, out: str, threads: int, atol: float = 1e-4) 
     import onnxruntime as ort
     import torch
 
+    import export_onnx as eo
     import llada_torch as lt
 
     model = lt.load_model(out)
+    spec = eo.Spec(model)
     cfg = model.cfg
     L = min(16, cfg.max_sequence_length)
     rng = np.random.default_rng(1234)
@@ -223,7 +231,7 @@ def onnx_self_check(onnx_path: str, out: str, threads: int, atol: float = 1e-4) 
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
-    got = sess.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]
+    got = eo.full_runner(sess, spec)(ids, mask)
     if got.shape != want.shape:
         raise SystemExit(f"self-check FAILED: ONNX logits shape {got.shape}, PyTorch {want.shape}")
     d = float(np.max(np.abs(got - want)))
@@ -246,6 +254,13 @@ def export_onnx_file(out: str, threads: int) -> dict:
         info = eo.export(model, out, onnx_path, 17, "float32", "auto")
     del model
     return info
+
+
+def quantize_onnx_file(out: str) -> int:
+    """model-int4.onnx: model.onnx with 4-bit MatMulNBits weights (blocks of 128, symmetric, accuracy_level 4)."""
+    import export_onnx as eo
+
+    return eo.quantize_int4(os.path.join(out, "model.onnx"), os.path.join(out, INT4_NAME), INT4_BLOCK, True, 4, "auto")
 
 
 def fmt_bytes(n: int) -> str:
@@ -301,7 +316,8 @@ def main() -> int:
 
     if args.onnx:
         rec = stamp.get("onnx") or {}
-        onnx_ok = (rec.get("source_sha256") == stamp["safetensors"]["sha256"] and file_matches(onnx_path, rec))
+        onnx_ok = (rec.get("source_sha256") == stamp["safetensors"]["sha256"] and rec.get("graph") == "cached"
+                   and file_matches(onnx_path, rec))
         if onnx_ok:
             print(f"{onnx_path}: up to date ({fmt_bytes(os.path.getsize(onnx_path))}), skipped")
         else:
@@ -324,9 +340,22 @@ def main() -> int:
             print(f"self-check took {time.time() - t0:.1f}s")
             stamp["onnx"] = {"bytes": size, "sha256": sha256_file(onnx_path),
                              "source_sha256": stamp["safetensors"]["sha256"], "opset": 17,
-                             "weights_dtype": "float32", "external_data": bool(info["external"]),
+                             "weights_dtype": "float32", "external_data": bool(info["external"]), "graph": "cached",
                              "self_check_max_abs_diff": diff}
             write_stamp(out, stamp)
+        int4_path = os.path.join(out, INT4_NAME)
+        rec = stamp.get("onnx_int4") or {}
+        if (rec.get("source_sha256") == stamp["onnx"]["sha256"] and rec.get("block_size") == INT4_BLOCK
+                and file_matches(int4_path, rec)):
+            print(f"{int4_path}: up to date ({fmt_bytes(os.path.getsize(int4_path))}), skipped")
+        else:
+            t0 = time.time()
+            n = quantize_onnx_file(out)
+            stamp["onnx_int4"] = {"bytes": os.path.getsize(int4_path), "sha256": sha256_file(int4_path),
+                                  "source_sha256": stamp["onnx"]["sha256"], "matmuls": n, "block_size": INT4_BLOCK,
+                                  "symmetric": True, "accuracy_level": 4}
+            write_stamp(out, stamp)
+            print(f"wrote {int4_path}: {fmt_bytes(os.path.getsize(int4_path))} in {time.time() - t0:.1f}s")
     print(f"done in {time.time() - t_start:.1f}s: {out}")
     return 0
 

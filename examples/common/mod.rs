@@ -52,8 +52,10 @@ pub(crate) enum AlgFlag {
 /// Where the model is and what runs it.
 #[derive(Args, Debug)]
 pub(crate) struct ModelArgs {
-    /// Model directory (config.json, tokenizer.json, tokenizer_config.json, weights), or a
-    /// GGUF file (llama.cpp's format: the whole model in one file; ndarray backend).
+    /// Model directory (config.json, tokenizer.json, tokenizer_config.json, weights), a GGUF
+    /// file (llama.cpp's format: the whole model in one file; ndarray backend), or an ONNX
+    /// export in a model directory other than its model.onnx (say model-int4.onnx; --backend
+    /// ort).
     #[arg(long, default_value_os_t = llada_test_support::bundled_model())]
     pub(crate) model: PathBuf,
     /// Backend.
@@ -161,9 +163,9 @@ pub(crate) struct SamplingArgs {
     /// With --editing-threshold: the most edit-only passes after a block's last mask.
     #[arg(long, default_value_t = 16)]
     pub(crate) max_post_steps: usize,
-    /// Key/value cache (ndarray backend): Fast-dLLM's block-wise cache (approximate) on
-    /// LLaDA, LLaDA-MoE and Dream; on LLaDA2.x the prefix cache is exact [default: the
-    /// model's: prefix for LLaDA2.x, else none].
+    /// Key/value cache (ndarray backend, and ONNX Runtime on the exporter's cached graph):
+    /// Fast-dLLM's block-wise cache (approximate) on LLaDA, LLaDA-MoE and Dream; on LLaDA2.x
+    /// the prefix cache is exact [default: the model's: prefix for LLaDA2.x, else none].
     #[arg(long, value_enum)]
     pub(crate) cache: Option<CacheFlag>,
     /// Stop once a finished block holds end of text (EOS or EOT): the rest is filled with EOS

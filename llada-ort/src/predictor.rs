@@ -319,6 +319,8 @@ pub struct OrtPredictor {
     block_causal: bool,
     /// The cached graph's interface and cache, when the model is one.
     kv: Option<KvGraph>,
+    /// A plain graph was asked for a cache once (and said it has none).
+    warned_no_cache: bool,
 }
 
 impl std::fmt::Debug for OrtPredictor {
@@ -531,6 +533,7 @@ impl OrtPredictor {
             shifted,
             block_causal,
             kv,
+            warned_no_cache: false,
         })
     }
 
@@ -601,6 +604,13 @@ impl OrtPredictor {
                 request,
                 (self.vocab, &self.logits_name),
                 logits,
+            );
+        }
+        if request.cache().is_some() && !self.warned_no_cache {
+            self.warned_no_cache = true;
+            tracing::warn!(
+                model = %self.path.display(),
+                "the graph has no key/value inputs: every pass runs in full (export it with `llada-ort/export/export_onnx.py --graph cached` for the prefix and dual caches)"
             );
         }
         // Block-causal: nothing after the window's block is attended to; run up to there.
