@@ -477,8 +477,7 @@ where
     ids.resize(seq, mask_id);
     let span = prompt_len..prompt_len + 32;
     let mut logits = vec![0.0f32; 32 * context.vocab_size()];
-    let mut time = |hint: Option<(CacheMode, bool)>, context: &mut P|
-     -> anyhow::Result<f64> {
+    let mut time = |hint: Option<(CacheMode, bool)>, context: &mut P| -> anyhow::Result<f64> {
         let mut request = ForwardRequest::new(&ids, 1, seq)?.with_window(span.clone())?;
         if let Some((mode, refresh)) = hint {
             request = request.with_cache(CacheHint {
@@ -1215,6 +1214,17 @@ fn main() -> anyhow::Result<()> {
     print!("{md}");
     if let Some(section) = moe_section(&cli)? {
         md.push_str(&section);
+    }
+    // The sections measured apart (--only-llada2, --only-onnx) stay as the last report has them.
+    let previous = std::fs::read_to_string(&cli.out).unwrap_or_default();
+    for heading in ["\n## Block diffusion", "\n## ONNX Runtime"] {
+        if let Some(start) = previous.find(heading) {
+            let rest = &previous[start + 1..];
+            let end = rest.find("\n## ").map_or(rest.len(), |e| e + 1);
+            md.push('\n');
+            md.push_str(rest[..end].trim_end());
+            md.push('\n');
+        }
     }
     std::fs::write(&cli.out, &md).with_context(|| format!("writing {}", cli.out.display()))?;
     eprintln!("wrote {}", cli.out.display());

@@ -145,7 +145,12 @@ pub(crate) fn section(inputs: &Inputs<'_>, cpu: &str, mask_id: u32) -> anyhow::R
     if !inputs.skip_python {
         eprintln!("ONNX Runtime from Python: cached steps");
         let (full, dual, prefix, version) = python_steps(inputs)?;
-        steps.push(("onnxruntime from Python, f32, `sess.run`", full, dual, prefix));
+        steps.push((
+            "onnxruntime from Python, f32, `sess.run`",
+            full,
+            dual,
+            prefix,
+        ));
         python_version = Some(version);
     }
 
@@ -203,10 +208,7 @@ pub(crate) fn section(inputs: &Inputs<'_>, cpu: &str, mask_id: u32) -> anyhow::R
         "\nOne forward pass (batch 1, full logits), median of {} interleaved runs:\n",
         inputs.repeats
     )?;
-    writeln!(
-        md,
-        "| engine | tokens | median (s) | ratio to ORT f32 |"
-    )?;
+    writeln!(md, "| engine | tokens | median (s) | ratio to ORT f32 |")?;
     writeln!(md, "|---|---:|---:|---:|")?;
     for &(ref label, len, t) in &forwards {
         let base = forwards

@@ -192,7 +192,17 @@ impl OrtPredictorBuilder {
         let session = builder.commit_from_file(&path).map_err(model_error)?;
         SESSIONS.fetch_add(1, Ordering::Relaxed);
         let max_len = self.max_sequence_length.unwrap_or(usize::MAX);
-        OrtPredictor::from_session(session, path, &self, providers, max_len)
+        #[allow(unused_mut)]
+        let mut predictor = OrtPredictor::from_session(session, path, &self, providers, max_len)?;
+        #[cfg(feature = "cuda")]
+        if let Some(device_id) = self.providers.iter().find_map(|p| match p {
+            ExecutionProvider::Cuda { device_id } => Some(*device_id),
+            _ => None,
+        }) && predictor.providers.contains(&"cuda")
+        {
+            predictor.keep_cache_on_cuda(device_id)?;
+        }
+        Ok(predictor)
     }
 }
 
@@ -543,6 +553,27 @@ impl OrtPredictor {
     /// in full.
     pub fn has_cache(&self) -> bool {
         self.kv.is_some()
+    }
+
+    /// With the CUDA provider: the cached graph's keys and values stay in GPU memory between
+    /// steps (bound as device tensors; only the ids, the mask and the logits window cross to
+    /// the host).
+    #[cfg(feature = "cuda")]
+    fn keep_cache_on_cuda(&mut self, device_id: i32) -> Result<(), OrtError> {
+        use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+        let Some(kv) = self.kv.as_mut() else {
+            return Ok(());
+        };
+        let info = MemoryInfo::new(
+            AllocationDevice::CUDA,
+            device_id,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(OrtError::Run)?;
+        let allocator = Allocator::new(&self.session, info).map_err(OrtError::Run)?;
+        kv.on_device(allocator);
+        Ok(())
     }
 
     /// Execution providers in use, in priority order (`"cpu"` last).
