@@ -444,7 +444,10 @@ impl ModelFiles {
             }
             return Self::open_gguf(path);
         }
-        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+        {
             // Another export of a model directory (4-bit, f16, ...): the rest of the model is
             // the directory's.
             if !matches!(backend, BackendChoice::Ort(_)) {

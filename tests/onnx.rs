@@ -37,7 +37,11 @@ fn the_4_bit_export_answers_within_2_points_of_f32() {
     let mut f32_graph = ort(&bundled_model());
     let mut int4 = ort(&bundled_model().join("model-int4.onnx"));
     let params = f32_graph.default_params();
-    assert_eq!(params, int4.default_params(), "the same directory's defaults");
+    assert_eq!(
+        params,
+        int4.default_params(),
+        "the same directory's defaults"
+    );
     let total = eval_set().items.len();
     let (a, b) = (
         exact_matches(&mut f32_graph, &params),
