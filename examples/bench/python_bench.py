@@ -83,8 +83,17 @@ class OrtEngine:
         self.sess = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), so,
                                          providers=["CPUExecutionProvider"])
 
+        # The exporter's cached graph: a full pass is position_start 0 over an empty past.
+        self.past = [(i.name, i.shape) for i in self.sess.get_inputs() if i.name.startswith("past_")]
+
     def inputs(self, ids: np.ndarray):
-        return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        if self.past:
+            feed["position_start"] = np.array([0], np.int64)
+            feed["logits_window"] = np.array([0, ids.shape[1]], np.int64)
+            for name, shape in self.past:
+                feed[name] = np.zeros((ids.shape[0], shape[1], 0, shape[3]), np.float32)
+        return feed
 
     def run(self, feed) -> np.ndarray:
         return self.sess.run(["logits"], feed)[0]

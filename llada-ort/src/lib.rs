@@ -6,6 +6,14 @@
 //! can be loaded the error lists the paths tried and how to get one
 //! (`pip install onnxruntime==1.31.1`).
 //!
+//! Models come from the project's exporter (`llada-ort/export/export_onnx.py`), whose default
+//! *cached graph* takes the key/value cache as inputs and outputs: with it, the sampler's
+//! [`CacheMode::Prefix`](llada_core::CacheMode) and `Dual` (and LLaDA2.x's exact prefix cache)
+//! compute only the block, as on the ndarray backend, and a warm step allocates nothing (its
+//! tensors are bound once per shape through `IoBinding`; with CUDA the cache stays in GPU
+//! memory). A plain graph (`input_ids`, `attention_mask` → `logits`, also other exporters')
+//! runs every pass in full. Weights may be f32, f16, bf16 or 4-bit `MatMulNBits`.
+//!
 //! The process's ONNX Runtime environment is created with telemetry off, and its log goes to
 //! `tracing` (target `ort`) at the most detailed level the subscriber in place at that moment
 //! records, warnings at least.

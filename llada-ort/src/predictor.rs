@@ -327,8 +327,9 @@ pub struct OrtPredictor {
     shifted: bool,
     /// Whether the graph has the block-length input (and the model was trained so).
     block_causal: bool,
-    /// The cached graph's interface and cache, when the model is one.
-    kv: Option<KvGraph>,
+    /// The cached graph's interface and cache, when the model is one (boxed: its buffers and
+    /// binding make it several times the rest of the predictor).
+    kv: Option<Box<KvGraph>>,
     /// A plain graph was asked for a cache once (and said it has none).
     warned_no_cache: bool,
 }
@@ -542,7 +543,7 @@ impl OrtPredictor {
             providers,
             shifted,
             block_causal,
-            kv,
+            kv: kv.map(Box::new),
             warned_no_cache: false,
         })
     }

@@ -11,7 +11,9 @@ use llada_core::{
     WorkspaceBuf, WorkspaceSizes, generate,
 };
 use llada_ort::OrtPredictor;
-use llada_test_support::{bundled_mask_id, bundled_model as fixture, eval_set, ort_library};
+use llada_test_support::{
+    FnPredictor, bundled_mask_id, bundled_model as fixture, eval_set, ort_library, padded_canvas,
+};
 
 const MAX_LEN: usize = 256;
 const VOCAB: usize = 640;
@@ -69,31 +71,11 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// A padded batch of two rows: a prompt, then 32 masks; row 1 left-padded by 6.
-fn canvas() -> (Vec<u32>, Vec<u8>) {
-    let mask_id = bundled_mask_id();
-    let seq = 20 + 32;
-    let mut ids = Vec::new();
-    let mut mask = Vec::new();
-    for (r, pad) in [0usize, 6].into_iter().enumerate() {
-        for p in 0..seq {
-            let id = match p {
-                p if p < pad => 0,
-                p if p < 20 => 5 + ((p * 7 + r * 3) % 500) as u32,
-                _ => mask_id,
-            };
-            ids.push(id);
-            mask.push(u8::from(p >= pad));
-        }
-    }
-    (ids, mask)
-}
-
 #[test]
 fn cached_steps_match_the_ndarray_backends_within_1e4() {
     let (mut ort, mut nd) = (ort(), ndarray());
     for mode in [CacheMode::Dual, CacheMode::Prefix] {
-        let (mut ids, mask) = canvas();
+        let (mut ids, mask) = padded_canvas();
         let seq = ids.len() / 2;
         // Blocks of 16 after the prompt; the first one is being denoised.
         let block = 20..36;
@@ -135,27 +117,20 @@ fn threshold_decoding_with_the_dual_cache_matches_ndarray_over_the_eval_set() {
     params.commit = CommitRule::Threshold(0.9);
     params.cache = CacheMode::Dual;
     let mut ws = WorkspaceBuf::default();
-    let mut run = |p: &mut dyn MaskPredictorDyn, prompt: &[u32]| {
+    let mut run = |p: &mut dyn FnMut(&ForwardRequest<'_>, &mut [f32]), prompt: &[u32]| {
         let mut canvas = vec![0; prompt.len() + params.gen_length];
-        ws.ensure(
-            &WorkspaceSizes::for_generation(
-                &params,
-                1,
-                prompt.len(),
-                VOCAB.max(params.mask_id as usize + 1),
-            )
-            .unwrap(),
-        );
+        let vocab = VOCAB.max(params.mask_id as usize + 1);
+        ws.ensure(&WorkspaceSizes::for_generation(&params, 1, prompt.len(), vocab).unwrap());
         let c = Canvas::from_prompts(&mut canvas, prompt, 1, params.gen_length, params.mask_id)
             .unwrap();
-        let mut predictor = Dyn(p);
+        let mut predictor = FnPredictor(p, VOCAB, MAX_LEN);
         let stats = generate(&mut predictor, &params, c, ws.as_workspace(), &mut ()).unwrap();
         (canvas, stats.forward_passes)
     };
     let (mut differ, mut passes) = (Vec::new(), 0);
     for (i, item) in eval.items.iter().enumerate() {
-        let (a, pa) = run(&mut ort, &item.prompt_ids);
-        let (b, pb) = run(&mut nd, &item.prompt_ids);
+        let (a, pa) = run(&mut |r, l| ort.forward(r, l).unwrap(), &item.prompt_ids);
+        let (b, pb) = run(&mut |r, l| nd.forward(r, l).unwrap(), &item.prompt_ids);
         passes += pa;
         if (a, pa) != (b, pb) {
             differ.push(i);
@@ -174,38 +149,4 @@ fn threshold_decoding_with_the_dual_cache_matches_ndarray_over_the_eval_set() {
         passes < eval.items.len() * params.steps / 2,
         "the threshold rule took {passes} passes"
     );
-}
-
-/// `generate` over either backend through one code path.
-trait MaskPredictorDyn {
-    fn forward_dyn(&mut self, request: &ForwardRequest<'_>, logits: &mut [f32]);
-}
-
-impl<P: MaskPredictor> MaskPredictorDyn for P
-where
-    P::Error: std::fmt::Debug,
-{
-    fn forward_dyn(&mut self, request: &ForwardRequest<'_>, logits: &mut [f32]) {
-        self.forward(request, logits).unwrap();
-    }
-}
-
-struct Dyn<'a>(&'a mut dyn MaskPredictorDyn);
-
-impl MaskPredictor for Dyn<'_> {
-    type Error = core::convert::Infallible;
-    fn vocab_size(&self) -> usize {
-        VOCAB
-    }
-    fn max_sequence_length(&self) -> usize {
-        MAX_LEN
-    }
-    fn forward(
-        &mut self,
-        request: &ForwardRequest<'_>,
-        logits: &mut [f32],
-    ) -> Result<(), Self::Error> {
-        self.0.forward_dyn(request, logits);
-        Ok(())
-    }
 }

@@ -7,34 +7,12 @@
 
 use llada_core::{CacheHint, CacheMode, ForwardRequest};
 use llada_ort::OrtPredictor;
-use llada_test_support::{
-    CountingAllocator, bundled_mask_id, bundled_model as fixture, ort_library,
-};
+use llada_test_support::{CountingAllocator, bundled_model as fixture, ort_library, padded_canvas};
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
 
 const VOCAB: usize = 640;
-
-/// A padded batch of two rows: a prompt, then 32 masks; row 1 left-padded by 6.
-fn canvas() -> (Vec<u32>, Vec<u8>) {
-    let mask_id = bundled_mask_id();
-    let seq = 20 + 32;
-    let mut ids = Vec::new();
-    let mut mask = Vec::new();
-    for (r, pad) in [0usize, 6].into_iter().enumerate() {
-        for p in 0..seq {
-            let id = match p {
-                p if p < pad => 0,
-                p if p < 20 => 5 + ((p * 7 + r * 3) % 500) as u32,
-                _ => mask_id,
-            };
-            ids.push(id);
-            mask.push(u8::from(p >= pad));
-        }
-    }
-    (ids, mask)
-}
 
 #[test]
 fn a_warm_cached_step_allocates_nothing() {
@@ -43,7 +21,7 @@ fn a_warm_cached_step_allocates_nothing() {
         .intra_threads(2)
         .build()
         .unwrap();
-    let (mut ids, mask) = canvas();
+    let (mut ids, mask) = padded_canvas();
     let block = 36..52;
     let mut logits = vec![0.0; 2 * block.len() * VOCAB];
     let mut step = |ids: &[u32], refresh: bool| {

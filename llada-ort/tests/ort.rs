@@ -11,7 +11,9 @@ use llada_core::{
     Canvas, ForwardRequest, GenerateParams, MaskPredictor, WorkspaceBuf, WorkspaceSizes, generate,
 };
 use llada_ort::{OrtError, OrtPredictor};
-use llada_test_support::{bundled_mask_id, bundled_model as fixture, eval_set, ort_library};
+use llada_test_support::{
+    FnPredictor, bundled_mask_id, bundled_model as fixture, eval_set, ort_library,
+};
 
 /// The bundled model's `max_sequence_length` (its config.json).
 const MAX_LEN: usize = 256;
@@ -136,31 +138,6 @@ fn generate_gives_identical_tokens_on_both_backends_over_the_eval_set() {
         "{differ} of {} generations differ between ONNX Runtime and ndarray",
         eval.items.len()
     );
-}
-
-/// Adapts a forward closure to `MaskPredictor`, so both backends run the same code path.
-struct FnPredictor<'a>(
-    &'a mut dyn FnMut(&ForwardRequest<'_>, &mut [f32]),
-    usize,
-    usize,
-);
-
-impl MaskPredictor for FnPredictor<'_> {
-    type Error = core::convert::Infallible;
-    fn vocab_size(&self) -> usize {
-        self.1
-    }
-    fn max_sequence_length(&self) -> usize {
-        self.2
-    }
-    fn forward(
-        &mut self,
-        request: &ForwardRequest<'_>,
-        logits: &mut [f32],
-    ) -> Result<(), Self::Error> {
-        (self.0)(request, logits);
-        Ok(())
-    }
 }
 
 #[test]

@@ -115,6 +115,27 @@ pub fn bundled_mask_id() -> u32 {
     special_id("<|mdm_mask|>")
 }
 
+/// A left-padded batch of two rows for the bundled model: a 20-token prompt (ids from 5 on),
+/// then 32 masks; row 1 padded by 6 (id 0, mask 0). Ids `[2, 52]` and the attention mask.
+pub fn padded_canvas() -> (Vec<u32>, Vec<u8>) {
+    let mask_id = bundled_mask_id();
+    let seq = 20 + 32;
+    let mut ids = Vec::with_capacity(2 * seq);
+    let mut mask = Vec::with_capacity(2 * seq);
+    for (r, pad) in [0usize, 6].into_iter().enumerate() {
+        for p in 0..seq {
+            let id = match p {
+                p if p < pad => 0,
+                p if p < 20 => 5 + ((p * 7 + r * 3) % 500) as u32,
+                _ => mask_id,
+            };
+            ids.push(id);
+            mask.push(u8::from(p >= pad));
+        }
+    }
+    (ids, mask)
+}
+
 /// Generated ids up to the first EOS or EOT of the bundled model.
 pub fn answer_of(output: &[u32]) -> &[u32] {
     let (eos, eot) = (special_id("<|endoftext|>"), special_id("<|eot_id|>"));
@@ -285,4 +306,32 @@ pub fn safetensors_tensor(path: &Path, name: &str) -> (Vec<usize>, Vec<f64>) {
         other => panic!("{name}: {other:?} tensors are not read here"),
     };
     (t.shape().to_vec(), values)
+}
+
+/// Adapts a forward closure (over any backend, its errors unwrapped) to `MaskPredictor`, so that
+/// two backends run one generic code path with one set of buffers.
+pub struct FnPredictor<'a>(
+    pub &'a mut dyn FnMut(&llada_core::ForwardRequest<'_>, &mut [f32]),
+    /// The vocabulary.
+    pub usize,
+    /// The longest sequence.
+    pub usize,
+);
+
+impl llada_core::MaskPredictor for FnPredictor<'_> {
+    type Error = core::convert::Infallible;
+    fn vocab_size(&self) -> usize {
+        self.1
+    }
+    fn max_sequence_length(&self) -> usize {
+        self.2
+    }
+    fn forward(
+        &mut self,
+        request: &llada_core::ForwardRequest<'_>,
+        logits: &mut [f32],
+    ) -> Result<(), Self::Error> {
+        (self.0)(request, logits);
+        Ok(())
+    }
 }
