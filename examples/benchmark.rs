@@ -36,6 +36,8 @@ mod moe;
 mod onnx;
 #[path = "bench/python.rs"]
 mod python;
+#[path = "bench/real_scale.rs"]
+mod real_scale;
 
 /// Counts heap allocations, to report allocations per denoising step.
 #[global_allocator]
@@ -103,6 +105,44 @@ struct Cli {
     /// per warm step), and replace that section of `--out`.
     #[arg(long)]
     only_onnx: bool,
+    /// Measure only the real-scale files (LLaDA-8B-Instruct's exact shape, random weights, Q4_K_M
+    /// and Q8_0; written into `--real-scale-dir` when missing, about 13 GiB) beside llama.cpp,
+    /// and replace that section of `--out`. Takes about half an hour on 2 cores.
+    #[arg(long)]
+    only_real_scale: bool,
+    /// Also measure the real-scale files in a full run.
+    #[arg(long)]
+    real_scale: bool,
+    /// Where the real-scale files are written and reused (default: the user's cache,
+    /// `~/.cache/llada/real-scale`).
+    #[arg(long)]
+    real_scale_dir: Option<PathBuf>,
+    /// Leave out the real-scale end-to-end generations (the longest part of that section).
+    #[arg(long)]
+    real_scale_skip_end_to_end: bool,
+    /// Internal: write one real-scale file from this model directory (a child process).
+    #[arg(long, hide = true, requires_all = ["write_type", "write_out"])]
+    write_shape: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    write_type: Option<llada::ndarray::gguf::FileType>,
+    #[arg(long, hide = true)]
+    write_out: Option<PathBuf>,
+    /// Internal: time to first step and memory of one GGUF file (a child process).
+    #[arg(long, hide = true)]
+    probe: Option<PathBuf>,
+}
+
+impl Cli {
+    fn real_scale_inputs<'a>(&'a self, dir: &'a Path, machine: &'a str) -> real_scale::Inputs<'a> {
+        real_scale::Inputs {
+            dir,
+            llama_cpp: (!self.skip_llama_cpp).then_some(self.llama_cpp.as_path()),
+            threads: self.threads,
+            machine,
+            repeats: self.repeats.min(3),
+            end_to_end: !self.real_scale_skip_end_to_end,
+        }
+    }
 }
 
 /// `report` with its mixture-of-experts section (from its heading to the next `## `) replaced
@@ -618,7 +658,33 @@ fn fast_dllm_rows(threads: usize) -> anyhow::Result<FastDllm> {
 }
 
 fn main() -> anyhow::Result<()> {
+    let started = Instant::now();
     let cli = Cli::parse();
+    if let Some(file) = &cli.probe {
+        return real_scale::probe_child(file, cli.threads, started);
+    }
+    if let (Some(dir), Some(ty), Some(out)) = (&cli.write_shape, cli.write_type, &cli.write_out) {
+        return real_scale::write_child(dir, ty, out);
+    }
+    let real_scale_dir = cli
+        .real_scale_dir
+        .clone()
+        .unwrap_or_else(real_scale::default_dir);
+    if cli.only_real_scale {
+        if !cli.skip_llama_cpp {
+            ensure_llama_cpp(&cli)?;
+        }
+        let (cpu, _) = cpu_description();
+        let section = real_scale::section(&cli.real_scale_inputs(&real_scale_dir, &cpu))?;
+        let report = std::fs::read_to_string(&cli.out).unwrap_or_default();
+        std::fs::write(
+            &cli.out,
+            splice_section(&report, "\n## Real scale", &section),
+        )
+        .with_context(|| format!("writing {}", cli.out.display()))?;
+        eprintln!("{section}\nwrote {}", cli.out.display());
+        return Ok(());
+    }
     if cli.only_llada2 {
         let (cpu, _) = cpu_description();
         let section = llada2::section(&cpu, &cli.gguf_dir, cli.threads, cli.repeats)?
@@ -1215,9 +1281,26 @@ fn main() -> anyhow::Result<()> {
     if let Some(section) = moe_section(&cli)? {
         md.push_str(&section);
     }
-    // The sections measured apart (--only-llada2, --only-onnx) stay as the last report has them.
+    // The sections measured apart (--only-llada2, --only-onnx, --only-real-scale without
+    // --real-scale) stay as the last report has them.
     let previous = std::fs::read_to_string(&cli.out).unwrap_or_default();
-    for heading in ["\n## Block diffusion", "\n## ONNX Runtime"] {
+    let real_scale = if cli.real_scale {
+        let (cpu, _) = cpu_description();
+        Some(real_scale::section(
+            &cli.real_scale_inputs(&real_scale_dir, &cpu),
+        )?)
+    } else {
+        None
+    };
+    for heading in [
+        "\n## Block diffusion",
+        "\n## ONNX Runtime",
+        "\n## Real scale",
+    ] {
+        if let (Some(section), "\n## Real scale") = (&real_scale, heading) {
+            md.push_str(section);
+            continue;
+        }
         if let Some(start) = previous.find(heading) {
             let rest = &previous[start + 1..];
             let end = rest.find("\n## ").map_or(rest.len(), |e| e + 1);

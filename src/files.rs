@@ -724,6 +724,21 @@ impl ModelFiles {
         crate::gguf::write(self, out.as_ref(), file_type)
     }
 
+    /// Writes a GGUF file of this model's shape (the tensors, names, types and metadata that
+    /// [`write_gguf`](Self::write_gguf) writes) with seeded random weights in place of the
+    /// checkpoint's, which is not read and need not be present: for measuring speed and memory
+    /// at a real model's size when its weights are not at hand. The same seed writes the same
+    /// file; memory stays a few MiB while writing.
+    #[cfg(feature = "ndarray")]
+    pub fn write_gguf_random(
+        &self,
+        out: impl AsRef<Path>,
+        file_type: llada_ndarray::gguf::FileType,
+        seed: u64,
+    ) -> Result<llada_ndarray::gguf::Written, Error> {
+        crate::gguf::write_random(self, out.as_ref(), file_type, seed)
+    }
+
     /// The parameters that fit the model: its decoding lengths and its mask, EOS and EOT
     /// ids; the reference sampler's for everything else.
     pub fn default_params(&self) -> GenerateParams {

@@ -385,14 +385,7 @@ pub(crate) fn write(
     out: &Path,
     file_type: FileType,
 ) -> Result<Written, Error> {
-    let stage = |e: llada_ndarray::LoadError| {
-        let stage = if matches!(e, llada_ndarray::LoadError::Write { .. }) {
-            Stage::Write
-        } else {
-            Stage::Load
-        };
-        Error::from(BackendError::wrap("ndarray", stage, e))
-    };
+    let stage = write_stage;
     let weights = match files.weights() {
         crate::WeightSource::Safetensors(path) => path,
         crate::WeightSource::Gguf(path) => {
@@ -407,6 +400,38 @@ pub(crate) fn write(
             });
         }
     };
+    let (config, extra) = config_and_metadata(files, out)?;
+    llada_ndarray::gguf::write_checkpoint(&config, weights, file_type, &extra, out).map_err(stage)
+}
+
+/// Writes `files`' model shape as one GGUF file at `out` with seeded random weights (see
+/// [`ModelFiles::write_gguf_random`](crate::ModelFiles::write_gguf_random)).
+pub(crate) fn write_random(
+    files: &crate::ModelFiles,
+    out: &Path,
+    file_type: FileType,
+    seed: u64,
+) -> Result<Written, Error> {
+    let (config, extra) = config_and_metadata(files, out)?;
+    llada_ndarray::gguf::write_random(&config, file_type, seed, &extra, out).map_err(write_stage)
+}
+
+/// A write's error at the stage it happened: writing the file, or reading what goes in it.
+fn write_stage(e: llada_ndarray::LoadError) -> Error {
+    let stage = if matches!(e, llada_ndarray::LoadError::Write { .. }) {
+        Stage::Write
+    } else {
+        Stage::Load
+    };
+    Error::from(BackendError::wrap("ndarray", stage, e))
+}
+
+/// The ndarray configuration of `files` and the metadata a GGUF file of it carries beyond its
+/// hyper-parameters: tokenizer, chat template, special ids and the file's name.
+fn config_and_metadata(
+    files: &crate::ModelFiles,
+    out: &Path,
+) -> Result<(llada_ndarray::Config, Vec<(String, Value)>), Error> {
     let load = |e| Error::from(BackendError::wrap("ndarray", Stage::Load, e));
     let config = llada_ndarray::Config::from_value(files.config().clone()).map_err(load)?;
     let mut extra = tokenizer_metadata(files, out)?;
@@ -421,7 +446,7 @@ pub(crate) fn write(
     if let Some(name) = out.file_stem().and_then(|s| s.to_str()) {
         extra.push(("general.name".to_string(), Value::String(name.to_string())));
     }
-    llada_ndarray::gguf::write_checkpoint(&config, weights, file_type, &extra, out).map_err(stage)
+    Ok((config, extra))
 }
 
 #[cfg(test)]

@@ -264,6 +264,80 @@ fn every_file_type_gets_llama_cpps_tensor_types_and_answers() {
     }
 }
 
+/// A file of the model's shape with random weights (the benchmark's real-scale files): the
+/// tensors, types and metadata of the real export, the same bytes for the same seed, other
+/// bytes for another, values at the initialisation scale, and a model that loads and runs.
+#[test]
+fn a_random_file_has_the_exports_tensors_and_metadata_and_its_seeds_bytes() {
+    let files = ModelFiles::open(bundled_model(), &BackendChoice::Ndarray).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let real = write(&files, dir.path(), FileType::Q8_0);
+    // The same file name (it is written as `general.name`) in three folders.
+    let random = |folder: &str, seed: u64| {
+        let out = dir.path().join(folder).join("random.gguf");
+        std::fs::create_dir(out.parent().unwrap()).unwrap();
+        let written = files.write_gguf_random(&out, FileType::F32, seed).unwrap();
+        assert_eq!(written.bytes, std::fs::metadata(&out).unwrap().len());
+        out
+    };
+    let (a, b, c) = (random("a", 1), random("b", 1), random("c", 2));
+    let bytes = |p: &Path| std::fs::read(p).unwrap();
+    assert!(bytes(&a) == bytes(&b), "the same seed wrote other bytes");
+    assert!(bytes(&a) != bytes(&c), "another seed wrote the same bytes");
+    let q8 = dir.path().join("q8.gguf");
+    files.write_gguf_random(&q8, FileType::Q8_0, 1).unwrap();
+
+    let (real, q8, a) = (
+        GgufFile::open(&real).unwrap(),
+        GgufFile::open(&q8).unwrap(),
+        GgufFile::open(&a).unwrap(),
+    );
+    let table = |f: &GgufFile| {
+        f.tensors()
+            .iter()
+            .map(|t| (t.name.clone(), t.dims.clone(), t.ty))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(table(&q8), table(&real));
+    let keys = |f: &GgufFile| {
+        let mut keys: Vec<_> = f.keys().map(str::to_string).collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(keys(&q8), keys(&real));
+    for key in [
+        "tokenizer.ggml.tokens",
+        "tokenizer.chat_template",
+        "llada.block_count",
+    ] {
+        assert_eq!(q8.get(key), real.get(key), "{key}");
+    }
+    // f32 values: norms 1, matrices uniform with standard deviation 0.02.
+    let floats = |name: &str| -> Vec<f32> {
+        a.data(a.tensor(name).unwrap())
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    assert!(floats("blk.0.attn_norm.weight").iter().all(|&v| v == 1.0));
+    let q = floats("blk.0.attn_q.weight");
+    let std = (q.iter().map(|v| v * v).sum::<f32>() / q.len() as f32).sqrt();
+    assert!((std - 0.02).abs() < 0.001, "standard deviation {std}");
+    assert!(q.iter().all(|v| v.abs() <= 0.0347));
+    drop((real, q8, a));
+
+    let (_keep, alone) = alone(&dir.path().join("q8.gguf"));
+    let mut pipeline =
+        Pipeline::new(Model::load(&alone, &BackendChoice::Ndarray).unwrap()).unwrap();
+    let params = pipeline
+        .default_params()
+        .with_gen_length(8)
+        .with_steps(8)
+        .with_block_length(8);
+    let out = pipeline.generate("reverse:pen,frog,rock", &params).unwrap();
+    assert_eq!(out.output_ids.len(), 8);
+}
+
 /// Quantizing llama.cpp's F32 file gives the bytes `llama-quantize` wrote for Q8_0 and Q4_0,
 /// tensor for tensor, and keeps the file's tokenizer and template.
 #[test]

@@ -46,7 +46,7 @@ pub(crate) struct FastRow {
 }
 
 /// A prompt whose chat-formatted ids are exactly [`PROMPT`] tokens for this model.
-fn prompt_text(model: &Model) -> anyhow::Result<String> {
+pub(crate) fn prompt_text(model: &Model) -> anyhow::Result<String> {
     let words = [
         "apple", "river", "stone", "lamp", "fox", "rain", "ship", "tree", "bird", "drum", "boat",
         "nest", "cat", "dog", "milk", "map", "rose", "hill", "owl", "hat", "wind", "ring", "bread",
@@ -81,15 +81,17 @@ fn prompt_text(model: &Model) -> anyhow::Result<String> {
     }
 }
 
-/// One `llama-diffusion-cli` run: (generation seconds, forward passes, answer text).
-fn run_llama(
+/// One `llama-diffusion-cli` run with `steps_per_block` steps in each of its blocks:
+/// (generation seconds, forward passes, answer text).
+pub(crate) fn run_llama(
     exe: &Path,
     file: &Path,
     prompt: &str,
     threads: usize,
     canvas: usize,
+    steps_per_block: usize,
 ) -> anyhow::Result<(f64, usize, String)> {
-    let steps = canvas / BLOCK * STEPS_PER_BLOCK;
+    let steps = canvas / BLOCK * steps_per_block;
     let n = canvas.to_string();
     let output = Command::new(exe)
         .args(["-m"])
@@ -140,22 +142,24 @@ fn run_llama(
     // Blocks whose start lies inside the canvas run their steps; the rest one pass each.
     let blocks = canvas / BLOCK;
     let real = (canvas - PROMPT).div_ceil(BLOCK);
-    Ok((ms / 1e3, real * STEPS_PER_BLOCK + (blocks - real), answer))
+    Ok((ms / 1e3, real * steps_per_block + (blocks - real), answer))
 }
 
-/// One run of ours on the same file: (seconds, forward passes, answer text).
-fn run_ours(
+/// One run of ours on the same file with `steps_per_block` steps in each block: (seconds,
+/// forward passes, answer text).
+pub(crate) fn run_ours(
     pipeline: &mut Pipeline,
     prompt: &[u32],
     canvas: usize,
     fast: bool,
+    steps_per_block: usize,
 ) -> anyhow::Result<(f64, usize, String)> {
     let gen_length = canvas - PROMPT;
     let mut params = pipeline
         .default_params()
         .with_gen_length(gen_length)
         .with_block_length(BLOCK)
-        .with_steps(gen_length / BLOCK * STEPS_PER_BLOCK);
+        .with_steps(gen_length / BLOCK * steps_per_block);
     if fast {
         params = params
             .with_commit(CommitRule::Threshold(0.9))
@@ -201,10 +205,10 @@ pub(crate) fn compare(
         let (mut llama_passes, mut our_passes) = (0, 0);
         for _ in 0..repeats {
             eprintln!("llama.cpp vs ours, {label}");
-            let (s, p, a) = run_llama(exe, file, &text, threads, canvas)?;
+            let (s, p, a) = run_llama(exe, file, &text, threads, canvas, STEPS_PER_BLOCK)?;
             llama.push(s / p as f64);
             (llama_passes, llama_answer) = (p, a);
-            let (s, p, a) = run_ours(&mut pipeline, &ids, canvas, false)?;
+            let (s, p, a) = run_ours(&mut pipeline, &ids, canvas, false, STEPS_PER_BLOCK)?;
             ours.push(s / p as f64);
             (our_passes, our_answer) = (p, a);
         }
@@ -222,7 +226,7 @@ pub(crate) fn compare(
             let mut times = Vec::new();
             let mut passes = 0;
             for _ in 0..repeats {
-                let (s, p, _) = run_ours(&mut pipeline, &ids, canvas, true)?;
+                let (s, p, _) = run_ours(&mut pipeline, &ids, canvas, true, STEPS_PER_BLOCK)?;
                 times.push(s);
                 passes = p;
             }

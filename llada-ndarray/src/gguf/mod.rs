@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use thiserror::Error;
 
-pub use export::{FileType, Written, WrittenTensor, requantize, write_checkpoint};
+pub use export::{FileType, Written, WrittenTensor, requantize, write_checkpoint, write_random};
 pub use load::config_json;
 pub(crate) use load::load_model;
 pub use write::GgufWriter;
