@@ -246,6 +246,9 @@ fn stack(
             });
             first_panel += panels;
         }
+        for part in parts {
+            file.release(part.0.info);
+        }
         return Ok(PackedMatrix { k, n, segments });
     }
     // Row r of the stack: (part, row within it).
@@ -286,11 +289,20 @@ fn stack(
             part.0.row_f32(file, s, out);
         }))
     };
+    for part in parts {
+        file.release(part.0.info);
+    }
     Ok(PackedMatrix::single(k, n, data))
 }
 
 /// The token embedding, kept in the file's type (or quantized to `quantize` if it is floats).
 fn table(file: &GgufFile, w: &Weight<'_>, quantize: Option<QuantType>) -> Table {
+    let table = copy_table(file, w, quantize);
+    file.release(w.info);
+    table
+}
+
+fn copy_table(file: &GgufFile, w: &Weight<'_>, quantize: Option<QuantType>) -> Table {
     let data = file.data(w.info);
     let float = matches!(
         w.info.ty,

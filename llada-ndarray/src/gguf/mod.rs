@@ -546,6 +546,27 @@ impl GgufFile {
         &self.map[tensor.offset..tensor.offset + tensor.bytes]
     }
 
+    /// Drops `tensor`'s pages from this process's mapping once its values are packed
+    /// elsewhere, so that a loaded model does not hold both the file's pages and its packed
+    /// copy at once (the page cache keeps them; touching them again reads them back). Best
+    /// effort.
+    pub(crate) fn release(&self, tensor: &TensorInfo) {
+        let page = 4096;
+        let start = tensor.offset.div_ceil(page) * page;
+        let end = (tensor.offset + tensor.bytes) / page * page;
+        if end > start {
+            // SAFETY: the mapping is read-only and backed by the file; dropped pages are read
+            // again from the file if touched, so no data can be lost.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
+            };
+        }
+    }
+
     /// A tensor's values widened to f32, in the file's order (rows of `dims[0]` values), for
     /// every type this backend reads; another type is [`crate::LoadError::Dtype`] naming the
     /// tensor.

@@ -51,6 +51,7 @@ pub(crate) mod q6k {
 }
 
 /// The code of value `v` (0..`ty.block_len()`) of a ggml block.
+#[inline(always)]
 fn code(ty: QuantType, block: &[u8], v: usize) -> i32 {
     match ty {
         QuantType::Q8_0 => i32::from(block[2 + v] as i8),
@@ -73,7 +74,8 @@ fn code(ty: QuantType, block: &[u8], v: usize) -> i32 {
 }
 
 /// Writes the code of value `v` of row `c` into an interleaved panel block's quants `q` (the
-/// bytes after the scales), in `ty`'s layout.
+/// bytes after the scales), in `ty`'s layout: the definition [`put_codes`] is checked against.
+#[cfg(test)]
 fn put_code(ty: QuantType, q: &mut [u8], c: usize, v: usize, code: i32) {
     match ty {
         QuantType::Q8_0 => q[(v / 4) * 64 + c * 4 + v % 4] = code as i8 as u8,
@@ -120,6 +122,19 @@ const fn head_bytes(ty: QuantType) -> usize {
 /// Rewrites 16 rows' ggml blocks of `ty` (`16 × ty.block_bytes()` bytes, one after the other)
 /// into one interleaved panel block (`panel_block_bytes(ty)` bytes).
 pub(crate) fn interleave(ty: QuantType, blocks: &[u8], out: &mut [u8]) {
+    // One copy of the loop per format, `ty` a constant in each: the per-value `match`es of
+    // `code` and `put_code` fold away (loading an 8 B model spends most of its time here
+    // otherwise).
+    match ty {
+        QuantType::Q8_0 => interleave_as(QuantType::Q8_0, blocks, out),
+        QuantType::Q4_0 => interleave_as(QuantType::Q4_0, blocks, out),
+        QuantType::Q4_K => interleave_as(QuantType::Q4_K, blocks, out),
+        _ => interleave_as(QuantType::Q6_K, blocks, out),
+    }
+}
+
+#[inline(always)]
+fn interleave_as(ty: QuantType, blocks: &[u8], out: &mut [u8]) {
     let bytes = ty.block_bytes();
     debug_assert!(is_interleaved(ty) && blocks.len() == NR * bytes);
     out.fill(0);
@@ -144,8 +159,81 @@ pub(crate) fn interleave(ty: QuantType, blocks: &[u8], out: &mut [u8]) {
             }
             _ => head[2 * c..2 * c + 2].copy_from_slice(&block[0..2]),
         }
-        for v in 0..ty.block_len() {
-            put_code(ty, q, c, v, code(ty, block, v));
+        let mut codes = [0i32; 256];
+        codes_of(ty, block, &mut codes);
+        put_codes(ty, q, c, &codes);
+    }
+}
+
+/// Every code of a ggml block of `ty` (what [`code`] gives value by value), the 4-bit formats
+/// a run of bytes at a time.
+#[inline(always)]
+fn codes_of(ty: QuantType, block: &[u8], codes: &mut [i32; 256]) {
+    match ty {
+        QuantType::Q4_K => {
+            let qs = &block[16..144];
+            for chunk in 0..4 {
+                for l in 0..32 {
+                    let b = qs[32 * chunk + l];
+                    codes[64 * chunk + l] = i32::from(b & 0x0F);
+                    codes[64 * chunk + 32 + l] = i32::from(b >> 4);
+                }
+            }
+        }
+        QuantType::Q4_0 => {
+            for l in 0..16 {
+                let b = block[2 + l];
+                codes[l] = i32::from(b & 0x0F);
+                codes[16 + l] = i32::from(b >> 4);
+            }
+        }
+        _ => {
+            for (v, c) in codes.iter_mut().enumerate().take(ty.block_len()) {
+                *c = code(ty, block, v);
+            }
+        }
+    }
+}
+
+/// Writes row `c`'s codes of one block into an interleaved panel block's quants `q` (zeroed):
+/// what [`put_code`] does value by value, a whole byte at a time.
+#[inline(always)]
+fn put_codes(ty: QuantType, q: &mut [u8], c: usize, codes: &[i32; 256]) {
+    match ty {
+        QuantType::Q8_0 => {
+            for g in 0..8 {
+                for j in 0..4 {
+                    q[g * 64 + c * 4 + j] = codes[4 * g + j] as i8 as u8;
+                }
+            }
+        }
+        QuantType::Q4_0 | QuantType::Q4_K => {
+            for sub in 0..ty.block_len() / 32 {
+                for g in 0..4 {
+                    for j in 0..4 {
+                        let v = 32 * sub + 8 * g + j;
+                        q[256 * sub + g * 64 + c * 4 + j] = (codes[v] | (codes[v + 4] << 4)) as u8;
+                    }
+                }
+            }
+        }
+        _ => {
+            for sub in 0..16 {
+                let at = q6k::SUB * sub;
+                for g in 0..2 {
+                    for j in 0..4 {
+                        let v = 16 * sub + 8 * g + j;
+                        q[at + g * 64 + c * 4 + j] =
+                            ((codes[v] & 15) | ((codes[v + 4] & 15) << 4)) as u8;
+                    }
+                }
+                for j in 0..4 {
+                    let high = (0..4).fold(0, |acc, w| {
+                        acc | (((codes[16 * sub + 4 * w + j] >> 4) & 3) << (2 * w))
+                    });
+                    q[at + 128 + c * 4 + j] = high as u8;
+                }
+            }
         }
     }
 }
@@ -243,6 +331,53 @@ pub(crate) fn widen(ty: QuantType, block: &[u8], out: &mut [f32]) {
                         let high = (highs[c * 4] >> (2 * (w / 4))) & 3;
                         row[c] = (i32::from(low | (high << 4)) - 32) as f32 * mul[c];
                     }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whole bytes at a time write what value-by-value writes do, for every format and row.
+    #[test]
+    fn put_codes_writes_what_put_code_writes() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for ty in [
+            QuantType::Q8_0,
+            QuantType::Q4_0,
+            QuantType::Q4_K,
+            QuantType::Q6_K,
+        ] {
+            let size = panel_block_bytes(ty) - head_bytes(ty);
+            for c in [0, 5, NR - 1] {
+                let mut codes = [0i32; 256];
+                for code in codes.iter_mut().take(ty.block_len()) {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    *code = match ty {
+                        QuantType::Q8_0 => (state % 256) as i32 - 128,
+                        QuantType::Q6_K => (state % 64) as i32,
+                        _ => (state % 16) as i32,
+                    };
+                }
+                let (mut whole, mut one) = (vec![0u8; size], vec![0u8; size]);
+                put_codes(ty, &mut whole, c, &codes);
+                for (v, &code) in codes.iter().enumerate().take(ty.block_len()) {
+                    put_code(ty, &mut one, c, v, code);
+                }
+                assert_eq!(whole, one, "{ty:?}, row {c}");
+                // And a block's codes read at once are its codes read one by one.
+                let block: Vec<u8> = (0..ty.block_bytes())
+                    .map(|i| (i * 37 + c * 11) as u8)
+                    .collect();
+                let mut all = [0i32; 256];
+                codes_of(ty, &block, &mut all);
+                for (v, &code_v) in all.iter().enumerate().take(ty.block_len()) {
+                    assert_eq!(code_v, code(ty, &block, v), "{ty:?}, value {v}");
                 }
             }
         }
