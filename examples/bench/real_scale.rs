@@ -157,8 +157,8 @@ pub(crate) fn write_child(model_dir: &Path, ty: FileType, out: &Path) -> anyhow:
     Ok(())
 }
 
-/// The files, written by child processes when missing: (type, path, write report if written
-/// now).
+/// The files, written by child processes when missing: (type, path, the writer's report,
+/// kept beside the file for later runs).
 fn ensure_files(dir: &Path) -> anyhow::Result<Vec<(FileType, PathBuf, Option<Value>)>> {
     let model = model_dir(dir)?;
     let exe = std::env::current_exe()?;
@@ -183,11 +183,26 @@ fn ensure_files(dir: &Path) -> anyhow::Result<Vec<(FileType, PathBuf, Option<Val
                     String::from_utf8_lossy(&output.stderr)
                 );
             }
-            Some(last_json(&output.stdout)?)
+            let report = last_json(&output.stdout)?;
+            std::fs::write(report_path(&path), report.to_string())?;
+            Some(report)
         };
+        // A file written by an earlier run: that run's report, kept beside it.
+        let report = report.or_else(|| {
+            std::fs::read_to_string(report_path(&path))
+                .ok()
+                .and_then(|text| serde_json::from_str(&text).ok())
+        });
         out.push((ty, path, report));
     }
     Ok(out)
+}
+
+/// Where the writer's report (time, peak memory) is kept beside a file it wrote.
+fn report_path(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_os_string();
+    name.push(".written.json");
+    PathBuf::from(name)
 }
 
 fn last_json(stdout: &[u8]) -> anyhow::Result<Value> {
@@ -406,7 +421,10 @@ fn measure(
     };
     let mut e2e = Vec::new();
     let canvas_e2e = llama_cpp::PROMPT + E2E_TOKENS;
-    if inputs.end_to_end {
+    // End to end on the Q4_K_M file only: the per-step rows carry the Q8_0 comparison, and
+    // each end-to-end run at 8 B takes minutes.
+    let end_to_end = inputs.end_to_end && ty == FileType::Q4KM;
+    if end_to_end {
         let (s, p, _) =
             llama_cpp::run_ours(&mut pipeline, &ids, canvas_e2e, false, E2E_STEPS_PER_BLOCK)?;
         e2e.push(("ours".to_string(), p, s));
@@ -420,7 +438,7 @@ fn measure(
             let (s, p, _) = llama_cpp::run_llama(exe, path, &text, inputs.threads, canvas, 1)?;
             *slot = Some(s / p as f64);
         }
-        if inputs.end_to_end {
+        if end_to_end {
             let (s, p, _) = llama_cpp::run_llama(
                 exe,
                 path,
@@ -463,7 +481,7 @@ pub(crate) fn section(inputs: &Inputs<'_>) -> anyhow::Result<String> {
     let mut md = String::new();
     writeln!(
         md,
-        "\n## Real scale\n\nLLaDA-8B-Instruct's exact shape (its `config.json`: vocabulary 126 464, d_model 4096, 32 layers, 32 heads, MLP 12 288; llama.cpp's tensor names and Q4_K_M / Q8_0 type choices), written by `ModelFiles::write_gguf_random` from seeded random weights (uniform, standard deviation 0.02) one slice of rows at a time into `{}`, reused when present; llama.cpp's `llama-diffusion-cli` runs the same files. {}, {} threads per engine; `cargo run --release --example benchmark -- --only-real-scale` measures this section alone. Memory read bandwidth measured here (each thread summing its half of a 1 GiB buffer, best of 5): {:.1} GB/s.\n",
+        "\n## Real scale\n\nLLaDA-8B-Instruct's exact shape (its `config.json`: vocabulary 126 464, d_model 4096, 32 layers, 32 heads, MLP 12 288; llama.cpp's tensor names and Q4_K_M / Q8_0 type choices), written by `ModelFiles::write_gguf_random` from seeded random weights (uniform, standard deviation 0.02) one slice of rows at a time into `{}`, reused when present (the writing time and the writer's peak resident memory below are those of the run that wrote each file, kept beside it); llama.cpp's `llama-diffusion-cli` runs the same files. {}, {} threads per engine; `cargo run --release --example benchmark -- --only-real-scale` measures this section alone. Memory read bandwidth measured here (each thread summing its half of a 1 GiB buffer, best of 5): {:.1} GB/s.\n",
         inputs.dir.display(),
         inputs.machine,
         inputs.threads,
