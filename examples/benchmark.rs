@@ -230,16 +230,19 @@ fn random_ids(seed: u64, len: usize, vocab: usize) -> Vec<u32> {
 
 /// Resident memory: current and peak, in MiB, from /proc/self/status.
 fn rss_mib() -> (f64, f64) {
+    (status_mib("VmRSS:"), status_mib("VmHWM:"))
+}
+
+/// A field of /proc/self/status given in kB (`VmRSS:`, `RssAnon:`, ...), in MiB; NaN where
+/// the system has no such file or field.
+fn status_mib(name: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .map_or(f64::NAN, |kb| kb / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    status
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// The `libonnxruntime.so` of the `onnxruntime` wheel in the bench venv (`--python`), for when

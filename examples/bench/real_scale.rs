@@ -215,20 +215,6 @@ fn last_json(stdout: &[u8]) -> anyhow::Result<Value> {
     Ok(serde_json::from_str(line)?)
 }
 
-/// Resident memory of this process from /proc/self/status, in MiB: (anonymous, file-backed).
-fn rss_split_mib() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .map_or(f64::NAN, |kb| kb / 1024.0)
-    };
-    (field("RssAnon:"), field("RssFile:"))
-}
-
 /// `--probe`: from this process's start, loads `file`, runs one full step of the 128-token
 /// canvas (logits of one 32-token block) and prints the times and the resident memory as JSON.
 pub(crate) fn probe_child(file: &Path, threads: usize, started: Instant) -> anyhow::Result<()> {
@@ -237,14 +223,15 @@ pub(crate) fn probe_child(file: &Path, threads: usize, started: Instant) -> anyh
     let mut context = llada::ndarray::Context::with_threads(model.clone(), threads)?;
     let seq = CANVASES[0];
     let mask = model.config().mask_token_id.unwrap_or(0);
+    let vocab = context.vocab_size() as u32;
     let ids: Vec<u32> = (0..seq as u32)
-        .map(|i| if i < 64 { (i * 7919) % 30000 } else { mask })
+        .map(|i| if i < 64 { (i * 7919) % vocab } else { mask })
         .collect();
     let request = ForwardRequest::new(&ids, 1, seq)?.with_window(seq - 32..seq)?;
     let mut logits = vec![0.0f32; 32 * context.vocab_size()];
     context.forward(&request, &mut logits)?;
     let first_step = started.elapsed().as_secs_f64();
-    let (anon, file_backed) = rss_split_mib();
+    let (anon, file_backed) = (crate::status_mib("RssAnon:"), crate::status_mib("RssFile:"));
     let (rss, peak) = crate::rss_mib();
     println!(
         "{}",
