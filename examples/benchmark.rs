@@ -145,10 +145,17 @@ impl Cli {
     }
 }
 
-/// `report` with its mixture-of-experts section (from its heading to the next `## `) replaced
-/// by `section`, or `section` appended.
-fn splice_moe_section(report: &str, section: &str) -> String {
-    splice_section(report, "\n## Mixture of experts", section)
+/// The heading of the mixture-of-experts section.
+const MOE_HEADING: &str = "\n## Mixture of experts";
+
+/// Replaces the section under `heading` of the report at `out` by `section` (appended when
+/// the report has none), and says so.
+fn write_section(out: &Path, heading: &str, section: &str) -> anyhow::Result<()> {
+    let report = std::fs::read_to_string(out).unwrap_or_default();
+    std::fs::write(out, splice_section(&report, heading, section))
+        .with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("{section}\nwrote {}", out.display());
+    Ok(())
 }
 
 /// `report` with the section under `heading` (to the next `## `) replaced by `section`, or
@@ -679,14 +686,7 @@ fn main() -> anyhow::Result<()> {
         }
         let (cpu, _) = cpu_description();
         let section = real_scale::section(&cli.real_scale_inputs(&real_scale_dir, &cpu))?;
-        let report = std::fs::read_to_string(&cli.out).unwrap_or_default();
-        std::fs::write(
-            &cli.out,
-            splice_section(&report, "\n## Real scale", &section),
-        )
-        .with_context(|| format!("writing {}", cli.out.display()))?;
-        eprintln!("{section}\nwrote {}", cli.out.display());
-        return Ok(());
+        return write_section(&cli.out, "\n## Real scale", &section);
     }
     if cli.only_llada2 {
         let (cpu, _) = cpu_description();
@@ -697,14 +697,7 @@ fn main() -> anyhow::Result<()> {
                     cli.gguf_dir.display()
                 )
             })?;
-        let report = std::fs::read_to_string(&cli.out).unwrap_or_default();
-        std::fs::write(
-            &cli.out,
-            splice_section(&report, "\n## Block diffusion", &section),
-        )
-        .with_context(|| format!("writing {}", cli.out.display()))?;
-        eprintln!("{section}\nwrote {}", cli.out.display());
-        return Ok(());
+        return write_section(&cli.out, "\n## Block diffusion", &section);
     }
     if cli.only_onnx {
         ensure_models(&cli)?;
@@ -724,14 +717,7 @@ fn main() -> anyhow::Result<()> {
             skip_python: cli.skip_python,
         };
         let section = onnx::section(&inputs, &cpu, mask_id)?;
-        let report = std::fs::read_to_string(&cli.out).unwrap_or_default();
-        std::fs::write(
-            &cli.out,
-            splice_section(&report, "\n## ONNX Runtime", &section),
-        )
-        .with_context(|| format!("writing {}", cli.out.display()))?;
-        eprintln!("{section}\nwrote {}", cli.out.display());
-        return Ok(());
+        return write_section(&cli.out, "\n## ONNX Runtime", &section);
     }
     if cli.only_moe {
         let section = moe_section(&cli)?.with_context(|| {
@@ -740,11 +726,7 @@ fn main() -> anyhow::Result<()> {
                 cli.gguf_dir.display()
             )
         })?;
-        let report = std::fs::read_to_string(&cli.out).unwrap_or_default();
-        std::fs::write(&cli.out, splice_moe_section(&report, &section))
-            .with_context(|| format!("writing {}", cli.out.display()))?;
-        eprintln!("{section}\nwrote {}", cli.out.display());
-        return Ok(());
+        return write_section(&cli.out, MOE_HEADING, &section);
     }
     ensure_models(&cli)?;
     let config: serde_json::Value =

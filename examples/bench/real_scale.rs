@@ -169,21 +169,16 @@ fn ensure_files(dir: &Path) -> anyhow::Result<Vec<(FileType, PathBuf, Option<Val
             None
         } else {
             eprintln!("writing {} (random weights)", path.display());
-            let output = Command::new(&exe)
-                .arg("--write-shape")
-                .arg(&model)
-                .args(["--write-type", ty.name()])
-                .arg("--write-out")
-                .arg(&path)
-                .output()?;
-            if !output.status.success() {
-                bail!(
-                    "writing {} failed:\n{}",
-                    path.display(),
-                    String::from_utf8_lossy(&output.stderr)
-                );
-            }
-            let report = last_json(&output.stdout)?;
+            let report = child_report(
+                Command::new(&exe)
+                    .arg("--write-shape")
+                    .arg(&model)
+                    .args(["--write-type", ty.name()])
+                    .arg("--write-out")
+                    .arg(&path),
+                "writing",
+                &path,
+            )?;
             std::fs::write(report_path(&path), report.to_string())?;
             Some(report)
         };
@@ -203,6 +198,20 @@ fn report_path(file: &Path) -> PathBuf {
     let mut name = file.as_os_str().to_os_string();
     name.push(".written.json");
     PathBuf::from(name)
+}
+
+/// Runs one of this benchmark's child processes (`doing` `path`) and returns the JSON report
+/// it prints last; a failure is an error carrying its standard error.
+fn child_report(command: &mut Command, doing: &str, path: &Path) -> anyhow::Result<Value> {
+    let output = command.output()?;
+    if !output.status.success() {
+        bail!(
+            "{doing} {} failed:\n{}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    last_json(&output.stdout)
 }
 
 fn last_json(stdout: &[u8]) -> anyhow::Result<Value> {
@@ -289,19 +298,15 @@ fn probe(file: &Path, threads: usize, cold: bool) -> anyhow::Result<(Value, f64)
         evict(file)?;
     }
     let cached = cached_fraction(file)?;
-    let output = Command::new(std::env::current_exe()?)
-        .arg("--probe")
-        .arg(file)
-        .args(["--threads", &threads.to_string()])
-        .output()?;
-    if !output.status.success() {
-        bail!(
-            "probing {} failed:\n{}",
-            file.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok((last_json(&output.stdout)?, cached))
+    let report = child_report(
+        Command::new(std::env::current_exe()?)
+            .arg("--probe")
+            .arg(file)
+            .args(["--threads", &threads.to_string()]),
+        "probing",
+        file,
+    )?;
+    Ok((report, cached))
 }
 
 /// The machine's memory read bandwidth with `threads` threads: each sums its part of a 1 GiB
