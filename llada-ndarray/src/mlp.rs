@@ -14,7 +14,7 @@ use crate::parallel::par_rows;
 use crate::threads::Pool;
 
 /// Where the mixture-of-experts layers of a context's forward passes spent their time, summed
-/// over layers and passes since the context was made (or [`Context::reset_moe_profile`]):
+/// over layers and passes since the context was made (or [`Context::reset_moe_profile`](crate::Context::reset_moe_profile)):
 /// the router's product, the choice of experts (softmax, top-k, grouping the rows), gathering
 /// each expert's rows, the experts' products (gate and up, SwiGLU, down; the shared expert's
 /// included), and adding the weighted outputs back. Zero for dense models.

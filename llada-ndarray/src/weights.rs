@@ -197,21 +197,7 @@ impl Checkpoint {
         let Some(entry) = self.entries.get(name) else {
             return;
         };
-        let shard = &self.shards[entry.shard];
-        let page = 4096;
-        let start = entry.offset.div_ceil(page) * page;
-        let end = (entry.offset + entry.len) / page * page;
-        if end > start {
-            // SAFETY: the mapping is read-only and backed by the file; dropped pages are read
-            // again from the file if touched, so no data can be lost.
-            let _ = unsafe {
-                shard.map.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    start,
-                    end - start,
-                )
-            };
-        }
+        release_pages(&self.shards[entry.shard].map, entry.offset, entry.len);
     }
 
     /// Packs the row-wise concatenation of `names` (each `[n_i, k]`) for `x · Wᵀ`, keeping the
@@ -328,4 +314,20 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>, LoadError> {
         return Err(bad("`weight_map` is empty".into()));
     }
     Ok(files)
+}
+
+/// Drops the whole pages of `map[offset..offset + len]` from this process's mapping
+/// (`MADV_DONTNEED`) once their values live elsewhere: the page cache keeps them, and touching
+/// them again reads them back. Best effort; the safetensors and GGUF loaders both use it.
+pub(crate) fn release_pages(map: &Mmap, offset: usize, len: usize) {
+    let page = 4096;
+    let start = offset.div_ceil(page) * page;
+    let end = (offset + len) / page * page;
+    if end > start {
+        // SAFETY: the mapping is read-only and backed by the file; dropped pages are read
+        // again from the file if touched, so no data can be lost.
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
+    }
 }

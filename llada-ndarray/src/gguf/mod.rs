@@ -6,6 +6,8 @@
 
 mod export;
 mod load;
+mod plan;
+mod random;
 mod write;
 
 use std::collections::HashMap;
@@ -15,9 +17,10 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use thiserror::Error;
 
-pub use export::{FileType, Written, WrittenTensor, requantize, write_checkpoint, write_random};
+pub use export::{FileType, Written, WrittenTensor, requantize, write_checkpoint};
 pub use load::config_json;
 pub(crate) use load::load_model;
+pub use random::write_random;
 pub use write::GgufWriter;
 
 /// The four bytes every GGUF file starts with.
@@ -551,20 +554,7 @@ impl GgufFile {
     /// copy at once (the page cache keeps them; touching them again reads them back). Best
     /// effort.
     pub(crate) fn release(&self, tensor: &TensorInfo) {
-        let page = 4096;
-        let start = tensor.offset.div_ceil(page) * page;
-        let end = (tensor.offset + tensor.bytes) / page * page;
-        if end > start {
-            // SAFETY: the mapping is read-only and backed by the file; dropped pages are read
-            // again from the file if touched, so no data can be lost.
-            let _ = unsafe {
-                self.map.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    start,
-                    end - start,
-                )
-            };
-        }
+        crate::weights::release_pages(&self.map, tensor.offset, tensor.bytes);
     }
 
     /// A tensor's values widened to f32, in the file's order (rows of `dims[0]` values), for
