@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
     common::init_logging();
     let cli = Cli::parse();
     let mut pipeline = cli.model.open()?;
-    let params = cli.sampling.params(&pipeline);
+    let params = cli.sampling.params(pipeline.model());
     let mut conversation = Conversation::new();
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
         "chatting with {} ({} backend; {}); /reset, /quit",
         cli.model.model.display(),
         pipeline.backend_name(),
-        cli.sampling.describe(&pipeline, &params)
+        cli.sampling.describe(pipeline.model(), &params)
     );
     loop {
         write!(stdout, "> ")?;

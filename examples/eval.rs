@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
     let items = &set.items[..cli.limit.unwrap_or(set.items.len()).min(set.items.len())];
     anyhow::ensure!(!items.is_empty(), "{} has no items", path.display());
     let mut pipeline = cli.model.open()?;
-    let params = cli.sampling.params(&pipeline);
+    let params = cli.sampling.params(pipeline.model());
     if params.gen_length < set.gen_length {
         eprintln!(
             "note: --gen-length {} is shorter than the set's {}",

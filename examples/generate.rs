@@ -55,13 +55,13 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let mut pipeline = cli.model.open()?;
-    let params = cli.sampling.params(&pipeline);
+    let params = cli.sampling.params(pipeline.model());
     let prompt_ids = if cli.raw {
         pipeline.model().tokenizer().encode(&prompt)?
     } else {
         pipeline.model().chat_prompt_ids(&prompt)?
     };
-    tracing::info!(model = %cli.model.model.display(), backend = ?cli.model.backend, prompt_tokens = prompt_ids.len(), lengths = %cli.sampling.describe(&pipeline, &params), "generating");
+    tracing::info!(model = %cli.model.model.display(), backend = ?cli.model.backend, prompt_tokens = prompt_ids.len(), lengths = %cli.sampling.describe(pipeline.model(), &params), "generating");
 
     let stop = Arc::new(AtomicBool::new(false));
     {

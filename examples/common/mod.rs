@@ -75,6 +75,11 @@ pub(crate) struct ModelArgs {
 
 impl ModelArgs {
     pub(crate) fn open(&self) -> Result<Pipeline, llada::Error> {
+        Pipeline::new(self.load()?)
+    }
+
+    /// The model, shared by the pipelines of any number of threads.
+    pub(crate) fn load(&self) -> Result<std::sync::Arc<Model>, llada::Error> {
         let choice = match self.backend {
             BackendFlag::Ndarray => BackendChoice::Ndarray,
             BackendFlag::Ort => BackendChoice::Ort(
@@ -84,7 +89,7 @@ impl ModelArgs {
             ),
         };
         let options = LoadOptions::default().with_quantize(self.quantize);
-        Pipeline::new(Model::load_with(&self.model, &choice, &options)?)
+        Model::load_with(&self.model, &choice, &options)
     }
 }
 
@@ -92,7 +97,7 @@ impl ModelArgs {
 /// generation_config.json; the bundled model declares 16 tokens, 16 steps, blocks of 8), else
 /// to the reference chat settings (128 tokens, 128 steps, blocks of 32). A Dream model's
 /// defaults are its own (`alg`, `steps`, `eps`, ... of its generation_config.json).
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 pub(crate) struct SamplingArgs {
     /// Tokens to generate [default: the model's generation_config.json `llada_decoding`, else
     /// 128].
@@ -184,8 +189,8 @@ pub(crate) struct SamplingArgs {
 
 impl SamplingArgs {
     /// The parameters: the model's defaults, then the flags given.
-    pub(crate) fn params(&self, pipeline: &Pipeline) -> GenerateParams {
-        let defaults = pipeline.default_params();
+    pub(crate) fn params(&self, model: &Model) -> GenerateParams {
+        let defaults = model.default_params();
         if defaults.grid == BlockGrid::Absolute {
             return self.block_diffusion_params(defaults);
         }
@@ -310,8 +315,8 @@ impl SamplingArgs {
     }
 
     /// One line saying which lengths run and where they come from.
-    pub(crate) fn describe(&self, pipeline: &Pipeline, params: &GenerateParams) -> String {
-        let defaults = pipeline.model().files().decoding_defaults();
+    pub(crate) fn describe(&self, model: &Model, params: &GenerateParams) -> String {
+        let defaults = model.files().decoding_defaults();
         let given =
             self.gen_length.is_some() || self.steps.is_some() || self.block_length.is_some();
         let rule = match params.commit {
