@@ -38,6 +38,8 @@ mod onnx;
 mod python;
 #[path = "bench/real_scale.rs"]
 mod real_scale;
+#[path = "bench/server.rs"]
+mod server;
 
 /// Counts heap allocations, to report allocations per denoising step.
 #[global_allocator]
@@ -110,6 +112,11 @@ struct Cli {
     /// and replace that section of `--out`. Takes about half an hour on 2 cores.
     #[arg(long)]
     only_real_scale: bool,
+    /// Measure only the local server under load (`llada-server` on the bundled model: 1, 4 and
+    /// 16 concurrent clients, batched and one request at a time), and replace that section of
+    /// `--out`.
+    #[arg(long)]
+    only_server: bool,
     /// Also measure the real-scale files in a full run.
     #[arg(long)]
     real_scale: bool,
@@ -687,6 +694,11 @@ fn main() -> anyhow::Result<()> {
         let (cpu, _) = cpu_description();
         let section = real_scale::section(&cli.real_scale_inputs(&real_scale_dir, &cpu))?;
         return write_section(&cli.out, "\n## Real scale", &section);
+    }
+    if cli.only_server {
+        let (cpu, _) = cpu_description();
+        let section = server::section(&cpu, cli.threads)?;
+        return write_section(&cli.out, "\n## Local server (load)", &section);
     }
     if cli.only_llada2 {
         let (cpu, _) = cpu_description();

@@ -19,8 +19,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use llada::core::{GenerateParams, Remasking};
-use llada::{Generated, Pipeline, Progress};
+use llada::Pipeline;
+use llada::core::{
+    Canvas, ForwardRequest, GenerateError, GenerateParams, MaskPredictor, Remasking, StepEvent,
+    WorkspaceBuf, WorkspaceSizes, generate,
+};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// What the engine tells the request that owns a row.
@@ -34,8 +37,8 @@ pub(crate) enum Event {
         step: usize,
         forward_passes: usize,
     },
-    /// The generation ended.
-    Done(Result<Generated, String>),
+    /// The generation ended: all the generated ids.
+    Done(Result<Vec<u32>, String>),
 }
 
 /// One request's row.
@@ -209,13 +212,14 @@ impl Engine {
 
 /// Runs batches until the engine is closed and drained.
 pub(crate) fn run(engine: &Engine, mut pipeline: Pipeline) {
+    let mut workspace = WorkspaceBuf::default();
     while let Some(batch) = engine.next_batch() {
         engine.running.store(batch.len(), Ordering::Relaxed);
         let start = Instant::now();
         // A panic in the library would be a bug; it must not take the server down with it:
         // the batch gets an error and the next batch runs.
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            run_batch(engine, &mut pipeline, &batch)
+            run_batch(engine, &mut pipeline, &mut workspace, &batch)
         }));
         engine.running.store(0, Ordering::Relaxed);
         engine.batches.fetch_add(1, Ordering::Relaxed);
@@ -226,46 +230,219 @@ pub(crate) fn run(engine: &Engine, mut pipeline: Pipeline) {
             seconds = start.elapsed().as_secs_f64(),
             "batch done"
         );
-        if outcome.is_err() {
+        let failure = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(message)) => Some(message),
+            Err(_) => Some("internal error: the generation panicked".to_string()),
+        };
+        if let Some(message) = failure {
             for job in &batch {
-                let _ = job.events.send(Event::Done(Err(
-                    "internal error: the generation panicked".into(),
-                )));
+                let _ = job.events.send(Event::Done(Err(message.clone())));
             }
         }
     }
 }
 
-fn run_batch(engine: &Engine, pipeline: &mut Pipeline, batch: &[Job]) {
-    let prompts: Vec<Vec<u32>> = batch.iter().map(|j| j.prompt_ids.clone()).collect();
+/// The backend, minus the rows nobody wants any more: a row whose client went away or whose
+/// answer is complete is left out of the forward passes that follow, so a batch runs as long
+/// as its longest row but costs only what its live rows cost. Rows are independent (each
+/// sees only itself through the attention mask), so a live row's logits are the same in any
+/// sub-batch. Under a key/value cache the rows are chosen when a block's cache is filled and
+/// kept until the next block: the backend's cache holds those rows.
+struct LiveRows<'a, P> {
+    inner: &'a mut P,
+    jobs: &'a [Job],
+    /// The end-of-text id: a dropped row's logits put all their mass on it, so that any
+    /// commit rule fills its masks at once rather than stretching the block.
+    eos: u32,
+    /// The rows the backend's cache was filled for (under a cache).
+    cached_rows: Vec<usize>,
+    ids: Vec<u32>,
+    attention: Vec<u8>,
+    logits: Vec<f32>,
+}
+
+impl<P: MaskPredictor> LiveRows<'_, P> {
+    /// The rows to compute in this pass.
+    fn rows(&mut self, request: &ForwardRequest<'_>) -> Vec<usize> {
+        let live = || {
+            (0..request.batch())
+                .filter(|&r| !self.jobs[r].cancelled())
+                .collect::<Vec<_>>()
+        };
+        match request.cache() {
+            None => live(),
+            Some(hint) if hint.refresh => {
+                self.cached_rows = live();
+                self.cached_rows.clone()
+            }
+            Some(_) => self.cached_rows.clone(),
+        }
+    }
+}
+
+impl<P: MaskPredictor> MaskPredictor for LiveRows<'_, P> {
+    type Error = P::Error;
+
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+
+    fn max_sequence_length(&self) -> usize {
+        self.inner.max_sequence_length()
+    }
+
+    fn shifted_logits(&self) -> bool {
+        self.inner.shifted_logits()
+    }
+
+    fn block_causal(&self) -> bool {
+        self.inner.block_causal()
+    }
+
+    fn forward(
+        &mut self,
+        request: &ForwardRequest<'_>,
+        logits: &mut [f32],
+    ) -> Result<(), Self::Error> {
+        let rows = self.rows(request);
+        // Every row live, or none (the step's observer stops the batch).
+        if rows.len() == request.batch() || rows.is_empty() {
+            return self.inner.forward(request, logits);
+        }
+        let seq = request.seq_len();
+        let vocab = self.inner.vocab_size();
+        let per_row = request.window().len() * vocab;
+        self.ids.clear();
+        self.attention.clear();
+        for &r in &rows {
+            self.ids.extend_from_slice(request.row(r));
+            if let Some(mask) = request.attention_mask() {
+                self.attention
+                    .extend_from_slice(&mask[r * seq..(r + 1) * seq]);
+            }
+        }
+        // The request the sampler built, for fewer rows: its shapes were checked already, so
+        // these cannot fail.
+        let mut sub = ForwardRequest::new(&self.ids, rows.len(), seq)
+            .and_then(|q| q.with_window(request.window()))
+            .expect("a sub-batch of a valid request");
+        if request.attention_mask().is_some() {
+            sub = sub
+                .with_attention_mask(&self.attention)
+                .expect("a sub-batch of a valid mask");
+        }
+        if let Some(hint) = request.cache() {
+            sub = sub.with_cache(hint.clone()).expect("the same span");
+        }
+        if let Some(block) = request.block_causal() {
+            sub = sub.with_block_causal(block).expect("the same block");
+        }
+        self.logits.resize(rows.len() * per_row, 0.0);
+        self.inner.forward(&sub, &mut self.logits)?;
+        let mut computed = rows
+            .iter()
+            .zip(self.logits.chunks_exact(per_row))
+            .peekable();
+        for (r, out) in logits.chunks_exact_mut(per_row).enumerate() {
+            match computed.next_if(|&(&row, _)| row == r) {
+                Some((_, row_logits)) => out.copy_from_slice(row_logits),
+                None => {
+                    for position in out.chunks_exact_mut(vocab) {
+                        position.fill(-1e30);
+                        if let Some(l) = position.get_mut(self.eos as usize) {
+                            *l = 0.0;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The canvas of `row` with masked positions shown as `░` (what `--visual` draws).
+fn partial_text(tokenizer: &llada::Tokenizer, ids: &[u32], mask: u32) -> String {
+    let mut text = String::new();
+    for (is_mask, run) in ids
+        .chunk_by(|a, b| (*a == mask) == (*b == mask))
+        .map(|r| (r[0] == mask, r))
+    {
+        if is_mask {
+            text.push_str(&llada::MASK_PLACEHOLDER.repeat(run.len()));
+        } else {
+            text.push_str(&tokenizer.decode(run, true).unwrap_or_default());
+        }
+    }
+    text
+}
+
+fn run_batch(
+    engine: &Engine,
+    pipeline: &mut Pipeline,
+    workspace: &mut WorkspaceBuf,
+    batch: &[Job],
+) -> Result<(), String> {
+    let model = pipeline.model().clone();
+    let prompts: Vec<&[u32]> = batch.iter().map(|j| j.prompt_ids.as_slice()).collect();
     let params = batch[0].params;
     let mask = params.mask_id;
+    let rows = batch.len();
+    let prompt_len = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    let seq = params.canvas_len(prompt_len);
+    let max = pipeline.max_sequence_length();
+    if seq > max {
+        return Err(format!(
+            "the canvas needs {seq} positions; the model's context is {max}"
+        ));
+    }
+    let mut canvas = vec![0; rows * seq];
+    let mut attention = vec![0; rows * seq];
+    let special = model.special_tokens();
+    let c = Canvas::left_padded(
+        &mut canvas,
+        &mut attention,
+        &prompts,
+        seq - prompt_len,
+        mask,
+        special.pad,
+    )
+    .map_err(|e| e.to_string())?;
+    let backend = pipeline.backend();
+    let vocab = backend.vocab_size();
+    workspace.ensure(
+        &WorkspaceSizes::for_generation(&params, rows, prompt_len, vocab)
+            .map_err(|e| e.to_string())?,
+    );
+    let tokenizer = model.tokenizer();
+    let gen_length = params.gen_length;
     // How many ids of each row have been sent as final.
-    let mut sent = vec![0usize; batch.len()];
-    let on_step = |progress: &Progress<'_>| {
+    let mut sent = vec![0usize; rows];
+    let mut on_step = |event: &StepEvent<'_>| {
         if engine.abort.load(Ordering::Relaxed) {
             return ControlFlow::Break(());
         }
+        let block = event.block_span().start.saturating_sub(prompt_len);
         let mut live = false;
         for (row, job) in batch.iter().enumerate() {
             if job.cancelled() {
                 continue;
             }
             live = true;
-            let ids = progress.output_ids(row);
+            let ids = &event.row(row)[prompt_len..prompt_len + gen_length];
             let mut end = ids.iter().position(|&t| t == mask).unwrap_or(ids.len());
             // With LLaDA2.1's editing a committed token of the current block may still be
             // rewritten: only finished blocks are final.
             if params.editing.is_some() {
-                end = end.min(progress.block_positions().start);
+                end = end.min(block);
             }
             // The canvas first: the final ids may complete the answer, after which the
             // request reads nothing more.
             if job.visual {
                 let _ = job.events.send(Event::Canvas {
-                    text: progress.partial_text(row),
-                    step: progress.step().0,
-                    forward_passes: progress.forward_passes(),
+                    text: partial_text(tokenizer, ids, mask),
+                    step: event.step(),
+                    forward_passes: event.forward_passes(),
                 });
             }
             if end > sent[row] {
@@ -279,26 +456,38 @@ fn run_batch(engine: &Engine, pipeline: &mut Pipeline, batch: &[Job]) {
             ControlFlow::Break(())
         }
     };
-    match pipeline.generate_ids(&prompts, &params, on_step) {
-        Ok(rows) => {
-            for (job, generated) in batch.iter().zip(rows) {
-                let _ = job.events.send(Event::Done(Ok(generated)));
+    let mut live_rows = LiveRows {
+        inner: backend,
+        jobs: batch,
+        eos: special.eos,
+        cached_rows: Vec::new(),
+        ids: Vec::new(),
+        attention: Vec::new(),
+        logits: Vec::new(),
+    };
+    match generate(
+        &mut live_rows,
+        &params,
+        c,
+        workspace.as_workspace(),
+        &mut on_step,
+    ) {
+        Ok(_) => {
+            for (row, job) in batch.iter().enumerate() {
+                let start = row * seq + prompt_len;
+                let _ = job
+                    .events
+                    .send(Event::Done(Ok(canvas[start..start + gen_length].to_vec())));
             }
+            Ok(())
         }
-        Err(e) => {
-            let message = match e {
-                llada::Error::Cancelled if engine.abort.load(Ordering::Relaxed) => {
-                    "the server is shutting down".to_string()
-                }
-                llada::Error::Cancelled => {
-                    engine.cancelled.fetch_add(1, Ordering::Relaxed);
-                    "cancelled".to_string()
-                }
-                e => llada::report(&e),
-            };
-            for job in batch {
-                let _ = job.events.send(Event::Done(Err(message.clone())));
-            }
+        Err(GenerateError::Cancelled) if engine.abort.load(Ordering::Relaxed) => {
+            Err("the server is shutting down".into())
         }
+        Err(GenerateError::Cancelled) => {
+            engine.cancelled.fetch_add(1, Ordering::Relaxed);
+            Err("cancelled".into())
+        }
+        Err(e) => Err(e.to_string()),
     }
 }

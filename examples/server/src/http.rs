@@ -306,7 +306,7 @@ impl Reply {
         loop {
             let (ids, done) = match rx.recv().await {
                 Some(Event::Final(ids)) => (ids, false),
-                Some(Event::Done(Ok(generated))) => (generated.output_ids, true),
+                Some(Event::Done(Ok(ids))) => (ids, true),
                 Some(Event::Canvas {
                     text,
                     step,

@@ -144,6 +144,33 @@ check(after["largest_batch"] >= 2 and after["batches"] - before["batches"] < 8,
       f"concurrent calls were batched ({after['batches'] - before['batches']} batches for 8 calls, largest {after['largest_batch']})")
 check(sum(1 for s, item in zip(single, items) if s == item["answer"]) >= 7, "the answers are the eval set's")
 
+# The same under Fast-dLLM's threshold rule and dual cache (the batch keeps its cache's rows
+# through a block).
+fast = {"llada": {"threshold": 0.9, "cache": "dual"}}
+single = [
+    c.chat.completions.create(model="tiny-llada", messages=[{"role": "user", "content": p}], extra_body=fast).choices[0].message.content
+    for p in prompts
+]
+before = health(MAIN)["served"]
+barrier = threading.Barrier(len(prompts))
+
+
+def ask_fast(i):
+    barrier.wait()
+    together[i] = (
+        client(MAIN).chat.completions.create(model="tiny-llada", messages=[{"role": "user", "content": prompts[i]}], extra_body=fast).choices[0].message.content
+    )
+
+
+threads = [threading.Thread(target=ask_fast, args=(i,)) for i in range(len(prompts))]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+after = health(MAIN)["served"]
+check(together == single, f"with the dual cache too, 8 concurrent calls answer as 8 single calls ({together} vs {single})")
+check(after["batches"] - before["batches"] < 8, "and were batched")
+
 # A cancelled stream stops its generation, and the server goes on serving. (A batch also stops
 # early when every answer in it is complete before its canvas is: wait for the last one.)
 deadline = time.time() + 20

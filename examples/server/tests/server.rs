@@ -40,6 +40,7 @@ fn chromium() -> PathBuf {
     let ok = Command::new(&chromium)
         .arg("--version")
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     assert!(
