@@ -180,8 +180,9 @@ fn build_server() -> anyhow::Result<PathBuf> {
     if !status.success() {
         bail!("cargo build -p llada-server failed");
     }
+    // A relative target directory is relative to where cargo ran: here, the root.
     let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
+        .map(|dir| root.join(dir))
         .unwrap_or_else(|| root.join("target"));
     Ok(target.join("release/llada-server"))
 }
@@ -198,6 +199,9 @@ pub(crate) fn section(machine: &str, threads: usize) -> anyhow::Result<String> {
             .map(|item| (item.prompt.clone(), item.answer.clone()))
             .collect(),
     );
+    if prompts.is_empty() {
+        bail!("the bundled eval set has no prompts");
+    }
     let mut rows = Vec::new();
     for (decoding, flags) in DECODINGS {
         for max_batch in [16, 1] {

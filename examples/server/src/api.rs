@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::http::StatusCode;
-use llada::core::{BlockGrid, GenerateParams};
+use llada::core::{BlockGrid, GenerateParams, WorkspaceSizes};
 use llada::{Message, Model};
 use serde::Deserialize;
 
@@ -197,6 +197,17 @@ pub(crate) struct Request {
     pub(crate) llada: Extension,
 }
 
+/// What the server allows a request.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// The model's context.
+    pub(crate) max_seq: usize,
+    /// The backend's logits per position.
+    pub(crate) vocab: usize,
+    /// The most bytes of sampler workspace one batch may take (`--workspace-mib`).
+    pub(crate) workspace: usize,
+}
+
 /// A request checked and ready to queue.
 #[derive(Debug)]
 pub(crate) struct Prepared {
@@ -239,7 +250,7 @@ impl Request {
         self,
         model: &Model,
         defaults: &SamplingArgs,
-        max_seq: usize,
+        limits: Limits,
     ) -> Result<Prepared, ApiError> {
         for (field, given) in [
             ("prompt", self.prompt.is_some()),
@@ -307,7 +318,7 @@ impl Request {
             .tokenizer()
             .encode(&text)
             .map_err(|e| ApiError::invalid(llada::report(&e), Some("messages")))?;
-        self.prepare(prompt_ids, model, defaults, max_seq)
+        self.prepare(prompt_ids, model, defaults, limits)
     }
 
     /// A /v1/completions request: the prompt as raw text, no chat template.
@@ -315,7 +326,7 @@ impl Request {
         self,
         model: &Model,
         defaults: &SamplingArgs,
-        max_seq: usize,
+        limits: Limits,
     ) -> Result<Prepared, ApiError> {
         if self.messages.is_some() {
             return Err(ApiError::invalid(
@@ -350,7 +361,7 @@ impl Request {
             .tokenizer()
             .encode(&prompt)
             .map_err(|e| ApiError::invalid(llada::report(&e), Some("prompt")))?;
-        self.prepare(prompt_ids, model, defaults, max_seq)
+        self.prepare(prompt_ids, model, defaults, limits)
     }
 
     /// The checks and the parameters both endpoints share.
@@ -359,10 +370,29 @@ impl Request {
         prompt_ids: Vec<u32>,
         model: &Model,
         defaults: &SamplingArgs,
-        max_seq: usize,
+        limits: Limits,
     ) -> Result<Prepared, ApiError> {
+        let Limits {
+            max_seq,
+            vocab,
+            workspace,
+        } = limits;
         if prompt_ids.is_empty() {
             return Err(ApiError::invalid("the prompt is empty", Some("prompt")));
+        }
+        // The tokenizer turns special-token text into its id: the mask token in a prompt
+        // would be taken for a position to fill.
+        if prompt_ids.contains(&model.special_tokens().mask) {
+            return Err(ApiError::invalid(
+                "the prompt holds the mask token, which only the model's canvas may hold",
+                Some("prompt"),
+            ));
+        }
+        if let Some(&id) = prompt_ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(ApiError::invalid(
+                format!("the prompt holds token {id}, outside the model's vocabulary of {vocab}"),
+                Some("prompt"),
+            ));
         }
         if self.n.is_some_and(|n| n != 1) {
             return Err(ApiError::invalid(
@@ -557,6 +587,22 @@ impl Request {
                 Some("messages"),
             )
             .with_code(StatusCode::BAD_REQUEST, "context_length_exceeded"));
+        }
+        let needed = WorkspaceSizes::for_generation(&params, 1, prompt_ids.len(), vocab)
+            .map_err(|e| {
+                ApiError::invalid(format!("invalid decoding parameters: {e}"), Some("llada"))
+            })?
+            .bytes();
+        if needed > workspace {
+            return Err(ApiError::invalid(
+                format!(
+                    "this request needs {} MiB of sampler workspace (blocks of {} over a vocabulary of {vocab}); the server allows {} MiB per batch (--workspace-mib): ask for shorter blocks",
+                    needed.div_ceil(1 << 20),
+                    params.block_length,
+                    workspace >> 20
+                ),
+                Some("llada.block_length"),
+            ));
         }
         Ok(Prepared {
             prompt_ids,

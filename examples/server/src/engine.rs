@@ -17,12 +17,12 @@ use std::ops::ControlFlow;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use llada::Pipeline;
 use llada::core::{
-    Canvas, ForwardRequest, GenerateError, GenerateParams, MaskPredictor, Remasking, StepEvent,
-    WorkspaceBuf, WorkspaceSizes, generate,
+    BlockGrid, Canvas, ForwardRequest, GenerateError, GenerateParams, MaskPredictor, Remasking,
+    StepEvent, WorkspaceBuf, WorkspaceSizes, generate,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -38,7 +38,24 @@ pub(crate) enum Event {
         forward_passes: usize,
     },
     /// The generation ended: all the generated ids.
-    Done(Result<Vec<u32>, String>),
+    Done(Result<Vec<u32>, Failure>),
+}
+
+/// Why a generation gave no answer.
+#[derive(Clone, Debug)]
+pub(crate) struct Failure {
+    pub(crate) message: String,
+    /// The request's fault (parameters the library refused): 400 rather than 500.
+    pub(crate) bad_request: bool,
+}
+
+impl Failure {
+    fn server(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            bad_request: false,
+        }
+    }
 }
 
 /// One request's row.
@@ -63,14 +80,31 @@ impl Job {
             && !matches!(p.remasking, Remasking::Random | Remasking::Origin)
     }
 
+    /// Whether `other` can share this job's canvas and give both the answers they would get
+    /// alone: the same parameters (the seed aside: neither draws from it), and on the
+    /// absolute block grid (LLaDA2.x) the same prompt length, as left padding would move a
+    /// shorter prompt's answer onto other block boundaries.
+    fn shares_canvas_with(&self, other: &Job) -> bool {
+        self.batchable()
+            && other.batchable()
+            && self.params.with_seed(0) == other.params.with_seed(0)
+            && (self.params.grid != BlockGrid::Absolute
+                || self.prompt_ids.len() == other.prompt_ids.len())
+    }
+
     fn cancelled(&self) -> bool {
         self.events.is_closed()
     }
 }
 
-/// The queue was full: the request is refused with 503.
+/// Why a job was not queued (both are 503).
 #[derive(Debug)]
-pub(crate) struct QueueFull;
+pub(crate) enum Refused {
+    /// `capacity` jobs already wait.
+    QueueFull,
+    /// The server is shutting down.
+    Closing,
+}
 
 #[derive(Default)]
 struct State {
@@ -85,6 +119,12 @@ pub(crate) struct Engine {
     wake: Condvar,
     capacity: usize,
     max_batch: usize,
+    /// The most bytes of sampler workspace a batch may take (`--workspace-mib`).
+    workspace_budget: usize,
+    /// The backend's logits per position.
+    vocab: usize,
+    /// A pause after every step (`--step-delay-ms`).
+    step_delay: Duration,
     /// Set on a second signal or after the shutdown grace period: running batches stop.
     abort: AtomicBool,
     /// Rows in the batch now running (for /health).
@@ -108,12 +148,21 @@ pub(crate) struct Served {
 }
 
 impl Engine {
-    pub(crate) fn new(capacity: usize, max_batch: usize) -> Arc<Self> {
+    pub(crate) fn new(
+        capacity: usize,
+        max_batch: usize,
+        workspace_budget: usize,
+        vocab: usize,
+        step_delay: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
             capacity,
             max_batch: max_batch.max(1),
+            workspace_budget,
+            vocab,
+            step_delay,
             abort: AtomicBool::new(false),
             running: AtomicUsize::new(0),
             batches: AtomicUsize::new(0),
@@ -125,12 +174,15 @@ impl Engine {
 
     /// Queues a job, or refuses it when `capacity` jobs already wait (or the server is
     /// shutting down).
-    pub(crate) fn submit(&self, job: Job) -> Result<(), QueueFull> {
+    pub(crate) fn submit(&self, job: Job) -> Result<(), Refused> {
         let mut state = self.lock();
         // Jobs whose client already left do not hold places.
         state.waiting.retain(|j| !j.cancelled());
-        if state.closing || state.waiting.len() >= self.capacity {
-            return Err(QueueFull);
+        if state.closing {
+            return Err(Refused::Closing);
+        }
+        if state.waiting.len() >= self.capacity {
+            return Err(Refused::QueueFull);
         }
         state.waiting.push_back(job);
         drop(state);
@@ -174,6 +226,18 @@ impl Engine {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether `batch` and `job` together stay within the workspace budget.
+    fn fits(&self, batch: &[Job], job: &Job) -> bool {
+        let prompt_len = batch
+            .iter()
+            .chain([job])
+            .map(|j| j.prompt_ids.len())
+            .max()
+            .unwrap_or(0);
+        WorkspaceSizes::for_generation(&job.params, batch.len() + 1, prompt_len, self.vocab)
+            .is_ok_and(|w| w.bytes() <= self.workspace_budget)
+    }
+
     /// The next batch: the oldest live job and the later ones that can share its canvas.
     /// `None` once closed and empty.
     fn next_batch(&self) -> Option<Vec<Job>> {
@@ -182,22 +246,20 @@ impl Engine {
             state.waiting.retain(|j| !j.cancelled());
             if self.abort.load(Ordering::Relaxed) {
                 for job in state.waiting.drain(..) {
-                    let _ = job
-                        .events
-                        .send(Event::Done(Err("the server is shutting down".into())));
+                    let _ = job.events.send(Event::Done(Err(Failure::server(
+                        "the server is shutting down",
+                    ))));
                 }
             }
             if let Some(first) = state.waiting.pop_front() {
                 let mut batch = vec![first];
-                if batch[0].batchable() {
-                    let mut i = 0;
-                    while i < state.waiting.len() && batch.len() < self.max_batch {
-                        let job = &state.waiting[i];
-                        if job.batchable() && job.params == batch[0].params {
-                            batch.extend(state.waiting.remove(i));
-                        } else {
-                            i += 1;
-                        }
+                let mut i = 0;
+                while i < state.waiting.len() && batch.len() < self.max_batch {
+                    let job = &state.waiting[i];
+                    if batch[0].shares_canvas_with(job) && self.fits(&batch, job) {
+                        batch.extend(state.waiting.remove(i));
+                    } else {
+                        i += 1;
                     }
                 }
                 return Some(batch);
@@ -214,17 +276,18 @@ impl Engine {
 pub(crate) fn run(engine: &Engine, mut pipeline: Pipeline) {
     let mut workspace = WorkspaceBuf::default();
     while let Some(batch) = engine.next_batch() {
-        engine.running.store(batch.len(), Ordering::Relaxed);
+        engine.running.store(batch.len(), Ordering::SeqCst);
         let start = Instant::now();
         // A panic in the library would be a bug; it must not take the server down with it:
         // the batch gets an error and the next batch runs.
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
             run_batch(engine, &mut pipeline, &mut workspace, &batch)
         }));
-        engine.running.store(0, Ordering::Relaxed);
+        // The counts first: a client that sees nothing running sees them complete.
         engine.batches.fetch_add(1, Ordering::Relaxed);
         engine.rows.fetch_add(batch.len(), Ordering::Relaxed);
         engine.largest.fetch_max(batch.len(), Ordering::Relaxed);
+        engine.running.store(0, Ordering::SeqCst);
         tracing::info!(
             rows = batch.len(),
             seconds = start.elapsed().as_secs_f64(),
@@ -232,12 +295,12 @@ pub(crate) fn run(engine: &Engine, mut pipeline: Pipeline) {
         );
         let failure = match outcome {
             Ok(Ok(())) => None,
-            Ok(Err(message)) => Some(message),
-            Err(_) => Some("internal error: the generation panicked".to_string()),
+            Ok(Err(failure)) => Some(failure),
+            Err(_) => Some(Failure::server("internal error: the generation panicked")),
         };
-        if let Some(message) = failure {
+        if let Some(failure) = failure {
             for job in &batch {
-                let _ = job.events.send(Event::Done(Err(message.clone())));
+                let _ = job.events.send(Event::Done(Err(failure.clone())));
             }
         }
     }
@@ -252,9 +315,10 @@ pub(crate) fn run(engine: &Engine, mut pipeline: Pipeline) {
 struct LiveRows<'a, P> {
     inner: &'a mut P,
     jobs: &'a [Job],
-    /// The end-of-text id: a dropped row's logits put all their mass on it, so that any
-    /// commit rule fills its masks at once rather than stretching the block.
-    eos: u32,
+    /// A dropped row's logits put all their mass on this token (not end of text, which the
+    /// sampler may suppress), so that any commit rule fills its masks at once rather than
+    /// stretching the block.
+    filler: u32,
     /// The rows the backend's cache was filled for (under a cache).
     cached_rows: Vec<usize>,
     ids: Vec<u32>,
@@ -305,6 +369,11 @@ impl<P: MaskPredictor> MaskPredictor for LiveRows<'_, P> {
         request: &ForwardRequest<'_>,
         logits: &mut [f32],
     ) -> Result<(), Self::Error> {
+        // With classifier-free guidance the sampler sends each row twice (with and without
+        // its prompt): those passes keep every row.
+        if request.batch() != self.jobs.len() {
+            return self.inner.forward(request, logits);
+        }
         let rows = self.rows(request);
         // Every row live, or none (the step's observer stops the batch).
         if rows.len() == request.batch() || rows.is_empty() {
@@ -350,7 +419,7 @@ impl<P: MaskPredictor> MaskPredictor for LiveRows<'_, P> {
                 None => {
                     for position in out.chunks_exact_mut(vocab) {
                         position.fill(-1e30);
-                        if let Some(l) = position.get_mut(self.eos as usize) {
+                        if let Some(l) = position.get_mut(self.filler as usize) {
                             *l = 0.0;
                         }
                     }
@@ -382,7 +451,7 @@ fn run_batch(
     pipeline: &mut Pipeline,
     workspace: &mut WorkspaceBuf,
     batch: &[Job],
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let model = pipeline.model().clone();
     let prompts: Vec<&[u32]> = batch.iter().map(|j| j.prompt_ids.as_slice()).collect();
     let params = batch[0].params;
@@ -392,9 +461,10 @@ fn run_batch(
     let seq = params.canvas_len(prompt_len);
     let max = pipeline.max_sequence_length();
     if seq > max {
-        return Err(format!(
-            "the canvas needs {seq} positions; the model's context is {max}"
-        ));
+        return Err(Failure {
+            message: format!("the canvas needs {seq} positions; the model's context is {max}"),
+            bad_request: true,
+        });
     }
     let mut canvas = vec![0; rows * seq];
     let mut attention = vec![0; rows * seq];
@@ -407,12 +477,17 @@ fn run_batch(
         mask,
         special.pad,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| Failure {
+        message: e.to_string(),
+        bad_request: true,
+    })?;
     let backend = pipeline.backend();
     let vocab = backend.vocab_size();
     workspace.ensure(
-        &WorkspaceSizes::for_generation(&params, rows, prompt_len, vocab)
-            .map_err(|e| e.to_string())?,
+        &WorkspaceSizes::for_generation(&params, rows, prompt_len, vocab).map_err(|e| Failure {
+            message: e.to_string(),
+            bad_request: true,
+        })?,
     );
     let tokenizer = model.tokenizer();
     let gen_length = params.gen_length;
@@ -450,6 +525,9 @@ fn run_batch(
                 let _ = job.events.send(Event::Final(ids[..end].to_vec()));
             }
         }
+        if !engine.step_delay.is_zero() {
+            std::thread::sleep(engine.step_delay);
+        }
         if live {
             ControlFlow::Continue(())
         } else {
@@ -459,7 +537,9 @@ fn run_batch(
     let mut live_rows = LiveRows {
         inner: backend,
         jobs: batch,
-        eos: special.eos,
+        filler: (0..vocab as u32)
+            .find(|t| ![special.eos, special.eot, mask].contains(t))
+            .unwrap_or(0),
         cached_rows: Vec::new(),
         ids: Vec::new(),
         attention: Vec::new(),
@@ -482,12 +562,18 @@ fn run_batch(
             Ok(())
         }
         Err(GenerateError::Cancelled) if engine.abort.load(Ordering::Relaxed) => {
-            Err("the server is shutting down".into())
+            Err(Failure::server("the server is shutting down"))
         }
         Err(GenerateError::Cancelled) => {
             engine.cancelled.fetch_add(1, Ordering::Relaxed);
-            Err("cancelled".into())
+            Err(Failure::server("cancelled"))
         }
-        Err(e) => Err(e.to_string()),
+        // Parameters the library refused are the request's fault; a step that produced
+        // NaN logits is the model's.
+        Err(GenerateError::Invalid(e)) => Err(Failure {
+            bad_request: !matches!(e, llada::core::Error::NanLogits { .. }),
+            message: e.to_string(),
+        }),
+        Err(e) => Err(Failure::server(e.to_string())),
     }
 }

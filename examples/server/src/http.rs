@@ -17,9 +17,9 @@ use llada::Model;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::api::{ApiError, Prepared, Request};
+use crate::api::{ApiError, Limits, Prepared, Request};
 use crate::common::SamplingArgs;
-use crate::engine::{Engine, Event, Job};
+use crate::engine::{Engine, Event, Job, Refused};
 use crate::text::{Detokenizer, Finish};
 
 /// The page served at `/`: one file, nothing fetched from elsewhere.
@@ -33,8 +33,11 @@ pub(crate) struct AppState {
     pub(crate) defaults: SamplingArgs,
     /// The name `/v1/models` lists and responses carry.
     pub(crate) model_id: String,
-    pub(crate) max_seq: usize,
+    pub(crate) limits: Limits,
     pub(crate) api_key: Option<String>,
+    /// Listening on loopback only: requests must name a loopback host (a web page that
+    /// rebinds its own name to 127.0.0.1 does not reach the server).
+    pub(crate) loopback: bool,
     pub(crate) max_body: usize,
     pub(crate) next_id: AtomicU64,
     pub(crate) created: u64,
@@ -105,7 +108,7 @@ async fn models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response 
             "owned_by": "llada",
             "llada": {
                 "family": s.model.files().family(),
-                "context_length": s.max_seq,
+                "context_length": s.limits.max_seq,
             },
         }],
     }))
@@ -140,14 +143,46 @@ async fn completions(State(s): State<Arc<AppState>>, headers: HeaderMap, body: B
 }
 
 impl AppState {
+    /// On loopback, the `Host` header must name a loopback host.
+    fn check_host(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if !self.loopback {
+            return Ok(());
+        }
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        // `name:port`, `[v6]:port`, or a bare name.
+        let name = match host.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or(""),
+            None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+        };
+        let loopback = name.eq_ignore_ascii_case("localhost")
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if loopback {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(
+                format!("host `{host}` is not this loopback server (start it with --host to serve other names)"),
+                None,
+            )
+            .with_code(StatusCode::FORBIDDEN, "forbidden_host"))
+        }
+    }
+
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        self.check_host(headers)?;
         let Some(key) = &self.api_key else {
             return Ok(());
         };
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
         // Compared in constant time: the position of a first difference does not show.
         let equal = given.is_some_and(|g| {
             g.len() == key.len()
@@ -176,6 +211,20 @@ async fn generate(
     endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
     s.authorize(&headers)?;
+    // JSON only: a cross-site page cannot send it without a CORS preflight, which this
+    // server does not grant.
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::invalid(
+            "send the body as JSON, with `content-type: application/json`",
+            None,
+        )
+        .with_code(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"));
+    }
     let too_large = || {
         ApiError::invalid(
             format!("the request body is over the limit of {} bytes", s.max_body),
@@ -191,18 +240,20 @@ async fn generate(
         drain(body, s.max_body.saturating_mul(DRAIN_FACTOR)).await;
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, s.max_body)
+    let bytes = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, s.max_body))
         .await
+        .map_err(|_| {
+            ApiError::invalid("the request body did not arrive in time", None)
+                .with_code(StatusCode::REQUEST_TIMEOUT, "request_timeout")
+        })?
         .map_err(|_| too_large())?;
     // Tokenizing a long prompt is CPU work: off the async threads.
     let state = s.clone();
     let prepared = tokio::task::spawn_blocking(move || {
         let request = Request::parse(&bytes)?;
         match endpoint {
-            Endpoint::Chat => request.chat(&state.model, &state.defaults, state.max_seq),
-            Endpoint::Completion => {
-                request.completion(&state.model, &state.defaults, state.max_seq)
-            }
+            Endpoint::Chat => request.chat(&state.model, &state.defaults, state.limits),
+            Endpoint::Completion => request.completion(&state.model, &state.defaults, state.limits),
         }
     })
     .await
@@ -228,9 +279,13 @@ async fn generate(
             visual: visual && stream,
             events: tx,
         })
-        .map_err(|_| {
-            ApiError::invalid("the server is busy: the queue is full, retry later", None)
-                .with_code(StatusCode::SERVICE_UNAVAILABLE, "queue_full")
+        .map_err(|refused| match refused {
+            Refused::QueueFull => {
+                ApiError::invalid("the server is busy: the queue is full, retry later", None)
+                    .with_code(StatusCode::SERVICE_UNAVAILABLE, "queue_full")
+            }
+            Refused::Closing => ApiError::invalid("the server is shutting down", None)
+                .with_code(StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         })?;
     let id = s.next_id.fetch_add(1, Ordering::Relaxed);
     let reply = Reply {
@@ -251,6 +306,9 @@ async fn generate(
         reply.whole(rx).await
     }
 }
+
+/// How long a request body may take to arrive.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// An oversized body is read (and dropped, chunk by chunk) up to this many times the limit
 /// before the refusal, so that a client that sends its whole body before reading the answer
@@ -316,9 +374,13 @@ impl Reply {
                         json!({ "text": text, "step": step, "forward_passes": forward_passes }),
                     ));
                 }
-                Some(Event::Done(Err(message))) => {
-                    return Err(ApiError::invalid(message, None)
-                        .with_code(StatusCode::INTERNAL_SERVER_ERROR, "generation_failed"));
+                Some(Event::Done(Err(failure))) => {
+                    let error = ApiError::invalid(failure.message, Some("llada"));
+                    return Err(if failure.bad_request {
+                        error
+                    } else {
+                        error.with_code(StatusCode::INTERNAL_SERVER_ERROR, "generation_failed")
+                    });
                 }
                 None => {
                     return Err(ApiError::invalid("the generation stopped", None)
@@ -342,8 +404,8 @@ impl Reply {
     fn usage(&self) -> Value {
         json!({
             "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.detok.tokens,
-            "total_tokens": self.prompt_tokens + self.detok.tokens,
+            "completion_tokens": self.detok.tokens(),
+            "total_tokens": self.prompt_tokens + self.detok.tokens(),
         })
     }
 

@@ -67,6 +67,14 @@ struct Cli {
     /// The largest request body, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_body_bytes: usize,
+    /// The most sampler workspace a batch may take, in MiB (the logits of a block's
+    /// positions over the vocabulary, per row; the rows' activations come on top).
+    #[arg(long, default_value_t = 2048)]
+    workspace_mib: usize,
+    /// Pause this many milliseconds after every denoising step: to watch the canvas unmask
+    /// in the page at a human pace, and for tests that need requests to meet in the queue.
+    #[arg(long, default_value_t = 0)]
+    step_delay_ms: u64,
     /// Compute threads [default: the backend's].
     #[arg(long)]
     threads: Option<usize>,
@@ -97,15 +105,25 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("loading {}", cli.model.model.display()))?;
     // Created here, so that a backend that cannot start stops the server before it listens;
     // the request checks need its context length.
-    let pipeline = llada::Pipeline::with_threads(model.clone(), cli.threads)
+    let mut pipeline = llada::Pipeline::with_threads(model.clone(), cli.threads)
         .map_err(|e| anyhow::anyhow!(llada::report(&e)))?;
-    let max_seq = pipeline.max_sequence_length();
+    let limits = api::Limits {
+        max_seq: pipeline.max_sequence_length(),
+        vocab: llada::core::MaskPredictor::vocab_size(pipeline.backend()),
+        workspace: cli.workspace_mib.saturating_mul(1 << 20),
+    };
     // The server's defaults must make a valid request on their own.
     let defaults = cli.sampling.params(&model);
     defaults
         .validate()
         .context("the decoding flags do not make valid parameters")?;
-    let engine = engine::Engine::new(cli.queue, cli.max_batch);
+    let engine = engine::Engine::new(
+        cli.queue,
+        cli.max_batch,
+        limits.workspace,
+        limits.vocab,
+        Duration::from_millis(cli.step_delay_ms),
+    );
     let worker = {
         let engine = engine.clone();
         std::thread::Builder::new()
@@ -120,8 +138,9 @@ fn main() -> anyhow::Result<()> {
             .model_id
             .clone()
             .unwrap_or_else(|| model_name(&cli.model.model)),
-        max_seq,
+        limits,
         api_key: cli.api_key.clone(),
+        loopback: cli.host.is_loopback(),
         max_body: cli.max_body_bytes,
         next_id: AtomicU64::new(1),
         created: std::time::SystemTime::now()
@@ -165,11 +184,14 @@ async fn serve(
     println!("listening on http://{local}");
     tracing::info!(model = %state.model_id, "serving");
     let engine = state.engine.clone();
+    // Fires once the grace period is over (or on a second signal) and the requests still in
+    // flight have had a moment to send their errors.
+    let deadline = Arc::new(tokio::sync::Notify::new());
+    let hard_stop = deadline.clone();
     let shutdown = async move {
         signal().await;
         tracing::info!("shutting down: finishing the requests in flight");
         engine.close();
-        let engine = engine.clone();
         tokio::spawn(async move {
             tokio::select! {
                 () = tokio::time::sleep(grace) => {}
@@ -177,11 +199,17 @@ async fn serve(
             }
             tracing::warn!("cancelling the requests still in flight");
             engine.abort();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            deadline.notify_one();
         });
     };
-    axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown);
+    // Connections that stay open after that (a client that stops reading) do not keep the
+    // process alive.
+    tokio::select! {
+        served = server => served?,
+        () = hard_stop.notified() => tracing::warn!("closing the connections left"),
+    }
     Ok(())
 }
 

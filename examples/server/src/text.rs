@@ -22,15 +22,27 @@ impl Finish {
 }
 
 /// The text of one answer as its final ids grow.
+///
+/// The text is built from increments, as streaming detokenizers do: each new run of ids is
+/// decoded beside the ids just before it (a tokenizer may decode a token differently at the
+/// start of a text, e.g. SentencePiece's leading space) and only what it adds is appended. The
+/// answer is that text whether streamed or not, so the chunks of a stream always add up to the
+/// whole answer.
 pub(crate) struct Detokenizer {
     eos: u32,
     eot: u32,
     max_tokens: usize,
     stops: Vec<String>,
-    /// The text sent so far.
-    sent: String,
-    /// Answer tokens (up to end of text, at most `max_tokens`) in the text so far.
-    pub(crate) tokens: usize,
+    /// The ids decoded so far (up to end of text, at most `max_tokens`).
+    ids: Vec<u32>,
+    /// Where the context of the next increment starts, and where its new ids start.
+    prefix_offset: usize,
+    read_offset: usize,
+    /// The text of `ids[..read_offset]`, built from increments.
+    decoded: String,
+    /// How much of `decoded` has been sent.
+    sent: usize,
+    finish: Option<Finish>,
 }
 
 impl Detokenizer {
@@ -41,14 +53,23 @@ impl Detokenizer {
             eot: special.eot,
             max_tokens,
             stops,
-            sent: String::new(),
-            tokens: 0,
+            ids: Vec::new(),
+            prefix_offset: 0,
+            read_offset: 0,
+            decoded: String::new(),
+            sent: 0,
+            finish: None,
         }
     }
 
-    /// The text sent so far.
+    /// The text sent so far (the whole answer once finished).
     pub(crate) fn text(&self) -> &str {
-        &self.sent
+        &self.decoded[..self.sent]
+    }
+
+    /// Answer tokens so far (up to end of text, at most `max_tokens`).
+    pub(crate) fn tokens(&self) -> usize {
+        self.ids.len()
     }
 
     /// Takes the final ids so far (`done`: all of them) and returns the text to send now, and
@@ -60,10 +81,15 @@ impl Detokenizer {
         ids: &[u32],
         done: bool,
     ) -> (String, Option<Finish>) {
+        if self.finish.is_some() {
+            return (String::new(), self.finish);
+        }
         let end_of_text = ids.iter().position(|&t| t == self.eos || t == self.eot);
         let end = end_of_text.unwrap_or(ids.len()).min(self.max_tokens);
-        let ids = &ids[..end];
-        let mut text = model.tokenizer().decode(ids, true).unwrap_or_default();
+        // Final ids only grow: the new ones extend those already read.
+        if end > self.ids.len() {
+            self.ids.extend_from_slice(&ids[self.ids.len()..end]);
+        }
         let mut finish = if end_of_text.is_some_and(|e| e <= self.max_tokens) {
             Some(Finish::Stop)
         } else if end == self.max_tokens || done {
@@ -71,21 +97,37 @@ impl Detokenizer {
         } else {
             None
         };
+        if self.read_offset < self.ids.len() {
+            let tokenizer = model.tokenizer();
+            let before = tokenizer
+                .decode(&self.ids[self.prefix_offset..self.read_offset], true)
+                .unwrap_or_default();
+            let now = tokenizer
+                .decode(&self.ids[self.prefix_offset..], true)
+                .unwrap_or_default();
+            // Half a character decodes as U+FFFD until its other bytes come (at the end of
+            // the answer it stays as it is).
+            let complete = finish.is_some() || !now.ends_with('\u{FFFD}');
+            if complete && now.len() >= before.len() && now.is_char_boundary(before.len()) {
+                self.decoded.push_str(&now[before.len()..]);
+                self.prefix_offset = self.read_offset;
+                self.read_offset = self.ids.len();
+            }
+        }
+        let mut keep = self.decoded.len();
         if let Some(at) = self
             .stops
             .iter()
-            .filter_map(|s| text.find(s.as_str()))
+            // Nothing sent holds a stop string or ends with the start of one.
+            .filter_map(|stop| self.decoded[self.sent..].find(stop.as_str()))
+            .map(|at| at + self.sent)
             .min()
         {
-            text.truncate(at);
+            keep = at;
             finish = Some(Finish::Stop);
-        }
-        let mut keep = text.len();
-        if finish.is_none() {
-            // A byte-level tokenizer decodes half a character as U+FFFD until its other bytes
-            // come.
-            keep = text.trim_end_matches('\u{FFFD}').len();
+        } else if finish.is_none() {
             // The longest tail that a stop string starts with waits for the next tokens.
+            let text = &self.decoded[self.sent..];
             let hold = self
                 .stops
                 .iter()
@@ -94,24 +136,18 @@ impl Detokenizer {
                         .filter(|&k| s.is_char_boundary(k))
                         .map(move |k| &s[..k])
                 })
-                .filter(|prefix| text[..keep].ends_with(prefix))
+                .filter(|prefix| text.ends_with(prefix))
                 .map(str::len)
                 .max()
                 .unwrap_or(0);
             keep -= hold;
         }
-        self.tokens = ids.len();
-        let now = &text[..keep];
-        // Text a tokenizer decodes differently with more tokens (rare: clean-up rules) is not
-        // taken back; the next text that extends what was sent goes on from there.
-        let delta = if now.len() > self.sent.len() && now.starts_with(self.sent.as_str()) {
-            now[self.sent.len()..].to_string()
-        } else {
-            String::new()
-        };
-        if !delta.is_empty() || finish.is_some() {
-            self.sent = now.to_string();
+        let delta = self.decoded[self.sent..keep].to_string();
+        self.sent = keep;
+        if finish.is_some() {
+            self.decoded.truncate(keep);
         }
+        self.finish = finish;
         (delta, finish)
     }
 }

@@ -10,6 +10,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 /// The workspace root (this package is `examples/server`).
@@ -132,12 +134,24 @@ fn run_script(script: &str, args: &[&str]) {
 #[test]
 fn the_openai_client_gets_answers_streamed_concurrent_cancelled_and_refusals() {
     let main = Server::start(&[]);
-    let small = Server::start(&["--max-batch", "1", "--queue", "1", "--api-key", "test-key"]);
+    // Slow enough that requests meet in the queue and a client can leave mid-answer.
+    let slow = Server::start(&["--step-delay-ms", "30"]);
+    let small = Server::start(&[
+        "--max-batch",
+        "1",
+        "--queue",
+        "1",
+        "--api-key",
+        "test-key",
+        "--step-delay-ms",
+        "30",
+    ]);
     let eval = root().join("tests/fixtures/tiny-llada/eval.json");
     run_script(
         "openai_client.py",
         &[
             &main.url,
+            &slow.url,
             &small.url,
             "test-key",
             eval.to_str().expect("UTF-8 path"),
@@ -147,12 +161,12 @@ fn the_openai_client_gets_answers_streamed_concurrent_cancelled_and_refusals() {
 
 #[test]
 fn sigterm_lets_the_answer_in_flight_finish() {
-    let server = Server::start(&[]);
+    let server = Server::start(&["--step-delay-ms", "30"]);
     let mut stream = TcpStream::connect(server.address()).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
-    let body = r#"{"messages": [{"role": "user", "content": "reverse:pen,frog,rock"}], "stream": true, "max_tokens": 200, "llada": {"steps": 200, "block_length": 200, "visual": true}}"#;
+    let body = r#"{"messages": [{"role": "user", "content": "reverse:pen,frog,rock"}], "stream": true, "llada": {"visual": true}}"#;
     write!(
         stream,
         "POST /v1/chat/completions HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -160,26 +174,55 @@ fn sigterm_lets_the_answer_in_flight_finish() {
         body.len()
     )
     .expect("send");
-    // Wait until the generation is under way.
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains("llada.canvas") {
-        let n = stream.read(&mut buf).expect("read");
-        assert!(n > 0, "the stream ended before its first step");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    // The stream is read on its own thread while the server shuts down; it reports when the
+    // first step has come, and counts the steps that come after the signal.
+    let killed = Arc::new(AtomicBool::new(false));
+    let (started, first_step) = mpsc::channel();
+    let reader = {
+        let killed = killed.clone();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let mut after_signal = 0;
+            let mut buf = [0u8; 4096];
+            let mut told = false;
+            loop {
+                let n = stream.read(&mut buf).expect("read");
+                if n == 0 {
+                    return (text, after_signal);
+                }
+                let chunk = String::from_utf8_lossy(&buf[..n]);
+                if killed.load(Ordering::SeqCst) {
+                    after_signal += chunk.matches("llada.canvas").count();
+                }
+                text.push_str(&chunk);
+                if !told && text.contains("llada.canvas") {
+                    told = true;
+                    let _ = started.send(());
+                }
+            }
+        })
+    };
+    first_step
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the generation starts");
+    killed.store(true, Ordering::SeqCst);
     let status = server.terminate();
-    stream
-        .read_to_end(&mut seen)
-        .expect("the rest of the stream");
-    let text = String::from_utf8_lossy(&seen);
+    let (text, after_signal) = reader.join().expect("the reader");
     assert!(
         status.success(),
         "the server exits cleanly on SIGTERM: {status}"
     );
     assert!(
-        text.contains(r#""finish_reason":"stop""#) || text.contains(r#""finish_reason":"length""#),
+        after_signal > 0,
+        "the generation went on after the signal: {text}"
+    );
+    assert!(
+        text.contains(r#""finish_reason":"stop""#),
         "the answer in flight finished: {text}"
+    );
+    assert!(
+        text.contains("rock,frog,pen"),
+        "with its whole text: {text}"
     );
     assert!(
         !text.contains(r#""error""#),
