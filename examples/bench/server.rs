@@ -102,6 +102,18 @@ impl Drop for Server {
     }
 }
 
+/// One server's rounds at one client count.
+#[derive(Clone, Default)]
+struct Runs {
+    /// Requests per second of each round.
+    rates: Vec<f64>,
+    /// Every request's latency (s).
+    latencies: Vec<f64>,
+    rows: usize,
+    batches: usize,
+    correct: usize,
+}
+
 struct Row {
     decoding: &'static str,
     clients: usize,
@@ -219,25 +231,28 @@ pub(crate) fn section(machine: &str, threads: usize) -> anyhow::Result<String> {
             measure(server, 4, &prompts)?;
         }
         for clients in CLIENTS {
-            // Per server: requests/s of each round, latencies, rows, batches, correct answers.
-            let mut runs: Vec<(Vec<f64>, Vec<f64>, usize, usize, usize)> =
-                vec![(Vec::new(), Vec::new(), 0, 0, 0); started.len()];
+            let mut runs = vec![Runs::default(); started.len()];
             for _ in 0..ROUNDS {
                 for (i, (_, server)) in started.iter().enumerate() {
                     let (batches_before, rows_before) = server.served()?;
                     let (elapsed, latencies, correct) = measure(server, clients, &prompts)?;
                     let (batches, served) = server.served()?;
                     let run = &mut runs[i];
-                    run.0.push(REQUESTS as f64 / elapsed);
-                    run.1.extend(latencies);
-                    run.2 += served - rows_before;
-                    run.3 += batches - batches_before;
-                    run.4 += correct;
+                    run.rates.push(REQUESTS as f64 / elapsed);
+                    run.latencies.extend(latencies);
+                    run.rows += served - rows_before;
+                    run.batches += batches - batches_before;
+                    run.correct += correct;
                 }
             }
-            for ((max_batch, _), (mut rates, mut latencies, served, batches, correct)) in
-                started.iter().zip(runs)
-            {
+            for ((max_batch, _), run) in started.iter().zip(runs) {
+                let Runs {
+                    mut rates,
+                    mut latencies,
+                    rows: served,
+                    batches,
+                    correct,
+                } = run;
                 rates.sort_by(f64::total_cmp);
                 latencies.sort_by(f64::total_cmp);
                 let row = Row {
