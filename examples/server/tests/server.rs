@@ -253,3 +253,82 @@ fn the_page_streams_the_answer_in_headless_chromium() {
         shot.display()
     );
 }
+
+/// One chat request over a fresh connection: the answer's text.
+fn chat(address: &str, prompt: &str, llada: &str) -> String {
+    let body =
+        format!(r#"{{"messages": [{{"role": "user", "content": "{prompt}"}}], "llada": {llada}}}"#);
+    let mut stream = TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .expect("timeout");
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let (head, json) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{response}");
+    let reply: serde_json::Value = serde_json::from_str(json).expect("JSON");
+    reply["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("an answer")
+        .to_string()
+}
+
+#[test]
+fn onnx_runtime_serves_batches_with_its_cached_graph() {
+    // The bundled model.onnx is a cached graph: batched rows that leave between blocks change
+    // the batch the graph's cache is bound for.
+    let server = Server::start(&["--backend", "ort", "--step-delay-ms", "20"]);
+    let prompts = [
+        "reverse:pen,frog,rock",
+        "copy:ant,bee",
+        "sort:fox,cat,dog",
+        "larger:12,31",
+    ];
+    for llada in ["{}", r#"{"threshold": 0.9, "cache": "dual"}"#] {
+        let single: Vec<String> = prompts
+            .iter()
+            .map(|p| chat(server.address(), p, llada))
+            .collect();
+        assert_eq!(single[0], "rock,frog,pen", "{llada}");
+        let barrier = std::sync::Barrier::new(prompts.len());
+        let together: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = prompts
+                .iter()
+                .map(|p| {
+                    let barrier = &barrier;
+                    let address = server.address();
+                    s.spawn(move || {
+                        barrier.wait();
+                        chat(address, p, llada)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a client"))
+                .collect()
+        });
+        assert_eq!(together, single, "{llada}: batched on ONNX Runtime");
+    }
+    let mut stream = TcpStream::connect(server.address()).expect("connect");
+    write!(
+        stream,
+        "GET /health HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+        server.address()
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let health: serde_json::Value =
+        serde_json::from_str(response.split_once("\r\n\r\n").expect("a body").1).expect("JSON");
+    assert!(
+        health["served"]["largest_batch"].as_u64() >= Some(3),
+        "the concurrent requests shared batches: {health}"
+    );
+}
