@@ -510,7 +510,15 @@ impl Reply {
                 };
                 let event = match step {
                     Ok(Step::Text(t)) => self.chunk(Some(&t), None, false),
-                    Ok(Step::Canvas(c)) => self.event(c).event("llada.canvas"),
+                    // A frame that finds the client's buffer full is dropped (the next one
+                    // shows the canvas anew): a client that does not read never makes this
+                    // task wait, so the engine's events for it never pile up.
+                    Ok(Step::Canvas(c)) => {
+                        match out.try_send(self.event(c).event("llada.canvas")) {
+                            Err(mpsc::error::TrySendError::Closed(_)) => return,
+                            _ => continue,
+                        }
+                    }
                     Ok(Step::Finished(f)) => {
                         drop(rx);
                         let mut last = vec![self.chunk(None, Some(f), false)];
