@@ -117,6 +117,11 @@ struct Cli {
     /// `--out`.
     #[arg(long)]
     only_server: bool,
+    /// Measure only the matrix kernels: a forward pass of the mid-size model with every kernel
+    /// this CPU runs (`amx`, `avx512`, `avx2`, `portable`), the default choice named, and ONNX
+    /// Runtime (Rust) beside them at `--lengths`; replace that section of `--out`.
+    #[arg(long)]
+    only_kernels: bool,
     /// Also measure the real-scale files in a full run.
     #[arg(long)]
     real_scale: bool,
@@ -400,6 +405,82 @@ where
 /// The portable kernel's forward row, run to this many tokens.
 const PORTABLE_ROW: &str = "llada ndarray (LLADA_KERNEL=portable)";
 const PORTABLE_MAX_TOKENS: usize = 256;
+
+const KERNELS_HEADING: &str = "\n## Matrix kernels on this host";
+
+/// The forward pass of the mid-size model with every kernel this CPU runs, ONNX Runtime (Rust)
+/// beside them, interleaved as in the main table; the portable kernel to
+/// [`PORTABLE_MAX_TOKENS`].
+fn kernels_section(cli: &Cli) -> anyhow::Result<String> {
+    use llada::ndarray::{Context, ContextOptions, Kernel, Model};
+    let (cpu, flags) = cpu_description();
+    let model = Arc::new(Model::load(&cli.model)?);
+    let default = Context::with_threads(Arc::clone(&model), cli.threads)?.kernel();
+    let mut contexts = Vec::new();
+    for kernel in Kernel::supported() {
+        let options = ContextOptions::default()
+            .with_threads(cli.threads)
+            .with_kernel(kernel);
+        contexts.push((kernel, Context::with_options(Arc::clone(&model), options)?));
+    }
+    let library = std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .or_else(|| bench_venv_onnxruntime(&cli.python));
+    let mut builder =
+        llada::ort::OrtPredictor::builder(cli.model.join("model.onnx")).intra_threads(cli.threads);
+    if let Some(library) = &library {
+        builder = builder.library(library);
+    }
+    let mut ort = builder.build()?;
+    let mut md = String::new();
+    writeln!(
+        md,
+        "{}\n\nProduced by `cargo run --release --example benchmark -- --only-kernels` on {cpu} ({} threads per engine; AMX: {}). The mid-size model's forward pass (batch 1, full logits, f32 weights), median of {} interleaved runs, with every matrix kernel this CPU runs and ONNX Runtime (Rust) beside them. Default choice here: `{default}` (the fastest kernel that computes in f32; `amx` rounds the operands of its products to bf16 and runs only when asked for).\n",
+        KERNELS_HEADING.trim_start(),
+        cli.threads,
+        if flags.iter().any(|f| f.starts_with("amx")) {
+            "present"
+        } else {
+            "absent"
+        },
+        cli.repeats,
+    )?;
+    writeln!(
+        md,
+        "| engine | tokens | median (s) | spread (s) | ratio to ORT (Rust) |"
+    )?;
+    writeln!(md, "|---|---:|---:|---:|---:|")?;
+    for &len in &cli.lengths {
+        eprintln!("kernels, {len} tokens");
+        let mut labels = vec![String::from("llada ort (CPU)")];
+        let mut engines: Vec<&mut dyn Forward> = vec![&mut ort];
+        for (kernel, context) in &mut contexts {
+            if *kernel == Kernel::Portable && len > PORTABLE_MAX_TOKENS {
+                continue;
+            }
+            let chosen = if *kernel == default {
+                ", the default"
+            } else {
+                ""
+            };
+            labels.push(format!("llada ndarray (LLADA_KERNEL={kernel}{chosen})"));
+            engines.push(context);
+        }
+        let timings = time_forwards(&mut engines, len, cli.repeats)?;
+        let ort_time = timings[0].median;
+        for (label, t) in labels.iter().zip(&timings) {
+            writeln!(
+                md,
+                "| {label} | {len} | {:.4} | {:.4}–{:.4} | {:.2}x |",
+                t.median,
+                t.min,
+                t.max,
+                t.median / ort_time
+            )?;
+        }
+    }
+    Ok(md)
+}
 
 fn time_forwards(
     engines: &mut [&mut dyn Forward],
@@ -699,6 +780,11 @@ fn main() -> anyhow::Result<()> {
         let (cpu, _) = cpu_description();
         let section = server::section(&cpu, cli.threads)?;
         return write_section(&cli.out, "\n## Local server (load)", &section);
+    }
+    if cli.only_kernels {
+        ensure_models(&cli)?;
+        let section = kernels_section(&cli)?;
+        return write_section(&cli.out, KERNELS_HEADING, &section);
     }
     if cli.only_llada2 {
         let (cpu, _) = cpu_description();

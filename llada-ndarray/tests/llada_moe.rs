@@ -40,7 +40,11 @@ fn llada_moe_logits_match_transformers_qwen3_moe_within_1e4_with_every_kernel() 
     assert!(model.weights_bytes() as f64 <= 1.05 * model.checkpoint_bytes() as f64);
     let cases = golden_cases_of(&llada_moe_model());
     assert!(cases.iter().any(|c| c.batch > 1 && c.mask.contains(&0)));
-    for kernel in Kernel::supported() {
+    // The kernels that compute in f32 (`amx` has its bound in tests/amx.rs).
+    for kernel in Kernel::supported()
+        .into_iter()
+        .filter(|k| !k.rounds_to_bf16())
+    {
         for threads in [1, 2] {
             let options = ContextOptions::default()
                 .with_threads(threads)

@@ -8,13 +8,20 @@ use super::int8::IntKernel;
 use crate::error::LoadError;
 
 /// A family of matrix kernels (and the row operations compiled with them). Contexts pick the
-/// fastest one the CPU has unless told otherwise (`ContextOptions::kernel`, or the
-/// `LLADA_KERNEL` environment variable: `portable`, `avx2`, `avx512`, `neon`).
+/// fastest one the CPU has that computes in f32 unless told otherwise
+/// (`ContextOptions::kernel`, or the `LLADA_KERNEL` environment variable: `portable`, `avx2`,
+/// `avx512`, `amx`, `neon`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Kernel {
     /// Plain Rust, any CPU.
     Portable,
+    /// x86-64 with AMX (Intel Xeon from Sapphire Rapids on, on Linux): floating-point
+    /// products on the matrix tiles (`TDPBF16PS`), both operands rounded to bf16 and sums
+    /// kept in f32; the row operations and the integer products are AVX-512's. Chosen only
+    /// when asked for ([`rounds_to_bf16`](Self::rounds_to_bf16)): it moves logits by up to a
+    /// few percent of their row's spread (see `tests/amx.rs`).
+    Amx,
     /// x86-64 with AVX2, FMA and F16C: 6 × 16 register tiles (and 1–5 rows for the last
     /// rows), `A` read in place.
     Avx2,
@@ -29,12 +36,20 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel, fastest first.
-    pub const ALL: [Kernel; 4] = [Kernel::Avx512, Kernel::Avx2, Kernel::Neon, Kernel::Portable];
+    pub const ALL: [Kernel; 5] = [
+        Kernel::Amx,
+        Kernel::Avx512,
+        Kernel::Avx2,
+        Kernel::Neon,
+        Kernel::Portable,
+    ];
 
-    /// The name `LLADA_KERNEL` and [`FromStr`] take: `portable`, `avx2`, `avx512` or `neon`.
+    /// The name `LLADA_KERNEL` and [`FromStr`] take: `portable`, `avx2`, `avx512`, `amx` or
+    /// `neon`.
     pub const fn name(self) -> &'static str {
         match self {
             Kernel::Portable => "portable",
+            Kernel::Amx => "amx",
             Kernel::Avx2 => "avx2",
             Kernel::Avx512 => "avx512",
             Kernel::Neon => "neon",
@@ -54,22 +69,36 @@ impl Kernel {
             Kernel::Avx512 => {
                 std::arch::is_x86_feature_detected!("avx512f") && Kernel::Avx2.is_supported()
             }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Amx => {
+                std::arch::is_x86_feature_detected!("avx512bw")
+                    && Kernel::Avx512.is_supported()
+                    && super::kernels::amx::available()
+            }
             #[cfg(target_arch = "aarch64")]
             Kernel::Neon => std::arch::is_aarch64_feature_detected!("neon"),
             _ => false,
         }
     }
 
-    /// The kernels this CPU runs, fastest first (`portable` always last).
+    /// Whether the kernel rounds the operands of its floating-point products to bf16 (the
+    /// sums stay f32): only `amx`. The others compute in f32, and are the ones
+    /// [`detect`](Self::detect) picks.
+    pub const fn rounds_to_bf16(self) -> bool {
+        matches!(self, Kernel::Amx)
+    }
+
+    /// The kernels this CPU runs, fastest first (`portable` always last), `amx` included.
     pub fn supported() -> Vec<Kernel> {
         Self::ALL.into_iter().filter(|k| k.is_supported()).collect()
     }
 
-    /// The fastest kernel this CPU runs.
+    /// The fastest kernel this CPU runs that computes in f32 (so not `amx`, which must be
+    /// asked for).
     pub fn detect() -> Kernel {
         Self::ALL
             .into_iter()
-            .find(|k| k.is_supported())
+            .find(|k| !k.rounds_to_bf16() && k.is_supported())
             .unwrap_or(Kernel::Portable)
     }
 
@@ -143,8 +172,10 @@ impl Isa {
         let int8 = {
             use std::arch::is_x86_feature_detected as has;
             match self.kernel {
-                Kernel::Avx512 if has!("avx512bw") && has!("avx512vnni") => Some(IntKernel::Vnni),
-                Kernel::Avx512 | Kernel::Avx2 => Some(IntKernel::Avx2),
+                Kernel::Avx512 | Kernel::Amx if has!("avx512bw") && has!("avx512vnni") => {
+                    Some(IntKernel::Vnni)
+                }
+                Kernel::Avx512 | Kernel::Amx | Kernel::Avx2 => Some(IntKernel::Avx2),
                 _ => None,
             }
         };
@@ -189,7 +220,7 @@ impl Isa {
     /// NEON is the target's baseline, so the plain loops are NEON already).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn has_avx2(self) -> bool {
-        matches!(self.kernel, Kernel::Avx2 | Kernel::Avx512)
+        matches!(self.kernel, Kernel::Avx2 | Kernel::Avx512 | Kernel::Amx)
     }
 }
 
@@ -210,7 +241,12 @@ mod tests {
     fn the_portable_kernel_is_always_supported_and_last() {
         let supported = Kernel::supported();
         assert_eq!(supported.last(), Some(&Kernel::Portable));
-        assert_eq!(supported[0], Kernel::detect());
+        let exact: Vec<Kernel> = supported
+            .iter()
+            .copied()
+            .filter(|k| !k.rounds_to_bf16())
+            .collect();
+        assert_eq!(exact[0], Kernel::detect());
         assert!(Isa::new(Kernel::Portable).is_ok());
         for kernel in Kernel::ALL {
             assert_eq!(Isa::new(kernel).is_ok(), kernel.is_supported());

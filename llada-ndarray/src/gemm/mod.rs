@@ -266,6 +266,9 @@ pub(crate) struct GemmScratch {
     b: Vec<f32>,
     /// Rows of `A` quantized for the integer kernels (grown on the first integer product).
     quantized: int8::QuantizedRows,
+    /// Rows of `A` and panels of `B` in bf16 for the AMX kernel (grown on its first product).
+    #[cfg(target_arch = "x86_64")]
+    amx: kernels::amx::AmxScratch,
 }
 
 impl GemmScratch {
@@ -274,6 +277,8 @@ impl GemmScratch {
             a: vec![0.0; (MC.max(MR_MAX) * KC).max(MR_MAX * DEPTH)],
             b: Vec::new(),
             quantized: int8::QuantizedRows::default(),
+            #[cfg(target_arch = "x86_64")]
+            amx: kernels::amx::AmxScratch::default(),
         }
     }
 }
@@ -451,10 +456,10 @@ struct Block<'t, 'a> {
 /// kernels when `isa` has them, everything else through the floating-point ones.
 fn gemm_task(isa: Isa, product: u64, block: Block<'_, '_>, scratch: &mut GemmScratch) {
     let (Some(kernel), Rhs::Packed(w)) = (isa.int8(), block.b) else {
-        return float_task(isa, block, scratch);
+        return float_task(isa, product, block, scratch);
     };
     if !int8::applies(block.b) {
-        return float_task(isa, block, scratch);
+        return float_task(isa, product, block, scratch);
     }
     // Segment by segment (they are panel ranges): the interleaved ones through the integer
     // kernel, the others through the floating-point one.
@@ -489,7 +494,7 @@ fn gemm_task(isa: Isa, product: u64, block: Block<'_, '_>, scratch: &mut GemmScr
                     )
                 }
             }
-            _ => float_task(isa, part, scratch),
+            _ => float_task(isa, product, part, scratch),
         }
     }
 }
@@ -514,11 +519,14 @@ fn pass_depth(k: usize) -> usize {
     k.div_ceil(passes).next_multiple_of(16).min(DEPTH)
 }
 
-/// Runs one rectangle with `isa`'s floating-point kernel.
-fn float_task(isa: Isa, block: Block<'_, '_>, scratch: &mut GemmScratch) {
+/// Runs one rectangle with `isa`'s floating-point kernel (`product` numbers the product, for
+/// kernels that keep rows of `A` converted for its other tasks).
+fn float_task(isa: Isa, product: u64, block: Block<'_, '_>, scratch: &mut GemmScratch) {
     // SAFETY: an `Isa` exists only for kernels this CPU runs.
     unsafe {
         match isa.kernel() {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Amx => kernels::amx::task(block, product, scratch),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 => task::<kernels::avx512::Avx512>(block, scratch),
             #[cfg(target_arch = "x86_64")]

@@ -3,6 +3,8 @@
 //! one [`Kernel`](crate::Kernel) variant and one arm in [`super::gemm_task`]'s dispatch.
 
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod amx;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
 pub(crate) mod avx512;
 #[cfg(target_arch = "aarch64")]
