@@ -875,18 +875,21 @@ fn main() -> anyhow::Result<()> {
         builder = builder.library(library);
     }
     let mut ort = builder.build()?;
-    // On an AVX-512 host, the AVX2 kernel too (what AVX2-only hosts run).
-    let mut ndarray_avx2 = if kernel == llada::ndarray::Kernel::Avx512 {
+    // Every other kernel this CPU runs but the portable one (below): on an AVX-512 host the
+    // AVX2 kernel (what AVX2-only hosts run), on an AMX host the AMX kernel too.
+    let mut other_kernels = Vec::new();
+    for other in llada::ndarray::Kernel::supported() {
+        if other == kernel || other == llada::ndarray::Kernel::Portable {
+            continue;
+        }
         let options = llada::ndarray::ContextOptions::default()
             .with_threads(cli.threads)
-            .with_kernel(llada::ndarray::Kernel::Avx2);
-        Some(llada::ndarray::Context::with_options(
-            Arc::clone(&model),
-            options,
-        )?)
-    } else {
-        None
-    };
+            .with_kernel(other);
+        other_kernels.push((
+            format!("llada ndarray (LLADA_KERNEL={other})"),
+            llada::ndarray::Context::with_options(Arc::clone(&model), options)?,
+        ));
+    }
     let mut ndarray_portable = llada::ndarray::Context::with_options(
         Arc::clone(&model),
         llada::ndarray::ContextOptions::default()
@@ -933,8 +936,8 @@ fn main() -> anyhow::Result<()> {
         for engine in &mut python_engines {
             engines.push((engine.name, engine));
         }
-        if let Some(avx2) = &mut ndarray_avx2 {
-            engines.push(("llada ndarray (LLADA_KERNEL=avx2)", avx2));
+        for (label, context) in &mut other_kernels {
+            engines.push((label, context));
         }
         // The portable kernel as any CPU without a kernel of its own runs it, compiled for
         // this build's target (baseline x86-64: SSE2); to 256 tokens, as it is slower.
@@ -1112,7 +1115,10 @@ fn main() -> anyhow::Result<()> {
     )?;
     // The portable kernel against the AVX2 kernel (the row of that name, or the default
     // kernel's on an AVX2-only host), at each length both ran.
-    let avx2_label = if ndarray_avx2.is_some() {
+    let avx2_label = if other_kernels
+        .iter()
+        .any(|(_, c)| c.kernel() == llada::ndarray::Kernel::Avx2)
+    {
         "llada ndarray (LLADA_KERNEL=avx2)"
     } else {
         "llada ndarray"
