@@ -414,8 +414,47 @@ const KERNELS_HEADING: &str = "\n## Matrix kernels on this host";
 fn kernels_section(cli: &Cli) -> anyhow::Result<String> {
     use llada::ndarray::{Context, ContextOptions, Kernel, Model};
     let (cpu, flags) = cpu_description();
+    let requested = std::env::var_os("LLADA_KERNEL");
+    let default = Kernel::from_env()?.unwrap_or_else(Kernel::detect);
+    // Quantized files beside llama.cpp, first: the kernel is chosen through LLADA_KERNEL, which
+    // the pipelines read when they start, and no other thread of this process runs yet.
+    let quantized: Vec<(String, PathBuf)> = ["q8_0", "q4_k_m"]
+        .iter()
+        .map(|ty| {
+            let path = cli.gguf_dir.join(format!("mid-{ty}.gguf"));
+            (format!("GGUF {}", ty.to_uppercase()), path)
+        })
+        .filter(|(_, path)| path.is_file())
+        .collect();
+    let mut quantized_rows = Vec::new();
+    if !cli.skip_llama_cpp && !quantized.is_empty() {
+        ensure_llama_cpp(cli)?;
+        for kernel in Kernel::supported() {
+            if kernel != default && kernel != Kernel::Amx {
+                continue;
+            }
+            // SAFETY: no other thread of this process runs (see above; the pipelines of the
+            // previous kernel have ended with their threads).
+            unsafe { std::env::set_var("LLADA_KERNEL", kernel.name()) };
+            let (rows, _, _) = llama_cpp::compare(
+                &cli.llama_cpp,
+                &quantized,
+                cli.threads,
+                cli.repeats.min(3),
+                llama_cpp::CANVAS,
+                false,
+            )?;
+            quantized_rows.extend(rows.into_iter().map(|row| (kernel, row)));
+        }
+        // SAFETY: as above.
+        unsafe {
+            match &requested {
+                Some(name) => std::env::set_var("LLADA_KERNEL", name),
+                None => std::env::remove_var("LLADA_KERNEL"),
+            }
+        }
+    }
     let model = Arc::new(Model::load(&cli.model)?);
-    let default = Context::with_threads(Arc::clone(&model), cli.threads)?.kernel();
     let mut contexts = Vec::new();
     for kernel in Kernel::supported() {
         let options = ContextOptions::default()
@@ -476,6 +515,35 @@ fn kernels_section(cli: &Cli) -> anyhow::Result<String> {
                 t.min,
                 t.max,
                 t.median / ort_time
+            )?;
+        }
+    }
+    if !quantized_rows.is_empty() {
+        writeln!(
+            md,
+            "\nQuantized files of the same model (`--gguf-dir`) beside llama.cpp's `llama-diffusion-cli` on the same files: time per step of a {}-token canvas (prompt {}, blocks of {}, {} steps per block, temperature 0), medians of {} interleaved runs; our integer products run `{}` with the default kernel, and Q8_0 on the AMX tiles (`amx-int8`, the other formats through VNNI) with `amx`, whose other products also round to bf16.\n",
+            llama_cpp::CANVAS,
+            llama_cpp::PROMPT,
+            llama_cpp::BLOCK,
+            llama_cpp::STEPS_PER_BLOCK,
+            cli.repeats.min(3),
+            Context::with_threads(Arc::clone(&model), 1)?
+                .integer_kernel()
+                .unwrap_or("none"),
+        )?;
+        writeln!(
+            md,
+            "| file | our kernel | llama.cpp step (s) | our step (s) | ours / llama.cpp |"
+        )?;
+        writeln!(md, "|---|---|---:|---:|---:|")?;
+        for (kernel, row) in &quantized_rows {
+            writeln!(
+                md,
+                "| {} | {kernel} | {:.4} | {:.4} | {:.2}x |",
+                row.label,
+                row.llama_step_s,
+                row.ours_step_s,
+                row.ours_step_s / row.llama_step_s
             )?;
         }
     }

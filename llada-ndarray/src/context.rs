@@ -208,7 +208,8 @@ impl Context {
         self.isa.int8().is_some()
     }
 
-    /// The integer kernel those products run, if any: `avx512-vnni` or `avx2` on x86-64,
+    /// The integer kernel those products run, if any: `amx-int8` (Q8_0 on AMX tiles, the other
+    /// formats through VNNI; with [`Kernel::Amx`] only), `avx512-vnni` or `avx2` on x86-64,
     /// `neon-dotprod` (`sdot`) or `neon` (plain NEON) on aarch64.
     pub fn integer_kernel(&self) -> Option<&'static str> {
         self.isa.int8().map(|k| k.name())

@@ -171,10 +171,12 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         let int8 = {
             use std::arch::is_x86_feature_detected as has;
+            let vnni = has!("avx512bw") && has!("avx512vnni");
             match self.kernel {
-                Kernel::Avx512 | Kernel::Amx if has!("avx512bw") && has!("avx512vnni") => {
-                    Some(IntKernel::Vnni)
+                Kernel::Amx if vnni && super::kernels::amx::int8_available() => {
+                    Some(IntKernel::Amx)
                 }
+                Kernel::Avx512 | Kernel::Amx if vnni => Some(IntKernel::Vnni),
                 Kernel::Avx512 | Kernel::Amx | Kernel::Avx2 => Some(IntKernel::Avx2),
                 _ => None,
             }

@@ -175,10 +175,10 @@ pub(crate) fn expected_integer_kernel(kernel: llada_ndarray::Kernel) -> Option<&
     use llada_ndarray::Kernel;
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 | Kernel::Amx if std::arch::is_x86_feature_detected!("avx512vnni") => {
-            Some("avx512-vnni")
-        }
-        Kernel::Avx512 | Kernel::Amx | Kernel::Avx2 => Some("avx2"),
+        // Every CPU with AMX-BF16 so far has AMX-INT8 and VNNI too.
+        Kernel::Amx => Some("amx-int8"),
+        Kernel::Avx512 if std::arch::is_x86_feature_detected!("avx512vnni") => Some("avx512-vnni"),
+        Kernel::Avx512 | Kernel::Avx2 => Some("avx2"),
         #[cfg(target_arch = "aarch64")]
         Kernel::Neon if std::arch::is_aarch64_feature_detected!("dotprod") => Some("neon-dotprod"),
         Kernel::Neon => Some("neon"),

@@ -8,6 +8,8 @@
 //! [`layout`].
 
 #[cfg(target_arch = "x86_64")]
+pub(super) mod amx;
+#[cfg(target_arch = "x86_64")]
 pub(super) mod avx2;
 pub(crate) mod layout;
 #[cfg(target_arch = "aarch64")]
@@ -40,6 +42,9 @@ pub(crate) struct QuantizedRows {
     sums16: Vec<i32>,
     /// (product, first row, rows, k) of what the buffers hold.
     holds: Option<(u64, usize, usize, usize)>,
+    /// The AMX kernel's sums and accumulators.
+    #[cfg(target_arch = "x86_64")]
+    amx: amx::AmxInt,
 }
 
 impl QuantizedRows {
@@ -212,6 +217,9 @@ pub(crate) enum IntKernel {
     /// AVX-512 with VNNI.
     #[cfg(target_arch = "x86_64")]
     Vnni,
+    /// AMX's integer tiles for Q8_0 (`tdpbssd`), VNNI for the other formats.
+    #[cfg(target_arch = "x86_64")]
+    Amx,
     /// AVX2 (`vpmaddubsw`).
     #[cfg(target_arch = "x86_64")]
     Avx2,
@@ -231,6 +239,8 @@ impl IntKernel {
             #[cfg(target_arch = "x86_64")]
             IntKernel::Vnni => "avx512-vnni",
             #[cfg(target_arch = "x86_64")]
+            IntKernel::Amx => "amx-int8",
+            #[cfg(target_arch = "x86_64")]
             IntKernel::Avx2 => "avx2",
             #[cfg(target_arch = "aarch64")]
             IntKernel::NeonDot => "neon-dotprod",
@@ -247,6 +257,9 @@ impl IntKernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the caller's contract.
             IntKernel::Vnni => unsafe { vnni::run(t) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the caller's contract (an AMX host has VNNI: `Isa` checks both).
+            IntKernel::Amx => unsafe { vnni::run(t) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the caller's contract.
             IntKernel::Avx2 => unsafe { avx2::run(t) },
@@ -298,6 +311,11 @@ pub(super) unsafe fn task(
     data: &[u8],
     rows_scratch: &mut QuantizedRows,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == IntKernel::Amx && ty == QuantType::Q8_0 {
+        // SAFETY: the CPU runs the AMX kernel (this function's contract).
+        return unsafe { amx::task(product, block, segment, data, rows_scratch) };
+    }
     let (rows, cols) = (block.rows.clone(), block.cols.clone());
     debug_assert!(
         cols.start % NR == 0

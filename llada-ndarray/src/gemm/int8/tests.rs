@@ -134,7 +134,7 @@ fn integer_products_are_their_reference_bit_for_bit_and_within_the_rounding_of_f
             320
         };
         let (w, dense) = weight(&types, k, 70);
-        for m in [1, 5, 6, 13, 40] {
+        for m in [1, 5, 6, 13, 40, 70] {
             let a = values(m * k, m as u64);
             for c0 in [0.0, 0.25] {
                 let ours = product(reference_isa, &pool, &a, &w, m, c0);
@@ -148,7 +148,16 @@ fn integer_products_are_their_reference_bit_for_bit_and_within_the_rounding_of_f
                                 if integer {
                                     assert!(x == y, "{isa:?} {types:?} part {j} m {m}: {x} vs {y}");
                                 } else {
-                                    assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{x} vs {y}");
+                                    // Widened: in f32, or in bf16 by the AMX kernel.
+                                    let tol = if isa.kernel().rounds_to_bf16() {
+                                        1e-2
+                                    } else {
+                                        1e-5
+                                    };
+                                    assert!(
+                                        (x - y).abs() <= tol * x.abs().max(1.0),
+                                        "{isa:?}: {x} vs {y}"
+                                    );
                                 }
                             }
                         }

@@ -53,6 +53,14 @@ pub(crate) fn available() -> bool {
     *AVAILABLE.get_or_init(|| cpu_has_amx_bf16() && os_grants_tile_state())
 }
 
+/// Whether the tiles also multiply bytes (AMX-INT8), besides [`available`].
+pub(crate) fn int8_available() -> bool {
+    // SAFETY: as in `cpu_has_amx_bf16`.
+    #[allow(unused_unsafe)]
+    let leaf7 = unsafe { __cpuid_count(7, 0) };
+    available() && leaf7.edx & (1 << 25) != 0
+}
+
 fn cpu_has_amx_bf16() -> bool {
     // SAFETY: CPUID exists on every x86-64 CPU; leaf 7 is below the maximum leaf on any CPU
     // with AVX-512 (checked by the caller first) and reads as zeros otherwise.
