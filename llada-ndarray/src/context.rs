@@ -97,7 +97,8 @@ pub const MAX_THREADS: usize = 1024;
 pub struct ContextOptions {
     /// Threads, the calling thread included (`None`: every core the operating system offers).
     pub threads: Option<usize>,
-    /// The matrix kernel (`None`: `LLADA_KERNEL` if set, else the fastest this CPU runs).
+    /// The matrix kernel (`None`: `LLADA_KERNEL` if set, else the fastest this CPU runs that
+    /// computes in f32, so never `Kernel::Amx` unless asked for).
     /// Asking for one the CPU lacks is an error.
     pub kernel: Option<Kernel>,
     /// Multiply Q8_0, Q4_0, Q4_K and Q6_K weights in f32 (widened inside the kernel) even

@@ -17,7 +17,7 @@ use llada_ndarray::{Context, ContextOptions, Kernel, Model};
 use llada_test_support::{bundled_model, dream_model};
 
 /// The documented bound: the largest move of a logit, as a fraction of its row's spread
-/// (measured on a Sapphire Rapids host: 0.014 on the bundled model, 0.037 on the Dream
+/// (measured on an Intel Xeon VM with AMX: 0.014 on the bundled model, 0.037 on the Dream
 /// fixture; the integer products' bound is 0.02).
 const MAX_SHIFT: f32 = 0.05;
 

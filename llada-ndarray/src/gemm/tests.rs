@@ -386,7 +386,7 @@ fn sixteenths(len: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
 /// widened quantized weights, attention's panels, a strided `A`, one thread and many.
 ///
 /// Bit for bit needs inputs whose sums are exact: `TDPBF16PS` does not add a 32-deep step's
-/// products in any order written down (on this Sapphire Rapids host, 45 to 182 of 256 sums
+/// products in any order written down (on an Intel Xeon VM with AMX, 45 to 182 of 256 sums
 /// differed from each order tried, in the last bit). Random values are checked against the
 /// f64 sum of the rounded operands instead, within f32's rounding over the depth.
 #[cfg(target_arch = "x86_64")]
