@@ -522,6 +522,9 @@ fn pass_depth(k: usize) -> usize {
 /// Runs one rectangle with `isa`'s floating-point kernel (`product` numbers the product, for
 /// kernels that keep rows of `A` converted for its other tasks).
 fn float_task(isa: Isa, product: u64, block: Block<'_, '_>, scratch: &mut GemmScratch) {
+    // Only the AMX kernel (x86-64) keeps converted rows per product.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = product;
     // SAFETY: an `Isa` exists only for kernels this CPU runs.
     unsafe {
         match isa.kernel() {

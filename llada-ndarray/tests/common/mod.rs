@@ -174,9 +174,9 @@ pub(crate) fn generate_canvas(
 pub(crate) fn expected_integer_kernel(kernel: llada_ndarray::Kernel) -> Option<&'static str> {
     use llada_ndarray::Kernel;
     match kernel {
-        #[cfg(target_arch = "x86_64")]
         // Every CPU with AMX-BF16 so far has AMX-INT8 and VNNI too.
         Kernel::Amx => Some("amx-int8"),
+        #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 if std::arch::is_x86_feature_detected!("avx512vnni") => Some("avx512-vnni"),
         Kernel::Avx512 | Kernel::Avx2 => Some("avx2"),
         #[cfg(target_arch = "aarch64")]
