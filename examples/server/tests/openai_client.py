@@ -157,7 +157,10 @@ for name, extra in [("the reference schedule", {}), ("threshold 0.9 and the dual
     ]
     together, batches, largest = concurrent(SLOW, extra)
     check(together == single, f"{name}: 8 concurrent calls answer as 8 single calls ({together} vs {single})")
-    check(batches <= 2 and largest >= 7, f"{name}: the 8 calls shared batches ({batches} batches, the largest {largest} rows)")
+    # The first batch starts with the calls that have arrived (one, or a few that came together)
+    # and every later call joins the second: at most 2 batches, so one of at least 4 rows. One
+    # call at a time would take 8.
+    check(batches <= 2 and largest >= 4, f"{name}: the 8 calls shared batches ({batches} batches, the largest {largest} rows)")
     check(sum(1 for s, item in zip(single, items) if s == item["answer"]) >= 7, f"{name}: the answers are the eval set's")
 
 # Guidance sends every row twice: batched, it still answers.

@@ -328,7 +328,9 @@ fn onnx_runtime_serves_batches_with_its_cached_graph() {
     let health: serde_json::Value =
         serde_json::from_str(response.split_once("\r\n\r\n").expect("a body").1).expect("JSON");
     assert!(
-        health["served"]["largest_batch"].as_u64() >= Some(3),
+        // The first batch takes the requests that have arrived, the second the rest: a 2 + 2
+        // split is batching too; one request at a time would leave 1.
+        health["served"]["largest_batch"].as_u64() >= Some(2),
         "the concurrent requests shared batches: {health}"
     );
 }
