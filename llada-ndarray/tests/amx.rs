@@ -21,15 +21,6 @@ use llada_test_support::{bundled_model, dream_model};
 /// fixture; the integer products' bound is 0.02).
 const MAX_SHIFT: f32 = 0.05;
 
-fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-            if v > best.1 { (i, v) } else { best }
-        })
-        .0
-}
-
 #[test]
 fn amx_moves_logits_within_the_bound_and_keeps_the_argmax() {
     if !Kernel::Amx.is_supported() {
@@ -62,17 +53,11 @@ fn amx_moves_logits_within_the_bound_and_keeps_the_argmax() {
             amx.forward(&request, &mut got).unwrap();
             exact.forward(&request, &mut want).unwrap();
             for (g, w) in got.chunks_exact(vocab).zip(want.chunks_exact(vocab)) {
-                let spread = w.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v))
-                    - w.iter().fold(f32::INFINITY, |m, &v| m.min(v));
-                let shift = g
-                    .iter()
-                    .zip(w)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0, f32::max);
+                let (shift, spread) = common::shift_and_spread(g, w);
                 worst = worst.max(shift / spread);
                 narrowest = narrowest.min(spread);
                 rows += 1;
-                same += usize::from(argmax(g) == argmax(w));
+                same += usize::from(common::argmax(g) == common::argmax(w));
             }
         }
         eprintln!(

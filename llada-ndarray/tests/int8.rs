@@ -158,17 +158,11 @@ fn integer_products_move_logits_within_their_bound_and_keep_the_argmax() {
             }
             let (want, _) = logits(&model, widened, input);
             for (g, w) in got.chunks_exact(vocab).zip(want.chunks_exact(vocab)) {
-                let spread = w.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v))
-                    - w.iter().fold(f32::INFINITY, |m, &v| m.min(v));
-                let shift = g
-                    .iter()
-                    .zip(w)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0, f32::max);
+                let (shift, spread) = common::shift_and_spread(g, w);
                 worst = worst.max(shift / spread);
                 over += usize::from(shift / spread > MAX_SHIFT);
                 rows += 1;
-                same += usize::from(argmax(g) == argmax(w));
+                same += usize::from(common::argmax(g) == common::argmax(w));
             }
         }
         eprintln!(
@@ -196,13 +190,4 @@ fn integer_products_move_logits_within_their_bound_and_keep_the_argmax() {
             "{name}: argmax kept at {same}/{rows} positions"
         );
     }
-}
-
-fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-            if v > best.1 { (i, v) } else { best }
-        })
-        .0
 }

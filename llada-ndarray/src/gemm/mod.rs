@@ -8,6 +8,7 @@
 //! value, an [`Isa`], chosen per context; all packing memory is caller-owned scratch: no
 //! allocation per call.
 
+mod blocked;
 mod int8;
 pub(crate) mod isa;
 pub(crate) mod kernels;
@@ -18,12 +19,13 @@ mod tests;
 use half::{bf16, f16};
 
 use crate::quant::QuantType;
+use blocked::float_task;
+#[cfg(test)]
+use blocked::pass_depth;
 pub(crate) use isa::Isa;
-use kernels::{MR_MAX, MicroKernel, Sliver, Tile};
+use kernels::MR_MAX;
 pub(crate) use pack::pack_panels;
-use pack::{copy_rows, panel};
 
-use crate::Kernel;
 use crate::parallel::Disjoint;
 use crate::threads::Pool;
 
@@ -452,6 +454,26 @@ struct Block<'t, 'a> {
     accumulate: bool,
 }
 
+impl Block<'_, '_> {
+    /// Whether the rectangle needs no kernel: it is empty, or the depth is 0 (then `C` is
+    /// zeroed unless the product accumulates).
+    fn is_trivial(&self) -> bool {
+        if self.rows.is_empty() || self.cols.is_empty() {
+            return true;
+        }
+        if self.a.cols > 0 {
+            return false;
+        }
+        if !self.accumulate {
+            for r in self.rows.clone() {
+                // SAFETY: this task owns its rectangle of C.
+                unsafe { self.c.row_mut(r, self.cols.start, self.cols.len()) }.fill(0.0);
+            }
+        }
+        true
+    }
+}
+
 /// Runs one rectangle with the kernel `isa` names: Q8_0 and Q4_0 panels through the integer
 /// kernels when `isa` has them, everything else through the floating-point ones.
 fn gemm_task(isa: Isa, product: u64, block: Block<'_, '_>, scratch: &mut GemmScratch) {
@@ -496,158 +518,5 @@ fn gemm_task(isa: Isa, product: u64, block: Block<'_, '_>, scratch: &mut GemmScr
             }
             _ => float_task(isa, product, part, scratch),
         }
-    }
-}
-
-/// Depth of each pass of the floating-point kernels over a product of inner dimension `k`:
-/// as few passes as [`DEPTH`] allows, of equal depth (a multiple of 16, so that each pass
-/// starts `A`'s rows on a cache line).
-///
-/// Every pass but the first reads and writes the task's block of `C` again, and that block
-/// (rows × 128 columns, 512 KB at 1024 rows) does not stay in L2 beside the rows of `A`
-/// streaming through. With passes 256 deep (this code's `KC` before), the 220 M model's
-/// forward at 1024 tokens on AMD Zen 4 ran in two states that came and went in time, about
-/// 2.17 and 2.55 s, the slow one spending its extra time on the stores of `C`; with passes
-/// 1024 deep, alternated run by run in one process, it ran 2.19–2.24 s in the slow state
-/// (2.50–2.64 s with 256). Side by side on 2 threads, fastest-state medians, 256 → 1024 deep:
-/// 0.0694 → 0.0631 s at 32 tokens, 0.127 → 0.120 s at 64, 0.499 → 0.468 s at 256, 2.19 →
-/// 2.11 s at 1024; the AVX2 kernel 0.082 → 0.070 s at 32 and 0.525 → 0.476 s at 256. Passes
-/// stay at most 1024 deep so that a column block of `B` (kc × 128 values, 512 KB in f32)
-/// still fits L2.
-fn pass_depth(k: usize) -> usize {
-    let passes = k.div_ceil(DEPTH).max(1);
-    k.div_ceil(passes).next_multiple_of(16).min(DEPTH)
-}
-
-/// Runs one rectangle with `isa`'s floating-point kernel (`product` numbers the product, for
-/// kernels that keep rows of `A` converted for its other tasks).
-fn float_task(isa: Isa, product: u64, block: Block<'_, '_>, scratch: &mut GemmScratch) {
-    // Only the AMX kernel (x86-64) keeps converted rows per product.
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = product;
-    // SAFETY: an `Isa` exists only for kernels this CPU runs.
-    unsafe {
-        match isa.kernel() {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Amx => kernels::amx::task(block, product, scratch),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => task::<kernels::avx512::Avx512>(block, scratch),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => task::<kernels::avx2::Avx2>(block, scratch),
-            #[cfg(target_arch = "aarch64")]
-            Kernel::Neon => task::<kernels::neon::Neon>(block, scratch),
-            _ => task::<kernels::portable::Portable>(block, scratch),
-        }
-    }
-}
-
-/// The blocked loops around kernel `K`.
-///
-/// # Safety
-/// The CPU runs `K`.
-unsafe fn task<K: MicroKernel>(block: Block<'_, '_>, scratch: &mut GemmScratch) {
-    let Block {
-        a,
-        b,
-        c,
-        rows,
-        cols,
-        accumulate,
-    } = block;
-    let k = a.cols;
-    if rows.is_empty() || cols.is_empty() {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            for r in rows {
-                // SAFETY: this task owns its rectangle of C.
-                unsafe { c.row_mut(r, cols.start, cols.len()) }.fill(0.0);
-            }
-        }
-        return;
-    }
-    let mr = K::MR;
-    let GemmScratch {
-        a: apack,
-        b: widened,
-        ..
-    } = scratch;
-    let quantized = pack::has_quantized(b);
-    if quantized && widened.len() < COLUMN_BLOCK * KC * NR {
-        widened.resize(COLUMN_BLOCK * KC * NR, 0.0);
-    }
-    debug_assert_eq!(
-        cols.start % NR,
-        0,
-        "column chunks start on panel boundaries"
-    );
-    // Loop order (as MLAS does for weights): a block of columns of B (COLUMN_BLOCK panels,
-    // kc deep: L2) is read from memory once and serves every row of A; the A sliver (mr rows,
-    // kc deep: L1 or L2) serves every panel of the block.
-    let depth = if quantized { KC } else { pass_depth(k) };
-    let mut p0 = cols.start / NR;
-    while p0 * NR < cols.end {
-        let p_end = (p0 + COLUMN_BLOCK).min(cols.end.div_ceil(NR));
-        let mut k0 = 0;
-        while k0 < k {
-            let kc = depth.min(k - k0);
-            let add = accumulate || k0 > 0;
-            // Quantized panels of this block are widened once, for every row tile, and every
-            // panel slice is looked up once, not once per row tile.
-            if quantized {
-                pack::widen_quantized(b, p0..p_end, k0, kc, widened);
-            }
-            let widened: &[f32] = widened;
-            let mut block_panels = [None; COLUMN_BLOCK];
-            for (slot, p) in (p0..p_end).enumerate() {
-                block_panels[slot] = Some(panel(b, p, k0, kc, widened, slot));
-            }
-            let block_panel = |p: usize| block_panels[p - p0].expect("a panel of this block");
-            let mut row0 = rows.start;
-            while row0 < rows.end {
-                let tile_rows = mr.min(rows.end - row0);
-                let sliver = if (tile_rows == mr || K::SHORT_TILES) && a.col_stride == 1 {
-                    // The kernel reads the rows of A where they are (a kernel with short
-                    // tiles reads a short last sliver in place too).
-                    Sliver {
-                        data: &a.data[row0 * a.row_stride + k0..],
-                        lda: a.row_stride,
-                    }
-                } else {
-                    // A strided A, or a short last sliver for a kernel without short tiles.
-                    copy_rows(a, row0, tile_rows, k0, kc, mr, apack);
-                    Sliver {
-                        data: &apack[..mr * kc],
-                        lda: kc,
-                    }
-                };
-                let mut p = p0;
-                while p < p_end {
-                    let j0 = p * NR;
-                    let pair = K::PAIRS && p + 1 < p_end;
-                    let nc = (if pair { 2 * NR } else { NR }).min(cols.end - j0);
-                    let first = block_panel(p);
-                    let second = pair.then(|| block_panel(p + 1));
-                    let tile = Tile {
-                        c,
-                        row: row0,
-                        col: j0,
-                        rows: tile_rows,
-                        cols: nc,
-                        add,
-                        prefetch: row0 == rows.start,
-                    };
-                    // SAFETY: the CPU runs K (this function's contract); the sliver and the
-                    // panels hold `kc` rows in K's layout; the tile is inside this task's
-                    // rectangle of C.
-                    unsafe { K::run(kc, sliver, first, second, tile) };
-                    p += if pair { 2 } else { 1 };
-                }
-                row0 += tile_rows;
-            }
-            k0 += kc;
-        }
-        p0 = p_end;
     }
 }

@@ -1,8 +1,9 @@
 //! The matrix product against an f64 reference, with every kernel this CPU runs.
 
 use super::kernels::avx512::{Lanes16, kernel_m16n};
-use super::kernels::{BF16, F32, Sliver, with_rows};
+use super::kernels::{BF16, F32, Sliver, Tile, with_rows};
 use super::*;
+use crate::Kernel;
 use crate::quant::QuantType;
 
 /// Every kernel this CPU runs that computes in f32 (the AMX kernel, which rounds to bf16, has

@@ -185,3 +185,26 @@ pub(crate) fn expected_integer_kernel(kernel: llada_ndarray::Kernel) -> Option<&
         _ => None,
     }
 }
+
+/// How far a row of logits `got` moved from `want`: the largest |difference| and `want`'s
+/// spread (max − min), whose ratio the approximate kernels' tests bound.
+pub(crate) fn shift_and_spread(got: &[f32], want: &[f32]) -> (f32, f32) {
+    let spread = want.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+        - want.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+    let shift = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    (shift, spread)
+}
+
+/// The index of the largest logit (the first of equals).
+pub(crate) fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 { (i, v) } else { best }
+        })
+        .0
+}

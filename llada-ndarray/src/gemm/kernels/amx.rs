@@ -356,7 +356,7 @@ unsafe fn tiles(
     }
 }
 
-/// Runs one rectangle of `C` on the tiles.
+/// Runs one rectangle of `C` on the tiles (one that is not [trivial](Block::is_trivial)).
 ///
 /// # Safety
 /// [`available`] is true and the CPU has AVX-512F, BW, AVX2 and F16C (an AMX `Isa` exists).
@@ -370,18 +370,6 @@ pub(in crate::gemm) unsafe fn task(block: Block<'_, '_>, product: u64, scratch: 
         accumulate,
     } = block;
     let k = a.cols;
-    if rows.is_empty() || cols.is_empty() {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            for r in rows {
-                // SAFETY: this task owns its rectangle of C.
-                unsafe { c.row_mut(r, cols.start, cols.len()) }.fill(0.0);
-            }
-        }
-        return;
-    }
     debug_assert_eq!(cols.start % NR, 0);
     let GemmScratch {
         b: widened, amx, ..
