@@ -4,7 +4,7 @@
 
 use super::kernels::{self, MicroKernel, Sliver, Tile};
 use super::pack::{self, copy_rows, panel};
-use super::{Block, COLUMN_BLOCK, DEPTH, GemmScratch, Isa, KC, NR};
+use super::{Block, COLUMN_BLOCK, DEPTH, GemmScratch, Isa, KC, NR, Rhs};
 use crate::Kernel;
 
 /// Depth of each pass of the floating-point kernels over a product of inner dimension `k`:
@@ -103,6 +103,20 @@ unsafe fn task<K: MicroKernel>(block: Block<'_, '_>, scratch: &mut GemmScratch) 
                 block_panels[slot] = Some(panel(b, p, k0, kc, widened, slot));
             }
             let block_panel = |p: usize| block_panels[p - p0].expect("a panel of this block");
+            let ahead = if K::PREFETCHES_AHEAD && !quantized {
+                // What this task reads after this pass: this block's next pass, or its next
+                // block's first.
+                let next = if k0 + kc < k {
+                    (p0..p_end, k0 + kc)
+                } else {
+                    (p_end..(p_end + COLUMN_BLOCK).min(cols.end.div_ceil(NR)), 0)
+                };
+                let calls = (rows.end - rows.start).div_ceil(mr) * (p_end - p0).div_ceil(2);
+                Ahead::new(b, next, depth, calls, kc)
+            } else {
+                Ahead::default()
+            };
+            let mut calls = 0;
             let mut row0 = rows.start;
             while row0 < rows.end {
                 let tile_rows = mr.min(rows.end - row0);
@@ -136,7 +150,9 @@ unsafe fn task<K: MicroKernel>(block: Block<'_, '_>, scratch: &mut GemmScratch) 
                         cols: nc,
                         add,
                         prefetch: row0 == rows.start,
+                        ahead: ahead.for_call(calls),
                     };
+                    calls += 1;
                     // SAFETY: the CPU runs K (this function's contract); the sliver and the
                     // panels hold `kc` rows in K's layout; the tile is inside this task's
                     // rectangle of C.
@@ -148,5 +164,61 @@ unsafe fn task<K: MicroKernel>(block: Block<'_, '_>, scratch: &mut GemmScratch) 
             k0 += kc;
         }
         p0 = p_end;
+    }
+}
+
+/// The f32 panel slices of `B` a task reads after the current pass, and how a pass's kernel
+/// calls share prefetching them into L2 ([`Tile::ahead`]): every `spread`-th call takes the
+/// next [`kernels::ahead_lines`] lines, so that the lines come in evenly over the pass rather
+/// than all in its first calls.
+#[derive(Default)]
+struct Ahead {
+    slices: [(usize, usize); COLUMN_BLOCK],
+    lines_per_call: usize,
+    spread: usize,
+}
+
+impl Ahead {
+    /// `next`: the panels and first row of the next pass (each at most `depth` deep, as the
+    /// passes are); `calls`: the kernel calls of the current pass, each `kc` deep.
+    fn new(
+        b: &Rhs<'_>,
+        (panels, k0): (std::ops::Range<usize>, usize),
+        depth: usize,
+        calls: usize,
+        kc: usize,
+    ) -> Self {
+        let (k, _) = b.dims();
+        let next_kc = depth.min(k - k0);
+        let mut slices = [(0, 0); COLUMN_BLOCK];
+        for (slot, q) in panels.enumerate() {
+            // Quantized panels are widened per pass (no prefetching them); the caller passes
+            // none.
+            if let (kernels::F32, ptr, len) = panel(b, q, k0, next_kc, &[], 0).parts() {
+                slices[slot] = (ptr as usize, len * 4 / 64);
+            }
+        }
+        let lines: usize = slices.iter().map(|&(_, lines)| lines).sum();
+        let lines_per_call = kernels::ahead_lines(kc);
+        Self {
+            slices,
+            lines_per_call,
+            spread: (calls * lines_per_call / lines.max(1)).max(1),
+        }
+    }
+
+    /// Where call `call` of the pass prefetches from (null: nothing).
+    fn for_call(&self, call: usize) -> *const u8 {
+        if self.spread == 0 || !call.is_multiple_of(self.spread) {
+            return std::ptr::null();
+        }
+        let mut line = call / self.spread * self.lines_per_call;
+        for &(at, lines) in &self.slices {
+            if line < lines {
+                return (at + line * 64) as *const u8;
+            }
+            line -= lines;
+        }
+        std::ptr::null()
     }
 }

@@ -301,16 +301,32 @@ struct Plan {
     col_chunks: usize,
 }
 
+/// Column tasks per thread of a product wide enough (see [`plan`]).
+const TASKS_PER_THREAD: usize = 4;
+
 fn plan(m: usize, n: usize, threads: usize) -> Plan {
     let panels = n.div_ceil(NR);
     let row_blocks = m.div_ceil(MC);
     // Prefer splitting columns (weights are read once per thread); split rows when there are
-    // too few panels to keep every thread busy. Column chunks are as small as one block of
-    // the task loop (COLUMN_BLOCK panels: smaller ones would not save reading A again), so
-    // that threads slowed by others on the machine still finish together: with only two
-    // chunks per thread, a thread idled for half a chunk, 10–20% of a product, at the end.
-    let col_chunks = panels
+    // too few panels to keep every thread busy. A task is a run of column blocks of the task
+    // loop (COLUMN_BLOCK panels each), about TASKS_PER_THREAD of them per thread:
+    // - several blocks, because a task's kernels prefetch its next block into L2 while they
+    //   work on one (`Tile::ahead`), so that only a task's first block comes from memory all
+    //   at once, in its first row tile. With one block per task every block did, and such a
+    //   tile waits on memory: on an Intel Xeon (AMX host), one thread multiplied the LM head
+    //   (1024 × 32000, f32) at 61 GFLOP/s with only that tile (12 rows), against 143 with
+    //   256 rows. The mid-size model's five products at 256 tokens, 2 threads, side by side:
+    //   87–90 ms with prefetching ahead over 4 tasks per thread, 90–92 ms with one block per
+    //   task (both with the assembly tile);
+    // - several tasks per thread, so that threads slowed by others on the machine still
+    //   finish together: with only two chunks per thread, a thread idled for half a chunk,
+    //   10–20% of a product, at the end.
+    let blocks_per_task = panels
         .div_ceil(COLUMN_BLOCK)
+        .div_ceil(threads * TASKS_PER_THREAD)
+        .max(1);
+    let col_chunks = panels
+        .div_ceil(COLUMN_BLOCK * blocks_per_task)
         .max(panels.min(threads * 2))
         .max(1);
     let row_chunks = if panels >= threads * 2 {

@@ -8,6 +8,29 @@ use super::kernels::Panel;
 use super::{Dtype, KC, MatRef, NR, PackedMatrix, PanelData, Rhs, Segment};
 use crate::quant::{QuantType, dequantize_block, quantize_row};
 
+/// Asks Linux to back the 2 MiB-aligned part of a new, not yet written buffer (a packed
+/// weight) with transparent huge pages, where the system leaves that to the program
+/// (`madvise` mode, a common default). The kernels stream every weight once per product; with
+/// 4 KiB pages a 131 MB LM head spans 32,000 pages, and at 256 tokens its product ran 4–8%
+/// slower than with huge pages (2 threads, Intel Xeon with AMX). A refusal changes nothing,
+/// so its result is not looked at; elsewhere this does nothing.
+fn advise_huge_pages<T>(data: &mut [T]) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = data.as_mut_ptr() as usize;
+        let end = start + std::mem::size_of_val(data);
+        let (from, to) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
+        if from < to {
+            // SAFETY: the range lies inside `data`, which this function borrows mutably;
+            // MADV_HUGEPAGE changes how its pages are backed, never their contents.
+            unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = data;
+}
+
 impl PackedMatrix {
     /// Packs row-major `[n, k]` weights given row by row: `rows(r, out)` writes row `r`.
     pub(crate) fn pack<T: Copy + Default>(
@@ -17,6 +40,7 @@ impl PackedMatrix {
     ) -> Vec<T> {
         let panels = n.div_ceil(NR);
         let mut data = vec![T::default(); panels * k * NR];
+        advise_huge_pages(&mut data);
         let mut row = vec![T::default(); k];
         for r in 0..n {
             rows(r, &mut row);
@@ -71,6 +95,7 @@ impl PackedMatrix {
         };
         let panels = n.div_ceil(NR);
         let mut data = vec![0u8; panels * blocks * stored];
+        advise_huge_pages(&mut data);
         if data.is_empty() {
             return PanelData::Quant { ty, data };
         }

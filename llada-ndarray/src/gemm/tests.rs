@@ -164,6 +164,7 @@ fn the_avx512_kernel_logic_matches_a_reference() {
             cols,
             add,
             prefetch: add,
+            ahead: std::ptr::null(),
         };
         let b = [
             panels.as_ptr().cast::<u8>(),
@@ -217,6 +218,7 @@ fn the_avx512_kernel_logic_matches_a_reference() {
             cols: 32,
             add: false,
             prefetch: true,
+            ahead: std::ptr::null(),
         }
     }
     let rest = Sliver {
@@ -230,6 +232,82 @@ fn the_avx512_kernel_logic_matches_a_reference() {
     }
     for (x, y) in c.iter().zip(&expected) {
         assert!((x - y).abs() < 2e-2, "{x} vs {y}");
+    }
+}
+
+/// The AVX-512 kernel's assembly 8 × 32 tile (f32 panels) sums exactly what its compiled
+/// loop does: the same FMAs in the same order, so the same bits, at depths that are and are
+/// not multiples of its 4-step unrolling, with rows further apart than the depth, written
+/// and added, with and without prefetches (of this panel and of what comes next), and over
+/// a short last panel.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_avx512_assembly_tile_is_its_compiled_loop_bit_for_bit() {
+    use super::kernels::MicroKernel;
+    use super::kernels::Panel;
+    use super::kernels::avx512::Avx512;
+    if !Kernel::Avx512.is_supported() {
+        eprintln!("no AVX-512 on this CPU: the assembly tile cannot run here");
+        return;
+    }
+    let (m, n) = (11, 32);
+    for kc in [1, 3, 4, 5, 16, 37, 1029] {
+        let lda = kc + 9;
+        let a = values(m * lda, 7);
+        let w = values(n * kc, 8);
+        let panels = PackedMatrix::pack(n, kc, |r, out: &mut [f32]| {
+            out.copy_from_slice(&w[r * kc..(r + 1) * kc])
+        });
+        let sliver = Sliver {
+            data: &a[2 * lda..],
+            lda,
+        };
+        let (first, second) = (&panels[..kc * NR], &panels[kc * NR..2 * kc * NR]);
+        // The part of B prefetched ahead: none, or another weight's panels.
+        let later = values(64 * kc, 10);
+        for (cols, add, prefetch, ahead) in [
+            (32, false, true, std::ptr::null()),
+            (32, true, false, later.as_ptr().cast()),
+            (21, true, true, later.as_ptr().cast()),
+        ] {
+            let start = values(m * n, 9);
+            let (mut got, mut want) = (start.clone(), start);
+            let tile = |c| Tile {
+                c,
+                row: 2,
+                col: 0,
+                rows: 8,
+                cols,
+                add,
+                prefetch,
+                ahead,
+            };
+            // SAFETY: the CPU has AVX-512 (checked); 8 rows of `kc` values `lda` apart from
+            // row 2 of 11, two panels of `kc × 16`, the tile inside C.
+            unsafe {
+                Avx512::run(
+                    kc,
+                    sliver,
+                    Panel::F32(first),
+                    Some(Panel::F32(second)),
+                    tile(Out::new(&mut got, m, n, n)),
+                );
+                kernel_m16n::<Lanes16, F32, 2, 8>(
+                    kc,
+                    sliver,
+                    [first.as_ptr().cast(), second.as_ptr().cast()],
+                    tile(Out::new(&mut want, m, n, n)),
+                );
+            }
+            for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    x.to_bits() == y.to_bits(),
+                    "kc {kc} cols {cols} add {add}: ({}, {}): {x:e} vs {y:e}",
+                    i / n,
+                    i % n
+                );
+            }
+        }
     }
 }
 

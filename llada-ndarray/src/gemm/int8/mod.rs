@@ -372,6 +372,7 @@ pub(super) unsafe fn task(
                             cols: (if pair { 2 * NR } else { NR }).min(cols.end - j0),
                             add: block.accumulate || k0 > 0,
                             prefetch: false,
+                            ahead: std::ptr::null(),
                         },
                     };
                     t.check();

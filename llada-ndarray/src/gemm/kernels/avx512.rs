@@ -29,6 +29,7 @@ impl MicroKernel for Avx512 {
     const MR: usize = 8;
     const SHORT_TILES: bool = true;
     const PAIRS: bool = true;
+    const PREFETCHES_AHEAD: bool = true;
 
     unsafe fn run(
         kc: usize,
@@ -52,6 +53,7 @@ impl MicroKernel for Avx512 {
                 tile.rows,
                 M in [1, 2, 3, 4, 5, 6, 7, 8],
                 match (dtype, p1) {
+                    (F32, Some(p1)) if M == 8 => x86::f32_8x32(kc, a, [p0, p1], tile),
                     (F32, Some(p1)) => x86::kernel::<F32, 2, M>(kc, a, [p0, p1], tile),
                     (BF16, Some(p1)) => x86::kernel::<BF16, 2, M>(kc, a, [p0, p1], tile),
                     (_, Some(p1)) => x86::kernel::<F16, 2, M>(kc, a, [p0, p1], tile),
@@ -155,6 +157,24 @@ pub(crate) unsafe fn kernel_m16n<V: Vec16, const D: u8, const N: usize, const M:
                 }
             }
         }
+        store_tile(&acc, tile);
+    }
+}
+
+/// Writes (or adds) the accumulators of an `M × 16N` tile to `tile`, whose columns may be
+/// fewer than `16N` (the last panel of a product).
+///
+/// # Safety
+/// The tile has `M` rows and is the caller's; `V`'s instructions are available.
+#[inline(always)]
+pub(crate) unsafe fn store_tile<V: Vec16, const N: usize, const M: usize>(
+    acc: &[[V; N]; M],
+    tile: Tile<'_>,
+) {
+    const MR: usize = MR_MAX;
+    // SAFETY: (whole body) the function's contract; full rows are stored only when the tile
+    // has all `16N` columns.
+    unsafe {
         if tile.cols == N * NR {
             for (r, vectors) in acc.iter().enumerate() {
                 let dst = tile.row_ptr(r);
@@ -179,7 +199,9 @@ pub(crate) unsafe fn kernel_m16n<V: Vec16, const D: u8, const N: usize, const M:
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{BF16, F32, NR, Sliver, Tile, Vec16, kernel_m16n};
+    use std::arch::asm;
+
+    use super::{BF16, F32, NR, Sliver, Tile, Vec16, kernel_m16n, store_tile};
 
     impl Vec16 for __m512 {
         #[inline(always)]
@@ -230,6 +252,201 @@ mod x86 {
                 }
             }
         }
+    }
+
+    /// One step of `k` of the 8 × 32 tile: two `B` vectors, eight broadcasts, 16 FMAs
+    /// (accumulator `2r + n` for row `r`, panel `n`), at byte offsets `$a` into the rows and
+    /// `$b` into the panels; with `pf`, first prefetches of both panels at offset `$p`
+    /// (`PREFETCH_STEPS` rows ahead).
+    macro_rules! step {
+        (pf, $a:literal, $b:literal, $p:literal) => {
+            concat!(prefetch!($p), step!(nopf, $a, $b, $p))
+        };
+        (nopf, $a:literal, $b:literal, $p:literal) => {
+            concat!(
+                "vmovups zmm16, zmmword ptr [{b0} + ",
+                $b,
+                "]\n",
+                "vmovups zmm17, zmmword ptr [{b1} + ",
+                $b,
+                "]\n",
+                "vbroadcastss zmm18, dword ptr [{a} + ",
+                $a,
+                "]\n",
+                "vfmadd231ps zmm0, zmm18, zmm16\n",
+                "vfmadd231ps zmm1, zmm18, zmm17\n",
+                "vbroadcastss zmm19, dword ptr [{a} + {l} + ",
+                $a,
+                "]\n",
+                "vfmadd231ps zmm2, zmm19, zmm16\n",
+                "vfmadd231ps zmm3, zmm19, zmm17\n",
+                "vbroadcastss zmm18, dword ptr [{a} + {l}*2 + ",
+                $a,
+                "]\n",
+                "vfmadd231ps zmm4, zmm18, zmm16\n",
+                "vfmadd231ps zmm5, zmm18, zmm17\n",
+                "vbroadcastss zmm19, dword ptr [{a} + {l3} + ",
+                $a,
+                "]\n",
+                "vfmadd231ps zmm6, zmm19, zmm16\n",
+                "vfmadd231ps zmm7, zmm19, zmm17\n",
+                "vbroadcastss zmm18, dword ptr [{a4} + ",
+                $a,
+                "]\n",
+                "vfmadd231ps zmm8, zmm18, zmm16\n",
+                "vfmadd231ps zmm9, zmm18, zmm17\n",
+                "vbroadcastss zmm19, dword ptr [{a4} + {l} + ",
+                $a,
+                "]\n",
+                "vfmadd231ps zmm10, zmm19, zmm16\n",
+                "vfmadd231ps zmm11, zmm19, zmm17\n",
+                "vbroadcastss zmm18, dword ptr [{a4} + {l}*2 + ",
+                $a,
+                "]\n",
+                "vfmadd231ps zmm12, zmm18, zmm16\n",
+                "vfmadd231ps zmm13, zmm18, zmm17\n",
+                "vbroadcastss zmm19, dword ptr [{a4} + {l3} + ",
+                $a,
+                "]\n",
+                "vfmadd231ps zmm14, zmm19, zmm16\n",
+                "vfmadd231ps zmm15, zmm19, zmm17\n",
+            )
+        };
+    }
+
+    /// Prefetches of both panels at byte offset `$b`.
+    macro_rules! prefetch {
+        ($b:literal) => {
+            concat!(
+                "prefetcht0 byte ptr [{b0} + ",
+                $b,
+                "]\n",
+                "prefetcht0 byte ptr [{b1} + ",
+                $b,
+                "]\n",
+            )
+        };
+    }
+
+    /// The 8 × 32 f32 tile's loop, four steps of `k` per turn, then one at a time; with or
+    /// without prefetches of `B`.
+    macro_rules! tile_8x32 {
+        ($mode:ident, $kc:expr, $rows:expr, $lda:expr, $b:expr, $out:expr, $ahead:expr, $ahead_step:expr) => {
+            asm!(
+                "vpxord zmm0, zmm0, zmm0",
+                "vpxord zmm1, zmm1, zmm1",
+                "vpxord zmm2, zmm2, zmm2",
+                "vpxord zmm3, zmm3, zmm3",
+                "vpxord zmm4, zmm4, zmm4",
+                "vpxord zmm5, zmm5, zmm5",
+                "vpxord zmm6, zmm6, zmm6",
+                "vpxord zmm7, zmm7, zmm7",
+                "vpxord zmm8, zmm8, zmm8",
+                "vpxord zmm9, zmm9, zmm9",
+                "vpxord zmm10, zmm10, zmm10",
+                "vpxord zmm11, zmm11, zmm11",
+                "vpxord zmm12, zmm12, zmm12",
+                "vpxord zmm13, zmm13, zmm13",
+                "vpxord zmm14, zmm14, zmm14",
+                "vpxord zmm15, zmm15, zmm15",
+                "test {n4}, {n4}",
+                "jz 3f",
+                "2:",
+                step!($mode, "0", "0", "1024"),
+                step!($mode, "4", "64", "1088"),
+                step!($mode, "8", "128", "1152"),
+                step!($mode, "12", "192", "1216"),
+                "prefetcht1 byte ptr [{pf}]",
+                "prefetcht1 byte ptr [{pf} + {ps}]",
+                "lea {pf}, [{pf} + {ps}*2]",
+                "add {a}, 16",
+                "add {a4}, 16",
+                "add {b0}, 256",
+                "add {b1}, 256",
+                "dec {n4}",
+                "jnz 2b",
+                "3:",
+                "test {n1}, {n1}",
+                "jz 5f",
+                "4:",
+                step!($mode, "0", "0", "1024"),
+                "add {a}, 4",
+                "add {a4}, 4",
+                "add {b0}, 64",
+                "add {b1}, 64",
+                "dec {n1}",
+                "jnz 4b",
+                "5:",
+                "vmovups zmmword ptr [{out}], zmm0",
+                "vmovups zmmword ptr [{out} + 64], zmm1",
+                "vmovups zmmword ptr [{out} + 128], zmm2",
+                "vmovups zmmword ptr [{out} + 192], zmm3",
+                "vmovups zmmword ptr [{out} + 256], zmm4",
+                "vmovups zmmword ptr [{out} + 320], zmm5",
+                "vmovups zmmword ptr [{out} + 384], zmm6",
+                "vmovups zmmword ptr [{out} + 448], zmm7",
+                "vmovups zmmword ptr [{out} + 512], zmm8",
+                "vmovups zmmword ptr [{out} + 576], zmm9",
+                "vmovups zmmword ptr [{out} + 640], zmm10",
+                "vmovups zmmword ptr [{out} + 704], zmm11",
+                "vmovups zmmword ptr [{out} + 768], zmm12",
+                "vmovups zmmword ptr [{out} + 832], zmm13",
+                "vmovups zmmword ptr [{out} + 896], zmm14",
+                "vmovups zmmword ptr [{out} + 960], zmm15",
+                a = inout(reg) $rows => _,
+                a4 = inout(reg) $rows.wrapping_add(4 * $lda) => _,
+                l = in(reg) $lda * 4,
+                l3 = in(reg) $lda * 12,
+                b0 = inout(reg) $b[0] => _,
+                b1 = inout(reg) $b[1] => _,
+                n4 = inout(reg) $kc / 4 => _,
+                n1 = inout(reg) $kc % 4 => _,
+                out = in(reg) $out,
+                pf = inout(reg) $ahead => _,
+                ps = in(reg) $ahead_step,
+                out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
+                out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
+                out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
+                out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _,
+                out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
+                options(nostack),
+            )
+        };
+    }
+
+    /// The full 8 × 32 tile over f32 panels, the hot loop of every product with f32 weights,
+    /// in assembly: the same FMAs in the same order as [`kernel_m16n`] (so the same sums,
+    /// bit for bit), with `k` unrolled four times and every row addressed from two bases
+    /// (the compiled loop recomputed row addresses each step: 40 instructions per 16 FMAs).
+    ///
+    /// # Safety
+    /// As [`kernel_m16n`] with `M = 8`, `N = 2`, `D = F32`, with AVX-512F present.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn f32_8x32(kc: usize, a: Sliver<'_>, b: [*const u8; 2], tile: Tile<'_>) {
+        let rows = a.rows_ptr(8, kc);
+        let lda = a.lda;
+        let mut out = [_mm512_setzero_ps(); 16];
+        let dst = out.as_mut_ptr();
+        // Two lines of `tile.ahead` per four steps; with nothing ahead, the first panel's
+        // first line again and again (a prefetch of a cached line costs one load slot).
+        let (ahead, step) = if tile.ahead.is_null() {
+            (b[0], 0usize)
+        } else {
+            (tile.ahead, 64usize)
+        };
+        // SAFETY: `rows_ptr` checked 8 rows of `kc` values `lda` apart; each panel holds
+        // `kc × 16` f32 (the caller's contract); `out` has room for the 16 accumulators;
+        // prefetches cannot fault.
+        unsafe {
+            if tile.prefetch {
+                tile_8x32!(pf, kc, rows, lda, b, dst, ahead, step);
+            } else {
+                tile_8x32!(nopf, kc, rows, lda, b, dst, ahead, step);
+            }
+        }
+        let acc: [[__m512; 2]; 8] = std::array::from_fn(|r| [out[2 * r], out[2 * r + 1]]);
+        // SAFETY: the tile is the caller's (its contract).
+        unsafe { store_tile(&acc, tile) }
     }
 
     /// The AVX-512 kernel (see [`kernel_m16n`]).

@@ -39,6 +39,8 @@ pub(crate) trait MicroKernel {
     const SHORT_TILES: bool;
     /// Whether the kernel takes two panels (32 columns) at once.
     const PAIRS: bool;
+    /// Whether the kernel prefetches [`Tile::ahead`] (its f32 tile of two panels does).
+    const PREFETCHES_AHEAD: bool = false;
 
     /// `tile (+)= a · [first | second]` over `kc` values of depth.
     ///
@@ -79,6 +81,12 @@ const PREFETCH_STEPS: usize = 16;
 
 /// Most rows of any kernel's register tile (the AVX-512 kernel's).
 pub(crate) const MR_MAX: usize = 8;
+
+/// Cache lines of [`Tile::ahead`] a kernel that [prefetches ahead](MicroKernel::PREFETCHES_AHEAD)
+/// fetches in a call `kc` deep: two per four steps.
+pub(crate) const fn ahead_lines(kc: usize) -> usize {
+    kc / 4 * 2
+}
 
 /// Element type of a panel, as a const parameter of the kernels.
 pub(crate) const F32: u8 = 0;
@@ -140,6 +148,11 @@ pub(crate) struct Tile<'a> {
     /// panels from memory (a model's weights fit no cache), and the hardware prefetcher
     /// alone leaves it waiting; later tiles find them in L2.
     pub(crate) prefetch: bool,
+    /// Where the kernel may prefetch into L2, as it goes, the next part of `B` its task will
+    /// read ([`ahead_lines`] cache lines from here per call), so that the task's next column
+    /// block does not come from memory all at once; null where there is none. Only kernels that
+    /// [prefetch ahead](MicroKernel::PREFETCHES_AHEAD) read it.
+    pub(crate) ahead: *const u8,
 }
 
 impl Tile<'_> {
