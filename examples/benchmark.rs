@@ -177,14 +177,17 @@ fn splice_section(report: &str, heading: &str, section: &str) -> String {
         Some(start) => {
             let rest = &report[start + 1..];
             let end = rest.find("\n## ").map_or(report.len(), |e| start + 1 + e);
+            // A blank line before the section and before the next one, whatever the section's
+            // own leading and trailing newlines (a section written without its heading's
+            // leading newline once ran into the paragraph above it).
             format!(
-                "{}{}{}",
-                &report[..start],
-                section.trim_end(),
+                "{}\n\n{}\n{}",
+                report[..start].trim_end(),
+                section.trim(),
                 &report[end..]
             )
         }
-        None => format!("{}\n{}", report.trim_end(), section),
+        None => format!("{}\n\n{}\n", report.trim_end(), section.trim()),
     }
 }
 
