@@ -114,7 +114,7 @@ unsafe fn task<K: MicroKernel>(block: Block<'_, '_>, scratch: &mut GemmScratch) 
                 let calls = (rows.end - rows.start).div_ceil(mr) * (p_end - p0).div_ceil(2);
                 Ahead::new(b, next, depth, calls, kc)
             } else {
-                Ahead::default()
+                Ahead::NONE
             };
             let mut calls = 0;
             let mut row0 = rows.start;
@@ -171,14 +171,20 @@ unsafe fn task<K: MicroKernel>(block: Block<'_, '_>, scratch: &mut GemmScratch) 
 /// calls share prefetching them into L2 ([`Tile::ahead`]): every `spread`-th call takes the
 /// next [`kernels::ahead_lines`] lines, so that the lines come in evenly over the pass rather
 /// than all in its first calls.
-#[derive(Default)]
 struct Ahead {
-    slices: [(usize, usize); COLUMN_BLOCK],
+    slices: [(*const u8, usize); COLUMN_BLOCK],
     lines_per_call: usize,
+    /// 0: nothing to prefetch.
     spread: usize,
 }
 
 impl Ahead {
+    const NONE: Self = Self {
+        slices: [(std::ptr::null(), 0); COLUMN_BLOCK],
+        lines_per_call: 0,
+        spread: 0,
+    };
+
     /// `next`: the panels and first row of the next pass (each at most `depth` deep, as the
     /// passes are); `calls`: the kernel calls of the current pass, each `kc` deep.
     fn new(
@@ -190,12 +196,12 @@ impl Ahead {
     ) -> Self {
         let (k, _) = b.dims();
         let next_kc = depth.min(k - k0);
-        let mut slices = [(0, 0); COLUMN_BLOCK];
+        let mut slices = [(std::ptr::null(), 0); COLUMN_BLOCK];
         for (slot, q) in panels.enumerate() {
             // Quantized panels are widened per pass (no prefetching them); the caller passes
             // none.
             if let (kernels::F32, ptr, len) = panel(b, q, k0, next_kc, &[], 0).parts() {
-                slices[slot] = (ptr as usize, len * 4 / 64);
+                slices[slot] = (ptr, len * 4 / 64);
             }
         }
         let lines: usize = slices.iter().map(|&(_, lines)| lines).sum();
@@ -215,7 +221,7 @@ impl Ahead {
         let mut line = call / self.spread * self.lines_per_call;
         for &(at, lines) in &self.slices {
             if line < lines {
-                return (at + line * 64) as *const u8;
+                return at.wrapping_add(line * 64);
             }
             line -= lines;
         }

@@ -34,7 +34,8 @@ pub(crate) const NR: usize = 16;
 /// Depth of a block of quantized panels (widened a block at a time) and of the integer
 /// kernels' blocks.
 pub(crate) const KC: usize = 256;
-/// Most depth of a pass of the floating-point kernels over `C` (see [`pass_depth`]).
+/// Most depth of a pass of the floating-point kernels over `C` (see
+/// [`pass_depth`](blocked::pass_depth)).
 const DEPTH: usize = 1024;
 /// Rows of `A` per block (a multiple of every kernel's rows): the size of the packing buffer.
 const MC: usize = 96;

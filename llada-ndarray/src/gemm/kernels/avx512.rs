@@ -3,13 +3,17 @@
 //! packing it cost a third of the kernel's own time, as the same rows were packed again for
 //! every column block). It is written once over [`Vec16`]: with `__m512` it is the real
 //! kernel; with the portable `Lanes16` (tests) it runs anywhere, so its indexing is tested on
-//! machines without AVX-512.
+//! machines without AVX-512. The full tile over f32 panels, the hot loop, is also written in
+//! assembly ([`x86::f32_8x32`]), with the same FMAs in the same order.
 //!
 //! Why 8 rows and not 12 (24 accumulators, the usual AVX-512 choice, and this kernel's until
 //! it was measured): on AMD Zen 4 the 12-row tile ran the 220 M model's forward 10% slower at
 //! 256 and 1024 tokens, 7% at 64 and 1% at 32 (fastest of interleaved runs, 2 threads), and
 //! it lost to the AVX2 kernel's 6 × 16 tile at 256 and 1024. 16 accumulators still cover
 //! the FMA latency twice over on a core with two 512-bit FMA units (4 cycles × 2 in flight).
+//! On an Intel Xeon (AMX host, two 512-bit FMA units) a 12 × 32 tile in assembly ran no faster
+//! than the 8 × 32 one: 248 against 244–250 GFLOP/s over the mid-size model's products at 256
+//! tokens (2 threads), with passes 256, 512 or 1024 deep.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
 
 #[cfg(test)]
@@ -331,7 +335,8 @@ mod x86 {
     /// The 8 × 32 f32 tile's loop, four steps of `k` per turn, then one at a time; with or
     /// without prefetches of `B`.
     macro_rules! tile_8x32 {
-        ($mode:ident, $kc:expr, $rows:expr, $lda:expr, $b:expr, $out:expr, $ahead:expr, $ahead_step:expr) => {
+        ($mode:ident, $kc:expr, $rows:expr, $lda:expr, $b:expr, $out:expr,
+         $ahead:expr, $ahead_step:expr) => {
             asm!(
                 "vpxord zmm0, zmm0, zmm0",
                 "vpxord zmm1, zmm1, zmm1",
@@ -423,6 +428,8 @@ mod x86 {
     /// As [`kernel_m16n`] with `M = 8`, `N = 2`, `D = F32`, with AVX-512F present.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub(super) unsafe fn f32_8x32(kc: usize, a: Sliver<'_>, b: [*const u8; 2], tile: Tile<'_>) {
+        // The loop's prefetch offsets (1024 bytes) are `PREFETCH_STEPS` rows of an f32 panel.
+        const { assert!(super::super::PREFETCH_STEPS * NR * 4 == 1024) };
         let rows = a.rows_ptr(8, kc);
         let lda = a.lda;
         let mut out = [_mm512_setzero_ps(); 16];
