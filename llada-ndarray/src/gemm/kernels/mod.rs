@@ -151,7 +151,8 @@ pub(crate) struct Tile<'a> {
     /// Where the kernel may prefetch into L2, as it goes, the next part of `B` its task will
     /// read ([`ahead_lines`] cache lines from here per call), so that the task's next column
     /// block does not come from memory all at once; null where there is none. Only kernels that
-    /// [prefetch ahead](MicroKernel::PREFETCHES_AHEAD) read it.
+    /// [prefetch ahead](MicroKernel::PREFETCHES_AHEAD) read it: none outside x86-64.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) ahead: *const u8,
 }
 
