@@ -8,27 +8,32 @@ use super::kernels::Panel;
 use super::{Dtype, KC, MatRef, NR, PackedMatrix, PanelData, Rhs, Segment};
 use crate::quant::{QuantType, dequantize_block, quantize_row};
 
-/// Asks Linux to back the 2 MiB-aligned part of a new, not yet written buffer (a packed
-/// weight's allocation) with transparent huge pages, where the system leaves that to the program
-/// (`madvise` mode, a common default). The kernels stream every weight once per product; with
+/// A buffer of `len` copies of `value` for a packed weight, whose 2 MiB-aligned part Linux is
+/// asked to back with transparent huge pages before anything is written to it, where the
+/// system leaves that to the program (`madvise` mode, a common default). Advice after the
+/// first write comes too late: `vec![x; len]` writes every element unless `x` is a primitive
+/// zero, and bf16 and f16 are not. The kernels stream every weight once per product; with
 /// 4 KiB pages a 131 MB LM head spans 32,000 pages, and at 256 tokens its product ran 4–8%
 /// slower than with huge pages (2 threads, Intel Xeon with AMX). A refusal changes nothing,
-/// so its result is not looked at; elsewhere this does nothing.
-fn advise_huge_pages<T>(data: &mut [T]) {
+/// so its result is not looked at; elsewhere this is `vec![value; len]`.
+fn weight_buffer<T: Clone>(len: usize, value: T) -> Vec<T> {
+    let mut data = Vec::with_capacity(len);
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 2 << 20;
-        let start = data.as_mut_ptr() as usize;
-        let end = start + std::mem::size_of_val(data);
+        let spare = data.spare_capacity_mut();
+        let start = spare.as_mut_ptr() as usize;
+        let end = start + std::mem::size_of_val(spare);
         let (from, to) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
         if from < to {
-            // SAFETY: the range lies inside `data`, which this function borrows mutably;
-            // MADV_HUGEPAGE changes how its pages are backed, never their contents.
+            // SAFETY: the range lies inside the buffer's allocation, which nothing else
+            // refers to yet; MADV_HUGEPAGE changes how its pages are backed, never their
+            // contents.
             unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE) };
         }
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = data;
+    data.resize(len, value);
+    data
 }
 
 impl PackedMatrix {
@@ -39,12 +44,7 @@ impl PackedMatrix {
         mut rows: impl FnMut(usize, &mut [T]),
     ) -> Vec<T> {
         let panels = n.div_ceil(NR);
-        let len = panels * k * NR;
-        let mut data = Vec::with_capacity(len);
-        // Before the first write: `vec![x; len]` writes every element unless `x` is a
-        // primitive zero, and bf16 and f16 are not.
-        advise_huge_pages(data.spare_capacity_mut());
-        data.resize(len, T::default());
+        let mut data = weight_buffer(panels * k * NR, T::default());
         let mut row = vec![T::default(); k];
         for r in 0..n {
             rows(r, &mut row);
@@ -98,10 +98,7 @@ impl PackedMatrix {
             NR * bytes
         };
         let panels = n.div_ceil(NR);
-        let len = panels * blocks * stored;
-        let mut data = Vec::with_capacity(len);
-        advise_huge_pages(data.spare_capacity_mut());
-        data.resize(len, 0u8);
+        let mut data = weight_buffer(panels * blocks * stored, 0u8);
         if data.is_empty() {
             return PanelData::Quant { ty, data };
         }
