@@ -1,6 +1,7 @@
 //! The benchmark's "Real scale" section: GGUF files with the exact tensors, names and metadata
 //! of LLaDA-8B-Instruct (its real `config.json` and tokenizer configuration, bundled in
-//! `tests/fixtures/llada-8b-instruct`), filled with seeded random weights (speed and memory do
+//! `tests/fixtures/llada-8b-instruct`) and of LLaDA-MoE-7B-A1B (its shape, gathered in
+//! `tests/fixtures/llada-moe-7b-a1b`), filled with seeded random weights (speed and memory do
 //! not depend on the values), written one slice of rows at a time into a directory outside the
 //! repository and reused when present; then ours beside llama.cpp's `llama-diffusion-cli` on
 //! the same files: time per full step, our dual-cache step against the memory bandwidth, time
@@ -22,9 +23,29 @@ use serde_json::{Value, json};
 
 use crate::llama_cpp;
 
-/// The real model whose shape is written: its label, and its directory of configuration
-/// files under `tests/fixtures`.
-const SHAPE: (&str, &str) = ("LLaDA-8B-Instruct", "llada-8b-instruct");
+/// A real model whose shape is written.
+#[derive(Clone, Copy)]
+struct Shape {
+    label: &'static str,
+    /// Its directory of configuration files under `tests/fixtures`.
+    fixture: &'static str,
+    /// The bundled tiny model of its family whose tokenizer's ordinary tokens it borrows.
+    tokenizer_of: &'static str,
+}
+
+/// The shapes written and measured.
+const SHAPES: [Shape; 2] = [
+    Shape {
+        label: "LLaDA-8B-Instruct",
+        fixture: "llada-8b-instruct",
+        tokenizer_of: "tiny-llada",
+    },
+    Shape {
+        label: "LLaDA-MoE-7B-A1B",
+        fixture: "llada-moe-7b-a1b",
+        tokenizer_of: "tiny-llada-moe",
+    },
+];
 /// The file types written and measured.
 const TYPES: [FileType; 2] = [FileType::Q4KM, FileType::Q8_0];
 /// The seed of the random weights.
@@ -64,20 +85,27 @@ fn fixtures() -> PathBuf {
 /// A model directory of the real model's configuration files and a tokenizer with its
 /// vocabulary size and special tokens at their real ids (the bundled tiny model's byte-level
 /// BPE for the ordinary tokens, reserved placeholders up to the vocabulary size): what a GGUF
-/// file's metadata needs. The weights index is copied too; its shards are never read.
-fn model_dir(out: &Path) -> anyhow::Result<PathBuf> {
-    let source = fixtures().join(SHAPE.1);
-    let dir = out.join(SHAPE.1);
+/// file's metadata needs. The weights index is copied too, or an empty one written where the
+/// fixture has none (only its presence marks the directory as a model's): shards are never read.
+fn model_dir(out: &Path, shape: Shape) -> anyhow::Result<PathBuf> {
+    let source = fixtures().join(shape.fixture);
+    let dir = out.join(shape.fixture);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     for name in [
         "config.json",
         "tokenizer_config.json",
         "special_tokens_map.json",
         "generation_config.json",
-        "model.safetensors.index.json",
     ] {
         std::fs::copy(source.join(name), dir.join(name))
             .with_context(|| format!("copying {name} from {}", source.display()))?;
+    }
+    let index = "model.safetensors.index.json";
+    if source.join(index).is_file() {
+        std::fs::copy(source.join(index), dir.join(index))
+            .with_context(|| format!("copying {index} from {}", source.display()))?;
+    } else {
+        std::fs::write(dir.join(index), r#"{"metadata": {}, "weight_map": {}}"#)?;
     }
     let read = |path: PathBuf| -> anyhow::Result<Value> {
         let text = std::fs::read_to_string(&path)
@@ -89,7 +117,7 @@ fn model_dir(out: &Path) -> anyhow::Result<PathBuf> {
         .as_u64()
         .context("config.json has no vocab_size")? as usize;
     let added = read(source.join("tokenizer_config.json"))?["added_tokens_decoder"].clone();
-    let mut tokenizer = read(fixtures().join("tiny-llada/tokenizer.json"))?;
+    let mut tokenizer = read(fixtures().join(shape.tokenizer_of).join("tokenizer.json"))?;
     let base = tokenizer["model"]["vocab"]
         .as_object()
         .context("the tiny tokenizer has no vocabulary")?
@@ -139,8 +167,8 @@ fn model_dir(out: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn file_path(dir: &Path, ty: FileType) -> PathBuf {
-    dir.join(format!("{}-shape-{}.gguf", SHAPE.1, ty.name()))
+fn file_path(dir: &Path, shape: Shape, ty: FileType) -> PathBuf {
+    dir.join(format!("{}-shape-{}.gguf", shape.fixture, ty.name()))
 }
 
 /// `--write-shape`: writes one file in this process and prints its size, the time and this
@@ -157,14 +185,25 @@ pub(crate) fn write_child(model_dir: &Path, ty: FileType, out: &Path) -> anyhow:
     Ok(())
 }
 
-/// The files, written by child processes when missing: (type, path, the writer's report,
-/// kept beside the file for later runs).
-fn ensure_files(dir: &Path) -> anyhow::Result<Vec<(FileType, PathBuf, Option<Value>)>> {
-    let model = model_dir(dir)?;
+/// One written file: its shape and type, its path, and the writer's report (kept beside the
+/// file for later runs).
+struct Written {
+    shape: Shape,
+    ty: FileType,
+    path: PathBuf,
+    report: Option<Value>,
+}
+
+/// The files, written by child processes when missing.
+fn ensure_files(dir: &Path) -> anyhow::Result<Vec<Written>> {
     let exe = std::env::current_exe()?;
     let mut out = Vec::new();
-    for ty in TYPES {
-        let path = file_path(dir, ty);
+    for (shape, ty) in SHAPES
+        .iter()
+        .flat_map(|&shape| TYPES.iter().map(move |&ty| (shape, ty)))
+    {
+        let model = model_dir(dir, shape)?;
+        let path = file_path(dir, shape, ty);
         let report = if path.is_file() {
             None
         } else {
@@ -188,7 +227,12 @@ fn ensure_files(dir: &Path) -> anyhow::Result<Vec<(FileType, PathBuf, Option<Val
                 .ok()
                 .and_then(|text| serde_json::from_str(&text).ok())
         });
-        out.push((ty, path, report));
+        out.push(Written {
+            shape,
+            ty,
+            path,
+            report,
+        });
     }
     Ok(out)
 }
@@ -375,13 +419,14 @@ struct Measured {
     e2e: Vec<(String, usize, f64)>,
 }
 
-fn measure(
-    inputs: &Inputs<'_>,
-    ty: FileType,
-    path: &Path,
-    write: Option<Value>,
-) -> anyhow::Result<Measured> {
-    let label = format!("{} Q{}", SHAPE.0, &ty.name().to_uppercase()[1..]);
+fn measure(inputs: &Inputs<'_>, file: Written) -> anyhow::Result<Measured> {
+    let Written {
+        shape,
+        ty,
+        ref path,
+        report: write,
+    } = file;
+    let label = format!("{} Q{}", shape.label, &ty.name().to_uppercase()[1..]);
     eprintln!("real scale: {label}: cold and warm starts");
     let cold = probe(path, inputs.threads, true)?;
     let warm = probe(path, inputs.threads, false)?;
@@ -466,14 +511,14 @@ pub(crate) fn section(inputs: &Inputs<'_>) -> anyhow::Result<String> {
     let files = ensure_files(inputs.dir)?;
     let bandwidth = read_bandwidth(inputs.threads);
     let mut rows = Vec::new();
-    for (ty, path, write) in files {
-        rows.push(measure(inputs, ty, &path, write)?);
+    for file in files {
+        rows.push(measure(inputs, file)?);
     }
     let f = |v: &Value, key: &str| v[key].as_f64().unwrap_or(f64::NAN);
     let mut md = String::new();
     writeln!(
         md,
-        "\n## Real scale\n\nLLaDA-8B-Instruct's exact shape (its `config.json`: vocabulary 126 464, d_model 4096, 32 layers, 32 heads, MLP 12 288; llama.cpp's tensor names and Q4_K_M / Q8_0 type choices), written by `ModelFiles::write_gguf_random` from seeded random weights (uniform, standard deviation 0.02) one slice of rows at a time into `{}`, reused when present (the writing time and the writer's peak resident memory below are those of the run that wrote each file, kept beside it); llama.cpp's `llama-diffusion-cli` runs the same files. {}, {} threads per engine; `cargo run --release --example benchmark -- --only-real-scale` measures this section alone. Memory read bandwidth measured here (each thread summing its half of a 1 GiB buffer, best of 5): {:.1} GB/s.\n",
+        "\n## Real scale\n\nLLaDA-8B-Instruct's exact shape (its `config.json`: vocabulary 126 464, d_model 4096, 32 layers, 32 heads, MLP 12 288) and LLaDA-MoE-7B-A1B's (vocabulary 157 184, hidden 2048, 16 layers, 16 heads, 64 experts of 1024 with 8 per token, as gathered with their sources in `tests/fixtures/llada-moe-7b-a1b`), with llama.cpp's tensor names and Q4_K_M / Q8_0 type choices, written by `ModelFiles::write_gguf_random` from seeded random weights (uniform, standard deviation 0.02) one slice of rows at a time into `{}`, reused when present (the writing time and the writer's peak resident memory below are those of the run that wrote each file, kept beside it); llama.cpp's `llama-diffusion-cli` runs the same files. {}, {} threads per engine; `cargo run --release --example benchmark -- --only-real-scale` measures this section alone. Memory read bandwidth measured here (each thread summing its half of a 1 GiB buffer, best of 5): {:.1} GB/s.\n",
         inputs.dir.display(),
         inputs.machine,
         inputs.threads,

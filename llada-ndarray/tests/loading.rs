@@ -129,6 +129,38 @@ fn the_real_llada_8b_instruct_config_is_accepted() {
     assert!((7.9e9..8.1e9).contains(&(config.parameter_count() as f64)));
 }
 
+/// The shape the benchmark's "Real scale" section writes for LLaDA-MoE-7B-A1B (gathered from
+/// several sources, see its README) adds up to the model card's sizes: 7.36 B parameters, about
+/// 1.4 B of them active per token (the embedding aside).
+#[test]
+fn the_llada_moe_7b_shape_has_the_model_cards_sizes() {
+    let config = Config::from_file(fixture("llada-moe-7b-a1b").join("config.json")).unwrap();
+    assert_eq!(config.family.gguf_arch(), "llada-moe");
+    assert_eq!(
+        (
+            config.d_model,
+            config.n_heads,
+            config.n_kv_heads,
+            config.n_layers
+        ),
+        (2048, 16, 16, 16)
+    );
+    assert_eq!(config.vocab_size, 157_184);
+    assert_eq!(config.mask_token_id, Some(156_895));
+    let moe = config.moe.as_ref().unwrap();
+    assert_eq!(
+        (moe.experts, moe.experts_per_token, moe.expert_hidden_size),
+        (64, 8, 1024)
+    );
+    assert!((0..16).all(|layer| config.is_moe_layer(layer)));
+    let total = config.parameter_count() as f64;
+    assert!((7.35e9..7.37e9).contains(&total), "{total}");
+    let idle_experts = (moe.experts - moe.experts_per_token) * 3 * config.d_model * 1024 * 16;
+    let embedding = config.vocab_size * config.d_model;
+    let active = total - (idle_experts + embedding) as f64;
+    assert!((1.35e9..1.45e9).contains(&active), "{active}");
+}
+
 fn config_error(edit: impl FnOnce(&mut serde_json::Value)) -> LoadError {
     let text = std::fs::read_to_string(bundled_model().join("config.json")).unwrap();
     let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
