@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use llada::core::{ForwardRequest, MaskPredictor};
+use llada::core::{CacheHint, CacheMode, ForwardRequest, MaskPredictor};
 use llada::ndarray::gguf::{FileType, GgufFile};
 use llada::{Backend, BackendChoice, Model, ModelFiles, Pipeline};
 use serde_json::{Value, json};
@@ -387,16 +387,75 @@ fn read_bandwidth(threads: usize) -> f64 {
     (data.len() * 8) as f64 / best
 }
 
-/// Bytes of the file's tensors a step reads whole: every matrix but the token embedding (of
-/// which a step gathers only its tokens' rows).
-fn bytes_per_step(path: &Path) -> anyhow::Result<u64> {
+/// Bytes of the file's matrices a step may read, as (the experts' stacked tensors, every other
+/// one): all but the token embedding (of which a step gathers only its tokens' rows). A step
+/// reads the others whole, and of the experts only those its tokens choose.
+fn matrix_bytes(path: &Path) -> anyhow::Result<(u64, u64)> {
     let file = GgufFile::open(path)?;
-    Ok(file
+    let (mut experts, mut rest) = (0, 0);
+    for t in file
         .tensors()
         .iter()
         .filter(|t| !t.name.starts_with("token_embd"))
-        .map(|t| file.data(t).len() as u64)
-        .sum())
+    {
+        let bytes = file.data(t).len() as u64;
+        if t.name.contains("_exps.") {
+            experts += bytes;
+        } else {
+            rest += bytes;
+        }
+    }
+    Ok((experts, rest))
+}
+
+/// Of a mixture of experts, the experts per layer that the 32-token dual-cache step of the
+/// 256-token canvas (as [`crate::time_cached_steps`] runs it) chose, on average, how many there
+/// are, and how many 32 tokens would reach if each chose its experts uniformly at random (what
+/// a router trained for balanced load approaches); `None` for a dense model.
+fn experts_run(
+    context: &mut llada::ndarray::Context,
+    mask: u32,
+) -> anyhow::Result<Option<ExpertsRun>> {
+    let Some((experts, k)) = context
+        .model()
+        .config()
+        .moe
+        .as_ref()
+        .map(|m| (m.experts, m.experts_per_token))
+    else {
+        return Ok(None);
+    };
+    let (prompt, seq) = (llama_cpp::PROMPT, 256);
+    let mut ids = crate::random_ids(11, prompt, context.vocab_size());
+    ids.resize(seq, mask);
+    let span = prompt..prompt + 32;
+    let mut logits = vec![0.0f32; 32 * context.vocab_size()];
+    for refresh in [true, false] {
+        context.reset_moe_profile();
+        let request = ForwardRequest::new(&ids, 1, seq)?
+            .with_window(span.clone())?
+            .with_cache(CacheHint {
+                mode: CacheMode::Dual,
+                span: span.clone(),
+                refresh,
+            })?;
+        context.forward(&request, &mut logits)?;
+    }
+    let profile = context.moe_profile();
+    let missed = 1.0 - k as f64 / experts as f64;
+    Ok(Some(ExpertsRun {
+        run: profile.experts_run as f64 / profile.layers.max(1) as f64,
+        of: experts,
+        uniform: experts as f64 * (1.0 - missed.powi(span.len() as i32)),
+    }))
+}
+
+/// Experts per layer of a cached step: run, of how many, and expected of uniform choices.
+#[derive(Clone, Copy)]
+struct ExpertsRun {
+    run: f64,
+    of: usize,
+    uniform: f64,
 }
 
 fn gib(bytes: f64) -> f64 {
@@ -414,7 +473,10 @@ struct Measured {
     steps: Vec<(usize, f64, Option<f64>)>,
     full_256: f64,
     dual: f64,
-    step_bytes: u64,
+    /// Bytes of the matrices a cached step reads: the dense ones, plus the experts' share.
+    step_bytes: f64,
+    /// Experts per layer the cached step ran (a mixture of experts).
+    experts_run: Option<ExpertsRun>,
     /// (engine, passes, seconds).
     e2e: Vec<(String, usize, f64)>,
 }
@@ -442,7 +504,7 @@ fn measure(inputs: &Inputs<'_>, file: Written) -> anyhow::Result<Measured> {
         ours.push(s / p as f64);
     }
     let mask = pipeline.default_params().mask_id;
-    let (full_256, dual) = match pipeline.backend() {
+    let (full_256, dual, experts_run) = match pipeline.backend() {
         Backend::Ndarray(context) => {
             let (full, dual, _) = crate::time_cached_steps(
                 context,
@@ -451,7 +513,7 @@ fn measure(inputs: &Inputs<'_>, file: Written) -> anyhow::Result<Measured> {
                 mask,
                 inputs.repeats,
             )?;
-            (full, dual)
+            (full, dual, experts_run(context, mask)?)
         }
         #[allow(unreachable_patterns)]
         _ => bail!("the real-scale files run on the ndarray backend"),
@@ -501,7 +563,12 @@ fn measure(inputs: &Inputs<'_>, file: Written) -> anyhow::Result<Measured> {
             .collect(),
         full_256,
         dual,
-        step_bytes: bytes_per_step(path)?,
+        step_bytes: {
+            let (experts, rest) = matrix_bytes(path)?;
+            let share = experts_run.map_or(1.0, |e| e.run / e.of as f64);
+            rest as f64 + share * experts as f64
+        },
+        experts_run,
         e2e,
     })
 }
@@ -584,19 +651,22 @@ pub(crate) fn section(inputs: &Inputs<'_>) -> anyhow::Result<String> {
     }
     writeln!(
         md,
-        "\nA 32-token step with Fast-dLLM's dual cache (canvas 256, the block's keys and values recomputed, the rest cached) beside a full step of the same canvas, medians of {}. A cached step reads every matrix once (all but the token embedding); bytes read per second against the measured bandwidth says how close to the memory's limit it runs:\n\n| file | full step (s) | dual-cache step (s) | speed-up | matrices read per step (GiB) | achieved (GB/s) | of measured bandwidth |\n|---|---:|---:|---:|---:|---:|---:|",
+        "\nA 32-token step with Fast-dLLM's dual cache (canvas 256, the block's keys and values recomputed, the rest cached) beside a full step of the same canvas, medians of {}. A cached step reads every matrix once (all but the token embedding), and of a mixture's experts those its 32 tokens choose, counted in the step (in brackets, how many 32 tokens would reach choosing uniformly at random, as a router trained for balanced load tends to: where random weights route to fewer, a real model's step reads more); bytes read per second against the measured bandwidth says how close to the memory's limit it runs:\n\n| file | full step (s) | dual-cache step (s) | speed-up | experts run per layer | matrices read per step (GiB) | achieved (GB/s) | of measured bandwidth |\n|---|---:|---:|---:|---:|---:|---:|---:|",
         inputs.repeats
     )?;
     for r in &rows {
-        let achieved = r.step_bytes as f64 / r.dual;
+        let achieved = r.step_bytes / r.dual;
+        let experts = r.experts_run.map_or("(dense)".to_string(), |e| {
+            format!("{:.1} of {} ({:.1})", e.run, e.of, e.uniform)
+        });
         writeln!(
             md,
-            "| {} | {:.2} | {:.3} | {:.1}x | {:.2} | {:.1} | {:.0}% |",
+            "| {} | {:.2} | {:.3} | {:.1}x | {experts} | {:.2} | {:.1} | {:.0}% |",
             r.label,
             r.full_256,
             r.dual,
             r.full_256 / r.dual,
-            gib(r.step_bytes as f64),
+            gib(r.step_bytes),
             achieved / 1e9,
             100.0 * achieved / bandwidth,
         )?;

@@ -33,6 +33,9 @@ pub struct MoeProfile {
     pub combine: std::time::Duration,
     /// Mixture layers run (one per layer per forward pass).
     pub layers: u64,
+    /// Experts that had at least one row, summed over those layers: the experts whose weights
+    /// the passes read (of `layers × experts`).
+    pub experts_run: u64,
 }
 
 /// What the router of a mixture layer decided, and the rows it gathers.
@@ -286,6 +289,7 @@ pub(crate) fn add_experts(
     for &e in &r.expert[..slots] {
         rows[e as usize] += 1;
     }
+    profile.experts_run += rows.iter().filter(|&&n| n > 0).count() as u64;
     start[0] = 0;
     for e in 0..n_experts {
         start[e + 1] = start[e] + rows[e];

@@ -67,6 +67,36 @@ fn llada_moe_logits_match_transformers_qwen3_moe_within_1e4_with_every_kernel() 
     }
 }
 
+/// The profile counts the experts a pass reads (what the benchmark's real-scale section turns
+/// into bytes per step): a one-token pass runs exactly its `experts_per_token` in every layer,
+/// and a longer one at least that many and at most all of them.
+#[test]
+fn the_moe_profile_counts_the_experts_a_pass_runs() {
+    let model = Arc::new(Model::load(llada_moe_model()).unwrap());
+    let (layers, moe) = (
+        model.config().n_layers as u64,
+        model.config().moe.clone().unwrap(),
+    );
+    let (k, n) = (moe.experts_per_token as u64, moe.experts as u64);
+    let mut context = Context::with_threads(model, 1).unwrap();
+    logits(&mut context, &[5], &[1], 1, 1);
+    let one = context.moe_profile();
+    assert_eq!((one.layers, one.experts_run), (layers, layers * k));
+    context.reset_moe_profile();
+    let ids: Vec<u32> = (0..24).map(|i| (i * 37 % 600) as u32).collect();
+    logits(&mut context, &ids, &[1; 24], 1, 24);
+    let many = context.moe_profile();
+    assert_eq!(many.layers, layers);
+    assert!(
+        (layers * k..=layers * n).contains(&many.experts_run),
+        "{many:?}"
+    );
+    assert!(
+        many.experts_run > layers * k,
+        "24 tokens chose the same experts: {many:?}"
+    );
+}
+
 /// The parity above is not a coincidence of small weights: without the query/key norms, or
 /// with the chosen experts' weights renormalised (RND1's router), the logits are far off.
 #[test]
