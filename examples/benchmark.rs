@@ -110,7 +110,7 @@ struct Cli {
     /// Measure only the real-scale files (the shapes of LLaDA-8B-Instruct and LLaDA-MoE-7B-A1B,
     /// random weights, Q4_K_M and Q8_0; written into `--real-scale-dir` when missing, about 24
     /// GiB) beside llama.cpp, and replace that section of `--out`. Takes about 40 minutes on 2
-    /// cores once the files exist (writing them about 20 more).
+    /// cores once the files exist (writing them about 10 more).
     #[arg(long)]
     only_real_scale: bool,
     /// Measure only the local server under load (`llada-server` on the bundled model: 1, 4 and
