@@ -669,6 +669,44 @@ where
     })
 }
 
+/// The canvas of [`time_cached_steps`]: `prompt_len` random tokens, then `gen_length` masks.
+fn cached_step_canvas(
+    prompt_len: usize,
+    gen_length: usize,
+    mask_id: u32,
+    vocab: usize,
+) -> Vec<u32> {
+    let mut ids = random_ids(11, prompt_len, vocab);
+    ids.resize(prompt_len + gen_length, mask_id);
+    ids
+}
+
+/// One forward pass over the canvas `ids` for the logits of the block (32 tokens) after the
+/// prompt, with the block-wise cache `hint` gives (mode, refresh), if any; its time in seconds.
+fn block_step<P: MaskPredictor>(
+    context: &mut P,
+    ids: &[u32],
+    prompt_len: usize,
+    hint: Option<(CacheMode, bool)>,
+    logits: &mut [f32],
+) -> anyhow::Result<f64>
+where
+    P::Error: std::error::Error + Send + Sync + 'static,
+{
+    let span = prompt_len..prompt_len + 32;
+    let mut request = ForwardRequest::new(ids, 1, ids.len())?.with_window(span.clone())?;
+    if let Some((mode, refresh)) = hint {
+        request = request.with_cache(CacheHint {
+            mode,
+            span,
+            refresh,
+        })?;
+    }
+    let start = Instant::now();
+    context.forward(&request, logits)?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
 /// One denoising step on the ndarray backend at `prompt_len + gen_length` tokens with the
 /// logits window on the first block (32 tokens): a full forward pass, and a step that reuses
 /// the block-wise cache (dual and prefix), each a median of `repeats`.
@@ -682,24 +720,9 @@ fn time_cached_steps<P: MaskPredictor>(
 where
     P::Error: std::error::Error + Send + Sync + 'static,
 {
-    let seq = prompt_len + gen_length;
-    let mut ids = random_ids(11, prompt_len, context.vocab_size());
-    ids.resize(seq, mask_id);
-    let span = prompt_len..prompt_len + 32;
+    let ids = cached_step_canvas(prompt_len, gen_length, mask_id, context.vocab_size());
     let mut logits = vec![0.0f32; 32 * context.vocab_size()];
-    let mut time = |hint: Option<(CacheMode, bool)>, context: &mut P| -> anyhow::Result<f64> {
-        let mut request = ForwardRequest::new(&ids, 1, seq)?.with_window(span.clone())?;
-        if let Some((mode, refresh)) = hint {
-            request = request.with_cache(CacheHint {
-                mode,
-                span: span.clone(),
-                refresh,
-            })?;
-        }
-        let start = Instant::now();
-        context.forward(&request, &mut logits)?;
-        Ok(start.elapsed().as_secs_f64())
-    };
+    let mut time = |hint, context: &mut P| block_step(context, &ids, prompt_len, hint, &mut logits);
     let (mut full, mut dual, mut prefix) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..repeats {
         full.push(time(None, context)?);

@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use llada::core::{CacheHint, CacheMode, ForwardRequest, MaskPredictor};
+use llada::core::{CacheMode, ForwardRequest, MaskPredictor};
 use llada::ndarray::gguf::{FileType, GgufFile};
 use llada::{Backend, BackendChoice, Model, ModelFiles, Pipeline};
 use serde_json::{Value, json};
@@ -425,28 +425,31 @@ fn experts_run(
     else {
         return Ok(None);
     };
-    let (prompt, seq) = (llama_cpp::PROMPT, 256);
-    let mut ids = crate::random_ids(11, prompt, context.vocab_size());
-    ids.resize(seq, mask);
-    let span = prompt..prompt + 32;
+    let prompt = llama_cpp::PROMPT;
+    let ids = crate::cached_step_canvas(prompt, 256 - prompt, mask, context.vocab_size());
     let mut logits = vec![0.0f32; 32 * context.vocab_size()];
-    for refresh in [true, false] {
-        context.reset_moe_profile();
-        let request = ForwardRequest::new(&ids, 1, seq)?
-            .with_window(span.clone())?
-            .with_cache(CacheHint {
-                mode: CacheMode::Dual,
-                span: span.clone(),
-                refresh,
-            })?;
-        context.forward(&request, &mut logits)?;
-    }
+    crate::block_step(
+        context,
+        &ids,
+        prompt,
+        Some((CacheMode::Dual, true)),
+        &mut logits,
+    )?;
+    context.reset_moe_profile();
+    crate::block_step(
+        context,
+        &ids,
+        prompt,
+        Some((CacheMode::Dual, false)),
+        &mut logits,
+    )?;
     let profile = context.moe_profile();
     let missed = 1.0 - k as f64 / experts as f64;
     Ok(Some(ExpertsRun {
         run: profile.experts_run as f64 / profile.layers.max(1) as f64,
         of: experts,
-        uniform: experts as f64 * (1.0 - missed.powi(span.len() as i32)),
+        // The block's 32 tokens, each missing a given expert with probability `missed`.
+        uniform: experts as f64 * (1.0 - missed.powi(32)),
     }))
 }
 
