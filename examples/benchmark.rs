@@ -416,7 +416,7 @@ const KERNELS_HEADING: &str = "\n## Matrix kernels on this host";
 /// beside them, interleaved as in the main table; the portable kernel to
 /// [`PORTABLE_MAX_TOKENS`].
 fn kernels_section(cli: &Cli) -> anyhow::Result<String> {
-    use llada::ndarray::{Context, ContextOptions, Kernel, Model};
+    use llada::ndarray::{Blocking, Context, ContextOptions, Kernel, Model};
     let (cpu, flags) = cpu_description();
     let requested = std::env::var_os("LLADA_KERNEL");
     let default = Kernel::from_env()?.unwrap_or_else(Kernel::detect);
@@ -459,13 +459,43 @@ fn kernels_section(cli: &Cli) -> anyhow::Result<String> {
         }
     }
     let model = Arc::new(Model::load(&cli.model)?);
+    // Every kernel with its blocks for this CPU (or LLADA_BLOCKING's), and the default kernel
+    // with every other candidate blocking too.
+    let tuned = match Blocking::from_env()? {
+        Some(pinned) => pinned,
+        None => Blocking::for_cpu(default),
+    };
     let mut contexts = Vec::new();
     for kernel in Kernel::supported() {
         let options = ContextOptions::default()
             .with_threads(cli.threads)
             .with_kernel(kernel);
-        contexts.push((kernel, Context::with_options(Arc::clone(&model), options)?));
+        let context = Context::with_options(Arc::clone(&model), options)?;
+        let blocking = context.blocking();
+        let mut label = format!("llada ndarray (LLADA_KERNEL={kernel}");
+        if kernel != Kernel::Amx {
+            write!(label, " LLADA_BLOCKING={blocking}")?;
+        }
+        if kernel == default {
+            label.push_str(", the default");
+        }
+        label.push(')');
+        contexts.push((kernel, label, context));
+        if kernel != default {
+            continue;
+        }
+        for other in Blocking::CANDIDATES.into_iter().filter(|&b| b != blocking) {
+            let options = options.with_blocking(other);
+            contexts.push((
+                kernel,
+                format!("llada ndarray (LLADA_KERNEL={kernel} LLADA_BLOCKING={other})"),
+                Context::with_options(Arc::clone(&model), options)?,
+            ));
+        }
     }
+    let cpu_family = llada::ndarray::cpu_family()
+        .map(|(vendor, family)| format!("{vendor}, family {family}"))
+        .unwrap_or_else(|| String::from("not x86-64"));
     let library = std::env::var_os("ORT_DYLIB_PATH")
         .map(PathBuf::from)
         .or_else(|| bench_venv_onnxruntime(&cli.python));
@@ -478,7 +508,7 @@ fn kernels_section(cli: &Cli) -> anyhow::Result<String> {
     let mut md = String::new();
     writeln!(
         md,
-        "{}\n\nProduced by `cargo run --release --example benchmark -- --only-kernels` on {cpu} ({} threads per engine; AMX: {}). The mid-size model's forward pass (batch 1, full logits, f32 weights), median of {} interleaved runs, with every matrix kernel this CPU runs and ONNX Runtime (Rust) beside them. Default choice here: `{default}` (the fastest kernel that computes in f32; `amx` rounds the operands of its products to bf16 and runs only when asked for).\n",
+        "{}\n\nProduced by `cargo run --release --example benchmark -- --only-kernels` on {cpu} ({cpu_family}; {} threads per engine; AMX: {}). The mid-size model's forward pass (batch 1, full logits, f32 weights), median of {} interleaved runs, with every matrix kernel this CPU runs, the default kernel with every candidate blocking (`LLADA_BLOCKING=COLUMNSxDEPTH`: column blocks of `B` and passes over the depth), and ONNX Runtime (Rust) beside them. Tuned choice here: `{default}` (the fastest kernel that computes in f32; `amx` rounds the operands of its products to bf16 and runs only when asked for) with blocks `{tuned}` ({}).\n",
         KERNELS_HEADING.trim_start(),
         cli.threads,
         if flags.iter().any(|f| f.starts_with("amx")) {
@@ -487,6 +517,11 @@ fn kernels_section(cli: &Cli) -> anyhow::Result<String> {
             "absent"
         },
         cli.repeats,
+        if Blocking::from_env()?.is_some() {
+            "pinned by LLADA_BLOCKING"
+        } else {
+            "the table's entry for this CPU"
+        },
     )?;
     writeln!(
         md,
@@ -497,16 +532,11 @@ fn kernels_section(cli: &Cli) -> anyhow::Result<String> {
         eprintln!("kernels, {len} tokens");
         let mut labels = vec![String::from("llada ort (CPU)")];
         let mut engines: Vec<&mut dyn Forward> = vec![&mut ort];
-        for (kernel, context) in &mut contexts {
+        for (kernel, label, context) in &mut contexts {
             if *kernel == Kernel::Portable && len > PORTABLE_MAX_TOKENS {
                 continue;
             }
-            let chosen = if *kernel == default {
-                ", the default"
-            } else {
-                ""
-            };
-            labels.push(format!("llada ndarray (LLADA_KERNEL={kernel}{chosen})"));
+            labels.push(label.clone());
             engines.push(context);
         }
         let timings = time_forwards(&mut engines, len, cli.repeats)?;

@@ -36,7 +36,7 @@ pub fn threads(threads: usize) -> Threads {
                 .collect(),
         )
         .expect("threads start"),
-        isa: Isa::choose(None).expect("a kernel this CPU runs"),
+        isa: Isa::choose(None, None).expect("a kernel this CPU runs"),
     }
 }
 
@@ -110,7 +110,7 @@ impl Layer {
         let (cos, sin) = crate::model::rope_tables(&config, config.max_sequence_length);
         Self {
             pool: ThreadScratch::pool(threads).expect("threads start"),
-            isa: Isa::choose(None).expect("a kernel this CPU runs"),
+            isa: Isa::choose(None, None).expect("a kernel this CPU runs"),
             config,
             cos,
             sin,

@@ -16,7 +16,7 @@ use crate::model::{Mlp, Model};
 use crate::ops::{par_bias_rope, par_rms_norm, rms_norm};
 use crate::parallel::par_rows;
 use crate::threads::Pool;
-use crate::{Kernel, attention};
+use crate::{Blocking, Kernel, attention};
 
 /// Scratch memory of one thread.
 pub(crate) struct ThreadScratch {
@@ -101,6 +101,11 @@ pub struct ContextOptions {
     /// computes in f32, so never `Kernel::Amx` unless asked for).
     /// Asking for one the CPU lacks is an error.
     pub kernel: Option<Kernel>,
+    /// How the floating-point products are cut into blocks (`None`: `LLADA_BLOCKING` if
+    /// set, else [`Blocking::for_cpu`]'s choice for this CPU and kernel). Pin it to compute
+    /// the same bits on every CPU: the depth of the blocks rounds deep products differently
+    /// in their last bits.
+    pub blocking: Option<Blocking>,
     /// Multiply Q8_0, Q4_0, Q4_K and Q6_K weights in f32 (widened inside the kernel) even
     /// where integer kernels exist. By default (`false`) the AVX-512 and AVX2 kernel families
     /// multiply them in integers, as llama.cpp does: activations are quantized to 8-bit
@@ -120,6 +125,12 @@ impl ContextOptions {
     /// Computes with `kernel`.
     pub fn with_kernel(mut self, kernel: Kernel) -> Self {
         self.kernel = Some(kernel);
+        self
+    }
+
+    /// Cuts the floating-point products into `blocking`'s blocks.
+    pub fn with_blocking(mut self, blocking: Blocking) -> Self {
+        self.blocking = Some(blocking);
         self
     }
 
@@ -147,6 +158,7 @@ impl std::fmt::Debug for Context {
         f.debug_struct("Context")
             .field("threads", &self.pool.threads())
             .field("kernel", &self.isa.kernel())
+            .field("blocking", &self.isa.blocking())
             .finish_non_exhaustive()
     }
 }
@@ -165,7 +177,7 @@ impl Context {
     /// A context with the given threads and kernel. A kernel this CPU cannot run (asked for
     /// here or through `LLADA_KERNEL`) is [`LoadError::KernelUnsupported`].
     pub fn with_options(model: Arc<Model>, options: ContextOptions) -> Result<Self, LoadError> {
-        let mut isa = Isa::choose(options.kernel)?;
+        let mut isa = Isa::choose(options.kernel, options.blocking)?;
         if !options.dequantized_products {
             isa = isa.with_integer_products();
         }
@@ -201,6 +213,11 @@ impl Context {
     /// The matrix kernel this context runs.
     pub fn kernel(&self) -> Kernel {
         self.isa.kernel()
+    }
+
+    /// How this context's floating-point products are cut into blocks.
+    pub fn blocking(&self) -> Blocking {
+        self.isa.blocking()
     }
 
     /// Whether Q8_0, Q4_0, Q4_K and Q6_K weights are multiplied in integers (see

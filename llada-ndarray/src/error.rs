@@ -128,10 +128,18 @@ pub enum LoadError {
     #[error("cannot start worker threads")]
     Threads(#[source] std::io::Error),
     /// `LLADA_KERNEL` (or a kernel name) is not a kernel of this backend.
-    #[error("unknown kernel {name:?}; expected portable, avx2 or avx512")]
+    #[error("unknown kernel {name:?}; expected portable, avx2, avx512, amx or neon")]
     UnknownKernel {
         /// The name given.
         name: String,
+    },
+    /// `LLADA_BLOCKING` (or a blocking's text) is not blocks the kernels can run.
+    #[error("invalid blocking {text:?}: {why}")]
+    InvalidBlocking {
+        /// The text given.
+        text: String,
+        /// What is wrong with it.
+        why: &'static str,
     },
     /// A quantization format name that is not one of `q8_0`, `q4_0`, `q4_k`, `q6_k`.
     #[error("unknown quantization {name:?}; expected q8_0, q4_0, q4_k or q6_k")]
@@ -186,6 +194,7 @@ impl LoadError {
             | LoadError::Requantize { .. }
             | LoadError::KernelUnsupported { .. } => ErrorKind::Unsupported,
             LoadError::UnknownKernel { .. }
+            | LoadError::InvalidBlocking { .. }
             | LoadError::ThreadCount { .. }
             | LoadError::UnknownQuantization { .. }
             | LoadError::UnknownFileType { .. } => ErrorKind::InvalidInput,

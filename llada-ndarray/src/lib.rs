@@ -56,6 +56,7 @@ mod weights;
 pub use config::{Config, MoeConfig};
 pub use context::{Context, ContextOptions, MAX_THREADS};
 pub use error::{ForwardError, LoadError};
+pub use gemm::blocking::{Blocking, cpu_family};
 pub use gemm::isa::Kernel;
 pub use mlp::MoeProfile;
 pub use model::{LoadOptions, Model, Quantization};

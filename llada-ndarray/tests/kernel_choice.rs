@@ -1,11 +1,12 @@
-//! Choosing a kernel: a kernel this CPU lacks, or an unknown name in `LLADA_KERNEL`, is an
-//! error naming it, never a silent fallback. Its own test binary: it sets `LLADA_KERNEL`.
+//! Choosing a kernel and its blocks: a kernel this CPU lacks, or an unknown name in
+//! `LLADA_KERNEL` or `LLADA_BLOCKING`, is an error naming it, never a silent fallback. Its own
+//! test binary: it sets those variables.
 
 mod common;
 
 use std::sync::Arc;
 
-use llada_ndarray::{Context, ContextOptions, Kernel, LoadError, Model};
+use llada_ndarray::{Blocking, Context, ContextOptions, Kernel, LoadError, Model};
 
 #[test]
 fn unknown_or_unsupported_kernels_are_errors_and_the_environment_is_honoured() {
@@ -45,9 +46,34 @@ fn unknown_or_unsupported_kernels_are_errors_and_the_environment_is_honoured() {
     );
     // An explicit option wins over the environment.
     let fastest = Kernel::detect();
-    let context =
-        Context::with_options(model, ContextOptions::default().with_kernel(fastest)).unwrap();
+    let context = Context::with_options(
+        model.clone(),
+        ContextOptions::default().with_kernel(fastest),
+    )
+    .unwrap();
     assert_eq!(context.kernel(), fastest);
     // SAFETY: as above.
     unsafe { std::env::remove_var("LLADA_KERNEL") };
+
+    // Blocks: the table's for this CPU by default, else the environment's, else the option's.
+    let context = Context::new(model.clone()).unwrap();
+    assert_eq!(context.blocking(), Blocking::for_cpu(context.kernel()));
+    // SAFETY: as above.
+    unsafe { std::env::set_var("LLADA_BLOCKING", "100x512") };
+    let err = Context::new(model.clone()).unwrap_err();
+    assert!(
+        matches!(&err, LoadError::InvalidBlocking { text, .. } if text == "100x512"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("multiple of 16"), "{err}");
+    // SAFETY: as above.
+    unsafe { std::env::set_var("LLADA_BLOCKING", "256x512") };
+    let pinned = Blocking::new(256, 512).unwrap();
+    assert_eq!(Context::new(model.clone()).unwrap().blocking(), pinned);
+    let option = Blocking::new(64, 1024).unwrap();
+    let context =
+        Context::with_options(model, ContextOptions::default().with_blocking(option)).unwrap();
+    assert_eq!(context.blocking(), option);
+    // SAFETY: as above.
+    unsafe { std::env::remove_var("LLADA_BLOCKING") };
 }

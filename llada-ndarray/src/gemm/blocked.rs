@@ -2,14 +2,15 @@
 //! read once and serving every row of `A`, and the micro-kernel of the context's [`Isa`] (or
 //! the AMX kernel's own loops) on each tile.
 
+use super::blocking::MAX_COLUMN_PANELS;
 use super::kernels::{self, MicroKernel, Sliver, Tile};
 use super::pack::{self, copy_rows, panel};
-use super::{Block, COLUMN_BLOCK, DEPTH, GemmScratch, Isa, KC, NR, Rhs};
+use super::{Block, Blocking, GemmScratch, Isa, KC, NR, Rhs};
 use crate::Kernel;
 
 /// Depth of each pass of the floating-point kernels over a product of inner dimension `k`:
-/// as few passes as [`DEPTH`] allows, of equal depth (a multiple of 16, so that each pass
-/// starts `A`'s rows on a cache line).
+/// as few passes as `most` (the [`Blocking`]'s depth, a multiple of 16) allows, of equal depth
+/// (a multiple of 16, so that each pass starts `A`'s rows on a cache line).
 ///
 /// Every pass but the first reads and writes the task's block of `C` again, and that block
 /// (rows × 128 columns, 512 KB at 1024 rows) does not stay in L2 beside the rows of `A`
@@ -19,12 +20,12 @@ use crate::Kernel;
 /// 1024 deep, alternated run by run in one process, it ran 2.19–2.24 s in the slow state
 /// (2.50–2.64 s with 256). Side by side on 2 threads, fastest-state medians, 256 → 1024 deep:
 /// 0.0694 → 0.0631 s at 32 tokens, 0.127 → 0.120 s at 64, 0.499 → 0.468 s at 256, 2.19 →
-/// 2.11 s at 1024; the AVX2 kernel 0.082 → 0.070 s at 32 and 0.525 → 0.476 s at 256. Passes
-/// stay at most 1024 deep so that a column block of `B` (kc × 128 values, 512 KB in f32)
-/// still fits L2.
-pub(super) fn pass_depth(k: usize) -> usize {
-    let passes = k.div_ceil(DEPTH).max(1);
-    k.div_ceil(passes).next_multiple_of(16).min(DEPTH)
+/// 2.11 s at 1024; the AVX2 kernel 0.082 → 0.070 s at 32 and 0.525 → 0.476 s at 256. The
+/// default passes stay at most 1024 deep so that a column block of `B` (kc × 128 values,
+/// 512 KB in f32) still fits L2.
+pub(super) fn pass_depth(k: usize, most: usize) -> usize {
+    let passes = k.div_ceil(most).max(1);
+    k.div_ceil(passes).next_multiple_of(16).min(most)
 }
 
 /// Runs one rectangle with `isa`'s floating-point kernel (`product` numbers the product, for
@@ -42,21 +43,26 @@ pub(super) fn float_task(isa: Isa, product: u64, block: Block<'_, '_>, scratch: 
             #[cfg(target_arch = "x86_64")]
             Kernel::Amx => kernels::amx::task(block, product, scratch),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => task::<kernels::avx512::Avx512>(block, scratch),
+            Kernel::Avx512 => task::<kernels::avx512::Avx512>(block, isa.blocking(), scratch),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => task::<kernels::avx2::Avx2>(block, scratch),
+            Kernel::Avx2 => task::<kernels::avx2::Avx2>(block, isa.blocking(), scratch),
             #[cfg(target_arch = "aarch64")]
-            Kernel::Neon => task::<kernels::neon::Neon>(block, scratch),
-            _ => task::<kernels::portable::Portable>(block, scratch),
+            Kernel::Neon => task::<kernels::neon::Neon>(block, isa.blocking(), scratch),
+            _ => task::<kernels::portable::Portable>(block, isa.blocking(), scratch),
         }
     }
 }
 
-/// The blocked loops around kernel `K`, on a rectangle that is not [trivial](Block::is_trivial).
+/// The blocked loops around kernel `K`, in `blocking`'s blocks, on a rectangle that is not
+/// [trivial](Block::is_trivial).
 ///
 /// # Safety
 /// The CPU runs `K`.
-unsafe fn task<K: MicroKernel>(block: Block<'_, '_>, scratch: &mut GemmScratch) {
+unsafe fn task<K: MicroKernel>(
+    block: Block<'_, '_>,
+    blocking: Blocking,
+    scratch: &mut GemmScratch,
+) {
     let Block {
         a,
         b,
@@ -73,21 +79,26 @@ unsafe fn task<K: MicroKernel>(block: Block<'_, '_>, scratch: &mut GemmScratch) 
         ..
     } = scratch;
     let quantized = pack::has_quantized(b);
-    if quantized && widened.len() < COLUMN_BLOCK * KC * NR {
-        widened.resize(COLUMN_BLOCK * KC * NR, 0.0);
+    let column_panels = blocking.panels(rows.len());
+    if quantized && widened.len() < column_panels * KC * NR {
+        widened.resize(column_panels * KC * NR, 0.0);
     }
     debug_assert_eq!(
         cols.start % NR,
         0,
         "column chunks start on panel boundaries"
     );
-    // Loop order (as MLAS does for weights): a block of columns of B (COLUMN_BLOCK panels,
+    // Loop order (as MLAS does for weights): a block of columns of B (column_panels panels,
     // kc deep: L2) is read from memory once and serves every row of A; the A sliver (mr rows,
     // kc deep: L1 or L2) serves every panel of the block.
-    let depth = if quantized { KC } else { pass_depth(k) };
+    let depth = if quantized {
+        KC
+    } else {
+        pass_depth(k, blocking.depth())
+    };
     let mut p0 = cols.start / NR;
     while p0 * NR < cols.end {
-        let p_end = (p0 + COLUMN_BLOCK).min(cols.end.div_ceil(NR));
+        let p_end = (p0 + column_panels).min(cols.end.div_ceil(NR));
         let mut k0 = 0;
         while k0 < k {
             let kc = depth.min(k - k0);
@@ -98,7 +109,7 @@ unsafe fn task<K: MicroKernel>(block: Block<'_, '_>, scratch: &mut GemmScratch) 
                 pack::widen_quantized(b, p0..p_end, k0, kc, widened);
             }
             let widened: &[f32] = widened;
-            let mut block_panels = [None; COLUMN_BLOCK];
+            let mut block_panels = [None; MAX_COLUMN_PANELS];
             for (slot, p) in (p0..p_end).enumerate() {
                 block_panels[slot] = Some(panel(b, p, k0, kc, widened, slot));
             }
@@ -109,7 +120,7 @@ unsafe fn task<K: MicroKernel>(block: Block<'_, '_>, scratch: &mut GemmScratch) 
                 let next = if k0 + kc < k {
                     (p0..p_end, k0 + kc)
                 } else {
-                    (p_end..(p_end + COLUMN_BLOCK).min(cols.end.div_ceil(NR)), 0)
+                    (p_end..(p_end + column_panels).min(cols.end.div_ceil(NR)), 0)
                 };
                 let calls = (rows.end - rows.start).div_ceil(mr) * (p_end - p0).div_ceil(2);
                 Ahead::new(b, next, depth, calls, kc)
@@ -172,7 +183,7 @@ unsafe fn task<K: MicroKernel>(block: Block<'_, '_>, scratch: &mut GemmScratch) 
 /// next [`kernels::ahead_lines`] lines, so that the lines come in evenly over the pass rather
 /// than all in its first calls.
 struct Ahead {
-    slices: [(*const u8, usize); COLUMN_BLOCK],
+    slices: [(*const u8, usize); MAX_COLUMN_PANELS],
     lines_per_call: usize,
     /// 0: nothing to prefetch.
     spread: usize,
@@ -180,7 +191,7 @@ struct Ahead {
 
 impl Ahead {
     const NONE: Self = Self {
-        slices: [(std::ptr::null(), 0); COLUMN_BLOCK],
+        slices: [(std::ptr::null(), 0); MAX_COLUMN_PANELS],
         lines_per_call: 0,
         spread: 0,
     };
@@ -196,7 +207,7 @@ impl Ahead {
     ) -> Self {
         let (k, _) = b.dims();
         let next_kc = depth.min(k - k0);
-        let mut slices = [(std::ptr::null(), 0); COLUMN_BLOCK];
+        let mut slices = [(std::ptr::null(), 0); MAX_COLUMN_PANELS];
         for (slot, q) in panels.enumerate() {
             // Quantized panels are widened per pass (no prefetching them); the caller passes
             // none.

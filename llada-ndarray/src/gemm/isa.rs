@@ -4,6 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::blocking::Blocking;
 use super::int8::IntKernel;
 use crate::error::LoadError;
 
@@ -133,19 +134,25 @@ impl FromStr for Kernel {
 /// A [`Kernel`] this CPU runs: what the matrix product and the row operations dispatch on.
 /// It can only be made by [`Isa::new`], which checks the CPU, so the unsafe kernels behind it
 /// never run where their instructions are missing. It may also name an integer kernel for
-/// Q8_0, Q4_0, Q4_K and Q6_K weights ([`Isa::with_integer_products`]), again only one the CPU runs.
+/// Q8_0, Q4_0, Q4_K and Q6_K weights ([`Isa::with_integer_products`]), again only one the CPU
+/// runs, and the [`Blocking`] of its floating-point products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Isa {
     kernel: Kernel,
     int8: Option<IntKernel>,
+    blocking: Blocking,
 }
 
 impl Isa {
-    /// `kernel`, if this CPU runs it; otherwise an error naming it. Quantized weights are
-    /// widened to f32 inside its kernel (no integer products).
+    /// `kernel`, if this CPU runs it, with the default blocks; otherwise an error naming it.
+    /// Quantized weights are widened to f32 inside its kernel (no integer products).
     pub(crate) fn new(kernel: Kernel) -> Result<Self, LoadError> {
         if kernel.is_supported() {
-            Ok(Self { kernel, int8: None })
+            Ok(Self {
+                kernel,
+                int8: None,
+                blocking: Blocking::DEFAULT,
+            })
         } else {
             Err(LoadError::KernelUnsupported {
                 kernel: kernel.name(),
@@ -154,13 +161,31 @@ impl Isa {
         }
     }
 
-    /// The kernel asked for, else `LLADA_KERNEL`, else the fastest this CPU runs.
-    pub(crate) fn choose(requested: Option<Kernel>) -> Result<Self, LoadError> {
-        let kernel = match requested {
+    /// The kernel asked for, else `LLADA_KERNEL`, else the fastest this CPU runs; with the
+    /// blocks asked for, else `LLADA_BLOCKING`, else the table's for this CPU.
+    pub(crate) fn choose(
+        kernel: Option<Kernel>,
+        blocking: Option<Blocking>,
+    ) -> Result<Self, LoadError> {
+        let kernel = match kernel {
             Some(k) => k,
             None => Kernel::from_env()?.unwrap_or_else(Kernel::detect),
         };
-        Self::new(kernel)
+        let blocking = match blocking {
+            Some(b) => b,
+            None => Blocking::from_env()?.unwrap_or_else(|| Blocking::for_cpu(kernel)),
+        };
+        Ok(Self::new(kernel)?.with_blocking(blocking))
+    }
+
+    /// The same kernel with the floating-point products cut into `blocking`'s blocks.
+    pub(crate) fn with_blocking(self, blocking: Blocking) -> Self {
+        Self { blocking, ..self }
+    }
+
+    /// How the floating-point products are cut into blocks.
+    pub(crate) fn blocking(self) -> Blocking {
+        self.blocking
     }
 
     /// The same, with Q8_0, Q4_0, Q4_K and Q6_K weights multiplied in integers (activations

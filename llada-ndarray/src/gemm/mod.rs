@@ -9,6 +9,7 @@
 //! allocation per call.
 
 mod blocked;
+pub(crate) mod blocking;
 mod int8;
 pub(crate) mod isa;
 pub(crate) mod kernels;
@@ -22,6 +23,8 @@ use crate::quant::QuantType;
 use blocked::float_task;
 #[cfg(test)]
 use blocked::pass_depth;
+pub(crate) use blocking::Blocking;
+use blocking::MAX_DEPTH;
 pub(crate) use isa::Isa;
 use kernels::MR_MAX;
 pub(crate) use pack::pack_panels;
@@ -34,12 +37,10 @@ pub(crate) const NR: usize = 16;
 /// Depth of a block of quantized panels (widened a block at a time) and of the integer
 /// kernels' blocks.
 pub(crate) const KC: usize = 256;
-/// Most depth of a pass of the floating-point kernels over `C` (see
-/// [`pass_depth`](blocked::pass_depth)).
-const DEPTH: usize = 1024;
 /// Rows of `A` per block (a multiple of every kernel's rows): the size of the packing buffer.
 const MC: usize = 96;
-/// Panels of `B` per column block (128 columns).
+/// Panels of `B` per column block of the integer kernels and the AMX kernel (128 columns);
+/// the other kernels' blocks are their [`Isa`]'s [`Blocking`].
 const COLUMN_BLOCK: usize = 8;
 
 /// Element type of a packed weight.
@@ -277,7 +278,7 @@ pub(crate) struct GemmScratch {
 impl GemmScratch {
     pub(crate) fn new() -> Self {
         Self {
-            a: vec![0.0; (MC.max(MR_MAX) * KC).max(MR_MAX * DEPTH)],
+            a: vec![0.0; (MC.max(MR_MAX) * KC).max(MR_MAX * MAX_DEPTH)],
             b: Vec::new(),
             quantized: int8::QuantizedRows::default(),
             #[cfg(target_arch = "x86_64")]
@@ -305,12 +306,24 @@ struct Plan {
 /// Column tasks per thread of a product wide enough (see [`plan`]).
 const TASKS_PER_THREAD: usize = 4;
 
-fn plan(m: usize, n: usize, threads: usize) -> Plan {
+/// Panels per column block of the kernel that multiplies `rows` rows by `b` with `isa`: the
+/// integer and AMX kernels' [`COLUMN_BLOCK`], else the [`Blocking`]'s.
+fn column_panels(isa: Isa, b: &Rhs<'_>, rows: usize) -> usize {
+    let integer = isa.int8().is_some() && int8::applies(b);
+    if integer || isa.kernel() == crate::Kernel::Amx {
+        COLUMN_BLOCK
+    } else {
+        isa.blocking().panels(rows)
+    }
+}
+
+/// Cuts `C` (`m × n`) into tasks for `threads` threads, in column blocks of `column_panels`.
+fn plan(m: usize, n: usize, threads: usize, column_panels: usize) -> Plan {
     let panels = n.div_ceil(NR);
     let row_blocks = m.div_ceil(MC);
     // Prefer splitting columns (weights are read once per thread); split rows when there are
     // too few panels to keep every thread busy. A task is a run of column blocks of the task
-    // loop (COLUMN_BLOCK panels each), about TASKS_PER_THREAD of them per thread:
+    // loop (column_panels panels each), about TASKS_PER_THREAD of them per thread:
     // - several blocks, because a task's kernels prefetch its next block into L2 while they
     //   work on one (`Tile::ahead`), so that only a task's first block comes from memory all
     //   at once, in its first row tile. With one block per task every block did, and such a
@@ -323,11 +336,11 @@ fn plan(m: usize, n: usize, threads: usize) -> Plan {
     //   finish together: with only two chunks per thread, a thread idled for half a chunk,
     //   10–20% of a product, at the end.
     let blocks_per_task = panels
-        .div_ceil(COLUMN_BLOCK)
+        .div_ceil(column_panels)
         .div_ceil(threads * TASKS_PER_THREAD)
         .max(1);
     let col_chunks = panels
-        .div_ceil(COLUMN_BLOCK * blocks_per_task)
+        .div_ceil(column_panels * blocks_per_task)
         .max(panels.min(threads * 2))
         .max(1);
     let row_chunks = if panels >= threads * 2 {
@@ -368,7 +381,12 @@ pub(crate) fn gemm(
     accumulate: bool,
 ) {
     check(&a, &b, &c);
-    let p = plan(c.rows, c.cols, pool.threads());
+    let p = plan(
+        c.rows,
+        c.cols,
+        pool.threads(),
+        column_panels(isa, &b, c.rows),
+    );
     let work = c.rows * c.cols * a.cols;
     let product = next_product();
     pool.run_sized(p.row_chunks * p.col_chunks, work, &|task, scratch| {

@@ -7,12 +7,14 @@ use crate::Kernel;
 use crate::quant::QuantType;
 
 /// Every kernel this CPU runs that computes in f32 (the AMX kernel, which rounds to bf16, has
-/// its own tests below).
+/// its own tests below), with every candidate [`Blocking`].
 fn isas() -> Vec<Isa> {
     Kernel::supported()
         .into_iter()
         .filter(|k| !k.rounds_to_bf16())
-        .map(|k| Isa::new(k).unwrap())
+        .flat_map(|k| {
+            Blocking::CANDIDATES.map(|blocking| Isa::new(k).unwrap().with_blocking(blocking))
+        })
         .collect()
 }
 
@@ -423,15 +425,58 @@ fn quantized_weights_are_widened_inside_the_product_even_mixed_across_parts() {
     }
 }
 
+/// The blocks' widths never change a bit of a product (only their depth may): what lets a
+/// CPU's table entry change widths without changing what a model computes. Products both
+/// short and long (see [`Blocking::SHORT_ROWS`]).
+#[test]
+fn column_blocks_of_any_width_compute_the_same_bits() {
+    let pool = Pool::new(vec![S(GemmScratch::new()), S(GemmScratch::new())]).unwrap();
+    let (k, n) = (1100, 300);
+    let w = values(n * k, 22);
+    let packed = PackedMatrix::from_f32(&w, n, k, Dtype::F32);
+    for kernel in Kernel::supported()
+        .into_iter()
+        .filter(|k| !k.rounds_to_bf16())
+    {
+        for (m, depth) in [(37, 512), (37, 1024), (150, 512), (150, 1024)] {
+            let a = values(m * k, 21);
+            let mut first: Option<(Blocking, Vec<f32>)> = None;
+            for (short, columns) in [(16, 16), (64, 64), (64, 128), (128, 128), (256, 256)] {
+                let blocking = Blocking::with_short_columns(short, columns, depth).unwrap();
+                let isa = Isa::new(kernel).unwrap().with_blocking(blocking);
+                let mut c = vec![0.0f32; m * n];
+                gemm(
+                    &pool,
+                    isa,
+                    MatRef::rows(&a, m, k, k),
+                    Rhs::Packed(&packed),
+                    Out::new(&mut c, m, n, n),
+                    false,
+                );
+                match &first {
+                    None => first = Some((blocking, c)),
+                    Some((b0, c0)) => assert!(
+                        c.iter().zip(c0).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{kernel}, {m} rows: {blocking} differs from {b0}"
+                    ),
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn passes_over_c_are_as_few_as_the_depth_allows_and_even() {
-    for k in [1, 15, 16, 256, 1000, 1024, 1025, 2816, 4096, 12288, 100_000] {
-        let depth = pass_depth(k);
+    for (k, most) in [1, 15, 16, 256, 1000, 1024, 1025, 2816, 4096, 12288, 100_000]
+        .into_iter()
+        .flat_map(|k| [(k, 1024), (k, 512), (k, 64)])
+    {
+        let depth = pass_depth(k, most);
         let passes = k.div_ceil(depth);
-        assert!(depth <= DEPTH, "k {k}: depth {depth}");
+        assert!(depth <= most, "k {k}: depth {depth}");
         assert_eq!(
             passes,
-            k.div_ceil(DEPTH),
+            k.div_ceil(most),
             "k {k}: {passes} passes of {depth}"
         );
         // Every pass but the last is a multiple of 16 deep, and the last is not much shorter.
@@ -444,8 +489,9 @@ fn passes_over_c_are_as_few_as_the_depth_allows_and_even() {
             "k {k}: uneven passes"
         );
     }
-    assert_eq!(pass_depth(1024), 1024);
-    assert_eq!(pass_depth(2816), 944);
+    assert_eq!(pass_depth(1024, 1024), 1024);
+    assert_eq!(pass_depth(2816, 1024), 944);
+    assert_eq!(pass_depth(2816, 512), 512 - 32);
 }
 
 /// `len` values `q / 16` (`q` in -16..=16, a few bits: products and their sums over any
