@@ -552,6 +552,48 @@ fn kernels_section(cli: &Cli) -> anyhow::Result<String> {
             )?;
         }
     }
+    // A dual-cache step (the logits of one 32-token block, the rest of the canvas from the
+    // cache): the short products the blocks' short width is for, with each blocking of the
+    // default kernel, interleaved round by round.
+    let mask_id = model
+        .config()
+        .mask_token_id
+        .context("the mid-size model has a mask token")?;
+    let (prompt, gen_length) = (128, 256);
+    let mut steps: Vec<(&str, &mut Context, Vec<f64>)> = contexts
+        .iter_mut()
+        .filter(|(kernel, ..)| *kernel == default)
+        .map(|(_, label, context)| (label.as_str(), context, Vec::new()))
+        .collect();
+    eprintln!("kernels, dual-cache steps");
+    for _ in 0..cli.repeats {
+        for (_, context, times) in &mut steps {
+            times.push(time_cached_steps(*context, prompt, gen_length, mask_id, 1)?.1);
+        }
+    }
+    writeln!(
+        md,
+        "\nA dual-cache step of the same model with the default kernel and each blocking: the logits of one 32-token block of a {}-token canvas (prompt {prompt}), the rest from the cache, so that every product has 32 rows; median of {} interleaved rounds.\n",
+        prompt + gen_length,
+        cli.repeats,
+    )?;
+    writeln!(
+        md,
+        "| engine | step (s) | spread (s) | ratio to the default's |"
+    )?;
+    writeln!(md, "|---|---:|---:|---:|")?;
+    let mut first = None;
+    for (label, _, times) in &mut steps {
+        let step = median(times);
+        let base = *first.get_or_insert(step);
+        writeln!(
+            md,
+            "| {label} | {step:.4} | {:.4}–{:.4} | {:.2}x |",
+            times[0],
+            times[times.len() - 1],
+            step / base
+        )?;
+    }
     if !quantized_rows.is_empty() {
         writeln!(
             md,

@@ -158,10 +158,11 @@ impl Blocking {
     /// `cargo run --release --example benchmark -- --only-kernels` timed every candidate side
     /// by side (BENCHMARKS.md, "Matrix kernels"):
     /// - AMD Zen 5 (`AuthenticAMD`, family 26), `avx512`: column blocks of 64 for products
-    ///   of up to 64 rows. In three runs the mid-size model's forward pass at 32 tokens took
-    ///   0.0311, 0.0326 and 0.0315 s with them against 0.0340, 0.0351 and 0.0349 s with 128
-    ///   (7–10% less), and at 64 tokens 0–7% less; 64 columns for every product ran 1–2%
-    ///   slower at 256 and 1024 tokens, and passes 512 deep were never faster.
+    ///   of up to 64 rows. In four runs the mid-size model's forward pass at 32 tokens took
+    ///   0.0311, 0.0326, 0.0315 and 0.0303 s with them against 0.0340, 0.0351, 0.0349 and
+    ///   0.0328 s with 128, at 64 tokens 0–7% less, and a dual-cache step (32-row products)
+    ///   2–7% less; 64 columns for every product ran up to 2% slower at 256 and 1024 tokens,
+    ///   and passes 512 deep were never faster.
     ///
     /// Measured and left at the default: AMD Zen 4 (family 25), where the default was tuned,
     /// and Intel Sapphire Rapids (family 6), where passes 256 and 512 deep were no faster.
