@@ -579,7 +579,7 @@ fn kernels_section(cli: &Cli) -> anyhow::Result<String> {
     )?;
     writeln!(
         md,
-        "| engine | step (s) | spread (s) | ratio to the default's |"
+        "| engine | step (s) | spread (s) | ratio to the tuned choice |"
     )?;
     writeln!(md, "|---|---:|---:|---:|")?;
     let mut first = None;

@@ -102,9 +102,9 @@ pub struct ContextOptions {
     /// Asking for one the CPU lacks is an error.
     pub kernel: Option<Kernel>,
     /// How the floating-point products are cut into blocks (`None`: `LLADA_BLOCKING` if
-    /// set, else [`Blocking::for_cpu`]'s choice for this CPU and kernel). Pin it to compute
-    /// the same bits on every CPU: the depth of the blocks rounds deep products differently
-    /// in their last bits.
+    /// set, else [`Blocking::for_cpu`]'s choice for this CPU and kernel). Pinned (with the
+    /// kernel), it keeps the rounding of the products the same on CPUs whose table entries
+    /// differ: the depth of the blocks rounds deep products differently in their last bits.
     pub blocking: Option<Blocking>,
     /// Multiply Q8_0, Q4_0, Q4_K and Q6_K weights in f32 (widened inside the kernel) even
     /// where integer kernels exist. By default (`false`) the AVX-512 and AVX2 kernel families
