@@ -48,6 +48,27 @@ impl AsMut<GemmScratch> for S {
     }
 }
 
+/// `A · B`, `a` holding `m` rows, with the packed weight `packed`, on `pool` with `isa`.
+fn packed_product(
+    pool: &Pool<S>,
+    isa: Isa,
+    a: &[f32],
+    m: usize,
+    packed: &PackedMatrix,
+) -> Vec<f32> {
+    let (k, n) = (packed.k, packed.n);
+    let mut c = vec![f32::NAN; m * n];
+    gemm(
+        pool,
+        isa,
+        MatRef::rows(a, m, k, k),
+        Rhs::Packed(packed),
+        Out::new(&mut c, m, n, n),
+        false,
+    );
+    c
+}
+
 #[test]
 fn packed_and_strided_products_match_a_reference_on_awkward_shapes() {
     let pool = Pool::new((0..3).map(|_| S(GemmScratch::new())).collect()).unwrap();
@@ -77,15 +98,7 @@ fn packed_and_strided_products_match_a_reference_on_awkward_shapes() {
             let expected = reference(&a, &w, m, k, n);
             let packed = PackedMatrix::from_f32(&w, n, k, Dtype::F32);
             let tol = 1e-4 * (k as f32).sqrt();
-            let mut c = vec![0.0f32; m * n];
-            gemm(
-                &pool,
-                isa,
-                MatRef::rows(&a, m, k, k),
-                Rhs::Packed(&packed),
-                Out::new(&mut c, m, n, n),
-                false,
-            );
+            let mut c = packed_product(&pool, isa, &a, m, &packed);
             for (x, y) in c.iter().zip(&expected) {
                 assert!(
                     (x - y).abs() < tol,
@@ -328,15 +341,7 @@ fn half_precision_weights_are_widened_in_the_kernel() {
         .flat_map(|isa| [(isa, Dtype::Bf16), (isa, Dtype::F16)])
     {
         let packed = PackedMatrix::from_f32(&w, n, k, dtype);
-        let mut c = vec![0.0f32; m * n];
-        gemm(
-            &pool,
-            isa,
-            MatRef::rows(&a, m, k, k),
-            Rhs::Packed(&packed),
-            Out::new(&mut c, m, n, n),
-            false,
-        );
+        let c = packed_product(&pool, isa, &a, m, &packed);
         for (x, y) in c.iter().zip(&expected) {
             // bf16 values are exact in f16 only approximately (f16 has 10 mantissa bits).
             assert!((x - y).abs() < 2e-3, "{isa:?} {dtype:?}: {x} vs {y}");
@@ -405,15 +410,7 @@ fn quantized_weights_are_widened_inside_the_product_even_mixed_across_parts() {
         let packed = PackedMatrix { k, n, segments };
         let expected = reference(&a, &dense, m, k, n);
         for isa in isas() {
-            let mut c = vec![0.0f32; m * n];
-            gemm(
-                &pool,
-                isa,
-                MatRef::rows(&a, m, k, k),
-                Rhs::Packed(&packed),
-                Out::new(&mut c, m, n, n),
-                false,
-            );
+            let c = packed_product(&pool, isa, &a, m, &packed);
             let scale = expected.iter().fold(0.0f32, |s, v| s.max(v.abs()));
             for (x, y) in c.iter().zip(&expected) {
                 assert!(
@@ -444,15 +441,7 @@ fn column_blocks_of_any_width_compute_the_same_bits() {
             for (short, columns) in [(16, 16), (64, 64), (64, 128), (128, 128), (256, 256)] {
                 let blocking = Blocking::with_short_columns(short, columns, depth).unwrap();
                 let isa = Isa::new(kernel).unwrap().with_blocking(blocking);
-                let mut c = vec![0.0f32; m * n];
-                gemm(
-                    &pool,
-                    isa,
-                    MatRef::rows(&a, m, k, k),
-                    Rhs::Packed(&packed),
-                    Out::new(&mut c, m, n, n),
-                    false,
-                );
+                let c = packed_product(&pool, isa, &a, m, &packed);
                 match &first {
                     None => first = Some((blocking, c)),
                     Some((b0, c0)) => assert!(
@@ -600,16 +589,7 @@ fn the_amx_kernel_computes_the_bf16_rounded_product() {
         let a = values(m * k, 14);
         let w = values(n * k, 15);
         let packed = PackedMatrix::from_f32(&w, n, k, Dtype::F32);
-        let mut c = vec![f32::NAN; m * n];
-        let out = Out::new(&mut c, m, n, n);
-        gemm(
-            &pool,
-            isa,
-            MatRef::rows(&a, m, k, k),
-            Rhs::Packed(&packed),
-            out,
-            false,
-        );
+        let c = packed_product(&pool, isa, &a, m, &packed);
         for i in 0..m {
             for j in 0..n {
                 let (mut sum, mut size) = (0.0f64, 0.0f64);
@@ -643,16 +623,7 @@ fn the_amx_kernel_computes_the_bf16_rounded_product() {
         out.copy_from_slice(&blocks[r * row_bytes..(r + 1) * row_bytes])
     });
     let packed = PackedMatrix::single(k, n, data);
-    let mut c = vec![f32::NAN; m * n];
-    let out = Out::new(&mut c, m, n, n);
-    gemm(
-        &pool,
-        isa,
-        MatRef::rows(&a, m, k, k),
-        Rhs::Packed(&packed),
-        out,
-        false,
-    );
+    let c = packed_product(&pool, isa, &a, m, &packed);
     let want = reference(&a_exact, &rounded, m, k, n);
     let scale = want.iter().fold(0.0f32, |s, v| s.max(v.abs()));
     for (x, y) in c.iter().zip(&want) {
