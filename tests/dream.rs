@@ -3,9 +3,12 @@
 //! each of its four algorithms; llama.cpp's answers on the GGUF files its converter made; the
 //! other decoding rules on a model with shifted logits; ONNX Runtime; and the files' defaults.
 
+mod common;
+
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
+use common::{agreement_with_llama_cpp, generate, score};
 use llada::core::rand_core::{Rng, SeedableRng};
 use llada::core::{CacheMode, CommitRule, GenerateParams, Remasking, SamplerRng};
 use llada::{BackendChoice, Model, OrtOptions, Pipeline};
@@ -19,15 +22,6 @@ fn eval() -> EvalSet {
 
 fn ndarray() -> Pipeline {
     Pipeline::open(dream_model(), &BackendChoice::Ndarray).unwrap()
-}
-
-/// The generated ids of one prompt.
-fn generate(pipeline: &mut Pipeline, prompt: &[u32], params: &GenerateParams) -> (Vec<u32>, usize) {
-    let out = pipeline
-        .generate_ids(&[prompt.to_vec()], params, |_| ControlFlow::Continue(()))
-        .unwrap()
-        .remove(0);
-    (out.output_ids, out.forward_passes)
 }
 
 #[derive(serde::Deserialize)]
@@ -196,24 +190,10 @@ fn llada_rules_and_caches_run_on_dream() {
         .with_gen_length(16)
         .with_steps(16)
         .with_block_length(8);
-    let score = |pipeline: &mut Pipeline, params: &GenerateParams| {
-        let (mut exact, mut passes) = (0usize, 0usize);
-        for item in &eval.items {
-            let out = pipeline
-                .generate_ids(std::slice::from_ref(&item.prompt_ids), params, |_| {
-                    ControlFlow::Continue(())
-                })
-                .unwrap()
-                .remove(0);
-            exact += usize::from(out.answer_ids == item.answer_ids);
-            passes += out.forward_passes;
-        }
-        (exact, passes as f64 / eval.items.len() as f64)
-    };
-    let (reference, reference_passes) = score(&mut pipeline, &base);
+    let (reference, reference_passes) = score(&mut pipeline, &base, &eval);
     eprintln!("schedule, blocks of 8: exact {reference}, {reference_passes:.2} passes");
     let threshold = base.with_commit(CommitRule::Threshold(0.9));
-    let (uncached, _) = score(&mut pipeline, &threshold);
+    let (uncached, _) = score(&mut pipeline, &threshold, &eval);
     for (name, params) in [
         ("threshold 0.9", threshold),
         (
@@ -231,7 +211,7 @@ fn llada_rules_and_caches_run_on_dream() {
         ),
         ("schedule + stop at EOS", base.with_stop_at_eos(true)),
     ] {
-        let (exact, passes) = score(&mut pipeline, &params);
+        let (exact, passes) = score(&mut pipeline, &params, &eval);
         eprintln!("{name}: exact {exact}, {passes:.2} passes per answer");
         assert!(passes <= reference_passes, "{name}: {passes} passes");
         if params.cache != CacheMode::None {
@@ -243,60 +223,11 @@ fn llada_rules_and_caches_run_on_dream() {
     }
 }
 
-/// llama.cpp's answers on the files its converter made (make_dream_gguf.py): blocks of one
-/// token, one step each, so both engines decode left to right on the shifted logits of the
-/// same weights, and every algorithm ranks a single candidate.
-fn agreement_with_llama_cpp(ty: &str) -> usize {
-    let path = fixture("tiny-dream/gguf/llama_cpp_answers.json");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let answers: Vec<String> = json["files"][ty]["answers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect();
-    let eval = eval();
-    assert_eq!(answers.len(), eval.items.len());
-    // The file alone in a directory: its tokenizer and template from its metadata.
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join(format!("tiny-dream-{ty}.gguf"));
-    std::fs::copy(
-        fixture(&format!("tiny-dream/gguf/tiny-dream-{ty}.gguf")),
-        &file,
-    )
-    .unwrap();
-    let model = Model::load(&file, &BackendChoice::Ndarray).unwrap();
-    let mut pipeline = Pipeline::with_threads(model.clone(), Some(1)).unwrap();
-    let params = pipeline
-        .default_params()
-        .with_commit(CommitRule::Schedule)
-        .with_remasking(Remasking::LowConfidence)
-        .with_gen_length(16)
-        .with_steps(16)
-        .with_block_length(1);
-    let mut same = 0;
-    for (item, theirs) in eval.items.iter().zip(&answers) {
-        assert_eq!(
-            model.chat_prompt_ids(&item.prompt).unwrap(),
-            item.prompt_ids
-        );
-        let (out, passes) = generate(&mut pipeline, &item.prompt_ids, &params);
-        assert_eq!(passes, 16);
-        // llama.cpp prints every non-special token of the answer positions.
-        let ours = model.tokenizer().decode(&out, true).unwrap();
-        same += usize::from(&ours == theirs);
-    }
-    let n = eval.items.len();
-    eprintln!("tiny-dream {ty}: same answer as llama-diffusion-cli {same}/{n}");
-    same
-}
-
 /// Q8_0: both engines quantize the activations to 8-bit blocks and sum the blocks' products
 /// in integers, but add the blocks up in another order, so a near-tie may go the other way.
 #[test]
 fn answers_match_llama_diffusion_cli_on_its_q8_0_dream_file() {
-    let same = agreement_with_llama_cpp("q8_0");
+    let same = agreement_with_llama_cpp("tiny-dream", "q8_0", &eval());
     assert!(same * 100 >= 95 * eval().items.len(), "{same}");
 }
 
@@ -305,7 +236,7 @@ fn answers_match_llama_diffusion_cli_on_its_q8_0_dream_file() {
 /// multiplies them in integers.
 #[test]
 fn answers_match_llama_diffusion_cli_on_its_q4_k_m_dream_file() {
-    let same = agreement_with_llama_cpp("q4_k_m");
+    let same = agreement_with_llama_cpp("tiny-dream", "q4_k_m", &eval());
     assert!(same * 100 >= 95 * eval().items.len(), "{same}");
 }
 

@@ -2,6 +2,8 @@
 //! block-wise cache keeps the reference schedule's accuracy (within a point) with at least
 //! three times fewer forward passes. Speed is measured by the benchmark, not here.
 
+mod common;
+
 use std::ops::ControlFlow;
 
 use llada::core::{CacheMode, CommitRule, GenerateParams};
@@ -10,20 +12,8 @@ use llada_test_support::{EvalSet, bundled_model, eval_set, fast_dllm_configs};
 
 /// Exact-match accuracy and mean forward passes per answer.
 fn score(pipeline: &mut Pipeline, eval: &EvalSet, params: &GenerateParams) -> (f64, f64) {
-    let (mut correct, mut passes) = (0usize, 0usize);
-    // One prompt per call: forward passes per answer, as a user counts them.
-    for item in &eval.items {
-        let out = pipeline
-            .generate_ids(std::slice::from_ref(&item.prompt_ids), params, |_| {
-                ControlFlow::Continue(())
-            })
-            .unwrap()
-            .remove(0);
-        correct += usize::from(out.answer_ids == item.answer_ids);
-        passes += out.forward_passes;
-    }
-    let n = eval.items.len() as f64;
-    (correct as f64 / n, passes as f64 / n)
+    let (exact, passes) = common::score(pipeline, params, eval);
+    (exact as f64 / eval.items.len() as f64, passes)
 }
 
 #[test]

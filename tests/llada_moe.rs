@@ -5,9 +5,10 @@
 //! rules and caches; a GGUF file alone; ONNX Runtime on an export that computes every expert;
 //! the `generate` example.
 
-use std::ops::ControlFlow;
+mod common;
 
-use llada::core::{CacheMode, CommitRule, GenerateParams, Remasking};
+use common::{agreement_with_llama_cpp, generate, score};
+use llada::core::{CacheMode, CommitRule, Remasking};
 use llada::{BackendChoice, Model, OrtOptions, Pipeline};
 use llada_test_support::{
     EvalSet, example_binary as example, fixture, golden_cases_in, llada_moe_model, ort_library,
@@ -19,31 +20,6 @@ fn eval() -> EvalSet {
 
 fn ndarray() -> Pipeline {
     Pipeline::open(llada_moe_model(), &BackendChoice::Ndarray).unwrap()
-}
-
-/// The generated ids of one prompt, and the forward passes they took.
-fn generate(pipeline: &mut Pipeline, prompt: &[u32], params: &GenerateParams) -> (Vec<u32>, usize) {
-    let out = pipeline
-        .generate_ids(&[prompt.to_vec()], params, |_| ControlFlow::Continue(()))
-        .unwrap()
-        .remove(0);
-    (out.output_ids, out.forward_passes)
-}
-
-/// Exact matches on the held-out set, and forward passes per answer.
-fn score(pipeline: &mut Pipeline, params: &GenerateParams, eval: &EvalSet) -> (usize, f64) {
-    let (mut exact, mut passes) = (0usize, 0usize);
-    for item in &eval.items {
-        let out = pipeline
-            .generate_ids(std::slice::from_ref(&item.prompt_ids), params, |_| {
-                ControlFlow::Continue(())
-            })
-            .unwrap()
-            .remove(0);
-        exact += usize::from(out.answer_ids == item.answer_ids);
-        passes += out.forward_passes;
-    }
-    (exact, passes as f64 / eval.items.len() as f64)
 }
 
 /// The directory brings everything: the family, the Ling template (and its `<|role_end|>` as
@@ -120,59 +96,11 @@ fn fast_dllm_rules_and_caches_run_on_llada_moe() {
     }
 }
 
-/// llama.cpp's answers on the files its converter made (make_llada_moe_gguf.py): blocks of
-/// one token, one step each, so both engines decode left to right on the same weights. Our
-/// sampler on the file alone in a directory (tokenizer and template from its metadata).
-fn agreement_with_llama_cpp(ty: &str) -> usize {
-    let path = fixture("tiny-llada-moe/gguf/llama_cpp_answers.json");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let answers: Vec<String> = json["files"][ty]["answers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect();
-    let eval = eval();
-    assert_eq!(answers.len(), eval.items.len());
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join(format!("tiny-llada-moe-{ty}.gguf"));
-    std::fs::copy(
-        fixture(&format!("tiny-llada-moe/gguf/tiny-llada-moe-{ty}.gguf")),
-        &file,
-    )
-    .unwrap();
-    let model = Model::load(&file, &BackendChoice::Ndarray).unwrap();
-    let mut pipeline = Pipeline::with_threads(model.clone(), Some(1)).unwrap();
-    let params = pipeline
-        .default_params()
-        .with_commit(CommitRule::Schedule)
-        .with_remasking(Remasking::LowConfidence)
-        .with_gen_length(16)
-        .with_steps(16)
-        .with_block_length(1);
-    let mut same = 0;
-    for (item, theirs) in eval.items.iter().zip(&answers) {
-        assert_eq!(
-            model.chat_prompt_ids(&item.prompt).unwrap(),
-            item.prompt_ids
-        );
-        let (out, passes) = generate(&mut pipeline, &item.prompt_ids, &params);
-        assert_eq!(passes, 16);
-        // llama.cpp prints every non-special token of the answer positions.
-        let ours = model.tokenizer().decode(&out, true).unwrap();
-        same += usize::from(&ours == theirs);
-    }
-    let n = eval.items.len();
-    eprintln!("tiny-llada-moe {ty}: same answer as llama-diffusion-cli {same}/{n}");
-    same
-}
-
 /// Q8_0: both engines quantize the activations to 8-bit blocks and sum the blocks' products
 /// in integers, but add the blocks up in another order, so a near-tie may go the other way.
 #[test]
 fn answers_match_llama_diffusion_cli_on_its_q8_0_llada_moe_file() {
-    let same = agreement_with_llama_cpp("q8_0");
+    let same = agreement_with_llama_cpp("tiny-llada-moe", "q8_0", &eval());
     assert!(same * 100 >= 97 * eval().items.len(), "{same}");
 }
 
@@ -181,7 +109,7 @@ fn answers_match_llama_diffusion_cli_on_its_q8_0_llada_moe_file() {
 /// in integers.
 #[test]
 fn answers_match_llama_diffusion_cli_on_its_q4_k_m_llada_moe_file() {
-    let same = agreement_with_llama_cpp("q4_k_m");
+    let same = agreement_with_llama_cpp("tiny-llada-moe", "q4_k_m", &eval());
     assert!(same * 100 >= 97 * eval().items.len(), "{same}");
 }
 
