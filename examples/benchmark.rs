@@ -119,8 +119,10 @@ struct Cli {
     #[arg(long)]
     only_server: bool,
     /// Measure only the matrix kernels: a forward pass of the mid-size model with every kernel
-    /// this CPU runs (`amx`, `avx512`, `avx2`, `portable`), the default choice named, and ONNX
-    /// Runtime (Rust) beside them at `--lengths`; replace that section of `--out`.
+    /// this CPU runs (`amx`, `avx512`, `avx2`, `portable`) and the default kernel with every
+    /// candidate blocking (`LLADA_BLOCKING`), the tuned choice named, and ONNX Runtime (Rust)
+    /// beside them at `--lengths`, then a dual-cache step with each blocking; replace that
+    /// section of `--out`.
     #[arg(long)]
     only_kernels: bool,
     /// Also measure the real-scale files in a full run.
@@ -461,10 +463,6 @@ fn kernels_section(cli: &Cli) -> anyhow::Result<String> {
     let model = Arc::new(Model::load(&cli.model)?);
     // Every kernel with its blocks for this CPU (or LLADA_BLOCKING's), and the default kernel
     // with every other candidate blocking too.
-    let tuned = match Blocking::from_env()? {
-        Some(pinned) => pinned,
-        None => Blocking::for_cpu(default),
-    };
     let mut contexts = Vec::new();
     for kernel in Kernel::supported() {
         let options = ContextOptions::default()
@@ -493,6 +491,11 @@ fn kernels_section(cli: &Cli) -> anyhow::Result<String> {
             ));
         }
     }
+    // The default kernel's first context has the blocks a default context takes.
+    let tuned = contexts
+        .iter()
+        .find(|(kernel, ..)| *kernel == default)
+        .map_or(Blocking::DEFAULT, |(_, _, context)| context.blocking());
     let cpu_family = llada::ndarray::cpu_family()
         .map(|(vendor, family)| format!("{vendor}, family {family}"))
         .unwrap_or_else(|| String::from("not x86-64"));
