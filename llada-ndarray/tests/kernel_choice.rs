@@ -56,6 +56,8 @@ fn unknown_or_unsupported_kernels_are_errors_and_the_environment_is_honoured() {
     unsafe { std::env::remove_var("LLADA_KERNEL") };
 
     // Blocks: the table's for this CPU by default, else the environment's, else the option's.
+    // SAFETY: as above.
+    unsafe { std::env::remove_var("LLADA_BLOCKING") };
     let context = Context::new(model.clone()).unwrap();
     assert_eq!(context.blocking(), Blocking::for_cpu(context.kernel()));
     // SAFETY: as above.
